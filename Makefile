@@ -1,0 +1,136 @@
+# cptools — build, test and install. `make help` lists the targets.
+#
+# Everything is found by wildcard: a new lib/<stage>/*.c, cmd/*.c or
+# tests/unit/test_*.c is built without editing this file.
+
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BUILD    ?= build
+SANITIZE ?=
+
+CC       ?= cc
+CXX      ?= c++
+VERSION  := $(shell sed -n 's/^\#define CP_VERSION_STRING "\(.*\)"/\1/p' include/cellpose/core.h)
+
+TORCH_INC := -isystem /usr/include/torch/csrc/api/include
+TORCH_LIBS := -ltorch -ltorch_cpu -lc10
+
+WARN     := -Wall -Wextra -Werror
+OPT      := -O2 -g
+SAN_ON   := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SANFLAGS := $(if $(SANITIZE),$(SAN_ON))
+# -ffp-contract=off: the Euler steps and blending reproduce Cellpose bit for bit
+# only when the compiler does not fuse multiply-adds behind our back.
+CFLAGS   += -std=c11 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
+            -D_GNU_SOURCE -Iinclude -Ilib
+CXXFLAGS += -std=c++17 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
+            -Iinclude -Ilib $(TORCH_INC) -Wno-unused-parameter
+LDLIBS   := $(TORCH_LIBS) -ltiff -lpng -lz -lcjson -lgomp -lstdc++ -lm -lpthread
+LDFLAGS  += -fopenmp $(SANFLAGS)
+
+LIB_C    := $(sort $(wildcard lib/*/*.c))
+LIB_CXX  := $(sort $(wildcard lib/*/*.cpp))
+LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cpp=$(BUILD)/%.o)
+CMD_SRC  := $(sort $(wildcard cmd/*.c))
+CMDS     := $(CMD_SRC:cmd/%.c=%)
+CMD_BIN  := $(CMDS:%=$(BUILD)/bin/%)
+COMMON_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(sort $(wildcard cmd/common/*.c)))
+TEST_SRC := $(sort $(wildcard tests/unit/test_*.c))
+TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TEST_SUPPORT := $(patsubst %.c,$(BUILD)/%.o,$(filter-out $(TEST_SRC),$(sort $(wildcard tests/unit/*.c))))
+HEADERS  := $(wildcard include/cellpose/*.h) $(wildcard lib/*/*.h) $(wildcard cmd/common/*.h) $(wildcard tests/unit/*.h)
+
+STATIC   := $(BUILD)/libcellpose.a
+SHARED   := $(BUILD)/libcellpose.so
+
+.PHONY: all lib cmds tests check check-normal check-asan asan demo bench deps install uninstall clean help
+
+all: lib cmds
+
+help:
+	@echo "make            build libcellpose (.a, .so) and the commands into $(BUILD)/"
+	@echo "make demo       install missing Debian packages, build, run cpseg on a bundled sample"
+	@echo "make check      install missing packages, build, run every test (normal + sanitizers)"
+	@echo "make asan       build everything with AddressSanitizer + UBSan into build-asan/"
+	@echo "make bench      speed and memory figures (not a test)"
+	@echo "make install    PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)"
+
+lib: $(STATIC) $(SHARED)
+cmds: $(CMD_BIN)
+tests: $(TEST_BIN) $(CMD_BIN)
+
+$(BUILD)/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.o: %.cpp $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(STATIC): $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	rm -f $@
+	ar rcs $@ $^
+
+$(SHARED): $(LIB_OBJ)
+	$(CXX) -shared -Wl,-soname,libcellpose.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/bin/%: $(BUILD)/cmd/%.o $(COMMON_OBJ) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(COMMON_OBJ) $(STATIC) $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_SUPPORT) $(STATIC)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) $(LDLIBS)
+
+deps:
+	@scripts/install-deps
+
+# The sanitizer build lives in its own tree so both can coexist.
+asan:
+	$(MAKE) BUILD=build-asan SANITIZE=1 tests
+
+check-normal: tests
+	tests/run --build $(BUILD)
+
+check-asan: asan
+	tests/run --build build-asan --sanitizers
+
+check: deps
+	$(MAKE) check-normal
+	$(MAKE) check-asan
+	tests/run --summary $(BUILD) build-asan
+
+demo: deps
+	$(MAKE) all
+	scripts/demo $(BUILD)
+
+bench: deps
+	$(MAKE) all
+	scripts/bench $(BUILD)
+
+$(BUILD)/cellpose.pc: Makefile
+	@mkdir -p $(dir $@)
+	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: cellpose\nDescription: Cellpose segmentation, measurement and spot tables in C\nVersion: %s\nLibs: -L$${libdir} -lcellpose\nLibs.private: %s\nCflags: -I$${includedir}\n' \
+	  '$(PREFIX)' '$(VERSION)' '$(LDLIBS)' > $@
+
+install: all $(BUILD)/cellpose.pc
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/include/cellpose $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 755 $(CMD_BIN) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/libcellpose.so.$(VERSION)
+	ln -sf libcellpose.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libcellpose.so.0
+	ln -sf libcellpose.so.0 $(DESTDIR)$(PREFIX)/lib/libcellpose.so
+	install -m 644 include/cellpose/*.h $(DESTDIR)$(PREFIX)/include/cellpose/
+	install -m 644 $(BUILD)/cellpose.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+	install -m 644 $(wildcard man/*.1) $(DESTDIR)$(PREFIX)/share/man/man1/
+
+uninstall:
+	rm -f $(CMDS:%=$(DESTDIR)$(PREFIX)/bin/%) $(DESTDIR)$(PREFIX)/lib/libcellpose.* \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/cellpose.pc
+	rm -rf $(DESTDIR)$(PREFIX)/include/cellpose
+	rm -f $(patsubst man/%,$(DESTDIR)$(PREFIX)/share/man/man1/%,$(wildcard man/*.1))
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,11 @@
+/* libcellpose: Cellpose segmentation, measurement and spot tables in C.
+ * Include this header for the whole public API (prefix cp_). */
+#ifndef CELLPOSE_CELLPOSE_H
+#define CELLPOSE_CELLPOSE_H
+
+#include "cellpose/core.h"
+#include "cellpose/image.h"
+#include "cellpose/io.h"
+#include "cellpose/files.h"
+
+#endif

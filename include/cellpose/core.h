@@ -1,0 +1,70 @@
+/* libcellpose core: status codes, error messages, version, atomic output files.
+ *
+ * Error convention (every public function): return CP_OK (0) on success or a
+ * negative-free cp_status code on failure; the message of the last failure in the
+ * calling thread is cp_errmsg(). The library never prints and never exits. */
+#ifndef CELLPOSE_CORE_H
+#define CELLPOSE_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CP_VERSION_MAJOR 0
+#define CP_VERSION_MINOR 1
+#define CP_VERSION_PATCH 0
+#define CP_VERSION_STRING "0.1.0"
+
+typedef enum cp_status {
+    CP_OK = 0,
+    CP_EIO = 1,          /* missing, unreadable or unwritable file */
+    CP_EFORMAT = 2,      /* not the expected format, corrupt or truncated */
+    CP_EUNSUPPORTED = 3, /* well-formed but a layout we do not handle */
+    CP_ELIMIT = 4,       /* a size beyond the configured limit */
+    CP_ENOMEM = 5,       /* allocation failed */
+    CP_EINVAL = 6,       /* bad argument or parameter value */
+    CP_EMODEL = 7,       /* weights or network failure */
+    CP_EINTR = 8,        /* cancelled by the caller */
+    CP_EEXIST = 9        /* output exists and overwriting was not asked for */
+} cp_status;
+
+/* Message of the last failure in this thread ("" if none). */
+const char *cp_errmsg(void);
+/* Short name of a status code ("I/O error", "bad format", ...). */
+const char *cp_strstatus(int status);
+/* Library version string, e.g. "0.1.0". */
+const char *cp_version(void);
+
+/* Upper bound on the pixels (width*height*channels*planes) any reader will
+ * allocate; protects against absurd header sizes. Default 2^31 samples
+ * (8 GiB as float32). 0 restores the default. Process-wide. */
+void cp_set_max_pixels(uint64_t max_samples);
+uint64_t cp_get_max_pixels(void);
+
+/* Atomic output: write to a hidden temporary file in the destination's folder,
+ * then rename over the destination on commit. Abort (or a crash) never leaves a
+ * half-written file under the final name. */
+typedef struct cp_atomic {
+    FILE *fp;            /* open for writing ("wb") */
+    int fd;              /* fp's descriptor */
+    char *tmp_path;      /* the temporary file */
+    char *final_path;    /* where commit renames it */
+} cp_atomic;
+
+int cp_atomic_open(cp_atomic *a, const char *final_path);
+/* Flush, close and rename. Returns CP_EIO (and removes the temp) on failure. */
+int cp_atomic_commit(cp_atomic *a);
+/* Close and remove the temporary file. Safe to call after a failed commit. */
+void cp_atomic_abort(cp_atomic *a);
+/* Remove every temporary file still open in this process. Async-signal-safe:
+ * meant for a SIGINT/SIGTERM handler in a command. */
+void cp_atomic_cleanup_all(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

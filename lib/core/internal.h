@@ -1,0 +1,34 @@
+/* Private helpers shared by every stage of libcellpose. Not installed. */
+#ifndef CP_INTERNAL_H
+#define CP_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "cellpose/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Record a failure for cp_errmsg() and return its code, so callers can write
+ * `return cp_error(CP_EIO, "%s: cannot open: %s", path, strerror(errno));` */
+int cp_error(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* Overflow-checked allocation helpers: NULL on overflow or failure (and the
+ * error message is set to CP_ENOMEM with `what`). */
+void *cp_malloc(size_t n, const char *what);
+void *cp_calloc(size_t count, size_t size, const char *what);
+void *cp_malloc_array(size_t count, size_t size, const char *what);
+char *cp_strdup(const char *s);
+
+/* count*size without overflow; returns 0 and sets *out on success. */
+int cp_mul_overflow(size_t a, size_t b, size_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,66 @@
+/* Minimal test harness: every check counts; a test binary ends with
+ * `RESULT <passed> <failed>` which tests/run adds up. */
+#ifndef CP_TEST_H
+#define CP_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int tst_pass, tst_fail;
+
+#define CHECK(cond) CHECKF(cond, "%s", "")
+#define CHECKF(cond, ...)                                                      \
+    do {                                                                       \
+        if (cond) {                                                            \
+            tst_pass++;                                                        \
+        } else {                                                               \
+            tst_fail++;                                                        \
+            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);    \
+            fprintf(stderr, __VA_ARGS__);                                      \
+            fputc('\n', stderr);                                               \
+        }                                                                      \
+    } while (0)
+/* A call into libcellpose that must succeed; prints cp_errmsg() otherwise. */
+#define CHECK_OK(call)                                                         \
+    do {                                                                       \
+        int rc_ = (call);                                                      \
+        CHECKF(rc_ == 0, "rc=%d: %s", rc_, cp_errmsg());                       \
+    } while (0)
+#define CHECK_NEAR(a, b, tol)                                                  \
+    do {                                                                       \
+        double a_ = (a), b_ = (b);                                             \
+        CHECKF(fabs(a_ - b_) <= (tol), "%.17g vs %.17g (tol %g)", a_, b_,      \
+               (double)(tol));                                                 \
+    } while (0)
+
+static inline int test_result(void)
+{
+    printf("RESULT %d %d\n", tst_pass, tst_fail);
+    return tst_fail ? 1 : 0;
+}
+
+/* ../shared (golden vectors, data) — tests/run exports CP_SHARED. */
+static inline const char *test_shared_dir(void)
+{
+    const char *s = getenv("CP_SHARED");
+    return s && *s ? s : "../shared";
+}
+
+/* Build "<CP_SHARED>/<rel>" into a static buffer (one at a time). */
+static inline const char *shared_path(const char *rel)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s/%s", test_shared_dir(), rel);
+    return buf;
+}
+
+/* A scratch folder for this test binary (tests/run exports CP_TMP). */
+static inline const char *test_tmp_dir(void)
+{
+    const char *s = getenv("CP_TMP");
+    return s && *s ? s : "/tmp";
+}
+
+#endif

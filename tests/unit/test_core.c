@@ -1,0 +1,109 @@
+/* Core: error convention, image type, label validation, atomic files, paths. */
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cellpose/cellpose.h"
+#include "test.h"
+
+static void test_image(void)
+{
+    cp_image *img;
+    CHECK_OK(cp_image_create(&img, 3, 2, 1, 1, CP_I32));
+    int32_t *p = img->data;
+    for (int i = 0; i < 6; i++)
+        p[i] = i;
+    CHECK(cp_image_get(img, 0, 1, 2, 0) == 5);
+    uint32_t *lab;
+    CHECK_OK(cp_image_labels_u32(img, "x", &lab));
+    CHECK(lab[5] == 5);
+    free(lab);
+    p[4] = -3;
+    CHECK(cp_image_labels_u32(img, "neg.tif", &lab) == CP_EFORMAT);
+    CHECKF(strstr(cp_errmsg(), "neg.tif") && strstr(cp_errmsg(), "negative"), "%s", cp_errmsg());
+    cp_image_free(img);
+
+    CHECK_OK(cp_image_create(&img, 2, 2, 1, 1, CP_F32));
+    CHECK(cp_image_labels_u32(img, "f.tif", &lab) == CP_EFORMAT);
+    cp_image_free(img);
+
+    /* a header claiming a huge size must not allocate */
+    cp_set_max_pixels(1000);
+    CHECK(cp_image_create(&img, 100, 100, 1, 1, CP_U8) == CP_ELIMIT);
+    CHECK(img == NULL);
+    cp_set_max_pixels(0);
+    CHECK(cp_image_create(&img, 0, 5, 1, 1, CP_U8) == CP_EINVAL);
+}
+
+static void test_atomic(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/out.txt", test_tmp_dir());
+    unlink(path);
+    cp_atomic a;
+    CHECK_OK(cp_atomic_open(&a, path));
+    fputs("hello", a.fp);
+    CHECK(!cp_path_exists(path)); /* invisible until committed */
+    CHECK_OK(cp_atomic_commit(&a));
+    CHECK(cp_path_exists(path));
+    CHECK_OK(cp_atomic_open(&a, path));
+    fputs("other", a.fp);
+    cp_atomic_abort(&a);
+    FILE *f = fopen(path, "r");
+    char buf[16] = {0};
+    CHECK(f && fread(buf, 1, 15, f) == 5 && strcmp(buf, "hello") == 0);
+    if (f)
+        fclose(f);
+    CHECK(cp_atomic_open(&a, "/nonexistent-dir/x.txt") == CP_EIO);
+    CHECKF(strstr(cp_errmsg(), "/nonexistent-dir/x.txt") != NULL, "%s", cp_errmsg());
+}
+
+static void test_paths(void)
+{
+    char *s = cp_path_stem("a/b/img_1.ome.tif");
+    CHECK(strcmp(s, "img_1.ome") == 0);
+    free(s);
+    s = cp_path_stem("x.npy.gz");
+    CHECK(strcmp(s, "x") == 0);
+    free(s);
+    s = cp_path_pair_key("dir/cell_00849_cp_masks.tif");
+    CHECK(strcmp(s, "cell_00849") == 0);
+    free(s);
+    s = cp_path_pair_key("abc_masks.tif");
+    CHECK(strcmp(s, "abc") == 0);
+    free(s);
+    s = cp_path_dir("file");
+    CHECK(strcmp(s, ".") == 0);
+    free(s);
+    CHECK(cp_is_image_name("A.TIFF") && cp_is_image_name("m.npy.gz") && !cp_is_image_name("x.csv"));
+
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/list/sub", test_tmp_dir());
+    CHECK_OK(cp_mkdirs(dir));
+    const char *names[] = {"list/b.tif", "list/a.png", "list/sub/c.tif", "list/notes.txt", "list/.hidden.tif"};
+    for (size_t i = 0; i < 5; i++) {
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", test_tmp_dir(), names[i]);
+        FILE *f = fopen(p, "w");
+        if (f)
+            fclose(f);
+    }
+    snprintf(dir, sizeof dir, "%s/list", test_tmp_dir());
+    cp_strlist l = {0};
+    CHECK_OK(cp_list_images(dir, 0, NULL, &l));
+    CHECK(l.n == 2 && strstr(l.items[0], "/a.png") && strstr(l.items[1], "/b.tif"));
+    cp_strlist_free(&l);
+    CHECK_OK(cp_list_images(dir, 1, "*.tif", &l));
+    CHECK(l.n == 2 && strstr(l.items[0], "/b.tif") && strstr(l.items[1], "/sub/c.tif"));
+    cp_strlist_free(&l);
+    const char *in[] = {"/no/such/path"};
+    CHECK(cp_expand_inputs(in, 1, 0, NULL, &l) == CP_EIO);
+    cp_strlist_free(&l);
+}
+
+int main(void)
+{
+    test_image();
+    test_atomic();
+    test_paths();
+    return test_result();
+}
