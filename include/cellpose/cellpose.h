@@ -7,5 +7,6 @@
 #include "cellpose/image.h"
 #include "cellpose/io.h"
 #include "cellpose/files.h"
+#include "cellpose/net.h"
 
 #endif

@@ -1,0 +1,58 @@
+/* libcellpose network: Cellpose weight files and the forward pass (libtorch).
+ *
+ * A model is loaded from an official Cellpose state_dict file (torch.save zip
+ * or legacy container). The architecture (CPnet of Cellpose 3, or the
+ * Cellpose-SAM transformer of Cellpose 4) is recognised from the keys. */
+#ifndef CELLPOSE_NET_H
+#define CELLPOSE_NET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum cp_arch {
+    CP_ARCH_CPNET = 1,  /* Cellpose 3 residual U-Net: 2 input channels, tiles 224 */
+    CP_ARCH_CPSAM = 2   /* Cellpose-SAM ViT: 3 input channels, tiles 256 */
+} cp_arch;
+
+typedef struct cp_model_info {
+    cp_arch arch;
+    int nchan;          /* input channels: 2 (CPnet) or 3 (cpsam) */
+    int nout;           /* output channels: 3 (dY, dX, cellprob) */
+    int bsize;          /* default tile size: 224 or 256 */
+    float diam_mean;    /* from the file */
+    float diam_labels;  /* from the file */
+    int nbase[8];       /* CPnet: channel widths per level, nbase[0] = nchan */
+    int nlevels;        /* CPnet: entries used in nbase */
+    int embed, depth, heads, patch;  /* cpsam */
+    uint64_t nparams;   /* values in the state dict */
+    char sha256[65];    /* checksum of the weight file, hex */
+} cp_model_info;
+
+typedef enum cp_device { CP_DEVICE_CPU = 0, CP_DEVICE_CUDA = 1 } cp_device;
+
+typedef struct cp_model_opts {
+    cp_device device;   /* CPU unless asked */
+    int threads;        /* intra-op threads; 0 = all cores */
+} cp_model_opts;
+
+typedef struct cp_model cp_model;
+
+/* Load weights. opts may be NULL. Errors name the file and the missing or
+ * mismatched key/shape. */
+int cp_model_load(const char *path, const cp_model_opts *opts, cp_model **out);
+void cp_model_free(cp_model *m);
+const cp_model_info *cp_model_get_info(const cp_model *m);
+
+/* Forward pass on a batch of n tiles, in: n × nchan × ty × tx float32
+ * (C order), out: n × nout × ty × tx. style (n × 256) may be NULL.
+ * ty and tx must be multiples of 8 (CPnet) or equal bsize (cpsam). */
+int cp_model_forward(cp_model *m, const float *in, int n, int ty, int tx, float *out, float *style);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
