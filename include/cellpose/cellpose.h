@@ -8,5 +8,7 @@
 #include "cellpose/io.h"
 #include "cellpose/files.h"
 #include "cellpose/net.h"
+#include "cellpose/zip.h"
+#include "cellpose/cells.h"
 
 #endif
