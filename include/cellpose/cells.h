@@ -102,6 +102,12 @@ int cp_cells_write_zip(const cp_image *img, const cp_image *masks, const char *m
 int cp_cells_write_zip_fp(const cp_image *img, const cp_image *masks, const char *masks_name,
                           FILE *fp, const char *name, const cp_cells_opts *o, cp_cells_result *res);
 
+/* cpseg output pairing: for "DIR/NAME_cp_masks.<ext>" find the image
+ * "DIR/NAME.<ext>" (.tif .tiff .png .npy .npy.gz, also upper case). *image and
+ * *name ("NAME") are newly allocated. CP_EIO if no image or CP_EINVAL if more
+ * than one candidate exists, or if the path does not end in _cp_masks.<ext>. */
+int cp_cells_seg_image(const char *masks_path, char **image, char **name);
+
 #ifdef __cplusplus
 }
 #endif
