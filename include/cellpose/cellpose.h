@@ -9,5 +9,6 @@
 #include "cellpose/files.h"
 #include "cellpose/net.h"
 #include "cellpose/outline.h"
+#include "cellpose/imagej.h"
 
 #endif
