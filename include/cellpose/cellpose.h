@@ -10,5 +10,6 @@
 #include "cellpose/net.h"
 #include "cellpose/outline.h"
 #include "cellpose/imagej.h"
+#include "cellpose/models.h"
 
 #endif
