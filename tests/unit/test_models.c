@@ -15,7 +15,7 @@ static void touch(const char *dir, const char *name)
 
 int main(void)
 {
-    char local[4096], home[4096], homemodels[4096];
+    char local[4096], home[4096], homemodels[4200];
     snprintf(local, sizeof local, "%s/local", test_tmp_dir());
     snprintf(home, sizeof home, "%s/home", test_tmp_dir());
     snprintf(homemodels, sizeof homemodels, "%s/.cellpose/models", home);
