@@ -8,6 +8,9 @@
 #include "cellpose/io.h"
 #include "cellpose/files.h"
 #include "cellpose/net.h"
+#include "cellpose/outline.h"
+#include "cellpose/imagej.h"
+#include "cellpose/models.h"
 #include "cellpose/zip.h"
 #include "cellpose/cells.h"
 
