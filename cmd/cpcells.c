@@ -57,7 +57,7 @@ static int on_progress(void *ud, size_t done, size_t total)
             r->prog.total = total;
         cli_progress_update(&r->prog, done, NULL);
     }
-    return cli_interrupted != 0;
+    return 0;
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -90,7 +90,7 @@ static uint32_t *parse_labels(const char *s, size_t *n)
  * batch goes on), an output that cannot be written is 3 (the run stops). */
 static int exit_for(int rc, int writing)
 {
-    if (rc == CP_EINTR || cli_interrupted)
+    if (rc == CP_EINTR)
         return CLI_EXIT_INTR;
     if (writing && (rc == CP_EIO || rc == CP_EEXIST || rc == CP_ENOMEM))
         return CLI_EXIT_FATAL;
@@ -131,13 +131,7 @@ static int do_one(run *r, const char *image, const char *masks, const char *out,
     if (!r->batch)
         cli_progress_start(&r->prog, 0, "cells");
     if (zip && strcmp(out, "-") == 0) {
-        if (isatty(STDOUT_FILENO)) {
-            rc = cp_error(CP_EINVAL, "refusing to write a ZIP archive to a terminal (redirect stdout)");
-        } else {
-            rc = cp_cells_write_zip_fp(img, mk, masks, stdout, "stdout", &r->o, &res);
-            if (rc == CP_OK && fflush(stdout) != 0)
-                rc = cp_error(CP_EIO, "stdout: write failed: %s", strerror(errno));
-        }
+        rc = cp_cells_write_zip_fp(img, mk, masks, stdout, "stdout", &r->o, &res);
     } else if (zip) {
         rc = cp_cells_write_zip(img, mk, masks, out, &r->o, &res);
     } else {
@@ -191,7 +185,7 @@ static int do_batch(run *r, const char *dir, const char *outroot, int zip, int f
     cli_progress_start(&r->prog, masks.n, "images");
     int status = CLI_EXIT_OK;
     size_t done = 0, skipped = 0, failed = 0;
-    for (size_t i = 0; i < masks.n && !cli_interrupted; i++) {
+    for (size_t i = 0; i < masks.n; i++) {
         char *image = NULL, *name = NULL;
         rc = cp_cells_seg_image(masks.items[i], &image, &name);
         if (rc != CP_OK) {
@@ -236,8 +230,6 @@ static int do_batch(run *r, const char *dir, const char *outroot, int zip, int f
         cli_progress_update(&r->prog, i + 1, NULL);
     }
     cli_progress_end(&r->prog);
-    if (cli_interrupted)
-        status = CLI_EXIT_INTR;
     cli_info("%zu images done, %zu skipped (finished before), %zu failed", done, skipped, failed);
     cp_strlist_free(&masks);
     return status;
@@ -323,6 +315,8 @@ int main(int argc, char **argv)
             cli_usage_error("need -o OUTDIR or --zip FILE.zip");
         if (strcmp(dest, "-") == 0 || (out && strcmp(out, "-") == 0))
             zip = 1, dest = "-"; /* a folder cannot go to stdout */
+        if (strcmp(dest, "-") == 0 && isatty(STDOUT_FILENO))
+            cli_usage_error("refusing to write a ZIP archive to a terminal (redirect stdout)");
         status = do_one(&r, argv[optind], argv[optind + 1], dest, zip);
     }
     free(labels);

@@ -1,12 +1,10 @@
 /* Cells to files: every selected cell's TIFF (and mask) plus cells.csv, into
  * a folder that appears only when complete, or into a ZIP archive. */
 #include <errno.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cellpose/cells.h"
@@ -250,42 +248,6 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
     return rc;
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
-
-static void remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-/* A hidden sibling of path: "<dir>/.<base>.<tag>XXXXXX" made by mkdtemp. */
-static char *make_temp_dir(const char *path, const char *tag)
-{
-    char *dir = cp_path_dir(path);
-    const char *slash = strrchr(path, '/');
-    const char *base = slash ? slash + 1 : path;
-    size_t len = strlen(dir) + strlen(base) + strlen(tag) + 16;
-    char *t = dir ? cp_malloc(len, "temp path") : NULL;
-    if (t) {
-        snprintf(t, len, "%s/.%s.%sXXXXXX", dir, base, tag);
-        if (!mkdtemp(t)) {
-            cp_error(CP_EIO, "%s: cannot create a folder next to it: %s", path, strerror(errno));
-            free(t);
-            t = NULL;
-        }
-    }
-    free(dir);
-    return t;
-}
-
-static void strip_slashes(char *s)
-{
-    size_t n = strlen(s);
-    while (n > 1 && s[n - 1] == '/')
-        s[--n] = 0;
-}
-
 int cp_cells_write_dir(const cp_image *img, const cp_image *masks, const char *masks_name, const char *outdir,
                        const cp_cells_opts *o, cp_cells_result *res)
 {
@@ -293,71 +255,17 @@ int cp_cells_write_dir(const cp_image *img, const cp_image *masks, const char *m
     if (!res)
         res = &dummy;
     memset(res, 0, sizeof *res);
-    int overwrite = o && o->overwrite;
-    char *final = cp_strdup(outdir);
-    if (!final)
-        return CP_ENOMEM;
-    strip_slashes(final);
-    struct stat st;
-    int exists = lstat(final, &st) == 0;
-    if (exists && !overwrite) {
-        free(final);
-        return cp_error(CP_EEXIST, "%s: exists (use --force to replace it)", outdir);
-    }
-    char *parent = cp_path_dir(final);
-    int rc = parent ? cp_mkdirs(parent) : CP_ENOMEM;
-    free(parent);
+    cp_atomic_dir d;
+    int rc = cp_atomic_dir_open(&d, outdir, o && o->overwrite);
+    if (rc != CP_OK)
+        return rc;
+    sink s = {.add = dir_add, .dir = d.tmp_path};
+    rc = write_cells(img, masks, masks_name, o, &s, res);
     if (rc != CP_OK) {
-        free(final);
+        cp_atomic_dir_abort(&d);
         return rc;
     }
-    char *tmp = make_temp_dir(final, "cpcells-");
-    if (!tmp) {
-        free(final);
-        return CP_EIO;
-    }
-    /* mkdtemp makes 0700; the result should follow the umask like mkdir. */
-    mode_t um = umask(0);
-    umask(um);
-    chmod(tmp, 0777 & ~um);
-
-    sink s = {.add = dir_add, .dir = tmp};
-    rc = write_cells(img, masks, masks_name, o, &s, res);
-    if (rc == CP_OK && exists) {
-        /* Move the old output aside, put the new one in place, then delete
-         * the old: the name never points at a half-built folder. */
-        if (S_ISDIR(st.st_mode)) {
-            char *old = make_temp_dir(final, "old-");
-            int moved = 0;
-            if (!old)
-                rc = CP_EIO;
-            else if (rename(final, old) != 0)
-                rc = cp_error(CP_EIO, "%s: cannot move the old output aside: %s", outdir, strerror(errno));
-            else
-                moved = 1;
-            if (rc == CP_OK && rename(tmp, final) != 0) {
-                rc = cp_error(CP_EIO, "%s: cannot rename the new output into place: %s", outdir, strerror(errno));
-                if (rename(old, final) == 0)
-                    moved = 0;
-            }
-            if (old && (rc == CP_OK || !moved)) /* never delete the only copy of the old output */
-                remove_tree(old);
-            free(old);
-            if (rc == CP_OK) {
-                free(tmp);
-                tmp = NULL;
-            }
-        } else if (unlink(final) != 0) {
-            rc = cp_error(CP_EIO, "%s: cannot replace: %s", outdir, strerror(errno));
-        }
-    }
-    if (rc == CP_OK && tmp && rename(tmp, final) != 0)
-        rc = cp_error(CP_EIO, "%s: cannot rename the new output into place: %s", outdir, strerror(errno));
-    if (rc != CP_OK && tmp)
-        remove_tree(tmp);
-    free(tmp);
-    free(final);
-    return rc;
+    return cp_atomic_dir_commit(&d);
 }
 
 int cp_cells_write_zip_fp(const cp_image *img, const cp_image *masks, const char *masks_name, FILE *fp,
