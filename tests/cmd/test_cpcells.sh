@@ -1,0 +1,122 @@
+# cpcells on real images: folder and ZIP outputs, batch mode, selection,
+# refusals, and no leftovers after failures. (Pixel values of the crops are
+# checked against the source in tests/unit/test_cells.c.)
+. "$(dirname "$0")/lib.sh"
+C=$BIN/cpcells
+D=$SHARED/data
+DSB=$D/dsb2018/00ae65c1c6631ae6f2be1a449902976e6eb8483bf6b0740d00530220832c6d3e
+SD=$D/nuclei-extra/stardist_img2d
+NI=$D/wholecell/neurips_cell_00528
+PY=/usr/bin/python3
+cd "$T" || exit 1
+
+check "--help" "$C" --help > /dev/null
+check_eq "--version" "$("$C" --version)" "cpcells (cptools) $(sed -n 's/^#define CP_VERSION_STRING "\(.*\)"/\1/p' "$CP_ROOT/include/cellpose/core.h")"
+check_fails "no arguments" 2 "$C"
+check_fails "bad --pad" 2 "$C" "${DSB}_img.png" "${DSB}_masks.tif" -o x --pad -1
+check_fails "bad --range" 2 "$C" "${DSB}_img.png" "${DSB}_masks.tif" -o x --range 5 5
+check_fails "bad --labels" 2 "$C" "${DSB}_img.png" "${DSB}_masks.tif" -o x --labels 3,x
+
+# Folder: one file per label (70 nuclei) plus cells.csv, label order.
+check "dsb folder" "$C" "${DSB}_img.png" "${DSB}_masks.tif" -o dsb
+check_eq "dsb file count" "$(ls dsb | wc -l)" 71
+check_eq "dsb first/last" "$(ls dsb | head -1) $(ls dsb | grep cell_ | tail -1)" "cell_0001.tif cell_0070.tif"
+check_eq "csv rows" "$(tail -n +2 dsb/cells.csv | wc -l)" 70
+check_eq "csv header" "$(head -1 dsb/cells.csv)" \
+    "label,file,bbox_min_row,bbox_min_col,bbox_max_row,bbox_max_col,area,pad,crop_min_row,crop_min_col,crop_max_row,crop_max_col,scale_lo,scale_hi"
+# every cell a 16-bit TIFF, one page per channel (RGBA PNG -> 4 pages), shape = crop
+$PY - dsb <<'EOF'
+import csv, struct, sys, os
+d = sys.argv[1]
+def pages(path):  # (width, height, bits) of every IFD of a little-endian classic TIFF
+    b = open(path, 'rb').read()
+    assert b[:4] == b'II*\0', path
+    off, out = struct.unpack('<I', b[4:8])[0], []
+    while off:
+        n = struct.unpack('<H', b[off:off+2])[0]
+        tags = {}
+        for i in range(n):
+            t, ty, cnt, v = struct.unpack('<HHII', b[off+2+12*i: off+14+12*i])
+            tags[t] = v & 0xFFFF if ty == 3 else v
+        out.append((tags[256], tags[257], tags[258]))
+        off = struct.unpack('<I', b[off+2+12*n: off+6+12*n])[0]
+    return out
+bad = 0
+for r in csv.DictReader(open(os.path.join(d, 'cells.csv'))):
+    w = int(r['crop_max_col']) - int(r['crop_min_col']); h = int(r['crop_max_row']) - int(r['crop_min_row'])
+    if pages(os.path.join(d, r['file'])) != [(w, h, 16)] * 4: bad += 1
+sys.exit(1 if bad else 0)
+EOF
+check "every cell: 4 pages of u16 with the crop's shape" [ $? -eq 0 ]
+
+# ZIP: same entries, same bytes, valid for unzip and Python, reproducible.
+check "dsb zip" "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip dsb.zip
+check "unzip -t" unzip -tq dsb.zip
+check_eq "zip lists the folder's files" "$(unzip -Z1 dsb.zip | sort | tr '\n' ' ')" "$(ls dsb | sort | tr '\n' ' ')"
+check_eq "zip order: labels, cells.csv last" "$(unzip -Z1 dsb.zip | head -2 | tr '\n' ' ')$(unzip -Z1 dsb.zip | tail -1)" "cell_0001.tif cell_0002.tif cells.csv"
+mkdir unz && (cd unz && unzip -q ../dsb.zip)
+check "zip contents = folder" diff -r unz dsb
+check "python zipfile" $PY -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); sys.exit(z.testzip() is not None or len(z.namelist())!=71)" dsb.zip
+check "second run" "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip=dsb2.zip
+check_same "zip byte-identical between runs" dsb.zip dsb2.zip
+"$C" -o - --zip - "${DSB}_img.png" "${DSB}_masks.tif" > stdout.zip
+check_eq "stdout exit" $? 0
+check_same "stdout zip = file zip" stdout.zip dsb.zip
+"$C" -o - "${DSB}_img.png" "${DSB}_masks.tif" | cat > pipe.zip
+check_same "-o - alone streams the zip" pipe.zip dsb.zip
+
+# 16-bit image, options.
+check "u16 + options" "$C" "${NI}_img.tif" "${NI}_masks.tif" -o ni --pad 4 --mask-too --min-area 70 --labels 3,7,10,11
+check "u16 all cells" "$C" "${NI}_img.tif" "${NI}_masks.tif" -o ni_all --pad 4
+check_eq "all 44 cells" "$(ls ni_all | wc -l)" 45
+check_eq "selection by label and area" "$(cut -d, -f1 ni/cells.csv | tr '\n' ' ')" \
+    "label $(awk -F, 'NR>1 && ($1==3||$1==7||$1==10||$1==11) && $7>=70 {printf "%s ", $1}' ni_all/cells.csv)"
+check_same "selected cell = same cell of the full run" ni/cell_0007.tif ni_all/cell_0007.tif
+check "mask files" [ -f ni/cell_0007_mask.tif ] 
+check_eq "pad recorded" "$(awk -F, 'NR==2{print $8}' ni/cells.csv)" 4
+check_eq "missing label is a warning" "$("$C" "${NI}_img.tif" "${NI}_masks.tif" -o ni_w --labels 3,9999 2>&1 >/dev/null | grep -c 9999)" 1
+
+# Refusals, with nothing left behind.
+check_fails "existing output" 3 "$C" "${DSB}_img.png" "${DSB}_masks.tif" -o dsb
+grep -q "dsb: exists" "$T/last.err"; check "message names the output" [ $? -eq 0 ]
+check_fails "existing zip" 3 "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip dsb.zip
+check "--force replaces" "$C" "${DSB}_img.png" "${DSB}_masks.tif" -o dsb --force --labels 5
+check_eq "replaced, not merged" "$(ls dsb | tr '\n' ' ')" "cell_0005.tif cells.csv "
+check_fails "size mismatch" 1 "$C" "${DSB}_img.png" "${SD}_masks.tif" -o mism
+grep -q "stardist_img2d_masks.tif: masks are 512 x 512 but the image is 256 x 320" "$T/last.err"
+check "mismatch message" [ $? -eq 0 ]
+check_fails "float masks" 1 "$C" "$D/nogt/bpae_actin.tif" "$D/nogt/bpae_nuclei.tif" -o flt
+grep -q "bpae_nuclei.tif: label image has floating-point pixels" "$T/last.err"; check "float message" [ $? -eq 0 ]
+check_fails "float masks (zip)" 1 "$C" "$D/nogt/bpae_actin.tif" "$D/nogt/bpae_nuclei.tif" --zip flt.zip
+check_fails "missing image" 1 "$C" nothere.png "${DSB}_masks.tif" -o miss
+touch afile
+check_fails "unwritable output" 3 "$C" "${DSB}_img.png" "${DSB}_masks.tif" -o afile/sub
+check_fails "unwritable zip" 3 "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip afile/x.zip
+check "no outputs after failures" [ ! -e mism ] && [ ! -e flt ] && [ ! -e flt.zip ] && [ ! -e miss ]
+check_eq "no temporaries" "$(ls -A | grep '^\.' | wc -l)" 0
+
+# Batch over cpseg output.
+mkdir seg
+cp "${SD}_img.tif" seg/sd.tif; cp "${SD}_masks.tif" seg/sd_cp_masks.tif
+cp "${NI}_img.tif" seg/ni.tif; cp "${NI}_masks.tif" seg/ni_cp_masks.tif
+cp "${DSB}_img.png" seg/dsb.png; cp "${DSB}_masks.tif" seg/dsb_cp_masks.tif
+check "from-seg" "$C" --from-seg seg -o root
+check_eq "from-seg outputs" "$(ls root | tr '\n' ' ')" "dsb ni sd "
+check_eq "from-seg sd cells" "$(ls root/sd | wc -l)" 126
+check "from-seg = single run" diff -r root/dsb unz
+touch -d '2001-01-01' root/sd/cells.csv
+check "rerun skips finished work" "$C" --from-seg seg -o root
+check_eq "untouched" "$(date -r root/sd/cells.csv +%Y)" 2001
+check "--force redoes" "$C" --from-seg seg -o root --force
+check "redone" [ "$(date -r root/sd/cells.csv +%Y)" != 2001 ]
+check "from-seg zip" "$C" --from-seg seg -o zroot --zip
+check_same "from-seg zip = single zip" zroot/dsb.zip dsb.zip
+ls seg/*_cp_masks.tif | "$C" --from-seg - -o sroot --zip
+check_eq "stdin list" "$(ls sroot | tr '\n' ' ')" "dsb.zip ni.zip sd.zip "
+cp "${SD}_masks.tif" seg/orphan_cp_masks.tif
+check_fails "image missing in batch: partial" 1 "$C" --from-seg seg -o root
+grep -q "orphan_cp_masks.tif: no image" "$T/last.err"; check "orphan message" [ $? -eq 0 ]
+check_fails "zip file with --from-seg" 2 "$C" --from-seg seg -o root --zip=x.zip
+check_eq "no temporaries in batch roots" "$(ls -A root zroot sroot | grep -c '^\.')" 0
+
+finish
