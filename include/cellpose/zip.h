@@ -40,6 +40,22 @@ int cp_zip_open(cp_zip **out, const char *path, int overwrite, const cp_zip_opts
  * Names must be unique within the archive. */
 int cp_zip_add(cp_zip *z, const char *name, const void *data, size_t size);
 
+/* Compress ahead, e.g. in parallel threads: cp_zip_prepare only reads z's
+ * settings, so any number of threads may call it at once; the entries are
+ * then added in order with cp_zip_add_prepared (one thread). cp_zip_add is
+ * prepare + add_prepared. */
+typedef struct cp_zip_prepared {
+    void *packed;          /* deflated bytes (NULL when stored) */
+    size_t packed_size;
+    size_t size;           /* bytes before compression */
+    uint32_t crc;
+    int method;            /* 8 deflate, 0 stored */
+} cp_zip_prepared;
+int cp_zip_prepare(const cp_zip *z, const void *data, size_t size, cp_zip_prepared *p);
+/* data must be the bytes given to cp_zip_prepare (written as-is when stored). */
+int cp_zip_add_prepared(cp_zip *z, const char *name, const cp_zip_prepared *p, const void *data);
+void cp_zip_prepared_free(cp_zip_prepared *p);
+
 /* Entries added so far, and bytes written so far. */
 size_t cp_zip_count(const cp_zip *z);
 uint64_t cp_zip_bytes(const cp_zip *z);

@@ -120,12 +120,14 @@ static int select_boxes(cp_cell_box *b, size_t *n, const cp_cells_opts *o, cp_ce
 typedef struct encoded {
     void *tif, *mask;
     size_t tif_size, mask_size;
+    cp_zip_prepared ztif, zmask;   /* compressed here when the sink is a ZIP */
     int rc;
     char err[512];
 } encoded;
 
 static void encode_cell(const cp_image *img, const uint32_t *labels, const cp_cell_box *box,
-                        const cp_cells_opts *o, const cp_cell_scale *sc, const char *name, encoded *e)
+                        const cp_cells_opts *o, const cp_cell_scale *sc, const char *name, const cp_zip *zip,
+                        encoded *e)
 {
     memset(e, 0, sizeof *e);
     cp_image *crop = NULL, *mask = NULL;
@@ -136,6 +138,10 @@ static void encode_cell(const cp_image *img, const uint32_t *labels, const cp_ce
         e->rc = cp_tiff_write_mem(crop, &wo, name, &e->tif, &e->tif_size);
     if (e->rc == CP_OK && mask)
         e->rc = cp_tiff_write_mem(mask, &wm, name, &e->mask, &e->mask_size);
+    if (e->rc == CP_OK && zip)
+        e->rc = cp_zip_prepare(zip, e->tif, e->tif_size, &e->ztif);
+    if (e->rc == CP_OK && zip && e->mask)
+        e->rc = cp_zip_prepare(zip, e->mask, e->mask_size, &e->zmask);
     if (e->rc != CP_OK) /* messages are per thread: carry it to the writer */
         snprintf(e->err, sizeof e->err, "%s", cp_errmsg());
     cp_image_free(crop);
@@ -203,7 +209,7 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
         for (size_t i = 0; i < nb; i++) {
             char name[64];
             cp_cell_file_name(name, sizeof name, boxes[b0 + i].label, max_label, ".tif");
-            encode_cell(img, labels, &boxes[b0 + i], o, &sc, name, &enc[i]);
+            encode_cell(img, labels, &boxes[b0 + i], o, &sc, name, out->zip, &enc[i]);
         }
         for (size_t i = 0; i < nb; i++) {
             const cp_cell_box *bx = &boxes[b0 + i];
@@ -214,9 +220,11 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
             if (rc == CP_OK && e->rc != CP_OK)
                 rc = cp_error(e->rc, "%s", e->err);
             if (rc == CP_OK)
-                rc = out->add(out, name, e->tif, e->tif_size);
+                rc = out->zip ? cp_zip_add_prepared(out->zip, name, &e->ztif, e->tif)
+                              : out->add(out, name, e->tif, e->tif_size);
             if (rc == CP_OK && e->mask)
-                rc = out->add(out, mask_name, e->mask, e->mask_size);
+                rc = out->zip ? cp_zip_add_prepared(out->zip, mask_name, &e->zmask, e->mask)
+                              : out->add(out, mask_name, e->mask, e->mask_size);
             if (rc == CP_OK) {
                 res->n_cells++;
                 res->n_files += e->mask ? 2 : 1;
@@ -230,6 +238,8 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
             free(e->tif);
             free(e->mask);
             e->tif = e->mask = NULL;
+            cp_zip_prepared_free(&e->ztif);
+            cp_zip_prepared_free(&e->zmask);
         }
         if (rc == CP_OK && o->progress && o->progress(o->progress_ud, b0 + nb, n))
             rc = cp_error(CP_EINTR, "%s: cancelled", mname);

@@ -187,7 +187,7 @@ static int valid_name(const char *name)
 }
 
 /* Raw deflate of data into a new buffer; *out_size its length. */
-static int deflate_buf(cp_zip *z, const void *data, size_t size, unsigned char **out, size_t *out_size)
+static int deflate_buf(const cp_zip *z, const void *data, size_t size, unsigned char **out, size_t *out_size)
 {
     z_stream s;
     memset(&s, 0, sizeof s);
@@ -232,7 +232,46 @@ static int name_is_ascii(const char *s)
     return 1;
 }
 
+int cp_zip_prepare(const cp_zip *z, const void *data, size_t size, cp_zip_prepared *p)
+{
+    memset(p, 0, sizeof *p);
+    p->size = size;
+    p->crc = cp_crc32(0, data, size);
+    if (z->level > 0 && size > 0) {
+        int rc = deflate_buf(z, data, size, (unsigned char **)&p->packed, &p->packed_size);
+        if (rc != CP_OK)
+            return rc;
+        if (p->packed_size >= size) { /* incompressible: store */
+            free(p->packed);
+            p->packed = NULL;
+        }
+    }
+    p->method = p->packed ? 8 : 0;
+    if (!p->packed)
+        p->packed_size = size;
+    return CP_OK;
+}
+
+void cp_zip_prepared_free(cp_zip_prepared *p)
+{
+    free(p->packed);
+    memset(p, 0, sizeof *p);
+}
+
 int cp_zip_add(cp_zip *z, const char *name, const void *data, size_t size)
+{
+    cp_zip_prepared p;
+    int rc = cp_zip_prepare(z, data, size, &p);
+    if (rc != CP_OK) {
+        z->failed = 1;
+        return rc;
+    }
+    rc = cp_zip_add_prepared(z, name, &p, data);
+    cp_zip_prepared_free(&p);
+    return rc;
+}
+
+int cp_zip_add_prepared(cp_zip *z, const char *name, const cp_zip_prepared *p, const void *data)
 {
     if (z->failed)
         return cp_error(CP_EIO, "%s: an earlier write failed", z->name);
@@ -257,30 +296,16 @@ int cp_zip_add(cp_zip *z, const char *name, const void *data, size_t size)
         return rc;
     }
     z->n++;
-
-    unsigned char *packed = NULL;
-    size_t packed_size = 0;
-    if (z->level > 0 && size > 0) {
-        rc = deflate_buf(z, data, size, &packed, &packed_size);
-        if (rc != CP_OK) {
-            z->failed = 1;
-            return rc;
-        }
-        if (packed_size >= size) { /* incompressible: store */
-            free(packed);
-            packed = NULL;
-        }
-    }
-    e->crc = cp_crc32(0, data, size);
-    e->method = packed ? 8 : 0;
+    e->crc = p->crc;
+    e->method = (uint16_t)p->method;
     e->flags = name_is_ascii(name) ? 0 : 0x0800; /* bit 11: UTF-8 name */
-    e->usize = size;
-    e->csize = packed ? packed_size : size;
+    e->usize = p->size;
+    e->csize = p->method == 8 ? p->packed_size : p->size;
     e->offset = z->offset;
 
     int zip64 = z->force64 || e->usize >= MAX32 || e->csize >= MAX32;
     size_t nlen = strlen(name);
-    unsigned char h[30 + 20];
+    unsigned char h[30];
     put32(h, SIG_LOCAL);
     put16(h + 4, zip64 ? 45 : e->method == 8 ? 20 : 10);
     put16(h + 6, e->flags);
@@ -303,8 +328,7 @@ int cp_zip_add(cp_zip *z, const char *name, const void *data, size_t size)
     if (rc == CP_OK && zip64)
         rc = zwrite(z, x, 20);
     if (rc == CP_OK)
-        rc = zwrite(z, packed ? packed : data, (size_t)e->csize);
-    free(packed);
+        rc = zwrite(z, p->method == 8 ? p->packed : data, (size_t)e->csize);
     return rc;
 }
 

@@ -378,8 +378,45 @@ static void test_zip_formats(void)
     CHECK(cp_crc32(0, "123456789", 9) == 0xCBF43926u);
 }
 
-int main(void)
+/* Bench input (scripts/bench.d/cpcells.sh): an SIZE x SIZE u16 image of
+ * pseudo-random texture and N disc-shaped cells on a grid. */
+static int make_bench_input(const char *dir, int n, int size)
 {
+    int g = 1;
+    while (g * g < n)
+        g++;
+    double pitch = (double)size / g, rad = pitch * 0.4;
+    cp_image *img, *mk;
+    if (cp_image_create(&img, size, size, 1, 1, CP_U16) || cp_image_create(&mk, size, size, 1, 1, CP_U16))
+        return 1;
+    uint16_t *p = img->data, *m = mk->data;
+    uint32_t r = 12345;
+    for (size_t i = 0; i < (size_t)size * size; i++) {
+        r = r * 1664525u + 1013904223u;
+        p[i] = (uint16_t)(1000 + (r >> 20));
+    }
+    for (int k = 0; k < n; k++) {
+        double cy = (k / g + 0.5) * pitch, cx = (k % g + 0.5) * pitch;
+        for (int y = (int)(cy - rad); y <= (int)(cy + rad); y++)
+            for (int x = (int)(cx - rad); x <= (int)(cx + rad); x++)
+                if (y >= 0 && x >= 0 && y < size && x < size && (y - cy) * (y - cy) + (x - cx) * (x - cx) <= rad * rad)
+                    m[(size_t)y * size + x] = (uint16_t)(k + 1);
+    }
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s/bench_img.tif", dir);
+    snprintf(b, sizeof b, "%s/bench_masks.tif", dir);
+    int rc = cp_tiff_write(a, img, NULL) || cp_tiff_write(b, mk, NULL);
+    if (rc)
+        fprintf(stderr, "%s\n", cp_errmsg());
+    cp_image_free(img);
+    cp_image_free(mk);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 5 && strcmp(argv[1], "--make-bench-input") == 0)
+        return make_bench_input(argv[2], atoi(argv[3]), atoi(argv[4]));
     test_boxes_synthetic();
     CHECK(check_crops(STARDIST, "_img.tif", 0, 0) == 125);           /* u16 */
     CHECK(check_crops(DSB_RGBA, "_img.png", 5, 0) == 70);            /* u8 RGBA, pad clipped at edges */
