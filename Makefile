@@ -26,7 +26,9 @@ CFLAGS   += -std=c11 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS)
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
             -Iinclude -Ilib $(TORCH_INC) -Wno-unused-parameter
 LDLIBS   := $(TORCH_LIBS) -ltiff -lpng -lz -lcjson -lgomp -lstdc++ -lm -lpthread
-LDFLAGS  += -fopenmp $(SANFLAGS)
+# --as-needed: Debian's gcc drops its default --as-needed under -fsanitize, and
+# then every sanitizer binary loads all of libtorch (3 s per process start).
+LDFLAGS  += -fopenmp $(SANFLAGS) -Wl,--as-needed
 
 LIB_C    := $(sort $(wildcard lib/*/*.c))
 LIB_CXX  := $(sort $(wildcard lib/*/*.cpp))
