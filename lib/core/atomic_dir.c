@@ -59,17 +59,22 @@ static void remove_flat_dir_signal_safe(const char *path)
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         char buf[8192] __attribute__((aligned(8)));
-        for (;;) {
-            long n = syscall(SYS_getdents64, fd, buf, sizeof buf);
-            if (n <= 0)
+        /* Read to the end, deleting; then again from the start until a
+         * whole pass finds nothing left to delete. */
+        int removed = 1;
+        while (removed) {
+            removed = 0;
+            long n;
+            while ((n = syscall(SYS_getdents64, fd, buf, sizeof buf)) > 0)
+                for (long off = 0; off < n;) {
+                    struct linux_dirent64 *e = (struct linux_dirent64 *)(buf + off);
+                    if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0 &&
+                        unlinkat(fd, e->d_name, 0) == 0)
+                        removed = 1;
+                    off += e->d_reclen;
+                }
+            if (lseek(fd, 0, SEEK_SET) != 0)
                 break;
-            for (long off = 0; off < n;) {
-                struct linux_dirent64 *e = (struct linux_dirent64 *)(buf + off);
-                if (strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0)
-                    unlinkat(fd, e->d_name, 0);
-                off += e->d_reclen;
-            }
-            lseek(fd, 0, SEEK_SET);
         }
         close(fd);
     }

@@ -95,6 +95,21 @@ check_fails "unwritable zip" 3 "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip af
 check "no outputs after failures" [ ! -e mism ] && [ ! -e flt ] && [ ! -e flt.zip ] && [ ! -e miss ]
 check_eq "no temporaries" "$(ls -A | grep '^\.' | wc -l)" 0
 
+# Interrupted: either finished whole or absent, and no temporaries, whenever
+# the signal lands.
+"$BIN/../tests/test_cells" --make-bench-input "$T" 3000 2048
+for sig in INT TERM; do
+    "$C" bench_img.tif bench_masks.tif -o big_$sig & pid=$!
+    sleep 0.4; kill -$sig $pid; wait $pid; rc=$?
+    if [ $rc -eq 130 ]; then check "interrupted ($sig): no output" [ ! -e big_$sig ]
+    else check_eq "finished before the signal ($sig)" "$rc $(wc -l < big_$sig/cells.csv)" "0 3001"; fi
+    check_eq "interrupted ($sig): no temporaries" "$(ls -A | grep -c '^\.')" 0
+done
+"$C" bench_img.tif bench_masks.tif --zip big.zip & pid=$!
+sleep 0.4; kill -INT $pid; wait $pid; rc=$?
+[ $rc -eq 130 ] && check "interrupted zip: no archive" [ ! -e big.zip ]
+check_eq "interrupted zip: no temporaries" "$(ls -A | grep -c '^\.')" 0
+
 # Batch over cpseg output.
 mkdir seg
 cp "${SD}_img.tif" seg/sd.tif; cp "${SD}_masks.tif" seg/sd_cp_masks.tif
