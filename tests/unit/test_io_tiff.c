@@ -360,6 +360,16 @@ static void test_imagej(void)
     g.pages = 4;
     g.desc = "ImageJ=1.53f\nimages=4\nslices=4\n";
     check_layout("t_ij_slices.tif", &g, CP_PAGES_AUTO, 0);
+    /* ImageJ's > 4 GB layout (one IFD, more images) is refused, not half-read */
+    g.pages = 1;
+    g.desc = "ImageJ=1.53f\nimages=5\nslices=5\n";
+    path = tmp("t_ij_big.tif");
+    CHECK(write_gen(path, &g) == 0);
+    CHECK(cp_image_read(path, NULL, &img) == CP_EUNSUPPORTED && strstr(cp_errmsg(), "t_ij_big.tif"));
+    cp_read_opts first = {CP_PAGES_FIRST};
+    CHECK_OK(cp_image_read(path, &first, &img));
+    cp_image_free(img);
+    g.pages = 4;
     /* inconsistent ImageJ counts: the page rule applies */
     g.desc = "ImageJ=1.53f\nimages=9\nchannels=3\nslices=3\n";
     path = tmp("t_ij_bad.tif");
@@ -367,6 +377,47 @@ static void test_imagej(void)
     CHECK_OK(cp_image_read(path, NULL, &img));
     CHECK(img->channels == 4 && img->planes == 1);
     cp_image_free(img);
+}
+
+/* Files written by tifffile (testdata/io, see testdata/README.md): its plain
+ * {"shape"} description, OME-XML in both dimension orders, ImageJ TZCYX. */
+static void test_metadata_files(void)
+{
+    static const struct { const char *name; int z, c; cp_dtype t; } files[] = {
+        {"tifffile_zcyx.tif", 3, 2, CP_U16}, {"ome_zcyx.ome.tif", 3, 2, CP_U16}, {"ome_czyx.ome.tif", 3, 2, CP_U16},
+        {"imagej_tzcyx.tif", 6, 2, CP_U16},  {"imagej_4z.tif", 4, 1, CP_F32},
+    };
+    const char *td = getenv("CP_TESTDATA");
+    for (int k = 0; k < 5; k++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/io/%s", td && *td ? td : "testdata", files[k].name);
+        cp_image *img = NULL;
+        int rc = cp_image_read(path, NULL, &img);
+        CHECKF(rc == CP_OK, "%s", cp_errmsg());
+        if (rc)
+            continue;
+        CHECKF(img->planes == files[k].z && img->channels == files[k].c && img->height == 5 && img->width == 7 &&
+                   img->dtype == files[k].t,
+               "%s: %dx%dx%dx%d", files[k].name, img->planes, img->height, img->width, img->channels);
+        int bad = 0;
+        for (int z = 0; z < img->planes && img->channels == files[k].c && img->planes == files[k].z; z++)
+            for (int c = 0; c < img->channels; c++)
+                for (int y = 0; y < 5; y++)
+                    for (int x = 0; x < 7; x++) {
+                        double want;
+                        if (k <= 1)
+                            want = (((z * 2 + c) * 5 + y) * 7 + x) * 7 + 1;
+                        else if (k == 2)
+                            want = (((c * 3 + z) * 5 + y) * 7 + x) * 5 + 3;
+                        else if (k == 3)
+                            want = ((((z / 3) * 3 + z % 3) * 2 + c) * 5 + y) * 7 * 3 + x * 3 + 2;
+                        else
+                            want = ((z * 5 + y) * 7 + x) / 8.0;
+                        bad += cp_image_get(img, z, y, x, c) != want;
+                    }
+        CHECKF(bad == 0, "%s: %d samples differ", files[k].name, bad);
+        cp_image_free(img);
+    }
 }
 
 static void test_photometric(void)
@@ -671,6 +722,7 @@ int main(void)
     test_layouts();
     test_pages();
     test_imagej();
+    test_metadata_files();
     test_photometric();
     test_mixed_pages();
     test_writer();
