@@ -545,10 +545,11 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
         TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc && strncmp(desc, "ImageJ=", 7) == 0 &&
         imagej_value(desc, "images") > 1) {
         /* ImageJ's > 4 GB layout: one IFD, the other images follow raw */
+        int images = imagej_value(desc, "images"); /* desc dies with t */
         free(pages);
         TIFFClose(t);
         return cp_error(CP_EUNSUPPORTED, "%s: ImageJ stack of %d images stored as one TIFF page is not supported; "
-                        "read the first page only or resave as BigTIFF", path, imagej_value(desc, "images"));
+                        "read the first page only or resave as BigTIFF", path, images);
     }
     layout L = arrange(t, pages, n, mode);
     const page_info *p0 = &pages[0];
