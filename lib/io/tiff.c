@@ -56,7 +56,7 @@ static int tiff_fail(int code, const char *path, const char *what)
 typedef enum { MODE_RAW, MODE_RGBA } page_mode;
 
 typedef struct page_info {
-    tdir_t dir;
+    toff_t offset; /* of its IFD: seeking there is O(1), TIFFSetDirectory walks the chain */
     uint32_t w, h;
     uint16_t spp, bps, fmt, photometric, planar, compression;
     int tiled;
@@ -98,7 +98,7 @@ static int dtype_for(const char *path, const page_info *p, cp_dtype *out)
 static int describe_page(const char *path, TIFF *t, page_info *p)
 {
     memset(p, 0, sizeof *p);
-    p->dir = TIFFCurrentDirectory(t);
+    p->offset = TIFFCurrentDirOffset(t);
     uint16_t v16;
     if (!TIFFGetField(t, TIFFTAG_IMAGEWIDTH, &p->w) || !TIFFGetField(t, TIFFTAG_IMAGELENGTH, &p->h))
         return tiff_fail(CP_EFORMAT, path, "TIFF page without image size");
@@ -313,7 +313,7 @@ static int decode_rgba(const char *path, TIFF *t, const sink *k)
 static int decode_page(const char *path, TIFF *t, const sink *k)
 {
     const page_info *p = k->p;
-    if (!TIFFSetDirectory(t, p->dir))
+    if (!TIFFSetSubDirectory(t, p->offset))
         return tiff_fail(CP_EFORMAT, path, "cannot read TIFF page");
     if (p->photometric == PHOTOMETRIC_YCBCR && p->compression == COMPRESSION_JPEG)
         TIFFSetField(t, TIFFTAG_JPEGCOLORMODE, JPEGCOLORMODE_RGB);
@@ -444,7 +444,7 @@ static layout arrange(TIFF *t, const page_info *pages, int n, cp_pages mode)
         return L;
     }
     const char *desc = NULL;
-    if (TIFFSetDirectory(t, pages[0].dir) && TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc &&
+    if (TIFFSetSubDirectory(t, pages[0].offset) && TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc &&
         (from_imagej(&L, desc, spp, n) || from_ome(&L, desc, spp, n) || from_tifffile(&L, desc, &pages[0], n)))
         return L;
     if (spp == 1 && n <= 4)
@@ -541,7 +541,7 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
         return rc;
     }
     const char *desc = NULL;
-    if (mode != CP_PAGES_FIRST && n == 1 && TIFFSetDirectory(t, pages[0].dir) &&
+    if (mode != CP_PAGES_FIRST && n == 1 && TIFFSetSubDirectory(t, pages[0].offset) &&
         TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc && strncmp(desc, "ImageJ=", 7) == 0 &&
         imagej_value(desc, "images") > 1) {
         /* ImageJ's > 4 GB layout: one IFD, the other images follow raw */
