@@ -339,8 +339,9 @@ static void test_mutations(void)
         for (int j = 0; j < 2; j++) {
             seed = seed * 1103515245u + 12345u;
             size_t at = (seed >> 8) % 128; /* the header */
+            static const char alphabet[] = "(),:' 0123456789TF\x00\xff{}[]<>|";
             if (k % 3 == 0)
-                mut[at] = (unsigned char)"(),:' 0123456789TF\x00\xff{}[]<>|"[(seed >> 3) % 32];
+                mut[at] = (unsigned char)alphabet[(seed >> 3) % (sizeof alphabet - 1)];
             else
                 mut[at] ^= (unsigned char)(1u << ((seed >> 4) & 7));
         }
