@@ -45,7 +45,8 @@ typedef struct cp_read_opts {
  *   pages must match the first page's size, samples and type.
  *   Pages: with ImageJ metadata (images/channels/slices/frames; pages ordered
  *   channel fastest, then slice, then frame) channels = channels x samples per
- *   page, planes = slices x frames (frame-major). OME-XML with one series: SizeC,
+ *   page, planes = slices x frames (frame-major); a plain ImageJ stack
+ *   (images= only) is slices. OME-XML with one series: SizeC,
  *   SizeZ, SizeT in its DimensionOrder, same result. A tifffile description
  *   {"shape": [A, B, Y, X]} means A planes of B channels. Otherwise AUTO: 2-4
  *   single-sample pages are channels, more pages (or multi-sample pages) are

@@ -89,7 +89,7 @@ static int dtype_for(const char *path, const page_info *p, cp_dtype *out)
         case 64: *out = CP_F64; return CP_OK;
         }
     } else {
-        return cp_error(CP_EUNSUPPORTED, "%s: TIFF sample format %d (complex numbers) is not supported", path, fmt);
+        return cp_error(CP_EUNSUPPORTED, "%s: TIFF sample format %d is not supported (complex or unknown)", path, fmt);
     }
     return cp_error(CP_EUNSUPPORTED, "%s: TIFF with %d-bit %s samples is not supported", path, p->bps,
                     fmt == SAMPLEFORMAT_IEEEFP ? "float" : "integer");
@@ -361,7 +361,7 @@ static int xml_attr_int(const char *tag, const char *end, const char *key)
 
 static int set_czt(layout *L, const char *order, int c, int z, int t, int spp, int n)
 {
-    if ((int64_t)c * z * t != n)
+    if (c > n || z > n || t > n || (int64_t)c * z * t != n) /* n is small: no overflow */
         return 0;
     for (int i = 0; i < 3; i++) {
         L->axes[i] = order[i];
@@ -377,6 +377,8 @@ static int from_imagej(layout *L, const char *desc, int spp, int n)
     if (strncmp(desc, "ImageJ=", 7) != 0)
         return 0;
     int c = imagej_value(desc, "channels"), z = imagej_value(desc, "slices"), t = imagej_value(desc, "frames");
+    if (!c && !z && !t)
+        z = imagej_value(desc, "images"); /* a plain ImageJ stack is slices */
     return set_czt(L, "CZT", c ? c : 1, z ? z : 1, t ? t : 1, spp, n);
 }
 
@@ -385,7 +387,7 @@ static int from_ome(layout *L, const char *desc, int spp, int n)
     const char *px = strstr(desc, "Pixels ");
     if (!strstr(desc, "<OME") && !strstr(desc, ":OME"))
         return 0;
-    if (!px || (px[-1] != '<' && px[-1] != ':') || strstr(px + 7, "Pixels ")) /* one series only */
+    if (!px || px == desc || (px[-1] != '<' && px[-1] != ':') || strstr(px + 7, "Pixels ")) /* one series only */
         return 0;
     const char *end = strchr(px, '>');
     if (!end)

@@ -323,6 +323,25 @@ static void test_pages(void)
     g.photometric = PHOTOMETRIC_RGB;
     check_layout("t_2rgbpages.tif", &g, CP_PAGES_AUTO, 0); /* multi-sample pages: planes */
 
+    /* descriptions that only look like metadata fall back to the page rule */
+    static const char *junk[] = {
+        "ImageJ=", "ImageJ=1\nchannels=99999999999999999999\nslices=-3\n", "{\"shape\": [", "{\"shape\": [2, 2, 99, 1]}",
+        "{\"shape\": [9223372036854775807, 9223372036854775807, 37, 45]}", "Pixels SizeC=\"2\"",
+        "<OME><Pixels DimensionOrder=\"XY\" SizeC=\"2\" SizeZ=\"2\" SizeT=\"1\"", "<OME><Pixels SizeC=\"2147483647\" "
+        "SizeZ=\"2147483647\" SizeT=\"2147483647\" DimensionOrder=\"XYCZT\">",
+    };
+    g = base;
+    g.pages = 4;
+    for (size_t k = 0; k < sizeof junk / sizeof junk[0]; k++) {
+        g.desc = junk[k];
+        const char *jp = tmp("t_junkdesc.tif");
+        write_gen(jp, &g);
+        cp_image *img = NULL;
+        CHECKF(cp_image_read(jp, NULL, &img) == CP_OK && img->channels == 4 && img->planes == 1, "%s: %s", junk[k],
+               cp_errmsg());
+        cp_image_free(img);
+    }
+
     /* first page only */
     g = base;
     g.pages = 4;
@@ -360,6 +379,8 @@ static void test_imagej(void)
     g.pages = 4;
     g.desc = "ImageJ=1.53f\nimages=4\nslices=4\n";
     check_layout("t_ij_slices.tif", &g, CP_PAGES_AUTO, 0);
+    g.desc = "ImageJ=1.53f\nimages=4\n"; /* a plain stack: slices */
+    check_layout("t_ij_images.tif", &g, CP_PAGES_AUTO, 0);
     /* ImageJ's > 4 GB layout (one IFD, more images) is refused, not half-read */
     g.pages = 1;
     g.desc = "ImageJ=1.53f\nimages=5\nslices=5\n";
