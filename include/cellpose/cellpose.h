@@ -11,5 +11,6 @@
 #include "cellpose/outline.h"
 #include "cellpose/imagej.h"
 #include "cellpose/models.h"
+#include "cellpose/preprocess.h"
 
 #endif
