@@ -151,6 +151,42 @@ static void test_real_files(void)
     }
 }
 
+/* Readers run in parallel threads (as a batch command does): same pixels as
+ * a serial read, and each thread's error message names its own file. */
+static void test_threads(void)
+{
+    static const int pick[] = {0, 5, 8, 9, 13};
+    const int n = 5 * 8;
+    int bad = 0, badmsg = 0;
+    for (int k = 0; k < n; k++) { /* TIFFs whose first IFD offset (in libtiff's message) is 1000 + k */
+        char p[4096];
+        snprintf(p, sizeof p, "%s/corrupt_%d.tif", test_tmp_dir(), k);
+        FILE *f = fopen(p, "wb");
+        uint32_t off = 1000u + (uint32_t)k;
+        fwrite("II*\0", 1, 4, f);
+        fwrite(&off, 4, 1, f);
+        fclose(f);
+    }
+#pragma omp parallel for schedule(dynamic) reduction(+ : bad, badmsg) num_threads(4)
+    for (int k = 0; k < n; k++) {
+        int i = pick[k % 5];
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", test_shared_dir(), real[i].file);
+        cp_image *img = NULL;
+        if (cp_image_read(path, NULL, &img) != CP_OK || fnv1a(img) != real[i].fnv)
+            bad++;
+        cp_image_free(img);
+        char corrupt[4096], offset[16];
+        snprintf(corrupt, sizeof corrupt, "%s/corrupt_%d.tif", test_tmp_dir(), k);
+        snprintf(offset, sizeof offset, "%d", 1000 + k);
+        if (cp_image_read(corrupt, NULL, &img) != CP_EFORMAT || !strstr(cp_errmsg(), corrupt) ||
+            !strstr(cp_errmsg() + strlen(corrupt), offset))
+            badmsg++;
+    }
+    CHECKF(bad == 0, "%d parallel reads differ", bad);
+    CHECKF(badmsg == 0, "%d error messages crossed threads", badmsg);
+}
+
 /* A label TIFF and its .npy.gz twin hold the same labels; the raw GT and
  * its renumbered version hold the same objects. */
 static void test_label_twins(void)
@@ -325,6 +361,7 @@ int main(void)
     test_silent();
     test_roundtrips();
     test_real_files();
+    test_threads();
     test_label_twins();
     test_manifest();
     return test_result();
