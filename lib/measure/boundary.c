@@ -1,8 +1,13 @@
 /* Cellpose's boundary_scores. Cellpose "convolves" the boolean outline image
- * with a disk, which is a dilation by the disk; here the dilation is read off
- * an exact squared Euclidean distance transform (Felzenszwalb-Huttenlocher),
- * so its cost does not grow with the radius. Reflected borders add nothing:
- * a mirrored outline pixel is never closer than the pixel itself. */
+ * with a disk of ones (scipy.ndimage.convolve, mode 'reflect'). The output
+ * keeps the input's bool type: scipy stores the count of outline pixels under
+ * the disk with a C cast to an unsigned char, so a pixel is "on" when that
+ * count is not a multiple of 256 (checked against the golden scores: large
+ * disks on dense outlines do wrap). While the disk has fewer than 256 pixels
+ * this is a plain dilation, read off an exact squared Euclidean distance
+ * transform (Felzenszwalb-Huttenlocher; reflected borders add nothing to a
+ * dilation: a mirrored pixel is never closer than the pixel itself). Larger
+ * disks count, with the reflected borders, by row prefix sums. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +85,60 @@ static int edt2(const uint8_t *src, int H, int W, int64_t *out)
     return CP_OK;
 }
 
+/* scipy's 'reflect' (d c b a | a b c d | d c b a) */
+static int reflect(int64_t i, int n)
+{
+    int64_t p = 2 * (int64_t)n;
+    i %= p;
+    if (i < 0)
+        i += p;
+    return (int)(i < n ? i : p - 1 - i);
+}
+
+/* on[i] = (outline pixels within the disk around i, borders reflected) mod 256 != 0 */
+static int dilate_count(const uint8_t *src, int H, int W, int64_t R, int64_t d2max, uint8_t *on)
+{
+    size_t ew = (size_t)W + 2 * (size_t)R;
+    int64_t *pre = cp_malloc_array((2 * (size_t)R + 1) * (ew + 1), sizeof *pre, "boundary");
+    int64_t *hw = cp_malloc_array(2 * (size_t)R + 1, sizeof *hw, "boundary");
+    int64_t *cnt = cp_malloc_array((size_t)W, sizeof *cnt, "boundary");
+    if (!pre || !hw || !cnt) {
+        free(pre);
+        free(hw);
+        free(cnt);
+        return CP_ENOMEM;
+    }
+    for (int64_t dy = -R; dy <= R; dy++) {
+        int64_t h = -1;
+        while (h + 1 <= R && dy * dy + (h + 1) * (h + 1) <= d2max)
+            h++;
+        hw[dy + R] = h;
+    }
+    /* prefix sums of the reflected source rows, one per source row as needed */
+    int64_t *rowpre = pre; /* reused per source row */
+    for (int y = 0; y < H; y++) {
+        for (int x = 0; x < W; x++)
+            cnt[x] = 0;
+        for (int64_t dy = -R; dy <= R; dy++) {
+            int64_t h = hw[dy + R];
+            if (h < 0)
+                continue;
+            const uint8_t *row = src + (size_t)reflect(y + dy, H) * W;
+            rowpre[0] = 0;
+            for (size_t e = 0; e < ew; e++)
+                rowpre[e + 1] = rowpre[e] + (row[reflect((int64_t)e - R, W)] != 0);
+            for (int x = 0; x < W; x++)
+                cnt[x] += rowpre[x + R + h + 1] - rowpre[x + R - h];
+        }
+        for (int x = 0; x < W; x++)
+            on[(size_t)y * W + x] = (cnt[x] % 256) != 0;
+    }
+    free(pre);
+    free(hw);
+    free(cnt);
+    return CP_OK;
+}
+
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -146,6 +205,7 @@ int cp_boundary_scores(const uint32_t *truth, const uint32_t *pred, int height, 
     uint8_t *ot = cp_malloc(npix, "outlines"), *op = cp_malloc(npix, "outlines");
     int64_t *dt = cp_malloc_array(npix, sizeof *dt, "outlines");
     int64_t *dp = cp_malloc_array(npix, sizeof *dp, "outlines");
+    uint8_t *bt = NULL, *bp = NULL;
     if (!ot || !op || !dt || !dp)
         rc = CP_ENOMEM;
     if (!rc)
@@ -165,11 +225,28 @@ int cp_boundary_scores(const uint32_t *truth, const uint32_t *pred, int height, 
         for (int64_t q = 0; q <= 2 * R * R; q++)
             if (sqrt((double)q) <= r)
                 d2max = q;
+        int64_t disk = 0;
+        for (int64_t dy = -R; dy <= R; dy++)
+            for (int64_t dx = -R; dx <= R; dx++)
+                disk += dy * dy + dx * dx <= d2max;
+        int wraps = disk >= 256;
+        if (wraps) {
+            if (!bt && !(bt = cp_malloc(npix, "outlines")))
+                rc = CP_ENOMEM;
+            if (!rc && !bp && !(bp = cp_malloc(npix, "outlines")))
+                rc = CP_ENOMEM;
+            if (!rc)
+                rc = dilate_count(ot, height, width, R, d2max, bt);
+            if (!rc)
+                rc = dilate_count(op, height, width, R, d2max, bp);
+            if (rc)
+                break;
+        }
         cp_boundary_score *s = out + k;
         memset(s, 0, sizeof *s);
         s->scale = scales[k];
         for (size_t i = 0; i < npix; i++) {
-            int a = dt[i] <= d2max, b = dp[i] <= d2max;
+            int a = wraps ? bt[i] : dt[i] <= d2max, b = wraps ? bp[i] : dp[i] <= d2max;
             s->tp += a && b;
             s->fp += !a && b;
             s->fn += a && !b;
@@ -180,5 +257,7 @@ int cp_boundary_scores(const uint32_t *truth, const uint32_t *pred, int height, 
     free(op);
     free(dt);
     free(dp);
+    free(bt);
+    free(bp);
     return rc == CP_ENOMEM ? cp_error(CP_ENOMEM, "out of memory in boundary scores") : rc;
 }
