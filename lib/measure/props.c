@@ -64,24 +64,15 @@ static int64_t floordiv(int64_t a, int64_t b)
 
 static int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
 
-static int cmp_pt(const void *a, const void *b)
-{
-    const int64_t *p = a, *q = b;
-    if (p[0] != q[0])
-        return p[0] < q[0] ? -1 : 1;
-    return (p[1] > q[1]) - (p[1] < q[1]);
-}
-
 static int64_t cross(const int64_t *o, const int64_t *a, const int64_t *b)
 {
     return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
 }
 
-/* Andrew's monotone chain; returns the hull (counter-clockwise in the
+/* Andrew's monotone chain on points sorted lexicographically; returns the hull (counter-clockwise in the
  * algebraic sense, no collinear points) in hull[], its size as result. */
 static size_t convex_hull(int64_t *pts, size_t n, int64_t *hull)
 {
-    qsort(pts, n, 2 * sizeof *pts, cmp_pt);
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
         while (k >= 2 && cross(hull + 2 * (k - 2), hull + 2 * (k - 1), pts + 2 * i) <= 0)
@@ -308,22 +299,47 @@ static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, bbox bb,
 
     /* convex hull of the edge midpoints of each row's end pixels */
     size_t np = 0;
-    for (int r = 0; r < h; r++) {
-        if (s->left[r] < 0)
+    /* Only the extreme x at each y level can be hull vertices, so keep the
+     * min and max per level; levels come in increasing y, giving the
+     * (y, x) order the monotone chain needs without sorting. */
+    for (int64_t Y = -1; Y <= 2 * (int64_t)h - 1; Y++) {
+        int64_t lo = INT64_MAX, hi = INT64_MIN;
+        if (Y % 2 == 0) {
+            int r = (int)(Y / 2);
+            if (s->left[r] >= 0) {
+                lo = 2 * (int64_t)s->left[r] - 1;
+                hi = 2 * (int64_t)s->right[r] + 1;
+            }
+        } else {
+            for (int r = (int)((Y - 1) / 2); r <= (int)((Y + 1) / 2); r++) {
+                if (r < 0 || r >= h || s->left[r] < 0)
+                    continue;
+                if (2 * (int64_t)s->left[r] < lo)
+                    lo = 2 * (int64_t)s->left[r];
+                if (2 * (int64_t)s->right[r] > hi)
+                    hi = 2 * (int64_t)s->right[r];
+            }
+        }
+        if (lo > hi)
             continue;
-        int ends[2] = {s->left[r], s->right[r]};
-        for (int e = 0; e < (ends[0] == ends[1] ? 1 : 2); e++) {
-            int64_t X = 2 * (int64_t)ends[e], Y = 2 * (int64_t)r;
-            int64_t *q = s->pts + 2 * np;
-            q[0] = X - 1; q[1] = Y;
-            q[2] = X + 1; q[3] = Y;
-            q[4] = X;     q[5] = Y - 1;
-            q[6] = X;     q[7] = Y + 1;
-            np += 4;
+        int64_t *q = s->pts + 2 * np;
+        q[0] = Y;
+        q[1] = lo;
+        np++;
+        if (hi != lo) {
+            q[2] = Y;
+            q[3] = hi;
+            np++;
         }
     }
     size_t k = convex_hull(s->pts, np, s->hull);
-    p->convex_area = hull_pixels(s->hull, k, h, w);
+    /* back to (x, y): swapping the axes mirrors the polygon, so also reverse
+     * the order to keep it counter-clockwise */
+    for (size_t i = 0; i < k; i++) {
+        s->pts[2 * i] = s->hull[2 * (k - 1 - i) + 1];
+        s->pts[2 * i + 1] = s->hull[2 * (k - 1 - i)];
+    }
+    p->convex_area = hull_pixels(s->pts, k, h, w);
     p->solidity = (double)n / (double)p->convex_area;
 
     if (img && ist) {
