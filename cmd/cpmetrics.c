@@ -108,8 +108,17 @@ static void json_string(out *o, const char *s)
     buf_str(o, "\"");
 }
 
+/* JSON rows are separated by ",\n" and the first opens the array */
+static void row_begin(out *o)
+{
+    if (o->fmt == FMT_JSON)
+        buf_str(o, o->rows ? ",\n" : "[\n");
+}
+
 static void field_start(out *o)
 {
+    if (o->field == 0)
+        row_begin(o);
     if (o->fmt == FMT_JSON || o->fmt == FMT_NDJSON) {
         buf_str(o, o->field ? ", " : "{");
         json_string(o, o->cols[o->field]);
@@ -156,20 +165,26 @@ static void put_num(out *o, double v)
         buf_str(o, cp_format_double(v, b));
 }
 
+static void out_flush(out *o)
+{
+    if (o->fp && o->len) {
+        fwrite(o->line, 1, o->len, o->fp);
+        o->len = 0;
+    }
+}
+
 static void row_end(out *o)
 {
-    if (o->fmt == FMT_JSON) {
+    if (o->fmt == FMT_JSON)
         buf_str(o, "}");
-        fputs(o->rows ? ",\n" : "[\n", o->fp);
-    } else if (o->fmt == FMT_NDJSON) {
+    else if (o->fmt == FMT_NDJSON)
         buf_str(o, "}\n");
-    } else {
+    else
         buf_str(o, "\n");
-    }
-    fwrite(o->line, 1, o->len, o->fp);
-    o->len = 0;
     o->field = 0;
     o->rows++;
+    if (o->len > (1u << 16))
+        out_flush(o);
 }
 
 static void table_begin(out *o, const char **cols, int ncols)
@@ -188,6 +203,7 @@ static void table_begin(out *o, const char **cols, int ncols)
 
 static void table_end(out *o)
 {
+    out_flush(o);
     if (o->fmt == FMT_JSON)
         fputs(o->rows ? "\n]\n" : "[]\n", o->fp);
 }
@@ -405,6 +421,41 @@ static void free_cols(char **cols, int n)
     free(cols);
 }
 
+/* One per-cell row (never flushes: o->fp may be NULL). */
+static void cell_row(out *o, const char *image, const cp_cell_table *t, size_t i)
+{
+    const cp_cell_props *c = t->cells + i;
+    put_str(o, image);
+    put_int(o, c->label);
+    put_int(o, c->area);
+    put_num(o, c->perimeter);
+    put_num(o, c->centroid_y);
+    put_num(o, c->centroid_x);
+    put_int(o, c->bbox_min_row);
+    put_int(o, c->bbox_min_col);
+    put_int(o, c->bbox_max_row);
+    put_int(o, c->bbox_max_col);
+    put_num(o, c->major_axis_length);
+    put_num(o, c->minor_axis_length);
+    put_num(o, c->aspect_ratio);
+    put_num(o, c->eccentricity);
+    put_num(o, c->orientation);
+    put_num(o, c->solidity);
+    put_num(o, c->extent);
+    put_num(o, c->equivalent_diameter);
+    put_int(o, c->convex_area);
+    put_int(o, c->euler_number);
+    for (int ch = 0; ch < t->channels; ch++) {
+        const cp_intensity_stats *s = t->intensity + i * (size_t)t->channels + ch;
+        put_num(o, s->mean);
+        put_num(o, s->min);
+        put_num(o, s->max);
+        put_num(o, s->sum);
+        put_num(o, s->std);
+    }
+    row_end(o);
+}
+
 /* One image: measured rows appended to the table. Returns rows or -1. */
 static long long emit_cells(out *o, const opts *op, const char *image, const cp_cell_table *t)
 {
@@ -426,6 +477,7 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         if (o->fmt == FMT_JSON || o->fmt == FMT_NDJSON) {
             /* {"image": ..., "summary": {"total_cells": N, "area": {"mean": ...}, ...}} */
             out *q = o;
+            row_begin(q);
             buf_str(q, "{\"image\": ");
             json_string(q, image);
             char b[64];
@@ -463,41 +515,43 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         }
         return 1;
     }
-    for (size_t i = 0; i < t->n; i++) {
-        const cp_cell_props *c = t->cells + i;
-        if (!keep_cell(op, c))
-            continue;
-        put_str(o, image);
-        put_int(o, c->label);
-        put_int(o, c->area);
-        put_num(o, c->perimeter);
-        put_num(o, c->centroid_y);
-        put_num(o, c->centroid_x);
-        put_int(o, c->bbox_min_row);
-        put_int(o, c->bbox_min_col);
-        put_int(o, c->bbox_max_row);
-        put_int(o, c->bbox_max_col);
-        put_num(o, c->major_axis_length);
-        put_num(o, c->minor_axis_length);
-        put_num(o, c->aspect_ratio);
-        put_num(o, c->eccentricity);
-        put_num(o, c->orientation);
-        put_num(o, c->solidity);
-        put_num(o, c->extent);
-        put_num(o, c->equivalent_diameter);
-        put_int(o, c->convex_area);
-        put_int(o, c->euler_number);
-        for (int ch = 0; ch < t->channels; ch++) {
-            const cp_intensity_stats *s = t->intensity + i * (size_t)t->channels + ch;
-            put_num(o, s->mean);
-            put_num(o, s->min);
-            put_num(o, s->max);
-            put_num(o, s->sum);
-            put_num(o, s->std);
-        }
-        row_end(o);
-        rows++;
+    size_t *keep = malloc((t->n + 1) * sizeof *keep);
+    if (!keep)
+        return -1;
+    size_t nk = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (keep_cell(op, t->cells + i))
+            keep[nk++] = i;
+    /* Rows are formatted in parallel chunks (shortest round-trip numbers are
+     * the costly part) and written in order, so the bytes do not depend on
+     * the thread count. */
+    const size_t chunk = 512;
+    size_t nchunks = (nk + chunk - 1) / chunk;
+    out *parts = calloc(nchunks ? nchunks : 1, sizeof *parts);
+    if (!parts) {
+        free(keep);
+        return -1;
     }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t ch = 0; ch < nchunks; ch++) {
+        out *q = parts + ch;
+        q->fmt = o->fmt;
+        q->cols = o->cols;
+        q->ncols = o->ncols;
+        q->rows = o->rows + (int)(ch * chunk);
+        size_t end = (ch + 1) * chunk < nk ? (ch + 1) * chunk : nk;
+        for (size_t j = ch * chunk; j < end; j++)
+            cell_row(q, image, t, keep[j]);
+    }
+    for (size_t ch = 0; ch < nchunks; ch++) {
+        out_flush(o);
+        fwrite(parts[ch].line, 1, parts[ch].len, o->fp);
+        free(parts[ch].line);
+    }
+    o->rows += (int)nk;
+    rows = (long long)nk;
+    free(parts);
+    free(keep);
     return rows;
 }
 

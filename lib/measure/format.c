@@ -6,11 +6,41 @@
 
 #include "cellpose/measure.h"
 
-/* digits with p significant digits in %e form round-trips? */
-static int roundtrips(double x, int p, char *tmp)
+/* Correctly rounded p-digit mantissa of x, derived from its 17-digit
+ * expansion d17 (exponent e) by decimal rounding; if the dropped tail is
+ * exactly "5000..." the 17 digits do not decide the rounding, so ask printf.
+ * Writes "d.ddde<exp>" into out. */
+static void round_digits(double x, const char *d17, int e, int p, char *out)
 {
-    snprintf(tmp, 40, "%.*e", p - 1, x);
-    return strtod(tmp, NULL) == x;
+    int tie = d17[p] == '5';
+    for (int i = p + 1; i < 17 && tie; i++)
+        tie = d17[i] == '0';
+    if (tie) {
+        snprintf(out, 40, "%.*e", p - 1, fabs(x));
+        return;
+    }
+    char d[18];
+    memcpy(d, d17, (size_t)p);
+    int ee = e;
+    if (d17[p] >= '5') {
+        int i = p - 1;
+        while (i >= 0 && d[i] == '9')
+            d[i--] = '0';
+        if (i >= 0) {
+            d[i]++;
+        } else { /* 99..9 -> 100..0 */
+            d[0] = '1';
+            ee++;
+        }
+    }
+    char *o = out;
+    *o++ = d[0];
+    *o++ = '.';
+    for (int i = 1; i < p; i++)
+        *o++ = d[i];
+    if (p == 1)
+        *o++ = '0';
+    sprintf(o, "e%d", ee);
 }
 
 char *cp_format_double(double x, char *buf)
@@ -27,29 +57,31 @@ char *cp_format_double(double x, char *buf)
         strcpy(buf, signbit(x) ? "-0.0" : "0.0");
         return buf;
     }
-    /* Shortest p: round-tripping is monotone in p, most measurements need
-     * 15-17 digits, so test those first and search lower only if needed. */
-    char tmp[40];
-    int p;
-    if (!roundtrips(x, 16, tmp))
-        p = 17;
-    else if (!roundtrips(x, 15, tmp))
-        p = 16;
-    else {
-        int lo = 1, hi = 15; /* hi round-trips */
-        while (lo < hi) {
-            int mid = (lo + hi) / 2;
-            if (roundtrips(x, mid, tmp))
-                hi = mid;
-            else
-                lo = mid + 1;
-        }
-        p = hi;
+    /* 17 digits always round-trip; shorten while the correctly rounded
+     * shorter form still reads back to x (round-tripping is monotone in the
+     * number of digits, so the first failure ends the search). */
+    char tmp[40], cand[40], d17[18];
+    double ax = fabs(x);
+    snprintf(tmp, sizeof tmp, "%.16e", ax);
+    int nd = 0;
+    for (const char *q = tmp; *q && *q != 'e'; q++)
+        if (*q >= '0' && *q <= '9')
+            d17[nd++] = *q;
+    int e17 = atoi(strchr(tmp, 'e') + 1);
+    for (int p = 16; p >= 1; p--) {
+        round_digits(ax, d17, e17, p, cand);
+        if (strtod(cand, NULL) != ax)
+            break;
+        strcpy(tmp, cand);
     }
-    snprintf(tmp, sizeof tmp, "%.*e", p - 1, x);
+    if (x < 0) {
+        memmove(tmp + 1, tmp, strlen(tmp) + 1);
+        tmp[0] = '-';
+    }
     /* tmp = [-]d[.ddd]e[+-]XX */
     char digits[24];
-    int nd = 0, neg = tmp[0] == '-';
+    int neg = tmp[0] == '-';
+    nd = 0;
     const char *q = tmp + neg;
     for (; *q && *q != 'e'; q++)
         if (*q >= '0' && *q <= '9')
