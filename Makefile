@@ -26,7 +26,9 @@ CFLAGS   += -std=c11 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS)
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
             -Iinclude -Ilib $(TORCH_INC) -Wno-unused-parameter
 LDLIBS   := $(TORCH_LIBS) -ltiff -lpng -lz -lcjson -lgomp -lstdc++ -lm -lpthread
-LDFLAGS  += -fopenmp $(SANFLAGS)
+# --as-needed: commands that do not use libtorch do not load it (startup
+# 0.1 s instead of ~3 s under ASan).
+LDFLAGS  += -fopenmp -Wl,--as-needed $(SANFLAGS)
 
 LIB_C    := $(sort $(wildcard lib/*/*.c))
 LIB_CXX  := $(sort $(wildcard lib/*/*.cpp))

@@ -917,6 +917,7 @@ int main(int argc, char **argv)
     if (use_at) {
         if (cp_atomic_open(&at, op.output)) {
             cli_err("%s", cp_errmsg());
+            cp_strlist_free(&files);
             return CLI_EXIT_FATAL;
         }
         fp = at.fp;
@@ -926,6 +927,7 @@ int main(int argc, char **argv)
             cli_err("%s", cp_errmsg());
             if (use_at)
                 cp_atomic_abort(&at);
+            cp_strlist_free(&files);
             return CLI_EXIT_FATAL;
         }
         mf = mat.fp;

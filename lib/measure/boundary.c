@@ -98,14 +98,15 @@ static int reflect(int64_t i, int n)
 /* on[i] = (outline pixels within the disk around i, borders reflected) mod 256 != 0 */
 static int dilate_count(const uint8_t *src, int H, int W, int64_t R, int64_t d2max, uint8_t *on)
 {
-    size_t ew = (size_t)W + 2 * (size_t)R;
-    int64_t *pre = cp_malloc_array((2 * (size_t)R + 1) * (ew + 1), sizeof *pre, "boundary");
+    size_t ew = (size_t)W + 2 * (size_t)R + 1, total;
+    if (cp_mul_overflow((size_t)H, ew, &total))
+        return CP_ENOMEM;
+    /* prefix sums of every row extended by R reflected pixels on each side */
+    int32_t *pre = cp_malloc_array(total, sizeof *pre, "boundary");
     int64_t *hw = cp_malloc_array(2 * (size_t)R + 1, sizeof *hw, "boundary");
-    int64_t *cnt = cp_malloc_array((size_t)W, sizeof *cnt, "boundary");
-    if (!pre || !hw || !cnt) {
+    if (!pre || !hw) {
         free(pre);
         free(hw);
-        free(cnt);
         return CP_ENOMEM;
     }
     for (int64_t dy = -R; dy <= R; dy++) {
@@ -114,28 +115,29 @@ static int dilate_count(const uint8_t *src, int H, int W, int64_t R, int64_t d2m
             h++;
         hw[dy + R] = h;
     }
-    /* prefix sums of the reflected source rows, one per source row as needed */
-    int64_t *rowpre = pre; /* reused per source row */
     for (int y = 0; y < H; y++) {
-        for (int x = 0; x < W; x++)
-            cnt[x] = 0;
-        for (int64_t dy = -R; dy <= R; dy++) {
-            int64_t h = hw[dy + R];
-            if (h < 0)
-                continue;
-            const uint8_t *row = src + (size_t)reflect(y + dy, H) * W;
-            rowpre[0] = 0;
-            for (size_t e = 0; e < ew; e++)
-                rowpre[e + 1] = rowpre[e] + (row[reflect((int64_t)e - R, W)] != 0);
-            for (int x = 0; x < W; x++)
-                cnt[x] += rowpre[x + R + h + 1] - rowpre[x + R - h];
+        const uint8_t *row = src + (size_t)y * W;
+        int32_t *p = pre + (size_t)y * ew;
+        p[0] = 0;
+        for (size_t e = 0; e + 1 < ew; e++)
+            p[e + 1] = p[e] + (row[reflect((int64_t)e - R, W)] != 0);
+    }
+    for (int y = 0; y < H; y++) {
+        uint8_t *o = on + (size_t)y * W;
+        for (int x = 0; x < W; x++) {
+            int64_t cnt = 0;
+            for (int64_t dy = -R; dy <= R; dy++) {
+                int64_t h = hw[dy + R];
+                if (h < 0)
+                    continue;
+                const int32_t *p = pre + (size_t)reflect(y + dy, H) * ew;
+                cnt += p[x + R + h + 1] - p[x + R - h];
+            }
+            o[x] = (cnt % 256) != 0;
         }
-        for (int x = 0; x < W; x++)
-            on[(size_t)y * W + x] = (cnt[x] % 256) != 0;
     }
     free(pre);
     free(hw);
-    free(cnt);
     return CP_OK;
 }
 
