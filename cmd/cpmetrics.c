@@ -566,7 +566,10 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
     int failed = 0, channels = 0, begun = 0;
     char **cols = NULL;
     int ncols = 0;
-    for (size_t f = 0; f < files->n && !cli_interrupted; f++) {
+    cli_progress pg;
+    cli_progress_start(&pg, files->n, "images");
+    for (size_t f = 0; f < files->n; f++) {
+        cli_progress_update(&pg, f, NULL);
         const char *path = files->items[f];
         char *image = cp_path_stem(path);
         uint32_t *lab = NULL;
@@ -611,6 +614,7 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
         free(lab);
         free(image);
     }
+    cli_progress_end(&pg);
     if (!begun) {
         cols = make_cols(op, 0, &ncols);
         table_begin(o, (const char **)cols, ncols);
@@ -691,7 +695,10 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
         cli_err("%s", g_err);
         failed++;
     }
-    for (size_t f = 0; f < preds->n && !grc && !cli_interrupted; f++) {
+    cli_progress pg;
+    cli_progress_start(&pg, preds->n, "images");
+    for (size_t f = 0; f < preds->n && !grc; f++) {
+        cli_progress_update(&pg, f, NULL);
         const char *path = preds->items[f];
         char *image = cp_path_stem(path);
         const char *gpath = op->truth;
@@ -747,6 +754,7 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
         free(p);
         free(image);
     }
+    cli_progress_end(&pg);
     free(gt);
     if (ok > 1) {
         cp_match_finish(&total);
@@ -944,13 +952,6 @@ int main(int argc, char **argv)
         rc = run_cells(&op, &files, &o, mf);
     free(o.line);
     cp_strlist_free(&files);
-    if (cli_interrupted) {
-        if (use_at)
-            cp_atomic_abort(&at);
-        if (mf)
-            cp_atomic_abort(&mat);
-        return CLI_EXIT_INTR;
-    }
     int werr = 0;
     if (use_at) {
         if (cp_atomic_commit(&at)) {
