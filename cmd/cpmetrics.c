@@ -756,7 +756,7 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
     }
     cli_progress_end(&pg);
     free(gt);
-    if (ok > 1) {
+    if (ok > 0) {
         cp_match_finish(&total);
         for (int s = 0; s < op->nscales; s++)
             cp_boundary_finish(btot + s);

@@ -400,6 +400,9 @@ static int find_boxes(const uint32_t *lab, int H, int W, const label_index *ix, 
         nt = 1;
     if ((size_t)nt > (size_t)H)
         nt = H;
+    /* per-thread boxes cost threads x labels: keep that below ~256 MB */
+    while (nt > 1 && (size_t)nt * ix->n > ((size_t)1 << 24))
+        nt--;
     bbox *tb = cp_malloc_array((size_t)nt * ix->n, sizeof *tb, "bounding boxes");
     if (!tb)
         return CP_ENOMEM;

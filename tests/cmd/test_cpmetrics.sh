@@ -65,7 +65,8 @@ check_eq "manifest line" "$(cat "$T/man.jsonl")" "{\"input\": \"$T/two/b.npy\", 
 
 # quality against the golden Cellpose values (match_v4.json, first pair)
 $M --truth "$GT" "$PRED" --boundary-scales 0.25,0.5,1 > "$T/q.csv"
-check_eq "quality TP/FP/FN" "$(cut -d, -f3,6-8 "$T/q.csv" | tail -n +2 | tr '\n' ' ')" "0.5,122,0,3 0.75,121,1,4 0.9,115,7,10 "
+check_eq "quality TP/FP/FN" "$(cut -d, -f3,6-8 "$T/q.csv" | sed -n 2,4p | tr '\n' ' ')" "0.5,122,0,3 0.75,121,1,4 0.9,115,7,10 "
+check_eq "one pair: ALL rows repeat it" "$(grep -c '^ALL,,' "$T/q.csv")" 3
 check_eq "quality AJI, boundary F" "$(sed -n 2p "$T/q.csv" | cut -d, -f14,17)" "0.9616985057688671,0.9867956012976379"
 check_eq "v3 counts" "$($M --truth "$GT" --v3-counts "$PRED" | sed -n 2p | cut -d, -f4,8)" "183,61"
 mkdir -p "$T/gt" "$T/pred"
