@@ -100,6 +100,16 @@ static void test_shapes(void)
     CHECK(o->bbox_max_row == 10 && o->bbox_max_col == 9);
     cp_cell_table_free(&t);
 
+    /* labels far beyond the pixel count (sparse label lookup) */
+    uint32_t big[6] = {4000000000u, 4000000000u, 0, 7, 0, 4000000000u};
+    CHECK_OK(cp_measure_cells(big, 2, 3, NULL, &t));
+    CHECK(t.n == 2 && t.cells[0].label == 7 && t.cells[1].label == 4000000000u);
+    CHECK(t.cells[1].area == 3 && t.cells[1].bbox_max_row == 2 && t.cells[0].centroid_x == 0);
+    cp_cell_table_free(&t);
+    cp_match_result mr;
+    CHECK_OK(cp_match(big, big, 2, 3, NULL, &mr));
+    CHECK(mr.tp[0] == 2 && mr.fp[0] == 0 && mr.aji == 1);
+
     /* an empty image has no cells */
     uint32_t zero[4] = {0};
     CHECK_OK(cp_measure_cells(zero, 2, 2, NULL, &t));
