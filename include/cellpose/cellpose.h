@@ -8,6 +8,7 @@
 #include "cellpose/io.h"
 #include "cellpose/files.h"
 #include "cellpose/imagej.h"
+#include "cellpose/measure.h"
 #include "cellpose/models.h"
 #include "cellpose/net.h"
 #include "cellpose/outline.h"
