@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "cellpose/core.h"
-#include "cli.h"
+#include "common/cli.h"
 
 const char *cli_prog = "cptools";
 int cli_verbosity = 1;
