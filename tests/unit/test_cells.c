@@ -413,6 +413,76 @@ static int make_bench_input(const char *dir, int n, int size)
     return rc;
 }
 
+static void test_atomic_dir_and_pairing(void)
+{
+    const char *T = test_tmp_dir();
+    char path[2048], f[2200];
+    /* a temporary output folder goes away with cp_atomic_cleanup_all (what
+     * the commands' signal handler calls) */
+    snprintf(path, sizeof path, "%s/adir", T);
+    cp_atomic_dir d;
+    CHECK_OK(cp_atomic_dir_open(&d, path, 0));
+    for (int i = 0; i < 300; i++) { /* more than one getdents buffer */
+        snprintf(f, sizeof f, "%s/file_with_a_longish_name_%04d.tif", d.tmp_path, i);
+        FILE *fp = fopen(f, "w");
+        if (fp)
+            fclose(fp);
+    }
+    char *tmp = strdup(d.tmp_path);
+    cp_atomic_cleanup_all();
+    CHECK(!cp_path_exists(tmp) && !cp_path_exists(path));
+    cp_atomic_dir_abort(&d);
+    free(tmp);
+    CHECK(hidden_entries(T) == 0);
+
+    /* cpseg pairing: NAME_cp_masks.tif -> NAME.<ext>, exactly one */
+    snprintf(path, sizeof path, "%s/seg", T);
+    cp_mkdirs(path);
+    const char *files[] = {"a.png", "a_cp_masks.tif", "b_cp_masks.tif", "c.tif", "c.npy", "c_cp_masks.tif"};
+    for (size_t i = 0; i < 6; i++) {
+        snprintf(f, sizeof f, "%s/%s", path, files[i]);
+        FILE *fp = fopen(f, "w");
+        if (fp)
+            fclose(fp);
+    }
+    char *img, *name;
+    snprintf(f, sizeof f, "%s/a_cp_masks.tif", path);
+    CHECK_OK(cp_cells_seg_image(f, &img, &name));
+    char want[2200];
+    snprintf(want, sizeof want, "%s/a.png", path);
+    CHECK(img && strcmp(img, want) == 0 && strcmp(name, "a") == 0);
+    free(img);
+    free(name);
+    snprintf(f, sizeof f, "%s/b_cp_masks.tif", path);
+    CHECK(cp_cells_seg_image(f, &img, &name) == CP_EIO);
+    snprintf(f, sizeof f, "%s/c_cp_masks.tif", path);
+    CHECK(cp_cells_seg_image(f, &img, &name) == CP_EINVAL);
+    snprintf(f, sizeof f, "%s/a.png", path);
+    CHECK(cp_cells_seg_image(f, &img, &name) == CP_EINVAL);
+}
+
+/* Streaming to a FILE* gives the same bytes as the atomic file writer. */
+static void test_stream(void)
+{
+    cp_image *img = load2(STARDIST, "_img.tif"), *mk = load2(STARDIST, "_masks.tif");
+    if (!img || !mk)
+        return;
+    char a[2048], b[2048];
+    snprintf(a, sizeof a, "%s/sd_file.zip", test_tmp_dir());
+    snprintf(b, sizeof b, "%s/sd_stream.zip", test_tmp_dir());
+    cp_cells_opts o;
+    cp_cells_opts_init(&o);
+    o.mask_too = 1;
+    cp_cells_result r1, r2;
+    CHECK_OK(cp_cells_write_zip(img, mk, "masks", a, &o, &r1));
+    FILE *fp = fopen(b, "wb");
+    CHECK_OK(cp_cells_write_zip_fp(img, mk, "masks", fp, "stream", &o, &r2));
+    fclose(fp);
+    CHECK(same_file(a, b) && r1.n_files == 251 && r2.n_files == 251 && r1.bytes == r2.bytes);
+    cp_image_free(img);
+    cp_image_free(mk);
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 5 && strcmp(argv[1], "--make-bench-input") == 0)
@@ -425,5 +495,7 @@ int main(int argc, char **argv)
     test_scaling();
     test_write();
     test_zip_formats();
+    test_atomic_dir_and_pairing();
+    test_stream();
     return test_result();
 }
