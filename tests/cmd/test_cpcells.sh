@@ -38,6 +38,9 @@ def pages(path):  # (width, height, bits) of every IFD of a little-endian classi
         for i in range(n):
             t, ty, cnt, v = struct.unpack('<HHII', b[off+2+12*i: off+14+12*i])
             tags[t] = v & 0xFFFF if ty == 3 else v
+        if len(out) == 0:  # ImageJ hyperstack description on the first page
+            desc = b[tags[270]: b.index(b'\0', tags[270])] if 270 in tags else b''
+            if b'channels=4' not in desc or b'ImageJ=' not in desc: return []
         out.append((tags[256], tags[257], tags[258]))
         off = struct.unpack('<I', b[off+2+12*n: off+6+12*n])[0]
     return out
@@ -47,7 +50,7 @@ for r in csv.DictReader(open(os.path.join(d, 'cells.csv'))):
     if pages(os.path.join(d, r['file'])) != [(w, h, 16)] * 4: bad += 1
 sys.exit(1 if bad else 0)
 EOF
-check "every cell: 4 pages of u16 with the crop's shape" [ $? -eq 0 ]
+check "every cell: 4 pages of u16 with the crop's shape, ImageJ channels=4" [ $? -eq 0 ]
 
 # ZIP: same entries, same bytes, valid for unzip and Python, reproducible.
 check "dsb zip" "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip dsb.zip
@@ -59,6 +62,8 @@ check "zip contents = folder" diff -r unz dsb
 check "python zipfile" $PY -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); sys.exit(z.testzip() is not None or len(z.namelist())!=71)" dsb.zip
 check "second run" "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip=dsb2.zip
 check_same "zip byte-identical between runs" dsb.zip dsb2.zip
+OMP_NUM_THREADS=1 "$C" "${DSB}_img.png" "${DSB}_masks.tif" --zip dsb1t.zip
+check_same "same bytes with one thread" dsb.zip dsb1t.zip
 "$C" -o - --zip - "${DSB}_img.png" "${DSB}_masks.tif" > stdout.zip
 check_eq "stdout exit" $? 0
 check_same "stdout zip = file zip" stdout.zip dsb.zip
