@@ -141,6 +141,8 @@ static int do_one(run *r, const char *image, const char *masks, const char *out,
         cli_progress_end(&r->prog);
     if (rc == CP_OK)
         report(masks, &res, out);
+    else if (rc == CP_EEXIST)
+        cli_err("%s (use --force to replace it)", cp_errmsg());
     else
         cli_err("%s", cp_errmsg());
     cp_image_free(img);

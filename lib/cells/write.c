@@ -308,7 +308,7 @@ int cp_cells_write_zip(const cp_image *img, const cp_image *masks, const char *m
     char *parent = cp_path_dir(zip_path);
     int rc = parent ? CP_OK : CP_ENOMEM;
     if (rc == CP_OK && !(o && o->overwrite) && cp_path_exists(zip_path))
-        rc = cp_error(CP_EEXIST, "%s: exists (use --force to replace it)", zip_path);
+        rc = cp_error(CP_EEXIST, "%s: exists and overwriting was not asked for", zip_path);
     if (rc == CP_OK)
         rc = cp_mkdirs(parent);
     free(parent);

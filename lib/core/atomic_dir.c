@@ -130,7 +130,7 @@ int cp_atomic_dir_open(cp_atomic_dir *d, const char *final_path, int overwrite)
         final[--n] = 0;
     if (!overwrite && cp_path_exists(final)) {
         free(final);
-        return cp_error(CP_EEXIST, "%s: exists (use --force to replace it)", final_path);
+        return cp_error(CP_EEXIST, "%s: exists and overwriting was not asked for", final_path);
     }
     char *parent = cp_path_dir(final);
     int rc = parent ? cp_mkdirs(parent) : CP_ENOMEM;

@@ -116,7 +116,7 @@ int cp_zip_open(cp_zip **out, const char *path, int overwrite, const cp_zip_opts
 {
     *out = NULL;
     if (!overwrite && cp_path_exists(path))
-        return cp_error(CP_EEXIST, "%s: exists (use --force to replace it)", path);
+        return cp_error(CP_EEXIST, "%s: exists and overwriting was not asked for", path);
     cp_zip *z;
     int rc = zip_init(&z, path, opts);
     if (rc != CP_OK)
