@@ -1,5 +1,4 @@
 /* cpcells: one 16-bit TIFF per labelled cell, into a folder or a ZIP. */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,9 +51,8 @@ typedef struct run {
 static int on_progress(void *ud, size_t done, size_t total)
 {
     run *r = ud;
-    if (!r->batch) {
-        if (done == 0 || r->prog.total != total)
-            r->prog.total = total;
+    if (!r->batch) { /* the cell count is known only once the masks are read */
+        r->prog.total = total;
         cli_progress_update(&r->prog, done, NULL);
     }
     return 0;
