@@ -162,7 +162,25 @@ static int check_inputs(const cp_image *img, const cp_image *masks, const char *
     return CP_OK;
 }
 
-#define BATCH 64
+/* Cells are cut and encoded in batches, then written in label order. Only a
+ * ZIP is encoded in parallel (deflate is the work there); a folder's time is
+ * the kernel creating files, and a second thread would only spin at the
+ * batch barrier. A batch is bounded in cells and in crop bytes. */
+#define BATCH 1024
+#define BATCH_BYTES ((uint64_t)64 << 20)
+
+static size_t batch_end(const cp_cell_box *b, size_t b0, size_t n, int pad, const cp_image *img)
+{
+    uint64_t bytes = 0;
+    size_t i = b0;
+    while (i < n && i - b0 < BATCH && (i == b0 || bytes < BATCH_BYTES)) {
+        int r0, c0, r1, c1;
+        cp_cell_crop_rect(&b[i], pad, img->width, img->height, &r0, &c0, &r1, &c1);
+        bytes += (uint64_t)(r1 - r0) * (uint64_t)(c1 - c0) * (uint64_t)img->channels * 2;
+        i++;
+    }
+    return i;
+}
 
 static int write_cells(const cp_image *img, const cp_image *masks, const char *mname, const cp_cells_opts *opts,
                        sink *out, cp_cells_result *res)
@@ -202,10 +220,12 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
     encoded *enc = cp_calloc(BATCH, sizeof *enc, "cell batch");
     if (!enc && rc == CP_OK)
         rc = CP_ENOMEM;
-    for (size_t b0 = 0; b0 < n && rc == CP_OK; b0 += BATCH) {
-        size_t nb = n - b0 < BATCH ? n - b0 : BATCH;
+    int parallel = out->zip != NULL;
+    for (size_t b0 = 0, b1; b0 < n && rc == CP_OK; b0 = b1) {
+        b1 = batch_end(boxes, b0, n, o->pad, img);
+        size_t nb = b1 - b0;
         /* Each cell is independent; the batch is written in label order after. */
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
         for (size_t i = 0; i < nb; i++) {
             char name[64];
             cp_cell_file_name(name, sizeof name, boxes[b0 + i].label, max_label, ".tif");
@@ -240,9 +260,9 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
             e->tif = e->mask = NULL;
             cp_zip_prepared_free(&e->ztif);
             cp_zip_prepared_free(&e->zmask);
+            if (rc == CP_OK && o->progress && o->progress(o->progress_ud, b0 + i + 1, n))
+                rc = cp_error(CP_EINTR, "%s: cancelled", mname);
         }
-        if (rc == CP_OK && o->progress && o->progress(o->progress_ud, b0 + nb, n))
-            rc = cp_error(CP_EINTR, "%s: cancelled", mname);
     }
     if (rc == CP_OK) {
         rc = out->add(out, "cells.csv", csv.s, csv.len);
