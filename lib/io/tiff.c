@@ -229,19 +229,27 @@ static int decode_strips(const char *path, TIFF *t, const sink *k, int nplanes, 
     tmsize_t strip_size = TIFFStripSize(t);
     if (row_bytes <= 0 || strip_size <= 0 || (uint64_t)row_bytes * rps > (uint64_t)strip_size)
         return tiff_fail(CP_EFORMAT, path, "bad TIFF strip size");
-    unsigned char *buf = cp_malloc((size_t)strip_size, "TIFF strip");
-    if (!buf)
+    /* Rows laid out exactly as the image's: decode straight into it. */
+    size_t es = cp_dtype_size(k->img->dtype);
+    int direct = nplanes == 1 && nsamp == k->img->channels && p->bps == 8 * es &&
+                 (size_t)row_bytes == (size_t)p->w * (size_t)nsamp * es;
+    unsigned char *buf = direct ? NULL : cp_malloc((size_t)strip_size, "TIFF strip");
+    if (!direct && !buf)
         return CP_ENOMEM;
     int rc = CP_OK;
     for (int s = 0; s < nplanes && rc == CP_OK; s++)
         for (uint32_t i = 0; i < per_plane; i++) {
             uint32_t y0 = i * rps, rows = p->h - y0 < rps ? p->h - y0 : rps;
-            tmsize_t got = TIFFReadEncodedStrip(t, (uint32_t)s * per_plane + i, buf, strip_size);
-            if (got < row_bytes * (tmsize_t)rows) {
+            tmsize_t want = row_bytes * (tmsize_t)rows;
+            unsigned char *dst = direct ? (unsigned char *)k->img->data +
+                                              ((size_t)k->plane * p->h + y0) * (size_t)row_bytes
+                                        : buf;
+            tmsize_t got = TIFFReadEncodedStrip(t, (uint32_t)s * per_plane + i, dst, direct ? want : strip_size);
+            if (got < want) {
                 rc = tiff_fail(CP_EFORMAT, path, "cannot decode TIFF strip (corrupt or truncated file)");
                 break;
             }
-            for (uint32_t r = 0; r < rows; r++)
+            for (uint32_t r = 0; !direct && r < rows; r++)
                 put_row(k, buf + (size_t)r * row_bytes, y0 + r, 0, p->w, nsamp, s);
         }
     free(buf);
@@ -627,7 +635,9 @@ static int write_page(TIFF *t, const cp_image *img, int plane, int chan0, int ns
     return TIFFWriteDirectory(t) ? 0 : -1;
 }
 
-int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *opts)
+/* Encode img as the pages of an open TIFF (a file or memory); `path` names it
+ * in messages. Flushes but does not close t. */
+int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_write_opts *opts)
 {
     if (!img || !img->data || img->width <= 0 || img->height <= 0 || img->channels <= 0 || img->planes <= 0 ||
         (unsigned)img->dtype >= CP_DTYPE_COUNT)
@@ -669,34 +679,48 @@ int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *op
     const char *software = opts->software ? opts->software : soft;
 
     size_t es = cp_dtype_size(img->dtype);
-    uint64_t bytes = (uint64_t)cp_image_samples(img) * es;
     unsigned char *row = cp_malloc_array((size_t)img->width * nsamp, es, "TIFF row");
     if (!row)
         return CP_ENOMEM;
+    int rc = CP_OK;
+    for (int z = 0; rc == CP_OK && z < Z; z++)
+        for (int c = 0; rc == CP_OK && c < page_channels; c++)
+            if (write_page(t, img, z, c, nsamp, npages, descp, software, compression, row) != 0)
+                rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+    TIFFFlush(t);
+    if (rc == CP_OK && tiff_msg[0])
+        rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+    free(row);
+    return rc;
+}
+
+/* Big images need BigTIFF ("w8"); the threshold leaves room for headers. */
+const char *cp_tiff_write_mode(const cp_image *img)
+{
+    uint64_t bytes = (uint64_t)cp_image_samples(img) * cp_dtype_size(img->dtype);
+    return bytes > ((uint64_t)3 << 30) ? "w8" : "w";
+}
+
+int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *opts)
+{
+    if (!img || !img->data)
+        return cp_error(CP_EINVAL, "%s: invalid image", path);
+    tiff_quiet();
     cp_atomic at;
     int rc = cp_atomic_open(&at, path);
-    if (rc) {
-        free(row);
+    if (rc)
         return rc;
-    }
     int fd = dup(at.fd); /* TIFFClose closes its descriptor; the atomic file keeps its own */
-    TIFF *t = fd >= 0 ? TIFFFdOpen(fd, path, bytes > ((uint64_t)3 << 30) ? "w8" : "w") : NULL;
+    TIFF *t = fd >= 0 ? TIFFFdOpen(fd, path, cp_tiff_write_mode(img)) : NULL;
     if (!t) {
         if (fd >= 0)
             close(fd);
         rc = tiff_fail(CP_EIO, path, "cannot start TIFF output");
     }
-    for (int z = 0; rc == CP_OK && z < Z; z++)
-        for (int c = 0; rc == CP_OK && c < page_channels; c++)
-            if (write_page(t, img, z, c, nsamp, npages, descp, software, compression, row) != 0)
-                rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
     if (t) {
-        TIFFFlush(t);
-        if (rc == CP_OK && tiff_msg[0])
-            rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+        rc = cp_tiff_encode(t, path, img, opts);
         TIFFClose(t);
     }
-    free(row);
     if (rc) {
         cp_atomic_abort(&at);
         return rc;

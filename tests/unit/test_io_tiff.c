@@ -541,6 +541,32 @@ static void test_mixed_pages(void)
     }
 }
 
+static int write_bytes(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    fwrite(data, 1, n, f);
+    return fclose(f);
+}
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(*n);
+    if (fread(b, 1, *n, f) != *n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    return b;
+}
+
 static void test_writer(void)
 {
     cp_image *img;
@@ -574,6 +600,20 @@ static void test_writer(void)
     CHECK(back->channels == 2 && back->planes == 3 && memcmp(back->data, img->data, cp_image_samples(img) * 2) == 0);
     cp_image_free(back);
 
+    /* the in-memory encoder gives the very bytes of the file, even right
+     * after a failed read left a libtiff message behind */
+    cp_image *junk = NULL;
+    write_bytes(tmp("w_junk.tif"), "II*\0\x08\0\0\0\xff\xff", 10);
+    CHECK(cp_image_read(tmp("w_junk.tif"), NULL, &junk) == CP_EFORMAT);
+    path = tmp("w_hyper.tif"); /* tmp() reuses its buffer */
+    void *mem = NULL;
+    size_t mem_size = 0, file_size = 0;
+    CHECK_OK(cp_tiff_write_mem(img, &o, "mem.tif", &mem, &mem_size));
+    unsigned char *file = slurp(path, &file_size);
+    CHECK(file && mem && file_size == mem_size && memcmp(file, mem, mem_size) == 0);
+    free(file);
+    free(mem);
+
     /* overwrite in place; no temporary file left behind */
     CHECK_OK(cp_tiff_write(path, img, NULL));
     char cmd[4200];
@@ -596,32 +636,6 @@ static void test_writer(void)
     if (t)
         TIFFClose(t);
     cp_image_free(img);
-}
-
-static int write_bytes(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    fwrite(data, 1, n, f);
-    return fclose(f);
-}
-
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*n);
-    if (fread(b, 1, *n, f) != *n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    return b;
 }
 
 /* Minimal little-endian TIFF with one strip, built by hand so the header can lie. */
