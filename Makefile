@@ -22,7 +22,7 @@ SANFLAGS := $(if $(SANITIZE),$(SAN_ON))
 # -ffp-contract=off: the Euler steps and blending reproduce Cellpose bit for bit
 # only when the compiler does not fuse multiply-adds behind our back.
 CFLAGS   += -std=c11 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
-            -D_GNU_SOURCE -Iinclude -Ilib
+            -D_GNU_SOURCE -Iinclude -Ilib -Icmd
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
             -Iinclude -Ilib $(TORCH_INC) -Wno-unused-parameter
 LDLIBS   := $(TORCH_LIBS) -ltiff -lpng -lz -lcjson -lgomp -lstdc++ -lm -lpthread

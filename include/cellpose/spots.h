@@ -167,6 +167,14 @@ int cp_spot_load(cp_spot_dataset *d, const cp_spot_load_opts *o, cp_stable *out)
 int cp_spot_load_rows(cp_spot_dataset *d, const cp_spot_load_opts *o, const uint32_t *spot_ids,
                       size_t n, cp_stable *out);
 
+/* Every merged column name in table order (spot_id first, unmixed-only
+ * columns, unmixed_removed and reassigned last), from the table headers. */
+int cp_spot_columns(cp_spot_dataset *d, cp_strlist *out);
+/* Rows of a loaded table with the given columns, in that order; columns the
+ * table lacks are read from the mixed tables for those rows only. */
+int cp_spot_select(cp_spot_dataset *d, const cp_spot_load_opts *o, const cp_stable *t, const uint32_t *rows,
+                   size_t n, const char *const *columns, int ncolumns, cp_stable *out);
+
 /* 1 when the row's spot was removed by unmixing: no unmixed row, or
  * unmixed_chan null, "none" or "". */
 int cp_spot_is_removed(const cp_stable *t, size_t row);

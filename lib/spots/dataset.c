@@ -364,6 +364,9 @@ static int gather_col(cp_stable *t, cp_scol *dst, cp_scol *src, const int32_t *m
         dst->dict = src->dict;
         memset(&src->dict, 0, sizeof src->dict);
     }
+    /* start from "no null": matched rows get values, the rest are set null */
+    free(dst->nulls);
+    dst->nulls = NULL;
     if (src->type != CP_SCOL_STR && src->type != CP_SCOL_F32 && cp_scol_null_bitmap(dst, t->cap))
         return CP_ENOMEM;
     for (size_t i = 0; i < n; i++) {
@@ -512,6 +515,9 @@ static int load_part(cp_spot_part *p, const cp_spot_load_opts *o, cp_stable *out
         rc = cp_stable_add_col(&mx, "reassigned", CP_SCOL_BOOL);
     if (!rc) {
         cp_scol *rem = &mx.cols[mx.ncols - 2], *rea = &mx.cols[mx.ncols - 1];
+        free(rem->nulls); /* every row gets a value below */
+        free(rea->nulls);
+        rem->nulls = rea->nulls = NULL;
         int ci = cp_stable_find(&mx, "chan"), ui = cp_stable_find(&mx, "unmixed_chan");
         const cp_scol *C = ci >= 0 ? &mx.cols[ci] : NULL, *U = ui >= 0 ? &mx.cols[ui] : NULL;
         int *uo = cp_calloc(uonly.n + 1, sizeof *uo, "merge");
@@ -609,7 +615,8 @@ int cp_spot_load_rows(cp_spot_dataset *d, const cp_spot_load_opts *o, const uint
         size_t k0 = k;
         while (k < n && ids[k] - 1 < base + p->nrows)
             k++;
-        if (k > k0) {
+        /* with no row at all, the first part still gives the columns */
+        if (k > k0 || (n == 0 && base == 0)) {
             uint64_t *mask = cp_calloc(p->nrows / 64 + 1, 8, "row mask");
             cp_strlist mh = {0}, cols = {0};
             cp_stable part = {0};
@@ -677,5 +684,94 @@ int cp_spot_channels(cp_spot_dataset *d, const cp_stable *t)
             rc = push_unique(&d->channels, t->cols[c].dict.s[k]);
     if (d->channels.n > 1)
         qsort(d->channels.items, d->channels.n, sizeof(char *), str_cmp);
+    return rc;
+}
+
+int cp_spot_columns(cp_spot_dataset *d, cp_strlist *out)
+{
+    cp_strlist mh = {0}, uh = {0};
+    const cp_spot_part *p = &d->parts[0];
+    int rc = cp_stable_read_header(p->mixed, &mh);
+    if (!rc && p->unmixed)
+        rc = cp_stable_read_header(p->unmixed, &uh);
+    rc = rc ? rc : push_unique(out, "spot_id");
+    for (size_t i = 0; i < mh.n && !rc; i++)
+        if (*mh.items[i] && strncmp(mh.items[i], "Unnamed: ", 9))
+            rc = push_unique(out, mh.items[i]);
+    for (size_t i = 0; i < uh.n && !rc; i++)
+        if (*uh.items[i] && strncmp(uh.items[i], "Unnamed: ", 9))
+            rc = push_unique(out, uh.items[i]);
+    rc = rc ? rc : push_unique(out, "unmixed_removed");
+    rc = rc ? rc : push_unique(out, "reassigned");
+    cp_strlist_free(&mh);
+    cp_strlist_free(&uh);
+    return rc;
+}
+
+int cp_spot_select(cp_spot_dataset *d, const cp_spot_load_opts *o, const cp_stable *t, const uint32_t *rows,
+                   size_t n, const char *const *columns, int ncolumns, cp_stable *out)
+{
+    int *have = cp_malloc_array((size_t)ncolumns + 1, sizeof *have, "select");
+    cp_strlist missing = {0};
+    cp_stable extra = {0};
+    uint32_t *ids = cp_malloc_array(n + 1, sizeof *ids, "select");
+    int rc = have && ids ? CP_OK : CP_ENOMEM, nhave = 0;
+    int si = cp_stable_find(t, "spot_id");
+    for (int k = 0; k < ncolumns && !rc; k++) {
+        int c = cp_stable_find(t, columns[k]);
+        if (c >= 0)
+            have[nhave++] = c;
+        else
+            rc = cp_strlist_push(&missing, columns[k]);
+    }
+    if (!rc)
+        rc = cp_stable_gather(t, rows, n, have, nhave, out);
+    if (!rc && missing.n) {
+        for (size_t i = 0; i < n; i++)
+            ids[i] = (uint32_t)((const int32_t *)t->cols[si].v)[rows[i]];
+        cp_spot_load_opts lo = o ? *o : (cp_spot_load_opts){0};
+        lo.columns = (const char *const *)missing.items;
+        lo.ncolumns = (int)missing.n;
+        rc = cp_spot_load_rows(d, &lo, ids, n, &extra);
+        for (size_t k = 0; k < missing.n && !rc; k++) {
+            int c = cp_stable_find(&extra, missing.items[k]);
+            if (c < 0) {
+                rc = cp_error(CP_EINVAL, "no column '%s' in the spot tables", missing.items[k]);
+                break;
+            }
+            cp_scol *nc = realloc(out->cols, (size_t)(out->ncols + 1) * sizeof *nc);
+            if (!nc) {
+                rc = cp_error(CP_ENOMEM, "out of memory");
+                break;
+            }
+            out->cols = nc;
+            /* extra has exactly n rows; capacities may differ, so grow */
+            out->cols[out->ncols++] = extra.cols[c];
+            memset(&extra.cols[c], 0, sizeof extra.cols[c]);
+            extra.cols[c].name = cp_strdup("");
+        }
+        /* every column holds at least n rows; n is the safe capacity */
+        if (!rc)
+            out->cap = n;
+    }
+    /* requested order */
+    if (!rc) {
+        cp_scol *ord = cp_malloc_array((size_t)ncolumns + 1, sizeof *ord, "select");
+        if (!ord)
+            rc = CP_ENOMEM;
+        for (int k = 0; k < ncolumns && !rc; k++)
+            ord[k] = out->cols[cp_stable_find(out, columns[k])];
+        if (!rc) {
+            free(out->cols);
+            out->cols = ord;
+            out->ncols = ncolumns;
+        }
+    }
+    free(have);
+    free(ids);
+    cp_strlist_free(&missing);
+    cp_stable_free(&extra);
+    if (rc)
+        cp_stable_free(out);
     return rc;
 }
