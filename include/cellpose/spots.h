@@ -141,6 +141,7 @@ typedef struct cp_spot_dataset {
     cp_spot_part *parts;
     int nparts;
     int single;       /* 1: SOURCE was one table file */
+    int spooled;      /* 1: stdin copied to a temporary file (removed by free) */
 } cp_spot_dataset;
 
 /* A dataset folder (layout of the SeeSpot spec, tiled or not) or one table

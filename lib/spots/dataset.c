@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "cellpose/spots.h"
 #include "core/internal.h"
@@ -213,6 +214,38 @@ static int part_cmp(const void *a, const void *b)
     return strcmp(x->tile, y->tile);
 }
 
+static int spool_stdin(char **pathp)
+{
+    const char *tmp = getenv("TMPDIR");
+    char *path = cp_path_join(tmp && *tmp ? tmp : "/tmp", "spotquery-stdin.XXXXXX.csv");
+    if (!path)
+        return CP_ENOMEM;
+    int fd = mkstemps(path, 4);
+    if (fd < 0) {
+        int rc = cp_error(CP_EIO, "%s: cannot create: %s", path, strerror(errno));
+        free(path);
+        return rc;
+    }
+    char buf[1 << 16];
+    ssize_t got;
+    int rc = CP_OK;
+    while ((got = read(0, buf, sizeof buf)) > 0)
+        if (write(fd, buf, (size_t)got) != got) {
+            rc = cp_error(CP_EIO, "%s: write error", path);
+            break;
+        }
+    if (got < 0)
+        rc = cp_error(CP_EIO, "stdin: read error: %s", strerror(errno));
+    close(fd);
+    if (rc) {
+        unlink(path);
+        free(path);
+        return rc;
+    }
+    *pathp = path;
+    return CP_OK;
+}
+
 int cp_spot_dataset_open(const char *path, cp_spot_dataset *d)
 {
     memset(d, 0, sizeof *d);
@@ -225,9 +258,18 @@ int cp_spot_dataset_open(const char *path, cp_spot_dataset *d)
                                              "convert to CSV", path);
         d->single = 1;
         d->parts = cp_calloc(1, sizeof *d->parts, "dataset");
-        if (!d->parts || !(d->parts[0].mixed = cp_strdup(path)))
+        if (!d->parts)
             return CP_ENOMEM;
         d->nparts = 1;
+        if (!strcmp(path, "-")) {
+            /* stdin is read more than once (header, rows): spool it */
+            int rc = spool_stdin(&d->parts[0].mixed);
+            if (rc)
+                return rc;
+            d->spooled = 1;
+        } else if (!(d->parts[0].mixed = cp_strdup(path))) {
+            return CP_ENOMEM;
+        }
         const char *base = strrchr(path, '/');
         base = base ? base + 1 : path;
         int r = round_of(base, "mixed_spots_R");
@@ -295,6 +337,8 @@ int cp_spot_dataset_open(const char *path, cp_spot_dataset *d)
 
 void cp_spot_dataset_free(cp_spot_dataset *d)
 {
+    if (d->spooled && d->parts && d->parts[0].mixed)
+        unlink(d->parts[0].mixed);
     for (int i = 0; i < d->nparts; i++) {
         cp_spot_part *p = &d->parts[i];
         free(p->mixed);
@@ -610,7 +654,7 @@ int cp_spot_load_rows(cp_spot_dataset *d, const cp_spot_load_opts *o, const uint
     int rc = CP_OK;
     for (int i = 0; i < d->nparts && !rc; i++) {
         cp_spot_part *p = &d->parts[i];
-        if (!p->nrows)
+        if (!p->nrows && !(n == 0 && i == 0))
             continue;
         size_t k0 = k;
         while (k < n && ids[k] - 1 < base + p->nrows)
