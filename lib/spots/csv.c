@@ -250,6 +250,8 @@ typedef struct layout {
     cp_stable *t;
     const uint64_t *mask;
     size_t mask_rows;
+    int last;        /* last field stored (-1 none) */
+    int *next;       /* next[f]: first stored field >= f (nf if none) */
 } layout;
 
 typedef struct chunk {
@@ -379,8 +381,149 @@ static const char *skip_row(const char *p, const char *end, int quoted, long *nl
     return end;
 }
 
+/* ---- quote-free rows: word-at-a-time delimiter search ------------------- */
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define SWAR 1
+static inline uint64_t load64(const char *p)
+{
+    uint64_t x;
+    memcpy(&x, p, 8);
+    return x;
+}
+/* High bit set in every byte of x equal to the pattern's byte (exact). */
+static inline uint64_t eq_bytes(uint64_t x, uint64_t pat)
+{
+    uint64_t y = x ^ pat;
+    uint64_t t = ((y & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | y;
+    return ~t & 0x8080808080808080ull;
+}
+#endif
+
+/* Pointer just past the k-th delimiter in [q, e), or NULL (found = count). */
+static inline const char *skip_delims(const char *q, const char *e, int k, char d, int *found)
+{
+    int n = 0;
+#ifdef SWAR
+    uint64_t pat = 0x0101010101010101ull * (uint8_t)d;
+    while (e - q >= 8) {
+        uint64_t m = eq_bytes(load64(q), pat);
+        int c = __builtin_popcountll(m);
+        if (n + c >= k) {
+            for (;;) {
+                int b = __builtin_ctzll(m) >> 3;
+                if (++n == k)
+                    return q + b + 1;
+                m &= m - 1;
+            }
+        }
+        n += c;
+        q += 8;
+    }
+#endif
+    for (; q < e; q++)
+        if (*q == d && ++n == k)
+            return q + 1;
+    *found = n;
+    return NULL;
+}
+
+static inline int count_delims(const char *q, const char *e, char d)
+{
+    int n = 0;
+#ifdef SWAR
+    uint64_t pat = 0x0101010101010101ull * (uint8_t)d;
+    for (; e - q >= 8; q += 8)
+        n += __builtin_popcountll(eq_bytes(load64(q), pat));
+#endif
+    for (; q < e; q++)
+        n += *q == d;
+    return n;
+}
+
+/* One quote-free row [p, le) (le excludes '\n' and a final '\r'). 0 ok. */
+static int parse_plain_row(chunk *c, const layout *L, const char *p, const char *le, size_t out, long line)
+{
+    char d = L->delim;
+    const char *q = p;
+    int f = 0, nfields = -1;
+    while (f <= L->last) {
+        int want = L->next[f];
+        if (want > f) { /* skip to the next stored field */
+            int found = 0;
+            const char *nq = skip_delims(q, le, want - f, d, &found);
+            if (!nq) {
+                nfields = f + found + 1;
+                break;
+            }
+            q = nq;
+            f = want;
+        }
+        int found = 0;
+        const char *nq = skip_delims(q, le, 1, d, &found);
+        const char *fe = nq ? nq - 1 : le;
+        if (store(c, L, f, out, q, (size_t)(fe - q), line, (long)(q - p) + 1))
+            return -1;
+        f++;
+        if (!nq) {
+            nfields = f;
+            break;
+        }
+        q = nq;
+    }
+    if (nfields < 0)
+        nfields = f + 1 + count_delims(q, le, d);
+    if (nfields == L->nf)
+        return 0;
+    char what[64];
+    if (nfields < L->nf) {
+        snprintf(what, sizeof what, "%d fields, the header has %d", nfields, L->nf);
+        chunk_fail(c, CP_EFORMAT, L, line, (long)(le - p) + 1, -1, "%.*s", what, strlen(what));
+    } else {
+        int found;
+        const char *x = skip_delims(p, le, L->nf, d, &found);
+        snprintf(what, sizeof what, "more fields than the header's %d", L->nf);
+        chunk_fail(c, CP_EFORMAT, L, line, (long)(x - p) + 1, -1, "%.*s", what, strlen(what));
+    }
+    return -1;
+}
+
+static void parse_plain_chunk(chunk *c, const layout *L)
+{
+    const char *p = c->p, *end = c->end;
+    long line = c->line0;
+    size_t row = c->row0, out = c->out0;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        const char *next = nl ? nl + 1 : end;
+        if (le > p && le[-1] == '\r')
+            le--;
+        if (le == p) { /* blank line */
+            p = next;
+            line += nl != NULL;
+            continue;
+        }
+        if (mask_has(L, row)) {
+            if (parse_plain_row(c, L, p, le, out, line))
+                return;
+            out++;
+        }
+        row++;
+        line += nl != NULL;
+        p = next;
+    }
+    c->nrows = row - c->row0;
+    c->kept = out - c->out0;
+    c->nlines = line - c->line0;
+}
+
 static void parse_chunk(chunk *c, const layout *L, int quoted)
 {
+    if (!quoted) {
+        parse_plain_chunk(c, L);
+        return;
+    }
     const char *p = c->p, *end = c->end;
     long line = c->line0;
     size_t row = c->row0, out = c->out0;
@@ -529,6 +672,13 @@ static int process_block(const layout *L, const char *b, size_t n, int quoted, i
         want = out;
     }
     rc = cp_stable_reserve(t, want);
+    /* integer and bool columns may get nulls in any row: their bitmaps must
+     * exist before the threads start */
+    for (int col = 0; col < t->ncols && !rc; col++) {
+        cp_scol_type ty = t->cols[col].type;
+        if (ty == CP_SCOL_I32 || ty == CP_SCOL_I8 || ty == CP_SCOL_BOOL)
+            rc = cp_scol_null_bitmap(&t->cols[col], t->cap);
+    }
     for (int k = 0; k < nch && !rc; k++)
         if (!(ch[k].dicts = cp_calloc((size_t)t->ncols, sizeof(cp_sdict), "parser dictionaries")))
             rc = CP_ENOMEM;
@@ -789,6 +939,18 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
         if ((rc = cp_stable_add_col(out, names.items[f], (cp_scol_type)type)))
             goto done;
     }
+    L.next = cp_malloc_array(names.n + 1, sizeof(int), "column map");
+    if (!L.next) {
+        rc = CP_ENOMEM;
+        goto done;
+    }
+    L.last = -1;
+    L.next[names.n] = (int)names.n;
+    for (size_t f = names.n; f-- > 0;) {
+        L.next[f] = L.out[f] >= 0 ? (int)f : L.next[f + 1];
+        if (L.out[f] >= 0 && L.last < 0)
+            L.last = (int)f;
+    }
     src_consume(&s, used);
     int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
     if (threads > 64)
@@ -803,19 +965,6 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
         size_t cut = s.eof ? s.len : last_row_end(s.buf, s.len, quoted);
         if (cut == 0) /* one row longer than the buffer: read more */
             continue;
-        /* integer and bool columns may get nulls in any row: their bitmaps
-         * must exist (and be large enough) before the threads start */
-        size_t nl = 1;
-        for (const char *q = s.buf; (q = memchr(q, '\n', (size_t)(s.buf + cut - q))); q++)
-            nl++;
-        if ((rc = cp_stable_reserve(out, out->nrows + nl)))
-            goto done;
-        for (int c = 0; c < out->ncols; c++) {
-            cp_scol_type ty = out->cols[c].type;
-            if ((ty == CP_SCOL_I32 || ty == CP_SCOL_I8 || ty == CP_SCOL_BOOL) &&
-                (rc = cp_scol_null_bitmap(&out->cols[c], out->cap)))
-                goto done;
-        }
         if ((rc = process_block(&L, s.buf, cut, quoted, threads, &pg)))
             goto done;
         src_consume(&s, cut);
@@ -837,6 +986,7 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
     }
 done:
     free(L.out);
+    free(L.next);
     cp_strlist_free(&names);
     src_close(&s);
     if (rc)

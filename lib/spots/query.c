@@ -11,6 +11,38 @@
 #include "core/internal.h"
 #include "spots/spots_internal.h"
 
+/* Removed-spot test without per-row column lookups. */
+typedef struct removed_ctx {
+    const cp_scol *u, *r;
+    uint8_t *code_removed; /* per unmixed_chan code */
+} removed_ctx;
+
+static int removed_init(removed_ctx *x, const cp_stable *t)
+{
+    memset(x, 0, sizeof *x);
+    int u = cp_stable_find(t, "unmixed_chan"), r = cp_stable_find(t, "unmixed_removed");
+    x->u = u >= 0 && t->cols[u].type == CP_SCOL_STR ? &t->cols[u] : NULL;
+    x->r = r >= 0 ? &t->cols[r] : NULL;
+    if (x->u) {
+        x->code_removed = cp_calloc((size_t)x->u->dict.n + 1, 1, "removed codes");
+        if (!x->code_removed)
+            return CP_ENOMEM;
+        for (int32_t k = 0; k < x->u->dict.n; k++)
+            x->code_removed[k] = (uint8_t)cp_spot_removed_str(x->u->dict.s[k]);
+    }
+    return CP_OK;
+}
+
+static inline int removed_at(const removed_ctx *x, size_t i)
+{
+    if (x->u) {
+        int32_t k = ((const int32_t *)x->u->v)[i];
+        if (k < 0 || x->code_removed[k])
+            return 1;
+    }
+    return x->r && cp_scol_get_bool(x->r, i);
+}
+
 /* ---- filters ------------------------------------------------------------ */
 
 void cp_spot_filter_init(cp_spot_filter *f)
@@ -233,8 +265,12 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
             goto done;
         }
     }
+    removed_ctx rx;
+    if ((rc = removed_init(&rx, t)))
+        goto done;
     uint32_t *rows = cp_malloc_array(t->nrows + 1, sizeof *rows, "selected rows");
     if (!rows) {
+        free(rx.code_removed);
         rc = CP_ENOMEM;
         goto done;
     }
@@ -247,7 +283,7 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
             if (k < 0 || !chm[k])
                 continue;
         }
-        int removed = (f->removed >= 0 || U) ? cp_spot_is_removed(t, i) : 0;
+        int removed = (f->removed >= 0 || U) ? removed_at(&rx, i) : 0;
         if (U) {
             int32_t k = ((const int32_t *)U->v)[i];
             if (!((k >= 0 && um[k]) || (want_removed_chan && removed)))
@@ -302,6 +338,7 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
         if (ok)
             rows[n++] = (uint32_t)i;
     }
+    free(rx.code_removed);
     *rowsp = rows;
     *np = n;
 done:
@@ -683,7 +720,9 @@ int cp_spot_summary_compute(const cp_spot_dataset *d, const cp_stable *t, cp_sta
     /* counts per (round, chan): round 0..255 via offset */
     size_t nch = (size_t)C->dict.n;
     int64_t *cnt = cp_calloc(256 * nch * 3 + 1, sizeof *cnt, "summary");
-    if (!cnt) {
+    removed_ctx rx;
+    if (!cnt || removed_init(&rx, t)) {
+        free(cnt);
         cp_stable_free(out);
         return CP_ENOMEM;
     }
@@ -694,11 +733,12 @@ int cp_spot_summary_compute(const cp_spot_dataset *d, const cp_stable *t, cp_sta
         int r = R && !cp_scol_is_null(R, i) ? (int)cp_scol_num(R, i) + 128 : 128;
         int64_t *k = cnt + ((size_t)r * nch + (size_t)c) * 3;
         k[0]++;
-        if (!cp_spot_is_removed(t, i))
+        if (!removed_at(&rx, i))
             k[1]++;
         if (cp_scol_get_bool(RE, i))
             k[2]++;
     }
+    free(rx.code_removed);
     cp_strlist chans;
     cp_strlist dictl = {C->dict.s, (size_t)C->dict.n, (size_t)C->dict.n};
     rc = sorted_copy(&dictl, &chans);
