@@ -11,6 +11,8 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -239,6 +241,41 @@ static inline int next_field(const char **pp, const char *end, char delim, const
     return 0;
 }
 
+
+/* ---- a few threads per block ----------------------------------------------
+ * Plain threads rather than an OpenMP team: between blocks the reader works
+ * alone, and idle OpenMP workers spin (OMP_WAIT_POLICY is read before main),
+ * taking CPU from the reader on a busy machine. */
+
+typedef struct job {
+    void (*fn)(void *ctx, int k);
+    void *ctx;
+    int n;
+    atomic_int next;
+} job;
+
+static void *job_worker(void *arg)
+{
+    job *j = arg;
+    for (int k; (k = atomic_fetch_add(&j->next, 1)) < j->n;)
+        j->fn(j->ctx, k);
+    return NULL;
+}
+
+/* Run fn(ctx, 0..n-1) on up to `threads` threads (the caller is one). */
+static void run_jobs(int threads, int n, void (*fn)(void *, int), void *ctx)
+{
+    job j = {fn, ctx, n, 0};
+    pthread_t tid[64];
+    int started = 0;
+    for (int t = 1; t < threads && t < n && t < 64; t++)
+        if (pthread_create(&tid[started], NULL, job_worker, &j) == 0)
+            started++;
+    job_worker(&j);
+    for (int t = 0; t < started; t++)
+        pthread_join(tid[t], NULL);
+}
+
 /* ---- table layout ---------------------------------------------------------- */
 
 typedef struct layout {
@@ -259,6 +296,7 @@ typedef struct chunk {
     size_t row0, out0, nrows, kept;
     long line0, nlines;
     cp_sdict *dicts; /* per output column */
+    int32_t *last;   /* per output column: code of the previous string (-1) */
     scratch sc;
     int err;
     char msg[600];
@@ -287,12 +325,19 @@ static int store(chunk *c, const layout *L, int f, size_t row, const char *s, si
     int rc = 0;
     switch (k->type) {
     case CP_SCOL_STR: {
-        int32_t code = -1;
-        if (!cp_parse_na(s, n) && cp_sdict_intern(&c->dicts[L->out[f]], s, n, &code)) {
+        int32_t code = -1, oc = L->out[f], lc = c->last[oc];
+        cp_sdict *dd = &c->dicts[oc];
+        /* runs of the same value (tables are sorted by channel) */
+        if (lc >= 0 && !strncmp(dd->s[lc], s, n) && dd->s[lc][n] == '\0') {
+            ((int32_t *)k->v)[row] = lc;
+            return 0;
+        }
+        if (!cp_parse_na(s, n) && cp_sdict_intern(dd, s, n, &code)) {
             chunk_fail(c, CP_ENOMEM, L, line, col, f, "out of memory%.*s", "", 0);
             return -1;
         }
         ((int32_t *)k->v)[row] = code;
+        c->last[oc] = code;
         return 0;
     }
     case CP_SCOL_F32: {
@@ -315,8 +360,7 @@ static int store(chunk *c, const layout *L, int f, size_t row, const char *s, si
                 chunk_fail(c, CP_EFORMAT, L, line, col, f, "unexpected null%.*s", "", 0);
                 return -1;
             }
-            #pragma omp atomic
-            k->nulls[row >> 3] |= (uint8_t)(1u << (row & 7));
+            __atomic_fetch_or(&k->nulls[row >> 3], (uint8_t)(1u << (row & 7)), __ATOMIC_RELAXED);
             return 0;
         }
         if (rc < 0) {
@@ -346,13 +390,10 @@ static int store(chunk *c, const layout *L, int f, size_t row, const char *s, si
             return -1;
         }
         /* bits of neighbouring rows share a byte across chunks */
-        if (rc == 1) {
-            #pragma omp atomic
-            k->nulls[row >> 3] |= (uint8_t)(1u << (row & 7));
-        } else if (b) {
-            #pragma omp atomic
-            ((uint8_t *)k->v)[row >> 3] |= (uint8_t)(1u << (row & 7));
-        }
+        if (rc == 1)
+            __atomic_fetch_or(&k->nulls[row >> 3], (uint8_t)(1u << (row & 7)), __ATOMIC_RELAXED);
+        else if (b)
+            __atomic_fetch_or(&((uint8_t *)k->v)[row >> 3], (uint8_t)(1u << (row & 7)), __ATOMIC_RELAXED);
         return 0;
     }
     default: break;
@@ -398,6 +439,8 @@ static inline uint64_t eq_bytes(uint64_t x, uint64_t pat)
     uint64_t t = ((y & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | y;
     return ~t & 0x8080808080808080ull;
 }
+/* Bytes flagged in an eq_bytes mask (no POPCNT instruction needed). */
+static inline int count_flags(uint64_t m) { return (int)(((m >> 7) * 0x0101010101010101ull) >> 56); }
 #endif
 
 /* Pointer just past the k-th delimiter in [q, e), or NULL (found = count). */
@@ -408,7 +451,7 @@ static inline const char *skip_delims(const char *q, const char *e, int k, char 
     uint64_t pat = 0x0101010101010101ull * (uint8_t)d;
     while (e - q >= 8) {
         uint64_t m = eq_bytes(load64(q), pat);
-        int c = __builtin_popcountll(m);
+        int c = count_flags(m);
         if (n + c >= k) {
             for (;;) {
                 int b = __builtin_ctzll(m) >> 3;
@@ -434,7 +477,7 @@ static inline int count_delims(const char *q, const char *e, char d)
 #ifdef SWAR
     uint64_t pat = 0x0101010101010101ull * (uint8_t)d;
     for (; e - q >= 8; q += 8)
-        n += __builtin_popcountll(eq_bytes(load64(q), pat));
+        n += count_flags(eq_bytes(load64(q), pat));
 #endif
     for (; q < e; q++)
         n += *q == d;
@@ -619,6 +662,24 @@ static size_t count_mask(const layout *L, size_t r0, size_t n)
     return k;
 }
 
+typedef struct block_ctx {
+    chunk *ch;
+    const layout *L;
+    int quoted;
+} block_ctx;
+
+static void count_job(void *x, int k)
+{
+    block_ctx *b = x;
+    count_rows(b->ch[k].p, b->ch[k].end, &b->ch[k].nrows, &b->ch[k].nlines);
+}
+
+static void parse_job(void *x, int k)
+{
+    block_ctx *b = x;
+    parse_chunk(&b->ch[k], b->L, b->quoted);
+}
+
 typedef struct progress {
     size_t row;  /* data rows so far */
     long line;   /* physical line of the block start */
@@ -627,7 +688,9 @@ typedef struct progress {
 static int process_block(const layout *L, const char *b, size_t n, int quoted, int threads, progress *pg)
 {
     cp_stable *t = L->t;
-    int nch = quoted || n < (1u << 20) ? 1 : threads;
+    /* several chunks per thread: a descheduled thread on a busy machine
+     * does not leave the others waiting at the barrier */
+    int nch = quoted || n < (1u << 20) ? 1 : (threads == 1 ? 1 : 4 * threads);
     chunk *ch = cp_calloc((size_t)nch, sizeof *ch, "parser chunks");
     if (!ch)
         return CP_ENOMEM;
@@ -655,9 +718,8 @@ static int process_block(const layout *L, const char *b, size_t n, int quoted, i
         ch[0].out0 = t->nrows;
         ch[0].line0 = pg->line;
     } else {
-        #pragma omp parallel for num_threads(nch) schedule(static, 1)
-        for (int k = 0; k < nch; k++)
-            count_rows(ch[k].p, ch[k].end, &ch[k].nrows, &ch[k].nlines);
+        block_ctx bc = {ch, L, quoted};
+        run_jobs(threads, nch, count_job, &bc);
         size_t row = pg->row, out = t->nrows;
         long line = pg->line;
         for (int k = 0; k < nch; k++) {
@@ -680,12 +742,15 @@ static int process_block(const layout *L, const char *b, size_t n, int quoted, i
             rc = cp_scol_null_bitmap(&t->cols[col], t->cap);
     }
     for (int k = 0; k < nch && !rc; k++)
-        if (!(ch[k].dicts = cp_calloc((size_t)t->ncols, sizeof(cp_sdict), "parser dictionaries")))
+        if (!(ch[k].dicts = cp_calloc((size_t)t->ncols, sizeof(cp_sdict), "parser dictionaries")) ||
+            !(ch[k].last = cp_malloc_array((size_t)t->ncols + 1, sizeof(int32_t), "parser dictionaries")))
             rc = CP_ENOMEM;
+        else
+            for (int col = 0; col < t->ncols; col++)
+                ch[k].last[col] = -1;
     if (!rc) {
-        #pragma omp parallel for num_threads(nch) schedule(static, 1)
-        for (int k = 0; k < nch; k++)
-            parse_chunk(&ch[k], L, quoted);
+        block_ctx bc = {ch, L, quoted};
+        run_jobs(threads, nch, parse_job, &bc);
         for (int k = 0; k < nch; k++)
             if (ch[k].err) {
                 rc = cp_error(ch[k].err, "%s", ch[k].msg);
@@ -731,6 +796,7 @@ static int process_block(const layout *L, const char *b, size_t n, int quoted, i
             for (int col = 0; col < t->ncols; col++)
                 cp_sdict_free(&ch[k].dicts[col]);
         free(ch[k].dicts);
+        free(ch[k].last);
         free(ch[k].sc.b);
     }
     free(ch);

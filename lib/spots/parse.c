@@ -19,16 +19,18 @@ static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6, 
 /* pandas' default missing-value tokens (the ones a spot table can hold). */
 int cp_parse_na(const char *s, size_t n)
 {
-    static const char *na[] = {"NaN", "nan", "NA", "N/A", "n/a", "NULL", "null", "None",
-                               "<NA>", "-NaN", "-nan", "#N/A", "#NA", "NaT", NULL};
     if (n == 0)
         return 1;
-    if (n > 5 || isdigit((unsigned char)s[0]) || s[0] == '.')
+    if (n > 5 || (s[0] >= '0' && s[0] <= '9') || s[0] == '.')
         return 0;
-    for (int i = 0; na[i]; i++)
-        if (strlen(na[i]) == n && memcmp(na[i], s, n) == 0)
-            return 1;
-    return 0;
+#define IS(lit) (n == sizeof lit - 1 && memcmp(s, lit, n) == 0)
+    switch (n) {
+    case 2: return IS("NA");
+    case 3: return IS("NaN") || IS("nan") || IS("N/A") || IS("n/a") || IS("#NA") || IS("NaT");
+    case 4: return IS("NULL") || IS("null") || IS("None") || IS("<NA>") || IS("-NaN") || IS("-nan") || IS("#N/A");
+    default: return 0;
+    }
+#undef IS
 }
 
 static int slow_f64(const char *s, size_t n, double *out)
@@ -157,8 +159,6 @@ int cp_parse_i64(const char *s, size_t n, int64_t *out)
 
 int cp_parse_bool(const char *s, size_t n, int *out)
 {
-    if (cp_parse_na(s, n))
-        return 1;
     if ((n == 4 && strncasecmp(s, "true", 4) == 0) || (n == 1 && s[0] == '1') ||
         (n == 3 && memcmp(s, "1.0", 3) == 0)) {
         *out = 1;
@@ -169,7 +169,7 @@ int cp_parse_bool(const char *s, size_t n, int *out)
         *out = 0;
         return 0;
     }
-    return -1;
+    return cp_parse_na(s, n) ? 1 : -1;
 }
 
 int cp_spot_removed_str(const char *s) { return !s || !*s || strcmp(s, "none") == 0; }

@@ -17,11 +17,13 @@ fi
 run() { # label, command...
     local label=$1; shift
     local tf; tf=$(mktemp)
-    /usr/bin/time -f '%e %M' -o "$tf" "$@" > /dev/null || { echo "spotquery bench: $label failed"; rm -f "$tf"; return; }
-    read -r sec kb < "$tf"; rm -f "$tf"
-    awk -v l="$label" -v s="$sec" -v k="$kb" -v n="$N" -v th="${OMP_NUM_THREADS:-all}" 'BEGIN{
-        printf "spotquery %-36s %d spots, threads %s: %6.2f s (%.2fx of the 10 s goal), peak RSS %5.0f MB (%.2fx of 1 GB)\n",
-               l, n, th, s, s/10, k/1024, k/1048576}'
+    /usr/bin/time -f '%e %U %S %M' -o "$tf" "$@" > /dev/null || { echo "spotquery bench: $label failed"; rm -f "$tf"; return; }
+    read -r sec us ss kb < "$tf"; rm -f "$tf"
+    # CPU time is printed too: on a shared machine the wall time depends on load
+    awk -v l="$label" -v s="$sec" -v c="$us $ss" -v k="$kb" -v n="$N" -v ld="$(cut -d' ' -f1 /proc/loadavg)" 'BEGIN{
+        split(c, cc, " ");
+        printf "spotquery %-34s %d spots: %6.2f s wall (%.2fx of the 10 s goal), %6.2f s CPU, peak RSS %4.0f MB (%.2fx of 1 GB), load %s\n",
+               l, n, s, s/10, cc[1]+cc[2], k/1024, k/1048576, ld}'
 }
 run "summary --recompute" "$SQ" summary --recompute "$DIR"
 run "summary (summary CSV)" "$SQ" summary "$DIR"
