@@ -954,9 +954,6 @@ static int cmd_gen(args *a)
 
 int main(int argc, char **argv)
 {
-    /* Parser threads wait between blocks while one thread reads: spinning
-     * would steal the reader's core on a busy machine. */
-    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
     cli_init("spotquery");
     cli_install_signal_handlers();
     args a;

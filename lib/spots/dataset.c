@@ -581,8 +581,8 @@ static int load_part(cp_spot_part *p, const cp_spot_load_opts *o, cp_stable *out
                 removed = 1;
                 for (size_t k = 0; k < uonly.n && removed; k++)
                     removed = cp_scol_is_null(&mx.cols[uo[k]], i);
-            } else {
-                removed = !U;
+            } else { /* one table: removed when it has no unmixed channel */
+                removed = !U || cp_scol_is_null(U, i);
             }
             cp_scol_set_bool(rem, i, removed);
             int re = 0;
