@@ -102,7 +102,8 @@ int cp_spot_column_type(const char *name)
 typedef struct src {
     const char *path;
     gzFile gz;
-    char *buf;
+    char *base;      /* allocation */
+    char *buf;       /* unread data: buf[0..len) inside base[0..cap) */
     size_t len, cap;
     int eof;
 } src;
@@ -127,47 +128,96 @@ static void src_close(src *s)
 {
     if (s->gz)
         gzclose(s->gz);
-    free(s->buf);
+    free(s->base);
     memset(s, 0, sizeof *s);
+}
+
+/* Room for `want` bytes of data from buf on. */
+static int src_reserve(src *s, size_t want)
+{
+    if ((size_t)(s->buf - s->base) + want + 1 <= s->cap)
+        return CP_OK;
+    if (s->len)
+        memmove(s->base, s->buf, s->len);
+    s->buf = s->base;
+    if (want + 1 > s->cap) {
+        size_t cap = want + 1 + 4096;
+        char *b = realloc(s->base, cap);
+        if (!b)
+            return cp_error(CP_ENOMEM, "%s: out of memory (read buffer)", s->path);
+        s->base = s->buf = b;
+        s->cap = cap;
+    }
+    return CP_OK;
+}
+
+/* Read up to max bytes into dst: bytes read, or -1 with the message in err. */
+static long gz_read_all(gzFile gz, const char *path, char *dst, size_t max, int *eof, char *err, size_t errn)
+{
+    size_t n = 0;
+    while (n < max) {
+        size_t ask = max - n;
+        if (ask > (1u << 30))
+            ask = 1u << 30;
+        int got = gzread(gz, dst + n, (unsigned)ask);
+        if (got < 0) {
+            int zerr;
+            const char *m = gzerror(gz, &zerr);
+            snprintf(err, errn, "%s: read error: %s", path, zerr == Z_ERRNO ? strerror(errno) : m);
+            return -1;
+        }
+        if (got == 0) {
+            int zerr;
+            const char *m = gzerror(gz, &zerr);
+            if (zerr != Z_OK && zerr != Z_BUF_ERROR) {
+                snprintf(err, errn, "%s: corrupt gzip data: %s", path, m);
+                return -1;
+            }
+            *eof = 1;
+            break;
+        }
+        n += (size_t)got;
+    }
+    return (long)n;
 }
 
 /* Read until the buffer holds `want` bytes or the input ends. */
 static int src_fill(src *s, size_t want)
 {
-    if (want + 1 > s->cap) {
-        size_t cap = want + 1 + 4096;
-        char *b = realloc(s->buf, cap);
-        if (!b)
-            return cp_error(CP_ENOMEM, "%s: out of memory (read buffer)", s->path);
-        s->buf = b;
-        s->cap = cap;
-    }
-    while (!s->eof && s->len < want) {
-        size_t ask = want - s->len;
-        if (ask > (1u << 30))
-            ask = 1u << 30;
-        int got = gzread(s->gz, s->buf + s->len, (unsigned)ask);
-        if (got < 0) {
-            int zerr;
-            const char *m = gzerror(s->gz, &zerr);
-            return cp_error(CP_EIO, "%s: read error: %s", s->path, zerr == Z_ERRNO ? strerror(errno) : m);
-        }
-        if (got == 0) {
-            int zerr;
-            const char *m = gzerror(s->gz, &zerr);
-            if (zerr != Z_OK && zerr != Z_BUF_ERROR)
-                return cp_error(CP_EFORMAT, "%s: corrupt gzip data: %s", s->path, m);
-            s->eof = 1;
-        }
-        s->len += (size_t)got;
-    }
+    int rc = src_reserve(s, want);
+    if (rc || s->eof || s->len >= want)
+        return rc;
+    char err[512];
+    long got = gz_read_all(s->gz, s->path, s->buf + s->len, want - s->len, &s->eof, err, sizeof err);
+    if (got < 0)
+        return cp_error(strstr(err, "corrupt") ? CP_EFORMAT : CP_EIO, "%s", err);
+    s->len += (size_t)got;
     return CP_OK;
 }
 
 static void src_consume(src *s, size_t n)
 {
-    memmove(s->buf, s->buf + n, s->len - n);
+    s->buf += n;
     s->len -= n;
+}
+
+/* The next block is read by a helper thread while the current one is
+ * parsed (plain reads and gzip inflation both overlap the parse). */
+typedef struct prefetch {
+    gzFile gz;
+    const char *path;
+    char *dst;
+    size_t max;
+    long got;
+    int eof;
+    char err[512];
+} prefetch;
+
+static void *prefetch_run(void *arg)
+{
+    prefetch *p = arg;
+    p->got = gz_read_all(p->gz, p->path, p->dst, p->max, &p->eof, p->err, sizeof p->err);
+    return NULL;
 }
 
 /* ---- fields --------------------------------------------------------------- */
@@ -1022,21 +1072,78 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
     if (threads > 64)
         threads = 64;
     progress pg = {0, 2};
+    /* a second buffer: PAD bytes in front hold the partial row carried over */
+    const size_t PAD = 1u << 20;
+    char *alt = NULL;
+    size_t altcap = 0;
     for (;;) {
-        if ((rc = src_fill(&s, s.len < BLOCK ? BLOCK : s.len + BLOCK)))
-            goto done;
+        if (!s.eof && s.len < BLOCK && (rc = src_fill(&s, BLOCK)))
+            break;
         if (s.len == 0)
             break;
         int quoted = memchr(s.buf, '"', s.len) != NULL;
         size_t cut = s.eof ? s.len : last_row_end(s.buf, s.len, quoted);
-        if (cut == 0) /* one row longer than the buffer: read more */
+        if (cut == 0) { /* one row longer than the buffer: read more */
+            if ((rc = src_fill(&s, s.len + BLOCK)))
+                break;
             continue;
-        if ((rc = process_block(&L, s.buf, cut, quoted, threads, &pg)))
-            goto done;
+        }
+        prefetch pf;
+        pthread_t th;
+        int started = 0;
+        if (!s.eof) {
+            if (altcap < PAD + BLOCK + 1) {
+                char *na = realloc(alt, PAD + BLOCK + 1);
+                if (!na) {
+                    rc = cp_error(CP_ENOMEM, "%s: out of memory (read buffer)", name);
+                    break;
+                }
+                alt = na;
+                altcap = PAD + BLOCK + 1;
+            }
+            memset(&pf, 0, sizeof pf);
+            pf.gz = s.gz;
+            pf.path = name;
+            pf.dst = alt + PAD;
+            pf.max = BLOCK;
+            started = pthread_create(&th, NULL, prefetch_run, &pf) == 0;
+        }
+        rc = process_block(&L, s.buf, cut, quoted, threads, &pg);
+        if (started)
+            pthread_join(th, NULL);
+        if (rc)
+            break;
         src_consume(&s, cut);
+        if (started) {
+            if (pf.got < 0) {
+                rc = cp_error(strstr(pf.err, "corrupt") ? CP_EFORMAT : CP_EIO, "%s", pf.err);
+                break;
+            }
+            size_t got = (size_t)pf.got;
+            if (s.len <= PAD) { /* swap buffers: carry the partial row in front */
+                memcpy(alt + PAD - s.len, s.buf, s.len);
+                char *ob = s.base;
+                size_t ocap = s.cap;
+                s.base = alt;
+                s.cap = altcap;
+                s.buf = alt + PAD - s.len;
+                s.len += got;
+                alt = ob;
+                altcap = ocap;
+            } else {
+                if ((rc = src_reserve(&s, s.len + got)))
+                    break;
+                memcpy(s.buf + s.len, alt + PAD, got);
+                s.len += got;
+            }
+            s.eof = pf.eof;
+        }
         if (s.eof && s.len == 0)
             break;
     }
+    free(alt);
+    if (rc)
+        goto done;
     /* drop bitmaps that stayed empty */
     for (int c = 0; c < out->ncols; c++) {
         cp_scol *k = &out->cols[c];
