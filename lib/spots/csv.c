@@ -22,7 +22,8 @@
 #include "core/internal.h"
 #include "spots/spots_internal.h"
 
-#define BLOCK (32u << 20)
+/* Bytes read per block (tests lower it to exercise block edges). */
+size_t cp_csv_block = 32u << 20;
 #define MAX_READERS 8
 
 /* ---- reader registry ---------------------------------------------------- */
@@ -740,7 +741,7 @@ static int process_block(const layout *L, const char *b, size_t n, int quoted, i
     cp_stable *t = L->t;
     /* several chunks per thread: a descheduled thread on a busy machine
      * does not leave the others waiting at the barrier */
-    int nch = quoted || n < (1u << 20) ? 1 : (threads == 1 ? 1 : 4 * threads);
+    int nch = quoted || n < (64u << 10) ? 1 : (threads == 1 ? 1 : 4 * threads);
     chunk *ch = cp_calloc((size_t)nch, sizeof *ch, "parser chunks");
     if (!ch)
         return CP_ENOMEM;
@@ -1073,7 +1074,7 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
         threads = 64;
     progress pg = {0, 2};
     /* a second buffer: PAD bytes in front hold the partial row carried over */
-    const size_t PAD = 1u << 20;
+    const size_t BLOCK = cp_csv_block < 4096 ? 4096 : cp_csv_block, PAD = BLOCK / 4;
     char *alt = NULL;
     size_t altcap = 0;
     for (;;) {

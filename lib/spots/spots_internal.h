@@ -35,6 +35,9 @@ static inline uint64_t cp_rng_below(uint64_t *s, uint64_t n)
     return r % n;
 }
 
+/* Bytes the CSV reader takes per block (default 32 MiB). */
+extern size_t cp_csv_block;
+
 /* 1 when a STR value means "removed" (null, "none", ""). */
 int cp_spot_removed_str(const char *s);
 
