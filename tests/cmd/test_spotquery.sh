@@ -140,6 +140,9 @@ check_eq "hand counts all" "$($SQ counts --all --background hand | tr '\n' ' ')"
 check_eq "hand counts mixed" "$($SQ counts --all --by mixed hand | tr '\n' ' ')" "cell_id,488,561 7,2,0 9,0,1 "
 check_eq "hand sankey json" "$($SQ sankey hand --format json | tr -d ' \n\t' | head -c 59)" '{"nodes":[{"name":"488(Original)","category":"original","ch'
 check_eq "float32 round trip" "$($SQ spots --columns r,chan_561_intensity --format tsv hand | tail -1)" "0.99	300"
+tr , '\t' < hand/image_spot_spectral_unmixing/mixed_spots_R2.csv | tr -d '"' > one.tsv
+check_eq "single TSV table" "$($SQ spots --columns spot_id,chan,r,unmixed_removed one.tsv | tr '\n' ' ')" \
+    "spot_id,chan,r,unmixed_removed 1,488,0.9,True 2,488,0.6,True 3,561,0.3,True 4,561,0.99,True "
 $SQ spots --columns spot_id -o out.csv hand; check_eq "-o" "$(wc -l < out.csv)" 5
 check_eq "no temp left" "$(ls -A | grep -c '^\.')" 0
 
