@@ -14,5 +14,6 @@
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
+#include "cellpose/spots.h"
 
 #endif
