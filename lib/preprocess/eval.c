@@ -360,7 +360,8 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
     if (dbg && dbg->keep_stages && (rc = clone_planes(x, &dbg->net_in)))
         goto fail;
 
-    double s = cp_rescale(p->diameter, net->diam_mean, net->diam_labels, net->arch);
+    double dmean = p->diam_mean > 0 ? p->diam_mean : net->diam_mean;
+    double s = cp_rescale(p->diameter, dmean, net->diam_labels, net->arch);
     if (!(s > 0) || isinf(s)) {
         rc = cp_error(CP_EINVAL, "eval: bad rescale factor %g", s);
         goto fail;

@@ -849,7 +849,12 @@ static void test_errors(void)
     CHECK(cp_eval_flows_net(&net, img, 0, &p, &fl, NULL) == CP_EINVAL);
     p.diameter = 30;
     CHECK_OK(cp_eval_flows_net(&net, img, 0, &p, &fl, NULL));
-    CHECK(fl->height == 8 && fl->cellprob[63] == 0.f);
+    CHECK(fl->height == 8 && fl->cellprob[63] == 0.f && fl->rescale == 1.0);
+    cp_flows_free(fl);
+    /* diam_mean override (Cellpose 3 built-in names) */
+    p.diam_mean = 17;
+    CHECK_OK(cp_eval_flows_net(&net, img, 0, &p, &fl, NULL));
+    CHECK(fl->rescale == 17.0 / 30.0 && fl->net_height == 4 && fl->height == 8);
     cp_flows_free(fl);
     cp_image_free(img);
 }
