@@ -616,6 +616,16 @@ static void test_channels(void)
     CHECK(p->data[7] == (49.f - (float)lo) / (float)(hi - lo));
     CHECK(cp_normalize(p, CP_ARCH_CPNET, -1, 99) == CP_EINVAL);
     cp_planes_free(p);
+    /* a NaN makes numpy's ptp NaN: v3 leaves the channel, v4 zeroes it */
+    f[3] = NAN;
+    CHECK_OK(cp_select_channels(img, 0, CP_ARCH_CPNET, 0, 0, &p));
+    CHECK_OK(cp_normalize(p, CP_ARCH_CPNET, 1, 99));
+    CHECK(p->data[7] == 49.f && isnan(p->data[3]));
+    cp_planes_free(p);
+    CHECK_OK(cp_select_channels(img, 0, CP_ARCH_CPSAM, 0, 0, &p));
+    CHECK_OK(cp_normalize(p, CP_ARCH_CPSAM, 1, 99));
+    CHECK(p->data[7] == 0.f && p->data[3] == 0.f);
+    cp_planes_free(p);
     cp_image_free(img);
 }
 
