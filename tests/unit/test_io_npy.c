@@ -318,6 +318,55 @@ static void test_bad_files(void)
     cp_array_free(a);
 }
 
+/* Corrupted headers and data: a clean error or a clean read, never a crash. */
+static void test_mutations(void)
+{
+    int16_t v[60];
+    for (int i = 0; i < 60; i++)
+        v[i] = (int16_t)(i * 11 - 300);
+    const char *dict = "{'descr': '<i2', 'fortran_order': True, 'shape': (3, 4, 5), }";
+    write_npy(tmp("m_src.npy"), 1, dict, v, sizeof v, 0);
+    FILE *f = fopen(tmp("m_src.npy"), "rb");
+    unsigned char orig[512], mut[512];
+    size_t len = f ? fread(orig, 1, sizeof orig, f) : 0;
+    if (f)
+        fclose(f);
+    CHECK(len == 128 + sizeof v);
+    uint32_t seed = 7;
+    int reads = 0;
+    for (int k = 0; k < 400; k++) {
+        memcpy(mut, orig, len);
+        for (int j = 0; j < 2; j++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t at = (seed >> 8) % 128; /* the header */
+            static const char alphabet[] = "(),:' 0123456789TF\x00\xff{}[]<>|";
+            if (k % 3 == 0)
+                mut[at] = (unsigned char)alphabet[(seed >> 3) % (sizeof alphabet - 1)];
+            else
+                mut[at] ^= (unsigned char)(1u << ((seed >> 4) & 7));
+        }
+        size_t n = k % 7 == 6 ? (seed >> 8) % len : len;
+        int gz = k % 4 == 3;
+        const char *path = tmp(gz ? "m_cut.npy.gz" : "m_cut.npy");
+        if (gz) {
+            gzFile g = gzopen(path, "wb");
+            gzwrite(g, mut, (unsigned)n);
+            gzclose(g);
+        } else {
+            f = fopen(path, "wb");
+            fwrite(mut, 1, n, f);
+            fclose(f);
+        }
+        cp_array *a = NULL;
+        if (cp_npy_read(path, &a) == CP_OK)
+            cp_array_free(a);
+        else
+            CHECKF(strstr(cp_errmsg(), "m_cut.npy") && !strchr(cp_errmsg(), '\n'), "%s", cp_errmsg());
+        reads++;
+    }
+    CHECK(reads == 400);
+}
+
 int main(void)
 {
     test_dtypes();
@@ -325,5 +374,6 @@ int main(void)
     test_writer();
     test_as_image();
     test_bad_files();
+    test_mutations();
     return test_result();
 }

@@ -56,7 +56,7 @@ static void palette_entry(int i, png_color *col)
 }
 
 /* Write a PNG with libpng directly; samples per pixel from the colour type. */
-static int write_png(const char *path, int w, int h, int color, int depth, int interlace)
+static int write_png_trns(const char *path, int w, int h, int color, int depth, int interlace, int trns)
 {
     FILE *f = fopen(path, "wb");
     if (!f)
@@ -76,6 +76,12 @@ static int write_png(const char *path, int w, int h, int color, int depth, int i
         for (int i = 0; i < 256; i++)
             palette_entry(i, &pal[i]);
         png_set_PLTE(png, info, pal, 1 << depth);
+        if (trns) {
+            png_byte alpha[256];
+            for (int i = 0; i < 256; i++)
+                alpha[i] = (png_byte)(255 - i);
+            png_set_tRNS(png, info, alpha, 1 << depth, NULL);
+        }
     }
     png_write_info(png, info);
     int spp = color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_PALETTE ? 1
@@ -109,6 +115,32 @@ static int write_png(const char *path, int w, int h, int color, int depth, int i
     free(rows);
     free(img);
     return fclose(f);
+}
+
+static int write_png(const char *path, int w, int h, int color, int depth, int interlace)
+{
+    return write_png_trns(path, w, h, color, depth, interlace, 0);
+}
+
+/* A palette with transparency expands to RGBA, alpha from tRNS. */
+static void test_palette_alpha(void)
+{
+    const char *path = tmp("p_trns.png");
+    CHECK(write_png_trns(path, 9, 5, PNG_COLOR_TYPE_PALETTE, 8, 0, 1) == 0);
+    cp_image *img;
+    CHECK_OK(cp_image_read(path, NULL, &img));
+    CHECK(img->channels == 4 && img->dtype == CP_U8);
+    int bad = 0;
+    for (int y = 0; y < 5; y++)
+        for (int x = 0; x < 9 && img->channels == 4; x++) {
+            int idx = (int)value(8, y, x, 0);
+            png_color col;
+            palette_entry(idx, &col);
+            bad += cp_image_get(img, 0, y, x, 0) != col.red || cp_image_get(img, 0, y, x, 2) != col.blue ||
+                   cp_image_get(img, 0, y, x, 3) != 255 - idx;
+        }
+    CHECK(bad == 0);
+    cp_image_free(img);
 }
 
 static void check_png(int color, int depth, int interlace)
@@ -322,6 +354,7 @@ static void test_bad_files(void)
 int main(void)
 {
     test_color_types();
+    test_palette_alpha();
     test_byte_order();
     test_writer();
     test_bad_files();
