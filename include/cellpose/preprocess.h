@@ -126,8 +126,10 @@ typedef struct cp_flows {
 
 void cp_flows_free(cp_flows *f);
 
-/* Intermediate stages, for debugging and tests. Set the request fields,
- * pass to the eval call, read the results, then cp_eval_debug_free(). */
+/* Intermediate stages, for debugging and tests. Zero it, set the request
+ * fields, pass it to the eval call, read the results, then
+ * cp_eval_debug_free() (also before reusing it). On failure the call frees
+ * what it had filled. */
 typedef struct cp_eval_debug {
     int keep_stages;      /* request: fill net_in, padded, net_out */
     int keep_tiles;       /* request: keep inputs/outputs of the first N tiles */

@@ -1,8 +1,9 @@
 /* Preprocessing and tiling against Cellpose's own arrays (golden/net/<run>):
  * network input (channels + normalisation), resized and padded input, tile
  * layout, tile inputs; blending checked exactly against a direct evaluation
- * of spec 4.6 with known fake networks; flows against golden when the
- * network is available. */
+ * of spec 4.6 with known fake networks; flows through the golden weights.
+ * CP_TEST_SLOW=1 runs the network on every golden run (default: a subset);
+ * PP_VERBOSE=1 prints the differences found. */
 #include <dirent.h>
 #include <stdint.h>
 #include <sys/stat.h>
