@@ -74,6 +74,10 @@ static void test_roundtrips(void)
         snprintf(name, sizeof name, "rt_%s_z.npy.gz", cp_dtype_name(tiff_types[i]));
         roundtrip(name, 7, 5, 1, 6, tiff_types[i], NULL);
     }
+    /* NPY shapes that would be ambiguous as 3-D arrays go 4-D */
+    roundtrip("rt_narrow_z.npy", 3, 5, 1, 6, CP_U16, NULL);
+    roundtrip("rt_5c.npy", 7, 5, 5, 1, CP_F32, NULL);
+    roundtrip("rt_2c3z.npy", 7, 5, 2, 3, CP_I32, NULL);
     cp_write_opts o = {0};
     for (int comp = CP_COMPRESS_NONE; comp <= CP_COMPRESS_PACKBITS; comp++) {
         o.compression = (cp_compression)comp;
