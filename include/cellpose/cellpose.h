@@ -14,6 +14,7 @@
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
+#include "cellpose/spots.h"
 #include "cellpose/zip.h"
 #include "cellpose/cells.h"
 
