@@ -55,7 +55,7 @@ static int on_progress(void *ud, size_t done, size_t total)
         r->prog.total = total;
         cli_progress_update(&r->prog, done, NULL);
     }
-    return 0;
+    return cli_interrupted != 0; /* the library then cleans up and says CP_EINTR */
 }
 
 static int ends_with(const char *s, const char *suf)
@@ -88,7 +88,7 @@ static uint32_t *parse_labels(const char *s, size_t *n)
  * batch goes on), an output that cannot be written is 3 (the run stops). */
 static int exit_for(int rc, int writing)
 {
-    if (rc == CP_EINTR)
+    if (rc == CP_EINTR || cli_interrupted)
         return CLI_EXIT_INTR;
     if (writing && (rc == CP_EIO || rc == CP_EEXIST || rc == CP_ENOMEM))
         return CLI_EXIT_FATAL;
@@ -139,6 +139,8 @@ static int do_one(run *r, const char *image, const char *masks, const char *out,
         cli_progress_end(&r->prog);
     if (rc == CP_OK)
         report(masks, &res, out);
+    else if (rc == CP_EINTR || cli_interrupted) /* the temporaries went first: other errors follow */
+        cli_err("%s: interrupted; nothing written", out);
     else if (rc == CP_EEXIST)
         cli_err("%s (use --force to replace it)", cp_errmsg());
     else
@@ -185,7 +187,7 @@ static int do_batch(run *r, const char *dir, const char *outroot, int zip, int f
     cli_progress_start(&r->prog, masks.n, "images");
     int status = CLI_EXIT_OK;
     size_t done = 0, skipped = 0, failed = 0;
-    for (size_t i = 0; i < masks.n; i++) {
+    for (size_t i = 0; i < masks.n && !cli_interrupted; i++) {
         char *image = NULL, *name = NULL;
         rc = cp_cells_seg_image(masks.items[i], &image, &name);
         if (rc != CP_OK) {
@@ -230,6 +232,8 @@ static int do_batch(run *r, const char *dir, const char *outroot, int zip, int f
         cli_progress_update(&r->prog, i + 1, NULL);
     }
     cli_progress_end(&r->prog);
+    if (cli_interrupted)
+        status = CLI_EXIT_INTR;
     cli_info("%zu images done, %zu skipped (finished before), %zu failed", done, skipped, failed);
     cp_strlist_free(&masks);
     return status;
