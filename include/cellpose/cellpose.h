@@ -8,5 +8,6 @@
 #include "cellpose/io.h"
 #include "cellpose/files.h"
 #include "cellpose/net.h"
+#include "cellpose/dynamics.h"
 
 #endif
