@@ -139,7 +139,9 @@ static inline void step_v4(const v4ctx *c, float *pgx, float *pgy)
 }
 
 /* Save the state at steps 1, 2, 4, ..., 32 and then every 32 steps: detects
- * cycles of period <= 32 within about two save intervals of entering them. */
+ * cycles of period <= 32 within about two save intervals of entering them.
+ * Fixed points and 2-cycles (the usual end of a trajectory) are caught at
+ * once by comparing with the two previous states. */
 static inline int next_save(int t)
 {
     return t < 32 ? 2 * t : t + 32;
@@ -148,16 +150,28 @@ static inline int next_save(int t)
 #define FOLLOW(STEP_CALL, A, B)                                                 \
     do {                                                                        \
         uint32_t sa = fbits(A), sb = fbits(B);                                  \
+        uint32_t a1 = sa, b1 = sb, a2 = 0, b2 = 0;                              \
         int tsave = 0, nsave = 1;                                               \
         for (int t = 1; t <= niter; t++) {                                      \
             STEP_CALL;                                                          \
             uint32_t ua = fbits(A), ub = fbits(B);                              \
-            if (ua == sa && ub == sb) {                                         \
-                int rem = (niter - t) % (t - tsave);                            \
+            int period = 0;                                                     \
+            if (ua == a1 && ub == b1)                                           \
+                period = 1;                                                     \
+            else if (t > 1 && ua == a2 && ub == b2)                             \
+                period = 2;                                                     \
+            else if (ua == sa && ub == sb)                                      \
+                period = t - tsave;                                             \
+            if (period) {                                                       \
+                int rem = (niter - t) % period;                                 \
                 for (int r = 0; r < rem; r++)                                   \
                     STEP_CALL;                                                  \
                 break;                                                          \
             }                                                                   \
+            a2 = a1;                                                            \
+            b2 = b1;                                                            \
+            a1 = ua;                                                            \
+            b1 = ub;                                                            \
             if (t == nsave) {                                                   \
                 sa = ua;                                                        \
                 sb = ub;                                                        \

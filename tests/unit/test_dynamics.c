@@ -545,6 +545,19 @@ static void unit_cases(void)
     for (size_t i = 0; i < npix; i++) c1 += lab[i] == 1;
     CHECK(c1 == 49);
 
+    /* v3.1.1.3's label bug after QC gaps: labels {1: 20 px, 3: 30 px, 5: 10 px}.
+     * Fixed: 5 is removed. Bug: the small one is third among present labels,
+     * so label 3 (30 px) goes, and 5 survives until the second pass. */
+    for (int bug = 0; bug <= 1; bug++) {
+        memset(lab, 0, npix * 4);
+        for (int i = 0; i < 20; i++) lab[1 * Lx + i] = 1;
+        for (int i = 0; i < 30; i++) lab[5 * Lx + i] = 3;
+        for (int i = 0; i < 10; i++) lab[9 * Lx + i] = 5;
+        CHECK_OK(cp_dyn_fill_holes_and_remove_small(lab, Ly, Lx, 15, bug));
+        CHECK(lab[1 * Lx] == 1 && lab[9 * Lx] == 0);
+        CHECK(lab[5 * Lx] == (bug ? 0u : 2u));
+    }
+
     /* renumber by first appearance */
     uint32_t r[6] = {0, 9, 4, 9, 0, 2};
     uint32_t k;
