@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cellpose/cellpose.h"
 #include "test.h"
@@ -273,7 +274,7 @@ static int golden_dynamics(void)
                 if (niter < 0)
                     continue;
                 char *rd = path_join(in, e2->d_name);
-                char name[512];
+                char name[1024];
                 snprintf(name, sizeof name, "%s/%s/%s", e->d_name, variants[v], e2->d_name);
                 golden_run r = {name, dp->data, cp->data, (int)cp->shape[0], (int)cp->shape[1],
                                 var, niter, rd, 1};
@@ -571,10 +572,10 @@ static void unit_cases(void)
 /* A 2048x2048 label image tiled from real GT images (several, flipped). */
 static uint32_t *bench_labels(int L, int *ncells)
 {
+    /* the two densest 520x696 DSB2018 images (369 and 313 nuclei) */
     static const char *const src[] = {
-        "nuclei-extra/stardist_img2d_masks.tif",
-        "wholecell/neurips_cell_00528_masks.tif",
-        "nuclei-extra/bbbc007_A9_p7d_masks.tif",
+        "dsb2018/0ea221716cf13710214dcd331a61cea48308c3940df1d28cfc7fd817c83714e1_masks.tif",
+        "dsb2018/07fb37aafa6626608af90c1e18f6a743f29b6b233d2e427dcd1102df6a916cf5_masks.tif",
     };
     uint32_t *out = calloc((size_t)L * L, sizeof *out);
     uint32_t next = 0;
@@ -582,7 +583,7 @@ static uint32_t *bench_labels(int L, int *ncells)
     while (y < L) {
         int Ly, Lx;
         char *dir = strdup(shared_path("data"));
-        uint32_t *g = read_labels(dir, src[s % 3], &Ly, &Lx);
+        uint32_t *g = read_labels(dir, src[s % 2], &Ly, &Lx);
         free(dir);
         if (!g) break;
         uint32_t maxl = 0;
@@ -609,42 +610,78 @@ static uint32_t *bench_labels(int L, int *ncells)
     return out;
 }
 
+static double cpu_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Cellpose 3 on this machine: ~0.3 s for a 512x512 image with 40 cells. */
+#define CP3_MS_PER_MP (300.0 / (512.0 * 512.0 / 1e6))
+
+static void bench_one(const char *what, const float *dP, const float *cp, int Ly, int Lx,
+                      cp_dyn_variant v, const uint32_t *gt)
+{
+    size_t npix = (size_t)Ly * Lx;
+    double mp = (double)npix / 1e6;
+    uint32_t *lab = malloc(npix * 4);
+    cp_dyn_params prm;
+    cp_dyn_params_default(&prm, v);
+    cp_dyn_stats st;
+    double c0 = cpu_s();
+    if (cp_dynamics(dP, cp, Ly, Lx, &prm, lab, &st) != 0) {
+        printf("%s v%d: error %s\n", what, (int)v, cp_errmsg());
+        free(lab);
+        return;
+    }
+    double cpu_ms = 1e3 * (cpu_s() - c0);
+    int na = 0, nb = 0, tp = 0;
+    if (gt)
+        free(match(gt, lab, npix, 0.9, &na, &nb, &tp));
+    printf("%s, v%d: %zu px followed, %d seeds, %d cells (%d match GT at IoU 0.9)\n", what,
+           (int)v, st.followed, st.seeds, st.cells, tp);
+    printf("  wall ms: euler %.0f, seeds %.0f, qc %.0f, fill %.0f, total %.0f = %.0f ms/MP "
+           "(cpu %.0f ms on %d threads)\n",
+           st.ms_euler, st.ms_seeds, st.ms_qc, st.ms_fill, st.ms_total, st.ms_total / mp,
+           cpu_ms, omp_get_max_threads());
+    printf("  vs Cellpose 3 (0.3 s per 512x512/40 cells = %.0f ms/MP): %.1fx faster per MP "
+           "(goal >= 10x)\n",
+           CP3_MS_PER_MP, CP3_MS_PER_MP / (st.ms_total / mp));
+    free(lab);
+}
+
 static int bench(void)
 {
+    /* 1. the golden 512x512 GT flows (125 and 187 cells), as Cellpose gets them */
+    static const char *const gold[] = {"golden/dynamics/stardist_img2d/clean",
+                                       "golden/dynamics/cell_00849/clean"};
+    for (int g = 0; g < 2; g++) {
+        char *in = strdup(shared_path(gold[g]));
+        cp_array *dp = npy(in, "dP_in.npy.gz", CP_F32), *cp = npy(in, "cellprob_in.npy.gz", CP_F32);
+        if (dp && cp)
+            for (int v = 3; v <= 4; v++)
+                bench_one(gold[g], dp->data, cp->data, (int)cp->shape[0], (int)cp->shape[1],
+                          (cp_dyn_variant)v, NULL);
+        cp_array_free(dp);
+        cp_array_free(cp);
+        free(in);
+    }
+    /* 2. a 2048x2048 image tiled from dense DSB2018 label images */
     int L = 2048, ncells;
     uint32_t *gt = bench_labels(L, &ncells);
     size_t npix = (size_t)L * L;
     float *dP = malloc(2 * npix * sizeof *dP), *cp = malloc(npix * sizeof *cp);
-    uint32_t *lab = malloc(npix * 4);
-    double t = omp_get_wtime();
-    flows_from_labels(gt, L, L, CP_DYN_V4, dP, cp);
-    double ms_flows = 1e3 * (omp_get_wtime() - t);
-    double mp = (double)npix / 1e6;
-    /* Cellpose 3 on this machine: ~0.3 s for a 512x512 image with 40 cells. */
-    double cp3_ms_per_mp = 300.0 / (512.0 * 512.0 / 1e6);
-    printf("dynamics bench: %dx%d image, %d GT cells (tiled real label images), %d threads\n",
-           L, L, ncells, omp_get_max_threads());
-    printf("masks_to_flows v4 (input synthesis): %.0f ms (%.1f ms/MP)\n", ms_flows,
-           ms_flows / mp);
     for (int v = 3; v <= 4; v++) {
-        cp_dyn_params prm;
-        cp_dyn_params_default(&prm, (cp_dyn_variant)v);
-        cp_dyn_stats st;
-        if (cp_dynamics(dP, cp, L, L, &prm, lab, &st) != 0) {
-            printf("v%d: error %s\n", v, cp_errmsg());
-            continue;
-        }
-        int na, nb, tp;
-        free(match(gt, lab, npix, 0.9, &na, &nb, &tp));
-        printf("v%d dynamics: euler %.0f ms, seeds %.0f ms, qc %.0f ms, fill %.0f ms, total "
-               "%.0f ms = %.1f ms/MP; %d cells (%d match GT at IoU 0.9)\n",
-               v, st.ms_euler, st.ms_seeds, st.ms_qc, st.ms_fill, st.ms_total,
-               st.ms_total / mp, st.cells, tp);
-        printf("v%d ratio vs Cellpose 3 (%.0f ms/MP, 512x512/40 cells = 0.3 s): %.1fx faster "
-               "(goal >= 10x)\n",
-               v, cp3_ms_per_mp, cp3_ms_per_mp / (st.ms_total / mp));
+        double t = omp_get_wtime();
+        flows_from_labels(gt, L, L, (cp_dyn_variant)v, dP, cp);
+        printf("masks_to_flows v%d, 2048x2048 with %d cells: %.0f ms\n", v, ncells,
+               1e3 * (omp_get_wtime() - t));
+        char what[128];
+        snprintf(what, sizeof what, "2048x2048 tiled DSB2018, %d GT cells", ncells);
+        bench_one(what, dP, cp, L, L, (cp_dyn_variant)v, gt);
     }
-    free(gt), free(dP), free(cp), free(lab);
+    free(gt), free(dP), free(cp);
     return 0;
 }
 
