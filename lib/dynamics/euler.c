@@ -181,246 +181,262 @@ static inline int next_save(int t)
         }                                                                       \
     } while (0)
 
-/* ---- AVX2 lanes: the same float/double operations on 4 (v3) or 8 (v4)
- * pixels at once. Each lane follows its own pixel; the period bookkeeping is
- * per lane and scalar, and a lane that finishes takes the next pixel. Lane
- * results are bit-identical to the scalar steps (same IEEE operations, no
- * contraction: -ffp-contract=off, explicit FMAs only where torch has them). */
+/* ---- AVX2: 8 pixels at once (lanes), the same float/double operations as
+ * the scalar steps, so lane results are bit-identical to them (no contraction:
+ * -ffp-contract=off; FMAs only where torch has them). Each lane follows its own
+ * pixel; period detection is vectorised (previous two states and a saved state
+ * per lane, as in FOLLOW); a finished lane takes the next pixel of the chunk. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define DYN_HAVE_AVX2 1
 
-typedef struct lane {
-    int active;
-    size_t j;                /* output index */
-    int t, tsave, nsave;
-    uint32_t sa, sb, a1, b1, a2, b2;
-} lane;
-
-static inline void lane_start(lane *L, size_t j, float A, float B)
+__attribute__((target("avx2,fma"))) static inline __m256d v3_half(__m128 f00, __m128 f01,
+                                                                   __m128 f10a, __m128 t3,
+                                                                   __m256d oma, __m256d omb,
+                                                                   __m256d bd)
 {
-    L->active = 1;
-    L->j = j;
-    L->t = 0;
-    L->tsave = 0;
-    L->nsave = 1;
-    L->sa = L->a1 = fbits(A);
-    L->sb = L->b1 = fbits(B);
-    L->a2 = L->b2 = 0;
+    __m256d t0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtps_pd(f00), oma), omb);
+    __m256d t1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtps_pd(f01), oma), bd);
+    __m256d t2 = _mm256_mul_pd(_mm256_cvtps_pd(f10a), omb);
+    return _mm256_add_pd(_mm256_add_pd(_mm256_add_pd(t0, t1), t2), _mm256_cvtps_pd(t3));
 }
 
-/* Lanes need niter > 0 (the caller uses the scalar path otherwise). */
-
-/* After one step of this lane to state (A, B): returns the remaining steps to
- * take (>= 0) once the lane is finished, or -1 to keep stepping. */
-static inline int lane_after_step(lane *L, float A, float B, int niter)
+__attribute__((target("avx2,fma"))) static inline void step8_v3(const float *F, int Ly, int Lx,
+                                                                 __m256 *py, __m256 *px)
 {
-    int t = ++L->t;
-    uint32_t ua = fbits(A), ub = fbits(B);
-    int period = 0;
-    if (ua == L->a1 && ub == L->b1)
-        period = 1;
-    else if (t > 1 && ua == L->a2 && ub == L->b2)
-        period = 2;
-    else if (ua == L->sa && ub == L->sb)
-        period = t - L->tsave;
-    if (period)
-        return (niter - t) % period;
-    if (t >= niter)
-        return 0;
-    L->a2 = L->a1;
-    L->b2 = L->b1;
-    L->a1 = ua;
-    L->b1 = ub;
-    if (t == L->nsave) {
-        L->sa = ua;
-        L->sb = ub;
-        L->tsave = t;
-        L->nsave = next_save(t);
-    }
-    return -1;
-}
-
-__attribute__((target("avx2,fma"))) static void follow_v3_avx2(
-    const float *F, int Ly, int Lx, const uint32_t *idx, size_t j0, size_t j1, int niter,
-    float *py, float *px)
-{
-    lane L[4];
-    float Y[4], X[4];
-    size_t next = j0;
-    int nact = 0;
-    for (int k = 0; k < 4; k++) {
-        L[k].active = 0;
-        Y[k] = X[k] = 0.0f;
-        if (next < j1) {
-            Y[k] = (float)(idx[next] / (uint32_t)Lx);
-            X[k] = (float)(idx[next] % (uint32_t)Lx);
-            lane_start(&L[k], next++, Y[k], X[k]);
-            nact++;
-        }
-    }
-    const __m128i zero = _mm_setzero_si128(), one = _mm_set1_epi32(1);
-    const __m128i lym1 = _mm_set1_epi32(Ly - 1), lxm1 = _mm_set1_epi32(Lx - 1);
-    const __m128i vLx = _mm_set1_epi32(Lx);
-    const __m128 fzero = _mm_setzero_ps();
-    const __m128 fLy1 = _mm_set1_ps((float)(Ly - 1)), fLx1 = _mm_set1_ps((float)(Lx - 1));
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i lym1 = _mm256_set1_epi32(Ly - 1), lxm1 = _mm256_set1_epi32(Lx - 1);
+    const __m256i vLx = _mm256_set1_epi32(Lx);
     const __m256d done = _mm256_set1_pd(1.0);
-    while (nact > 0) {
-        __m128 y = _mm_loadu_ps(Y), x = _mm_loadu_ps(X);
-        __m128i y0 = _mm_cvttps_epi32(y), x0 = _mm_cvttps_epi32(x);
-        __m128 a = _mm_sub_ps(y, _mm_cvtepi32_ps(y0)), b = _mm_sub_ps(x, _mm_cvtepi32_ps(x0));
-        __m128i yf = _mm_min_epi32(_mm_max_epi32(y0, zero), lym1);
-        __m128i xf = _mm_min_epi32(_mm_max_epi32(x0, zero), lxm1);
-        __m128i yf1 = _mm_min_epi32(_mm_add_epi32(yf, one), lym1);
-        __m128i xf1 = _mm_min_epi32(_mm_add_epi32(xf, one), lxm1);
-        __m128i r0 = _mm_mullo_epi32(yf, vLx), r1 = _mm_mullo_epi32(yf1, vLx);
-        __m128i i00 = _mm_slli_epi32(_mm_add_epi32(r0, xf), 1);
-        __m128i i01 = _mm_slli_epi32(_mm_add_epi32(r0, xf1), 1);
-        __m128i i10 = _mm_slli_epi32(_mm_add_epi32(r1, xf), 1);
-        __m128i i11 = _mm_slli_epi32(_mm_add_epi32(r1, xf1), 1);
-        __m256d ad = _mm256_cvtps_pd(a), bd = _mm256_cvtps_pd(b);
-        __m256d oma = _mm256_sub_pd(done, ad), omb = _mm256_sub_pd(done, bd);
-        __m128 s[2];
-        for (int c = 0; c < 2; c++) {
-            const float *Fc = F + c;
-            __m128 f00 = _mm_i32gather_ps(Fc, i00, 4), f01 = _mm_i32gather_ps(Fc, i01, 4);
-            __m128 f10 = _mm_i32gather_ps(Fc, i10, 4), f11 = _mm_i32gather_ps(Fc, i11, 4);
-            __m256d t0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtps_pd(f00), oma), omb);
-            __m256d t1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtps_pd(f01), oma), bd);
-            __m256d t2 = _mm256_mul_pd(_mm256_cvtps_pd(_mm_mul_ps(f10, a)), omb);
-            __m128 t3 = _mm_mul_ps(_mm_mul_ps(f11, a), b);
-            __m256d sum = _mm256_add_pd(_mm256_add_pd(_mm256_add_pd(t0, t1), t2),
-                                        _mm256_cvtps_pd(t3));
-            s[c] = _mm256_cvtpd_ps(sum);
-        }
-        __m128 ny = _mm_add_ps(y, s[0]), nx = _mm_add_ps(x, s[1]);
-        ny = _mm_and_ps(_mm_cmp_ps(ny, fzero, _CMP_GT_OQ), ny);
-        nx = _mm_and_ps(_mm_cmp_ps(nx, fzero, _CMP_GT_OQ), nx);
-        ny = _mm_blendv_ps(fLy1, ny, _mm_cmp_ps(ny, fLy1, _CMP_LT_OQ));
-        nx = _mm_blendv_ps(fLx1, nx, _mm_cmp_ps(nx, fLx1, _CMP_LT_OQ));
-        _mm_storeu_ps(Y, ny);
-        _mm_storeu_ps(X, nx);
-        for (int k = 0; k < 4; k++) {
-            if (!L[k].active)
-                continue;
-            int rem = lane_after_step(&L[k], Y[k], X[k], niter);
-            if (rem < 0)
-                continue;
-            for (int r = 0; r < rem; r++)
-                step_v3(F, Ly, Lx, &Y[k], &X[k]);
-            py[L[k].j] = Y[k];
-            px[L[k].j] = X[k];
-            if (next < j1) {
-                Y[k] = (float)(idx[next] / (uint32_t)Lx);
-                X[k] = (float)(idx[next] % (uint32_t)Lx);
-                lane_start(&L[k], next++, Y[k], X[k]);
-            } else {
-                L[k].active = 0;
-                nact--;
-            }
-        }
+    __m256 y = *py, x = *px;
+    __m256i y0 = _mm256_cvttps_epi32(y), x0 = _mm256_cvttps_epi32(x);
+    __m256 a = _mm256_sub_ps(y, _mm256_cvtepi32_ps(y0)), b = _mm256_sub_ps(x, _mm256_cvtepi32_ps(x0));
+    __m256i yf = _mm256_min_epi32(_mm256_max_epi32(y0, zero), lym1);
+    __m256i xf = _mm256_min_epi32(_mm256_max_epi32(x0, zero), lxm1);
+    __m256i yf1 = _mm256_min_epi32(_mm256_add_epi32(yf, one), lym1);
+    __m256i xf1 = _mm256_min_epi32(_mm256_add_epi32(xf, one), lxm1);
+    __m256i r0 = _mm256_mullo_epi32(yf, vLx), r1 = _mm256_mullo_epi32(yf1, vLx);
+    __m256i i00 = _mm256_slli_epi32(_mm256_add_epi32(r0, xf), 1);
+    __m256i i01 = _mm256_slli_epi32(_mm256_add_epi32(r0, xf1), 1);
+    __m256i i10 = _mm256_slli_epi32(_mm256_add_epi32(r1, xf), 1);
+    __m256i i11 = _mm256_slli_epi32(_mm256_add_epi32(r1, xf1), 1);
+    __m128 alo = _mm256_castps256_ps128(a), ahi = _mm256_extractf128_ps(a, 1);
+    __m128 blo = _mm256_castps256_ps128(b), bhi = _mm256_extractf128_ps(b, 1);
+    __m256d bdl = _mm256_cvtps_pd(blo), bdh = _mm256_cvtps_pd(bhi);
+    __m256d omal = _mm256_sub_pd(done, _mm256_cvtps_pd(alo));
+    __m256d omah = _mm256_sub_pd(done, _mm256_cvtps_pd(ahi));
+    __m256d ombl = _mm256_sub_pd(done, bdl), ombh = _mm256_sub_pd(done, bdh);
+    __m256 s[2];
+    for (int c = 0; c < 2; c++) {
+        const float *Fc = F + c;
+        __m256 f00 = _mm256_i32gather_ps(Fc, i00, 4), f01 = _mm256_i32gather_ps(Fc, i01, 4);
+        __m256 f10 = _mm256_i32gather_ps(Fc, i10, 4), f11 = _mm256_i32gather_ps(Fc, i11, 4);
+        __m256 f10a = _mm256_mul_ps(f10, a);
+        __m256 t3 = _mm256_mul_ps(_mm256_mul_ps(f11, a), b);
+        __m256d lo = v3_half(_mm256_castps256_ps128(f00), _mm256_castps256_ps128(f01),
+                             _mm256_castps256_ps128(f10a), _mm256_castps256_ps128(t3), omal,
+                             ombl, bdl);
+        __m256d hi = v3_half(_mm256_extractf128_ps(f00, 1), _mm256_extractf128_ps(f01, 1),
+                             _mm256_extractf128_ps(f10a, 1), _mm256_extractf128_ps(t3, 1),
+                             omah, ombh, bdh);
+        s[c] = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
     }
+    const __m256 fzero = _mm256_setzero_ps();
+    const __m256 fLy1 = _mm256_set1_ps((float)(Ly - 1)), fLx1 = _mm256_set1_ps((float)(Lx - 1));
+    __m256 ny = _mm256_add_ps(y, s[0]), nx = _mm256_add_ps(x, s[1]);
+    ny = _mm256_and_ps(_mm256_cmp_ps(ny, fzero, _CMP_GT_OQ), ny);
+    nx = _mm256_and_ps(_mm256_cmp_ps(nx, fzero, _CMP_GT_OQ), nx);
+    *py = _mm256_blendv_ps(fLy1, ny, _mm256_cmp_ps(ny, fLy1, _CMP_LT_OQ));
+    *px = _mm256_blendv_ps(fLx1, nx, _mm256_cmp_ps(nx, fLx1, _CMP_LT_OQ));
 }
 
-__attribute__((target("avx2,fma"))) static void follow_v4_avx2(
-    const v4ctx *c, const uint32_t *idx, size_t j0, size_t j1, int niter, float *py,
-    float *px)
+__attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, __m256 *pgx,
+                                                                 __m256 *pgy)
 {
-    int Ly = c->Ly, Lx = c->Lx;
+    const __m256 one = _mm256_set1_ps(1.0f), mhalf = _mm256_set1_ps(-0.5f);
+    const __m256 mone = _mm256_set1_ps(-1.0f), fz = _mm256_setzero_ps();
+    const __m256i ione = _mm256_set1_epi32(1), mone_i = _mm256_set1_epi32(-1);
+    const __m256i vLx = _mm256_set1_epi32(c->Lx), vLy = _mm256_set1_epi32(c->Ly);
+    __m256 gx = *pgx, gy = *pgy;
+    __m256 ix = _mm256_fmadd_ps(_mm256_add_ps(gx, one), _mm256_set1_ps(c->hx), mhalf);
+    __m256 iy = _mm256_fmadd_ps(_mm256_add_ps(gy, one), _mm256_set1_ps(c->hy), mhalf);
+    __m256 fx0 = _mm256_floor_ps(ix), fy0 = _mm256_floor_ps(iy);
+    __m256i x0 = _mm256_cvttps_epi32(fx0), y0 = _mm256_cvttps_epi32(fy0);
+    __m256 w = _mm256_sub_ps(ix, fx0), e = _mm256_sub_ps(one, w);
+    __m256 n = _mm256_sub_ps(iy, fy0), s = _mm256_sub_ps(one, n);
+    __m256 wnw = _mm256_mul_ps(s, e), wne = _mm256_mul_ps(s, w);
+    __m256 wsw = _mm256_mul_ps(n, e), wse = _mm256_mul_ps(n, w);
+    __m256i x1 = _mm256_add_epi32(x0, ione), y1 = _mm256_add_epi32(y0, ione);
+    /* 0 <= v < L as (v > -1) & (L > v) */
+    __m256i vx0 = _mm256_and_si256(_mm256_cmpgt_epi32(x0, mone_i), _mm256_cmpgt_epi32(vLx, x0));
+    __m256i vx1 = _mm256_and_si256(_mm256_cmpgt_epi32(x1, mone_i), _mm256_cmpgt_epi32(vLx, x1));
+    __m256i vy0 = _mm256_and_si256(_mm256_cmpgt_epi32(y0, mone_i), _mm256_cmpgt_epi32(vLy, y0));
+    __m256i vy1 = _mm256_and_si256(_mm256_cmpgt_epi32(y1, mone_i), _mm256_cmpgt_epi32(vLy, y1));
+    __m256i mnw = _mm256_and_si256(vy0, vx0), mne = _mm256_and_si256(vy0, vx1);
+    __m256i msw = _mm256_and_si256(vy1, vx0), mse = _mm256_and_si256(vy1, vx1);
+    __m256i r0 = _mm256_mullo_epi32(y0, vLx), r1 = _mm256_mullo_epi32(y1, vLx);
+    /* masked-off lanes get index 0 (never read anyway) */
+    __m256i inw = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r0, x0), 1), mnw);
+    __m256i ine = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r0, x1), 1), mne);
+    __m256i isw = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r1, x0), 1), msw);
+    __m256i ise = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r1, x1), 1), mse);
+    __m256 v[2];
+    for (int k = 0; k < 2; k++) {
+        const float *Gk = c->G + k;
+        __m256 vnw = _mm256_mask_i32gather_ps(fz, Gk, inw, _mm256_castsi256_ps(mnw), 4);
+        __m256 vne = _mm256_mask_i32gather_ps(fz, Gk, ine, _mm256_castsi256_ps(mne), 4);
+        __m256 vsw = _mm256_mask_i32gather_ps(fz, Gk, isw, _mm256_castsi256_ps(msw), 4);
+        __m256 vse = _mm256_mask_i32gather_ps(fz, Gk, ise, _mm256_castsi256_ps(mse), 4);
+        __m256 acc = _mm256_mul_ps(wnw, vnw);
+        acc = _mm256_fmadd_ps(wne, vne, acc);
+        acc = _mm256_fmadd_ps(wsw, vsw, acc);
+        acc = _mm256_fmadd_ps(wse, vse, acc);
+        v[k] = acc;
+    }
+    __m256 nx = _mm256_add_ps(gx, v[0]), ny = _mm256_add_ps(gy, v[1]);
+    nx = _mm256_blendv_ps(nx, mone, _mm256_cmp_ps(nx, mone, _CMP_LT_OQ));
+    nx = _mm256_blendv_ps(nx, one, _mm256_cmp_ps(nx, one, _CMP_GT_OQ));
+    ny = _mm256_blendv_ps(ny, mone, _mm256_cmp_ps(ny, mone, _CMP_LT_OQ));
+    ny = _mm256_blendv_ps(ny, one, _mm256_cmp_ps(ny, one, _CMP_GT_OQ));
+    *pgx = nx;
+    *pgy = ny;
+}
+
+/* Follow pixels idx[j0..j1) with 8 lanes; niter > 0. State (A, B) is (y, x)
+ * for v3 and (gx, gy) for v4. */
+__attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
+                                                        const v4ctx *c, int Ly, int Lx,
+                                                        const uint32_t *idx, size_t j0,
+                                                        size_t j1, int niter, float *py,
+                                                        float *px)
+{
     float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
-    lane L[8];
-    float GX[8], GY[8];
+    float A[8], B[8];
+    int32_t T[8], TS[8], NS[8], ACT[8], PER[8];
+    uint32_t A1[8], B1[8], A2[8], B2[8], SA[8], SB[8];
+    size_t J[8];
     size_t next = j0;
     int nact = 0;
-#define V4_INIT(k)                                                                  \
-    do {                                                                            \
-        float gy_ = (float)(idx[next] / (uint32_t)Lx), gx_ = (float)(idx[next] % (uint32_t)Lx); \
-        GX[k] = (gx_ / Wn) * 2.0f - 1.0f;                                           \
-        GY[k] = (gy_ / Hn) * 2.0f - 1.0f;                                           \
-    } while (0)
     for (int k = 0; k < 8; k++) {
-        L[k].active = 0;
-        GX[k] = GY[k] = 0.0f;
-        if (next < j1) {
-            V4_INIT(k);
-            lane_start(&L[k], next++, GX[k], GY[k]);
-            nact++;
-        }
+        A[k] = B[k] = 0.0f;
+        T[k] = TS[k] = 0;
+        NS[k] = 1;
+        ACT[k] = 0;
+        A1[k] = B1[k] = A2[k] = B2[k] = SA[k] = SB[k] = 0;
     }
-    const __m256 one = _mm256_set1_ps(1.0f), mhalf = _mm256_set1_ps(-0.5f);
-    const __m256 hx = _mm256_set1_ps(c->hx), hy = _mm256_set1_ps(c->hy);
-    const __m256 mone = _mm256_set1_ps(-1.0f), fz = _mm256_setzero_ps();
-    const __m256i ione = _mm256_set1_epi32(1);
-    const __m256i vLx = _mm256_set1_epi32(Lx), vLy = _mm256_set1_epi32(Ly);
-    const float *G = c->G;
+#define LANE_START(k)                                                                \
+    do {                                                                             \
+        float y_ = (float)(idx[next] / (uint32_t)Lx), x_ = (float)(idx[next] % (uint32_t)Lx); \
+        if (v3) {                                                                    \
+            A[k] = y_;                                                               \
+            B[k] = x_;                                                               \
+        } else {                                                                     \
+            A[k] = (x_ / Wn) * 2.0f - 1.0f;                                          \
+            B[k] = (y_ / Hn) * 2.0f - 1.0f;                                          \
+        }                                                                            \
+        J[k] = next++;                                                               \
+        T[k] = TS[k] = 0;                                                            \
+        NS[k] = 1;                                                                   \
+        ACT[k] = -1;                                                                 \
+        A1[k] = SA[k] = fbits(A[k]);                                                 \
+        B1[k] = SB[k] = fbits(B[k]);                                                 \
+    } while (0)
+    for (int k = 0; k < 8 && next < j1; k++, nact++)
+        LANE_START(k);
+    __m256 va = _mm256_loadu_ps(A), vb = _mm256_loadu_ps(B);
+    __m256i vt = _mm256_loadu_si256((const __m256i *)T);
+    __m256i vts = _mm256_loadu_si256((const __m256i *)TS);
+    __m256i vns = _mm256_loadu_si256((const __m256i *)NS);
+    __m256i vact = _mm256_loadu_si256((const __m256i *)ACT);
+    __m256i va1 = _mm256_loadu_si256((const __m256i *)A1), vb1 = _mm256_loadu_si256((const __m256i *)B1);
+    __m256i va2 = _mm256_loadu_si256((const __m256i *)A2), vb2 = _mm256_loadu_si256((const __m256i *)B2);
+    __m256i vsa = _mm256_loadu_si256((const __m256i *)SA), vsb = _mm256_loadu_si256((const __m256i *)SB);
+    const __m256i ione = _mm256_set1_epi32(1), itwo = _mm256_set1_epi32(2);
+    const __m256i i32 = _mm256_set1_epi32(32), nm1 = _mm256_set1_epi32(niter - 1);
     while (nact > 0) {
-        __m256 gx = _mm256_loadu_ps(GX), gy = _mm256_loadu_ps(GY);
-        __m256 ix = _mm256_fmadd_ps(_mm256_add_ps(gx, one), hx, mhalf);
-        __m256 iy = _mm256_fmadd_ps(_mm256_add_ps(gy, one), hy, mhalf);
-        __m256 fx0 = _mm256_floor_ps(ix), fy0 = _mm256_floor_ps(iy);
-        __m256i x0 = _mm256_cvttps_epi32(fx0), y0 = _mm256_cvttps_epi32(fy0);
-        __m256 w = _mm256_sub_ps(ix, fx0), e = _mm256_sub_ps(one, w);
-        __m256 n = _mm256_sub_ps(iy, fy0), s = _mm256_sub_ps(one, n);
-        __m256 wnw = _mm256_mul_ps(s, e), wne = _mm256_mul_ps(s, w);
-        __m256 wsw = _mm256_mul_ps(n, e), wse = _mm256_mul_ps(n, w);
-        __m256i x1 = _mm256_add_epi32(x0, ione), y1 = _mm256_add_epi32(y0, ione);
-        /* 0 <= v < L as (v > -1) & (L > v) */
-        __m256i mone_i = _mm256_set1_epi32(-1);
-        __m256i vx0 = _mm256_and_si256(_mm256_cmpgt_epi32(x0, mone_i), _mm256_cmpgt_epi32(vLx, x0));
-        __m256i vx1 = _mm256_and_si256(_mm256_cmpgt_epi32(x1, mone_i), _mm256_cmpgt_epi32(vLx, x1));
-        __m256i vy0 = _mm256_and_si256(_mm256_cmpgt_epi32(y0, mone_i), _mm256_cmpgt_epi32(vLy, y0));
-        __m256i vy1 = _mm256_and_si256(_mm256_cmpgt_epi32(y1, mone_i), _mm256_cmpgt_epi32(vLy, y1));
-        __m256i mnw = _mm256_and_si256(vy0, vx0), mne = _mm256_and_si256(vy0, vx1);
-        __m256i msw = _mm256_and_si256(vy1, vx0), mse = _mm256_and_si256(vy1, vx1);
-        __m256i r0 = _mm256_mullo_epi32(y0, vLx), r1 = _mm256_mullo_epi32(y1, vLx);
-        __m256i inw = _mm256_slli_epi32(_mm256_add_epi32(r0, x0), 1);
-        __m256i ine = _mm256_slli_epi32(_mm256_add_epi32(r0, x1), 1);
-        __m256i isw = _mm256_slli_epi32(_mm256_add_epi32(r1, x0), 1);
-        __m256i ise = _mm256_slli_epi32(_mm256_add_epi32(r1, x1), 1);
-        inw = _mm256_and_si256(inw, mnw); /* keep masked-off indices harmless */
-        ine = _mm256_and_si256(ine, mne);
-        isw = _mm256_and_si256(isw, msw);
-        ise = _mm256_and_si256(ise, mse);
-        __m256 v[2];
-        for (int k = 0; k < 2; k++) {
-            const float *Gk = G + k;
-            __m256 vnw = _mm256_mask_i32gather_ps(fz, Gk, inw, _mm256_castsi256_ps(mnw), 4);
-            __m256 vne = _mm256_mask_i32gather_ps(fz, Gk, ine, _mm256_castsi256_ps(mne), 4);
-            __m256 vsw = _mm256_mask_i32gather_ps(fz, Gk, isw, _mm256_castsi256_ps(msw), 4);
-            __m256 vse = _mm256_mask_i32gather_ps(fz, Gk, ise, _mm256_castsi256_ps(mse), 4);
-            __m256 acc = _mm256_mul_ps(wnw, vnw);
-            acc = _mm256_fmadd_ps(wne, vne, acc);
-            acc = _mm256_fmadd_ps(wsw, vsw, acc);
-            acc = _mm256_fmadd_ps(wse, vse, acc);
-            v[k] = acc;
-        }
-        __m256 nx = _mm256_add_ps(gx, v[0]), ny = _mm256_add_ps(gy, v[1]);
-        nx = _mm256_blendv_ps(nx, mone, _mm256_cmp_ps(nx, mone, _CMP_LT_OQ));
-        nx = _mm256_blendv_ps(nx, one, _mm256_cmp_ps(nx, one, _CMP_GT_OQ));
-        ny = _mm256_blendv_ps(ny, mone, _mm256_cmp_ps(ny, mone, _CMP_LT_OQ));
-        ny = _mm256_blendv_ps(ny, one, _mm256_cmp_ps(ny, one, _CMP_GT_OQ));
-        _mm256_storeu_ps(GX, nx);
-        _mm256_storeu_ps(GY, ny);
+        if (v3)
+            step8_v3(F, Ly, Lx, &va, &vb);
+        else
+            step8_v4(c, &va, &vb);
+        vt = _mm256_add_epi32(vt, ione);
+        __m256i ua = _mm256_castps_si256(va), ub = _mm256_castps_si256(vb);
+        __m256i eq1 = _mm256_and_si256(_mm256_cmpeq_epi32(ua, va1), _mm256_cmpeq_epi32(ub, vb1));
+        __m256i eq2 = _mm256_and_si256(_mm256_cmpgt_epi32(vt, ione),
+                                       _mm256_and_si256(_mm256_cmpeq_epi32(ua, va2),
+                                                        _mm256_cmpeq_epi32(ub, vb2)));
+        __m256i eqs = _mm256_and_si256(_mm256_cmpeq_epi32(ua, vsa), _mm256_cmpeq_epi32(ub, vsb));
+        __m256i end = _mm256_cmpgt_epi32(vt, nm1);
+        __m256i fin = _mm256_and_si256(
+            vact, _mm256_or_si256(_mm256_or_si256(eq1, eq2), _mm256_or_si256(eqs, end)));
+        /* period: 1, else 2, else t - tsave, else 0 (niter reached) */
+        __m256i per = _mm256_and_si256(eqs, _mm256_sub_epi32(vt, vts));
+        per = _mm256_blendv_epi8(per, itwo, eq2);
+        per = _mm256_blendv_epi8(per, ione, eq1);
+        va2 = va1;
+        vb2 = vb1;
+        va1 = ua;
+        vb1 = ub;
+        __m256i sv = _mm256_cmpeq_epi32(vt, vns);
+        vsa = _mm256_blendv_epi8(vsa, ua, sv);
+        vsb = _mm256_blendv_epi8(vsb, ub, sv);
+        vts = _mm256_blendv_epi8(vts, vt, sv);
+        __m256i nxt = _mm256_blendv_epi8(_mm256_add_epi32(vt, i32), _mm256_add_epi32(vt, vt),
+                                         _mm256_cmpgt_epi32(i32, vt));
+        vns = _mm256_blendv_epi8(vns, nxt, sv);
+        int m = _mm256_movemask_ps(_mm256_castsi256_ps(fin));
+        if (!m)
+            continue;
+        _mm256_storeu_ps(A, va);
+        _mm256_storeu_ps(B, vb);
+        _mm256_storeu_si256((__m256i *)T, vt);
+        _mm256_storeu_si256((__m256i *)TS, vts);
+        _mm256_storeu_si256((__m256i *)NS, vns);
+        _mm256_storeu_si256((__m256i *)ACT, vact);
+        _mm256_storeu_si256((__m256i *)PER, per);
+        _mm256_storeu_si256((__m256i *)A1, va1);
+        _mm256_storeu_si256((__m256i *)B1, vb1);
+        _mm256_storeu_si256((__m256i *)A2, va2);
+        _mm256_storeu_si256((__m256i *)B2, vb2);
+        _mm256_storeu_si256((__m256i *)SA, vsa);
+        _mm256_storeu_si256((__m256i *)SB, vsb);
         for (int k = 0; k < 8; k++) {
-            if (!L[k].active)
+            if (!(m >> k & 1))
                 continue;
-            int rem = lane_after_step(&L[k], GX[k], GY[k], niter);
-            if (rem < 0)
-                continue;
-            for (int r = 0; r < rem; r++)
-                step_v4(c, &GX[k], &GY[k]);
-            px[L[k].j] = ((GX[k] + 1.0f) * 0.5f) * Wn;
-            py[L[k].j] = ((GY[k] + 1.0f) * 0.5f) * Hn;
-            if (next < j1) {
-                V4_INIT(k);
-                lane_start(&L[k], next++, GX[k], GY[k]);
+            int rem = PER[k] ? (niter - T[k]) % PER[k] : 0;
+            for (int r = 0; r < rem; r++) {
+                if (v3)
+                    step_v3(F, Ly, Lx, &A[k], &B[k]);
+                else
+                    step_v4(c, &A[k], &B[k]);
+            }
+            if (v3) {
+                py[J[k]] = A[k];
+                px[J[k]] = B[k];
             } else {
-                L[k].active = 0;
+                px[J[k]] = ((A[k] + 1.0f) * 0.5f) * Wn;
+                py[J[k]] = ((B[k] + 1.0f) * 0.5f) * Hn;
+            }
+            if (next < j1) {
+                LANE_START(k);
+            } else {
+                ACT[k] = 0;
                 nact--;
             }
         }
+        va = _mm256_loadu_ps(A);
+        vb = _mm256_loadu_ps(B);
+        vt = _mm256_loadu_si256((const __m256i *)T);
+        vts = _mm256_loadu_si256((const __m256i *)TS);
+        vns = _mm256_loadu_si256((const __m256i *)NS);
+        vact = _mm256_loadu_si256((const __m256i *)ACT);
+        va1 = _mm256_loadu_si256((const __m256i *)A1);
+        vb1 = _mm256_loadu_si256((const __m256i *)B1);
+        va2 = _mm256_loadu_si256((const __m256i *)A2);
+        vb2 = _mm256_loadu_si256((const __m256i *)B2);
+        vsa = _mm256_loadu_si256((const __m256i *)SA);
+        vsb = _mm256_loadu_si256((const __m256i *)SB);
     }
-#undef V4_INIT
+#undef LANE_START
 }
 #endif
 
@@ -479,10 +495,7 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (size_t ch = 0; ch < nchunk; ch++) {
             size_t j0 = ch * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
-            if (variant == CP_DYN_V3)
-                follow_v3_avx2(F, Ly, Lx, idx, j0, j1, niter, py, px);
-            else
-                follow_v4_avx2(&c, idx, j0, j1, niter, py, px);
+            follow8(variant == CP_DYN_V3, F, &c, Ly, Lx, idx, j0, j1, niter, py, px);
         }
         free(F);
         free(idx);
