@@ -15,16 +15,59 @@
 #include "core/internal.h"
 #include "dynamics/internal.h"
 
+/* One row of a diffusion step: out[x] = (sum of the 3x3 heat, in Cellpose's
+ * order) * (1/9) (v3) or / 9 (v4), times the label mask (1 or 0). */
+static void diffuse_row(const double *up, const double *md, const double *dn, const double *m,
+                        double *out, int x0, int x1, int v3)
+{
+    const double ninth = 1.0 / 9.;
+    for (int x = x0; x <= x1; x++) {
+        double s = md[x] + up[x] + dn[x] + md[x - 1] + md[x + 1] + up[x - 1] + up[x + 1] +
+                   dn[x - 1] + dn[x + 1];
+        out[x] = (v3 ? ninth * s : s / 9.0) * m[x];
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FLOWS_HAVE_AVX2 1
+/* The same per-element operations on 4 cells at once (bit-identical). */
+__attribute__((target("avx2"))) static void diffuse_row_avx2(const double *up, const double *md,
+                                                             const double *dn, const double *m,
+                                                             double *out, int x0, int x1, int v3)
+{
+    const __m256d ninth = _mm256_set1_pd(1.0 / 9.), nine = _mm256_set1_pd(9.0);
+    int x = x0;
+    for (; x + 3 <= x1; x += 4) {
+        __m256d s = _mm256_add_pd(_mm256_loadu_pd(md + x), _mm256_loadu_pd(up + x));
+        s = _mm256_add_pd(s, _mm256_loadu_pd(dn + x));
+        s = _mm256_add_pd(s, _mm256_loadu_pd(md + x - 1));
+        s = _mm256_add_pd(s, _mm256_loadu_pd(md + x + 1));
+        s = _mm256_add_pd(s, _mm256_loadu_pd(up + x - 1));
+        s = _mm256_add_pd(s, _mm256_loadu_pd(up + x + 1));
+        s = _mm256_add_pd(s, _mm256_loadu_pd(dn + x - 1));
+        s = _mm256_add_pd(s, _mm256_loadu_pd(dn + x + 1));
+        s = v3 ? _mm256_mul_pd(ninth, s) : _mm256_div_pd(s, nine);
+        _mm256_storeu_pd(out + x, _mm256_mul_pd(s, _mm256_loadu_pd(m + x)));
+    }
+    diffuse_row(up, md, dn, m, out, x, x1, v3);
+}
+#endif
+
 /* Diffuse in a (gh x gw) box (label pixels have mask 1, others 0; the box has a
- * 0 border of at least one cell) from centre (cy, cx) for niter steps.
+ * 0 border of at least one cell) from centre (cy, cx) for niter steps. Row y
+ * has label pixels only in columns [rlo[y], rhi[y]] (cells outside stay 0).
  * T and T2 are gh*gw scratch; the result is in the returned buffer. */
-static double *diffuse(const double *mask, int gh, int gw, int cy, int cx, long niter,
-                       int v3, double *T, double *T2)
+static double *diffuse(const double *mask, const int *rlo, const int *rhi, int gh, int gw,
+                       int cy, int cx, long niter, int v3, double *T, double *T2)
 {
     size_t gn = (size_t)gh * gw;
     memset(T, 0, gn * sizeof *T);
     memset(T2, 0, gn * sizeof *T2);
-    const double ninth = 1.0 / 9.;
+    int avx2 = 0;
+#ifdef FLOWS_HAVE_AVX2
+    avx2 = __builtin_cpu_supports("avx2");
+#endif
     for (long t = 1; t <= niter; t++) {
         T[(size_t)cy * gw + cx] += 1.0;
         /* after this step heat reaches at most t cells (Chebyshev) from the
@@ -37,19 +80,15 @@ static double *diffuse(const double *mask, int gh, int gw, int cy, int cx, long 
                          *dn = T + (size_t)(y + 1) * gw;
             const double *m = mask + (size_t)y * gw;
             double *out = T2 + (size_t)y * gw;
-            if (v3) {
-                for (int x = x0; x <= x1; x++) {
-                    double s = md[x] + up[x] + dn[x] + md[x - 1] + md[x + 1] + up[x - 1] +
-                               up[x + 1] + dn[x - 1] + dn[x + 1];
-                    out[x] = (ninth * s) * m[x];
-                }
-            } else {
-                for (int x = x0; x <= x1; x++) {
-                    double s = md[x] + up[x] + dn[x] + md[x - 1] + md[x + 1] + up[x - 1] +
-                               up[x + 1] + dn[x - 1] + dn[x + 1];
-                    out[x] = (s / 9.0) * m[x];
-                }
-            }
+            int lo = rlo[y] > x0 ? rlo[y] : x0, hi = rhi[y] < x1 ? rhi[y] : x1;
+            if (lo > hi)
+                continue;
+#ifdef FLOWS_HAVE_AVX2
+            if (avx2)
+                diffuse_row_avx2(up, md, dn, m, out, lo, hi, v3);
+            else
+#endif
+                diffuse_row(up, md, dn, m, out, lo, hi, v3);
         }
         double *tmp = T;
         T = T2;
@@ -165,7 +204,10 @@ int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
 #pragma omp parallel num_threads(nt)
     {
         double *buf = malloc(3 * maxbox * sizeof *buf);
-        if (!buf) {
+        int *rlo = malloc(2 * ((size_t)Ly + 2) * sizeof *rlo), *rhi = rlo + Ly + 2;
+        if (!buf || !rlo) {
+            free(buf);
+            buf = NULL;
 #pragma omp atomic write
             fail = 1;
         }
@@ -178,10 +220,18 @@ int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
             int gh = h + 2, gw = w + 2;
             double *mask = buf, *T = buf + maxbox, *T2 = buf + 2 * maxbox;
             memset(mask, 0, (size_t)gh * gw * sizeof *mask);
+            for (int y = 0; y < gh; y++) {
+                rlo[y] = gw;
+                rhi[y] = -1;
+            }
             for (int y = 0; y < h; y++)
                 for (int x = 0; x < w; x++)
-                    if (labels[(size_t)(b->r0 + y) * Lx + b->c0 + x] == l)
+                    if (labels[(size_t)(b->r0 + y) * Lx + b->c0 + x] == l) {
                         mask[(size_t)(y + 1) * gw + x + 1] = 1.0;
+                        if (x + 1 < rlo[y + 1])
+                            rlo[y + 1] = x + 1;
+                        rhi[y + 1] = x + 1;
+                    }
             int cy = 1, cx = 1;
             long niter;
             if (v3) {
@@ -191,7 +241,7 @@ int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
                 centre_v4(labels, Lx, b, l, &cy, &cx);
                 niter = 2 * gext;
             }
-            double *R = diffuse(mask, gh, gw, cy, cx, niter, v3, T, T2);
+            double *R = diffuse(mask, rlo, rhi, gh, gw, cy, cx, niter, v3, T, T2);
             for (int y = 1; y <= h; y++)
                 for (int x = 1; x <= w; x++) {
                     if (mask[(size_t)y * gw + x] == 0.0)
@@ -209,6 +259,7 @@ int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
                 }
         }
         free(buf);
+        free(rlo);
     }
     if (fail) {
         free(bb);
