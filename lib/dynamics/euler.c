@@ -339,8 +339,11 @@ __attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, 
     *pgy = ny;
 }
 
-/* Follow pixels idx[j0..j1) with 8 lanes; niter > 0. State (A, B) is (y, x)
- * for v3 and (gx, gy) for v4. */
+/* Follow pixels idx[j0..j1) with 2 groups of 8 lanes (two independent
+ * dependency chains keep the core busy; one step is a long latency chain);
+ * niter > 0. State (A, B) is (y, x) for v3 and (gx, gy) for v4. */
+#define NG 2
+#define NL (8 * NG)
 __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
                                                         const v4ctx *c, int Ly, int Lx,
                                                         const uint32_t *idx, size_t j0,
@@ -348,13 +351,13 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
                                                         float *px)
 {
     float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
-    float A[8], B[8];
-    int32_t T[8], TS[8], NS[8], ACT[8], PER[8];
-    uint32_t A1[8], B1[8], A2[8], B2[8], SA[8], SB[8];
-    size_t J[8];
+    float A[NL], B[NL];
+    int32_t T[NL], TS[NL], NS[NL], ACT[NL], PER[NL];
+    uint32_t A1[NL], B1[NL], A2[NL], B2[NL], SA[NL], SB[NL];
+    size_t J[NL];
     size_t next = j0;
     int nact = 0;
-    for (int k = 0; k < 8; k++) {
+    for (int k = 0; k < NL; k++) {
         A[k] = B[k] = 0.0f;
         T[k] = TS[k] = 0;
         NS[k] = 1;
@@ -378,65 +381,89 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
         A1[k] = SA[k] = fbits(A[k]);                                                 \
         B1[k] = SB[k] = fbits(B[k]);                                                 \
     } while (0)
-    for (int k = 0; k < 8 && next < j1; k++, nact++)
+#define LD(arr, g) _mm256_loadu_si256((const __m256i *)((arr) + 8 * (g)))
+#define ST(arr, g, v) _mm256_storeu_si256((__m256i *)((arr) + 8 * (g)), v)
+    for (int k = 0; k < NL && next < j1; k++, nact++)
         LANE_START(k);
-    __m256 va = _mm256_loadu_ps(A), vb = _mm256_loadu_ps(B);
-    __m256i vt = _mm256_loadu_si256((const __m256i *)T);
-    __m256i vts = _mm256_loadu_si256((const __m256i *)TS);
-    __m256i vns = _mm256_loadu_si256((const __m256i *)NS);
-    __m256i vact = _mm256_loadu_si256((const __m256i *)ACT);
-    __m256i va1 = _mm256_loadu_si256((const __m256i *)A1), vb1 = _mm256_loadu_si256((const __m256i *)B1);
-    __m256i va2 = _mm256_loadu_si256((const __m256i *)A2), vb2 = _mm256_loadu_si256((const __m256i *)B2);
-    __m256i vsa = _mm256_loadu_si256((const __m256i *)SA), vsb = _mm256_loadu_si256((const __m256i *)SB);
+    __m256 va[NG], vb[NG];
+    __m256i vt[NG], vts[NG], vns[NG], vact[NG], va1[NG], vb1[NG], va2[NG], vb2[NG], vsa[NG],
+        vsb[NG], per[NG];
+#define RELOAD()                                                                     \
+    for (int g = 0; g < NG; g++) {                                                   \
+        va[g] = _mm256_loadu_ps(A + 8 * g);                                          \
+        vb[g] = _mm256_loadu_ps(B + 8 * g);                                          \
+        vt[g] = LD(T, g);                                                            \
+        vts[g] = LD(TS, g);                                                          \
+        vns[g] = LD(NS, g);                                                          \
+        vact[g] = LD(ACT, g);                                                        \
+        va1[g] = LD(A1, g);                                                          \
+        vb1[g] = LD(B1, g);                                                          \
+        va2[g] = LD(A2, g);                                                          \
+        vb2[g] = LD(B2, g);                                                          \
+        vsa[g] = LD(SA, g);                                                          \
+        vsb[g] = LD(SB, g);                                                          \
+    }
+    RELOAD();
     const __m256i ione = _mm256_set1_epi32(1), itwo = _mm256_set1_epi32(2);
     const __m256i i32 = _mm256_set1_epi32(32), nm1 = _mm256_set1_epi32(niter - 1);
     while (nact > 0) {
-        if (v3)
-            step8_v3(F, Ly, Lx, &va, &vb);
-        else
-            step8_v4(c, &va, &vb);
-        vt = _mm256_add_epi32(vt, ione);
-        __m256i ua = _mm256_castps_si256(va), ub = _mm256_castps_si256(vb);
-        __m256i eq1 = _mm256_and_si256(_mm256_cmpeq_epi32(ua, va1), _mm256_cmpeq_epi32(ub, vb1));
-        __m256i eq2 = _mm256_and_si256(_mm256_cmpgt_epi32(vt, ione),
-                                       _mm256_and_si256(_mm256_cmpeq_epi32(ua, va2),
-                                                        _mm256_cmpeq_epi32(ub, vb2)));
-        __m256i eqs = _mm256_and_si256(_mm256_cmpeq_epi32(ua, vsa), _mm256_cmpeq_epi32(ub, vsb));
-        __m256i end = _mm256_cmpgt_epi32(vt, nm1);
-        __m256i fin = _mm256_and_si256(
-            vact, _mm256_or_si256(_mm256_or_si256(eq1, eq2), _mm256_or_si256(eqs, end)));
-        /* period: 1, else 2, else t - tsave, else 0 (niter reached) */
-        __m256i per = _mm256_and_si256(eqs, _mm256_sub_epi32(vt, vts));
-        per = _mm256_blendv_epi8(per, itwo, eq2);
-        per = _mm256_blendv_epi8(per, ione, eq1);
-        va2 = va1;
-        vb2 = vb1;
-        va1 = ua;
-        vb1 = ub;
-        __m256i sv = _mm256_cmpeq_epi32(vt, vns);
-        vsa = _mm256_blendv_epi8(vsa, ua, sv);
-        vsb = _mm256_blendv_epi8(vsb, ub, sv);
-        vts = _mm256_blendv_epi8(vts, vt, sv);
-        __m256i nxt = _mm256_blendv_epi8(_mm256_add_epi32(vt, i32), _mm256_add_epi32(vt, vt),
-                                         _mm256_cmpgt_epi32(i32, vt));
-        vns = _mm256_blendv_epi8(vns, nxt, sv);
-        int m = _mm256_movemask_ps(_mm256_castsi256_ps(fin));
+        if (v3) {
+            step8_v3(F, Ly, Lx, &va[0], &vb[0]);
+            step8_v3(F, Ly, Lx, &va[1], &vb[1]);
+        } else {
+            step8_v4(c, &va[0], &vb[0]);
+            step8_v4(c, &va[1], &vb[1]);
+        }
+        int m = 0;
+        for (int g = 0; g < NG; g++) {
+            vt[g] = _mm256_add_epi32(vt[g], ione);
+            __m256i ua = _mm256_castps_si256(va[g]), ub = _mm256_castps_si256(vb[g]);
+            __m256i eq1 = _mm256_and_si256(_mm256_cmpeq_epi32(ua, va1[g]),
+                                           _mm256_cmpeq_epi32(ub, vb1[g]));
+            __m256i eq2 = _mm256_and_si256(_mm256_cmpgt_epi32(vt[g], ione),
+                                           _mm256_and_si256(_mm256_cmpeq_epi32(ua, va2[g]),
+                                                            _mm256_cmpeq_epi32(ub, vb2[g])));
+            __m256i eqs = _mm256_and_si256(_mm256_cmpeq_epi32(ua, vsa[g]),
+                                           _mm256_cmpeq_epi32(ub, vsb[g]));
+            __m256i end = _mm256_cmpgt_epi32(vt[g], nm1);
+            __m256i fin = _mm256_and_si256(
+                vact[g], _mm256_or_si256(_mm256_or_si256(eq1, eq2), _mm256_or_si256(eqs, end)));
+            /* period: 1, else 2, else t - tsave, else 0 (niter reached) */
+            __m256i p = _mm256_and_si256(eqs, _mm256_sub_epi32(vt[g], vts[g]));
+            p = _mm256_blendv_epi8(p, itwo, eq2);
+            per[g] = _mm256_blendv_epi8(p, ione, eq1);
+            va2[g] = va1[g];
+            vb2[g] = vb1[g];
+            va1[g] = ua;
+            vb1[g] = ub;
+            __m256i sv = _mm256_cmpeq_epi32(vt[g], vns[g]);
+            vsa[g] = _mm256_blendv_epi8(vsa[g], ua, sv);
+            vsb[g] = _mm256_blendv_epi8(vsb[g], ub, sv);
+            vts[g] = _mm256_blendv_epi8(vts[g], vt[g], sv);
+            __m256i nxt = _mm256_blendv_epi8(_mm256_add_epi32(vt[g], i32),
+                                             _mm256_add_epi32(vt[g], vt[g]),
+                                             _mm256_cmpgt_epi32(i32, vt[g]));
+            vns[g] = _mm256_blendv_epi8(vns[g], nxt, sv);
+            m |= _mm256_movemask_ps(_mm256_castsi256_ps(fin)) << (8 * g);
+        }
         if (!m)
             continue;
-        _mm256_storeu_ps(A, va);
-        _mm256_storeu_ps(B, vb);
-        _mm256_storeu_si256((__m256i *)T, vt);
-        _mm256_storeu_si256((__m256i *)TS, vts);
-        _mm256_storeu_si256((__m256i *)NS, vns);
-        _mm256_storeu_si256((__m256i *)ACT, vact);
-        _mm256_storeu_si256((__m256i *)PER, per);
-        _mm256_storeu_si256((__m256i *)A1, va1);
-        _mm256_storeu_si256((__m256i *)B1, vb1);
-        _mm256_storeu_si256((__m256i *)A2, va2);
-        _mm256_storeu_si256((__m256i *)B2, vb2);
-        _mm256_storeu_si256((__m256i *)SA, vsa);
-        _mm256_storeu_si256((__m256i *)SB, vsb);
-        for (int k = 0; k < 8; k++) {
+        for (int g = 0; g < NG; g++) {
+            _mm256_storeu_ps(A + 8 * g, va[g]);
+            _mm256_storeu_ps(B + 8 * g, vb[g]);
+            ST(T, g, vt[g]);
+            ST(TS, g, vts[g]);
+            ST(NS, g, vns[g]);
+            ST(ACT, g, vact[g]);
+            ST(PER, g, per[g]);
+            ST(A1, g, va1[g]);
+            ST(B1, g, vb1[g]);
+            ST(A2, g, va2[g]);
+            ST(B2, g, vb2[g]);
+            ST(SA, g, vsa[g]);
+            ST(SB, g, vsb[g]);
+        }
+        for (int k = 0; k < NL; k++) {
             if (!(m >> k & 1))
                 continue;
             int rem = PER[k] ? (niter - T[k]) % PER[k] : 0;
@@ -460,21 +487,15 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
                 nact--;
             }
         }
-        va = _mm256_loadu_ps(A);
-        vb = _mm256_loadu_ps(B);
-        vt = _mm256_loadu_si256((const __m256i *)T);
-        vts = _mm256_loadu_si256((const __m256i *)TS);
-        vns = _mm256_loadu_si256((const __m256i *)NS);
-        vact = _mm256_loadu_si256((const __m256i *)ACT);
-        va1 = _mm256_loadu_si256((const __m256i *)A1);
-        vb1 = _mm256_loadu_si256((const __m256i *)B1);
-        va2 = _mm256_loadu_si256((const __m256i *)A2);
-        vb2 = _mm256_loadu_si256((const __m256i *)B2);
-        vsa = _mm256_loadu_si256((const __m256i *)SA);
-        vsb = _mm256_loadu_si256((const __m256i *)SB);
+        RELOAD();
     }
+#undef RELOAD
+#undef LD
+#undef ST
 #undef LANE_START
 }
+#undef NG
+#undef NL
 #endif
 
 int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float threshold,
