@@ -408,11 +408,11 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
     const __m256i i32 = _mm256_set1_epi32(32), nm1 = _mm256_set1_epi32(niter - 1);
     while (nact > 0) {
         if (v3) {
-            step8_v3(F, Ly, Lx, &va[0], &vb[0]);
-            step8_v3(F, Ly, Lx, &va[1], &vb[1]);
+            for (int g = 0; g < NG; g++)
+                step8_v3(F, Ly, Lx, &va[g], &vb[g]);
         } else {
-            step8_v4(c, &va[0], &vb[0]);
-            step8_v4(c, &va[1], &vb[1]);
+            for (int g = 0; g < NG; g++)
+                step8_v4(c, &va[g], &vb[g]);
         }
         int m = 0;
         for (int g = 0; g < NG; g++) {
