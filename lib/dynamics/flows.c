@@ -83,6 +83,13 @@ static double *diffuse(const double *mask, const int *rlo, const int *rhi, int g
             int lo = rlo[y] > x0 ? rlo[y] : x0, hi = rhi[y] < x1 ? rhi[y] : x1;
             if (lo > hi)
                 continue;
+            /* round the run up to whole vectors: extra cells are either
+             * outside the label (mask 0 -> 0) or beyond the heat front (0) */
+            int n4 = (hi - lo + 4) & ~3;
+            if (lo + n4 - 1 <= gw - 2)
+                hi = lo + n4 - 1;
+            else if (gw - 1 - n4 >= 1)
+                lo = gw - 1 - n4, hi = gw - 2;
 #ifdef FLOWS_HAVE_AVX2
             if (avx2)
                 diffuse_row_avx2(up, md, dn, m, out, lo, hi, v3);
