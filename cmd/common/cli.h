@@ -33,9 +33,7 @@ void cli_print_version(void);
 long cli_parse_long(const char *flag, const char *s, long lo, long hi);
 double cli_parse_double(const char *flag, const char *s, double lo, double hi);
 
-/* SIGINT/SIGTERM: remove open temporary outputs, then set cli_interrupted
- * (first signal) so a batch can stop cleanly; a second signal exits 130. */
-extern volatile sig_atomic_t cli_interrupted;
+/* SIGINT/SIGTERM: remove every open temporary output and exit 130. */
 void cli_install_signal_handlers(void);
 
 /* Progress on stderr, only when stderr is a terminal and not -q. */
