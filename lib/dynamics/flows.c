@@ -169,15 +169,39 @@ static void centre_v4(const uint32_t *labels, int Lx, const dyn_bbox *b, uint32_
             }
 }
 
-int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant variant,
-                      int threads, double *mu)
+/* Normalise one gradient as Cellpose does (mu / (1e-60 + |mu|)) and store it
+ * or add its squared difference to dP/5 (float32 dP/5 as numpy computes it). */
+static inline void unit_flow(double dy, double dx, size_t i, size_t npix, uint32_t l,
+                             double *mu, const float *dP, double *sum, size_t *cnt)
+{
+    double nrm = 1e-60 + sqrt(dy * dy + dx * dx);
+    double my = dy / nrm, mx = dx / nrm;
+    if (mu) {
+        mu[i] = my;
+        mu[npix + i] = mx;
+    }
+    if (dP) {
+        double ey = my - (double)(dP[i] / 5.0f), ex = mx - (double)(dP[npix + i] / 5.0f);
+        sum[2 * l] += ey * ey;
+        sum[2 * l + 1] += ex * ex;
+        cnt[l]++;
+    }
+}
+
+/* Flows of every label; for each label pixel (row-major within the label, as
+ * a raster scan visits them) either store mu (mu != NULL) or add
+ * (mu - dP/5)^2 to the label's sums (dP != NULL: sum[2l], sum[2l+1], cnt[l]),
+ * so the QC never needs the full mu field. */
+static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant variant,
+                      int threads, double *mu, const float *dP, double *sum, size_t *cnt)
 {
     if (Ly <= 0 || Lx <= 0)
         return cp_error(CP_EINVAL, "masks_to_flows: bad image size %dx%d", Lx, Ly);
     if (variant != CP_DYN_V3 && variant != CP_DYN_V4)
         return cp_error(CP_EINVAL, "masks_to_flows: unknown variant %d", (int)variant);
     size_t npix = (size_t)Ly * Lx;
-    memset(mu, 0, 2 * npix * sizeof *mu);
+    if (mu)
+        memset(mu, 0, 2 * npix * sizeof *mu);
     uint32_t nlab = dyn_max_label(labels, npix);
     if (nlab == 0)
         return CP_OK;
@@ -257,9 +281,7 @@ int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
                     if (v3) {
                         double dy = R[(size_t)(y + 1) * gw + x] - R[(size_t)(y - 1) * gw + x];
                         double dx = R[(size_t)y * gw + x + 1] - R[(size_t)y * gw + x - 1];
-                        double nrm = 1e-60 + sqrt(dy * dy + dx * dx);
-                        mu[i] = dy / nrm;
-                        mu[npix + i] = dx / nrm;
+                        unit_flow(dy, dx, i, npix, l, mu, dP, sum, cnt);
                     } else {
                         H[i] = R[(size_t)y * gw + x];
                     }
@@ -274,24 +296,30 @@ int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
         return cp_error(CP_ENOMEM, "out of memory: diffusion boxes");
     }
     if (!v3) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (int y = 0; y < Ly; y++) {
-            for (int x = 0; x < Lx; x++) {
-                size_t i = (size_t)y * Lx + x;
-                if (!labels[i] || !bb[labels[i]].npix)
-                    continue;
-                double yp = y + 1 < Ly ? H[i + Lx] : 0.0, ym = y > 0 ? H[i - Lx] : 0.0;
-                double xp = x + 1 < Lx ? H[i + 1] : 0.0, xm = x > 0 ? H[i - 1] : 0.0;
-                double dy = yp - ym, dx = xp - xm;
-                double nrm = 1e-60 + sqrt(dy * dy + dx * dx);
-                mu[i] = dy / nrm;
-                mu[npix + i] = dx / nrm;
-            }
+        /* gradient of the raw heat (neighbouring labels included), per label */
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16)
+        for (uint32_t l = 1; l <= nlab; l++) {
+            const dyn_bbox *b = bb + l;
+            for (int y = b->r0; b->npix && y < b->r1; y++)
+                for (int x = b->c0; x < b->c1; x++) {
+                    size_t i = (size_t)y * Lx + x;
+                    if (labels[i] != l)
+                        continue;
+                    double yp = y + 1 < Ly ? H[i + Lx] : 0.0, ym = y > 0 ? H[i - Lx] : 0.0;
+                    double xp = x + 1 < Lx ? H[i + 1] : 0.0, xm = x > 0 ? H[i - 1] : 0.0;
+                    unit_flow(yp - ym, xp - xm, i, npix, l, mu, dP, sum, cnt);
+                }
         }
     }
     free(H);
     free(bb);
     return CP_OK;
+}
+
+int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant variant,
+                      int threads, double *mu)
+{
+    return flows_core(labels, Ly, Lx, variant, threads, mu, NULL, NULL, NULL);
 }
 
 int cp_dyn_flow_errors(const uint32_t *labels, int Ly, int Lx, const float *dP,
@@ -303,35 +331,24 @@ int cp_dyn_flow_errors(const uint32_t *labels, int Ly, int Lx, const float *dP,
     uint32_t nlab = dyn_max_label(labels, npix);
     if (nlab == 0)
         return CP_OK;
-    double *mu = cp_malloc_array(npix, 2 * sizeof *mu, "QC flows");
     double *sum = cp_calloc((size_t)nlab + 1, 2 * sizeof *sum, "flow errors");
     size_t *cnt = cp_calloc((size_t)nlab + 1, sizeof *cnt, "flow error counts");
     double *e = cp_malloc_array(nlab, sizeof *e, "flow errors");
-    if (!mu || !sum || !cnt || !e) {
-        free(mu), free(sum), free(cnt), free(e);
+    if (!sum || !cnt || !e) {
+        free(sum), free(cnt), free(e);
         return CP_ENOMEM;
     }
-    int rc = cp_masks_to_flows(labels, Ly, Lx, variant, threads, mu);
+    /* scipy.ndimage.mean per component: double sums in raster order */
+    int rc = flows_core(labels, Ly, Lx, variant, threads, NULL, dP, sum, cnt);
     if (rc != CP_OK) {
-        free(mu), free(sum), free(cnt), free(e);
+        free(sum), free(cnt), free(e);
         return rc;
-    }
-    /* scipy.ndimage.mean per component: raster-order double sums. */
-    for (size_t i = 0; i < npix; i++) {
-        uint32_t l = labels[i];
-        if (!l)
-            continue;
-        double dy = mu[i] - (double)(dP[i] / 5.0f);
-        double dx = mu[npix + i] - (double)(dP[npix + i] / 5.0f);
-        sum[2 * l] += dy * dy;
-        sum[2 * l + 1] += dx * dx;
-        cnt[l]++;
     }
     for (uint32_t l = 1; l <= nlab; l++) {
         double c = (double)cnt[l];
         e[l - 1] = sum[2 * l] / c + sum[2 * l + 1] / c;
     }
-    free(mu), free(sum), free(cnt);
+    free(sum), free(cnt);
     *err = e;
     *nerr = nlab;
     return CP_OK;
