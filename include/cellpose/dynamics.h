@@ -24,7 +24,9 @@
  * all, as in tightly packed tissue, this affects most masks); masks of fewer
  * than 11 pixels give no seed (no histogram bin exceeds 10).
  *
- * V4 needs an image of at least 2x2 (grid_sample normalises by size - 1). */
+ * V4 needs an image of at least 2x2 (grid_sample normalises by size - 1).
+ * Cellpose 4 diffuses QC flows in float32 when the padded image exceeds 4e7
+ * pixels; we always use float64 (masks may then differ in rare QC decisions). */
 #ifndef CELLPOSE_DYNAMICS_H
 #define CELLPOSE_DYNAMICS_H
 
