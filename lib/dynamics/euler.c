@@ -100,6 +100,7 @@ static inline void step_v3(const float *F, int Ly, int Lx, float *py, float *px)
  * G is interleaved (fx, fy) per pixel, already scaled to normalised units. */
 typedef struct v4ctx {
     const float *G;
+    const float *P4; /* AVX2 path: G zero-padded by one pixel */
     int Ly, Lx;
     float hx, hy; /* Lx/2, Ly/2 */
 } v4ctx;
@@ -185,44 +186,36 @@ static inline int next_save(int t)
  * the scalar steps, so lane results are bit-identical to them (no contraction:
  * -ffp-contract=off; FMAs only where torch has them). Each lane follows its own
  * pixel; period detection is vectorised (previous two states and a saved state
- * per lane, as in FOLLOW); a finished lane takes the next pixel of the chunk. */
+ * per lane, as in FOLLOW); a finished lane takes the next pixel of the chunk.
+ * The flow field is read from a padded copy whose border reproduces the
+ * clamping (v3) or zero padding (v4), so no per-corner bounds tests remain. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define DYN_HAVE_AVX2 1
 
-/* Both channels of 8 interleaved (c0, c1) float pairs starting at float
- * offsets idx: two 4 x 64-bit gathers (half the loads of 4 float gathers). */
-__attribute__((target("avx2,fma"))) static inline void gather_pairs(const float *base,
-                                                                     __m256i idx, __m256 *c0,
-                                                                     __m256 *c1)
+/* The 2x2 neighbourhoods of 8 lanes from a padded, interleaved (c0, c1) grid:
+ * off[k] is the float offset of lane k's top-left pixel, row stride rs floats.
+ * Two 16-byte loads per lane (top and bottom pairs of pixels) and a 4x4
+ * transpose per half replace eight gathers. q[0..3] = c0, c1 at (y0, x0) and
+ * c0, c1 at (y0, x0+1); q[4..7] the same for row y0+1. */
+__attribute__((target("avx2,fma"))) static inline void load_quads(const float *P, size_t rs,
+                                                                   __m256i voff, __m256 q[8])
 {
-    const long long *b = (const long long *)(const void *)base;
-    __m256 lo = _mm256_castsi256_ps(_mm256_i32gather_epi64(b, _mm256_castsi256_si128(idx), 4));
-    __m256 hi = _mm256_castsi256_ps(_mm256_i32gather_epi64(b, _mm256_extracti128_si256(idx, 1), 4));
-    __m256 e = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-    __m256 o = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
-    *c0 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
-    *c1 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
-}
-
-/* The same with a lane mask (masked-off lanes give 0). */
-__attribute__((target("avx2,fma"))) static inline void gather_pairs_mask(const float *base,
-                                                                          __m256i idx,
-                                                                          __m256i mask,
-                                                                          __m256 *c0, __m256 *c1)
-{
-    const long long *b = (const long long *)(const void *)base;
-    const __m256i z = _mm256_setzero_si256();
-    __m256i mlo = _mm256_cvtepi32_epi64(_mm256_castsi256_si128(mask));
-    __m256i mhi = _mm256_cvtepi32_epi64(_mm256_extracti128_si256(mask, 1));
-    __m256 lo = _mm256_castsi256_ps(
-        _mm256_mask_i32gather_epi64(z, b, _mm256_castsi256_si128(idx), mlo, 4));
-    __m256 hi = _mm256_castsi256_ps(
-        _mm256_mask_i32gather_epi64(z, b, _mm256_extracti128_si256(idx, 1), mhi, 4));
-    __m256 e = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-    __m256 o = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(3, 1, 3, 1));
-    *c0 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0)));
-    *c1 = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), _MM_SHUFFLE(3, 1, 2, 0)));
+    int32_t off[8];
+    _mm256_storeu_si256((__m256i *)off, voff);
+    for (int row = 0; row < 2; row++) {
+        const float *b = P + row * rs;
+        __m256 r0 = _mm256_loadu2_m128(b + off[4], b + off[0]);
+        __m256 r1 = _mm256_loadu2_m128(b + off[5], b + off[1]);
+        __m256 r2 = _mm256_loadu2_m128(b + off[6], b + off[2]);
+        __m256 r3 = _mm256_loadu2_m128(b + off[7], b + off[3]);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        q[4 * row + 0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+        q[4 * row + 1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+        q[4 * row + 2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+        q[4 * row + 3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    }
 }
 
 __attribute__((target("avx2,fma"))) static inline __m256d v3_half(__m128 f00, __m128 f01,
@@ -236,38 +229,31 @@ __attribute__((target("avx2,fma"))) static inline __m256d v3_half(__m128 f00, __
     return _mm256_add_pd(_mm256_add_pd(_mm256_add_pd(t0, t1), t2), _mm256_cvtps_pd(t3));
 }
 
-__attribute__((target("avx2,fma"))) static inline void step8_v3(const float *F, int Ly, int Lx,
+__attribute__((target("avx2,fma"))) static inline void step8_v3(const float *P, int Ly, int Lx,
                                                                  __m256 *py, __m256 *px)
 {
-    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i zero = _mm256_setzero_si256();
     const __m256i lym1 = _mm256_set1_epi32(Ly - 1), lxm1 = _mm256_set1_epi32(Lx - 1);
-    const __m256i vLx = _mm256_set1_epi32(Lx);
+    const __m256i vW = _mm256_set1_epi32(Lx + 1);
     const __m256d done = _mm256_set1_pd(1.0);
     __m256 y = *py, x = *px;
     __m256i y0 = _mm256_cvttps_epi32(y), x0 = _mm256_cvttps_epi32(x);
     __m256 a = _mm256_sub_ps(y, _mm256_cvtepi32_ps(y0)), b = _mm256_sub_ps(x, _mm256_cvtepi32_ps(x0));
     __m256i yf = _mm256_min_epi32(_mm256_max_epi32(y0, zero), lym1);
     __m256i xf = _mm256_min_epi32(_mm256_max_epi32(x0, zero), lxm1);
-    __m256i yf1 = _mm256_min_epi32(_mm256_add_epi32(yf, one), lym1);
-    __m256i xf1 = _mm256_min_epi32(_mm256_add_epi32(xf, one), lxm1);
-    __m256i r0 = _mm256_mullo_epi32(yf, vLx), r1 = _mm256_mullo_epi32(yf1, vLx);
-    __m256i i00 = _mm256_slli_epi32(_mm256_add_epi32(r0, xf), 1);
-    __m256i i01 = _mm256_slli_epi32(_mm256_add_epi32(r0, xf1), 1);
-    __m256i i10 = _mm256_slli_epi32(_mm256_add_epi32(r1, xf), 1);
-    __m256i i11 = _mm256_slli_epi32(_mm256_add_epi32(r1, xf1), 1);
+    /* P is (Ly+1) x (Lx+1) with the last row and column repeated: the
+     * clamped corners min(yf+1, Ly-1), min(xf+1, Lx-1) are P's (yf+1, xf+1) */
+    __m256i i00 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(yf, vW), xf), 1);
     __m128 alo = _mm256_castps256_ps128(a), ahi = _mm256_extractf128_ps(a, 1);
     __m128 blo = _mm256_castps256_ps128(b), bhi = _mm256_extractf128_ps(b, 1);
     __m256d bdl = _mm256_cvtps_pd(blo), bdh = _mm256_cvtps_pd(bhi);
     __m256d omal = _mm256_sub_pd(done, _mm256_cvtps_pd(alo));
     __m256d omah = _mm256_sub_pd(done, _mm256_cvtps_pd(ahi));
     __m256d ombl = _mm256_sub_pd(done, bdl), ombh = _mm256_sub_pd(done, bdh);
-    __m256 s[2], g00[2], g01[2], g10[2], g11[2];
-    gather_pairs(F, i00, &g00[0], &g00[1]);
-    gather_pairs(F, i01, &g01[0], &g01[1]);
-    gather_pairs(F, i10, &g10[0], &g10[1]);
-    gather_pairs(F, i11, &g11[0], &g11[1]);
+    __m256 s[2], q[8];
+    load_quads(P, 2 * ((size_t)Lx + 1), i00, q);
     for (int c = 0; c < 2; c++) {
-        __m256 f00 = g00[c], f01 = g01[c], f10 = g10[c], f11 = g11[c];
+        __m256 f00 = q[c], f01 = q[2 + c], f10 = q[4 + c], f11 = q[6 + c];
         __m256 f10a = _mm256_mul_ps(f10, a);
         __m256 t3 = _mm256_mul_ps(_mm256_mul_ps(f11, a), b);
         __m256d lo = v3_half(_mm256_castps256_ps128(f00), _mm256_castps256_ps128(f01),
@@ -293,7 +279,7 @@ __attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, 
     const __m256 one = _mm256_set1_ps(1.0f), mhalf = _mm256_set1_ps(-0.5f);
     const __m256 mone = _mm256_set1_ps(-1.0f);
     const __m256i ione = _mm256_set1_epi32(1), mone_i = _mm256_set1_epi32(-1);
-    const __m256i vLx = _mm256_set1_epi32(c->Lx), vLy = _mm256_set1_epi32(c->Ly);
+    const __m256i vW = _mm256_set1_epi32(c->Lx + 2);
     __m256 gx = *pgx, gy = *pgy;
     __m256 ix = _mm256_fmadd_ps(_mm256_add_ps(gx, one), _mm256_set1_ps(c->hx), mhalf);
     __m256 iy = _mm256_fmadd_ps(_mm256_add_ps(gy, one), _mm256_set1_ps(c->hy), mhalf);
@@ -303,25 +289,15 @@ __attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, 
     __m256 n = _mm256_sub_ps(iy, fy0), s = _mm256_sub_ps(one, n);
     __m256 wnw = _mm256_mul_ps(s, e), wne = _mm256_mul_ps(s, w);
     __m256 wsw = _mm256_mul_ps(n, e), wse = _mm256_mul_ps(n, w);
-    __m256i x1 = _mm256_add_epi32(x0, ione), y1 = _mm256_add_epi32(y0, ione);
-    /* 0 <= v < L as (v > -1) & (L > v) */
-    __m256i vx0 = _mm256_and_si256(_mm256_cmpgt_epi32(x0, mone_i), _mm256_cmpgt_epi32(vLx, x0));
-    __m256i vx1 = _mm256_and_si256(_mm256_cmpgt_epi32(x1, mone_i), _mm256_cmpgt_epi32(vLx, x1));
-    __m256i vy0 = _mm256_and_si256(_mm256_cmpgt_epi32(y0, mone_i), _mm256_cmpgt_epi32(vLy, y0));
-    __m256i vy1 = _mm256_and_si256(_mm256_cmpgt_epi32(y1, mone_i), _mm256_cmpgt_epi32(vLy, y1));
-    __m256i mnw = _mm256_and_si256(vy0, vx0), mne = _mm256_and_si256(vy0, vx1);
-    __m256i msw = _mm256_and_si256(vy1, vx0), mse = _mm256_and_si256(vy1, vx1);
-    __m256i r0 = _mm256_mullo_epi32(y0, vLx), r1 = _mm256_mullo_epi32(y1, vLx);
-    /* masked-off lanes get index 0 (never read anyway) */
-    __m256i inw = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r0, x0), 1), mnw);
-    __m256i ine = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r0, x1), 1), mne);
-    __m256i isw = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r1, x0), 1), msw);
-    __m256i ise = _mm256_and_si256(_mm256_slli_epi32(_mm256_add_epi32(r1, x1), 1), mse);
-    __m256 v[2], gnw[2], gne[2], gsw[2], gse[2];
-    gather_pairs_mask(c->G, inw, mnw, &gnw[0], &gnw[1]);
-    gather_pairs_mask(c->G, ine, mne, &gne[0], &gne[1]);
-    gather_pairs_mask(c->G, isw, msw, &gsw[0], &gsw[1]);
-    gather_pairs_mask(c->G, ise, mse, &gse[0], &gse[1]);
+    /* P4 is (Ly+2) x (Lx+2) with a zero border (offset 1): corners outside
+     * the image read 0 as grid_sample's zero padding; clamps guard NaN states */
+    x0 = _mm256_min_epi32(_mm256_max_epi32(x0, mone_i), _mm256_set1_epi32(c->Lx - 1));
+    y0 = _mm256_min_epi32(_mm256_max_epi32(y0, mone_i), _mm256_set1_epi32(c->Ly - 1));
+    __m256i base = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_add_epi32(y0, ione), vW),
+                                    _mm256_add_epi32(x0, ione));
+    __m256 v[2], q[8];
+    load_quads(c->P4, 2 * ((size_t)c->Lx + 2), _mm256_slli_epi32(base, 1), q);
+    __m256 gnw[2] = {q[0], q[1]}, gne[2] = {q[2], q[3]}, gsw[2] = {q[4], q[5]}, gse[2] = {q[6], q[7]};
     for (int k = 0; k < 2; k++) {
         __m256 vnw = gnw[k], vne = gne[k], vsw = gsw[k], vse = gse[k];
         __m256 acc = _mm256_mul_ps(wnw, vnw);
@@ -344,7 +320,7 @@ __attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, 
  * niter > 0. State (A, B) is (y, x) for v3 and (gx, gy) for v4. */
 #define NG 2
 #define NL (8 * NG)
-__attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
+__attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, const float *P3,
                                                         const v4ctx *c, int Ly, int Lx,
                                                         const uint32_t *idx, size_t j0,
                                                         size_t j1, int niter, float *py,
@@ -409,7 +385,7 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F,
     while (nact > 0) {
         if (v3) {
             for (int g = 0; g < NG; g++)
-                step8_v3(F, Ly, Lx, &va[g], &vb[g]);
+                step8_v3(P3, Ly, Lx, &va[g], &vb[g]);
         } else {
             for (int g = 0; g < NG; g++)
                 step8_v4(c, &va[g], &vb[g]);
@@ -547,14 +523,37 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
     /* gathers take int32 indices: 2*npix must fit */
     if (niter > 0 && !getenv("CP_DYN_SCALAR") && npix < (size_t)1 << 29 && __builtin_cpu_supports("avx2") &&
         __builtin_cpu_supports("fma")) {
+        /* padded copy of F: v3 repeats the last row and column (clamped
+         * corners), v4 adds a zero border (zero padding) */
+        int v3 = variant == CP_DYN_V3;
+        size_t PH = (size_t)Ly + (v3 ? 1 : 2), PW = (size_t)Lx + (v3 ? 1 : 2);
+        float *P = cp_malloc_array(PH * PW, 2 * sizeof(float), "dynamics padded flow field");
+        if (!P) {
+            free(F);
+            free(idx);
+            return CP_ENOMEM;
+        }
+        if (v3) {
+            for (size_t y = 0; y < PH; y++)
+                for (size_t x = 0; x < PW; x++) {
+                    size_t sy_ = y < (size_t)Ly ? y : (size_t)Ly - 1;
+                    size_t sx_ = x < (size_t)Lx ? x : (size_t)Lx - 1;
+                    memcpy(P + 2 * (y * PW + x), F + 2 * (sy_ * Lx + sx_), 2 * sizeof(float));
+                }
+        } else {
+            memset(P, 0, PH * PW * 2 * sizeof(float));
+            for (size_t y = 0; y < (size_t)Ly; y++)
+                memcpy(P + 2 * ((y + 1) * PW + 1), F + 2 * y * Lx, 2 * (size_t)Lx * sizeof(float));
+        }
         const size_t chunk = 2048;
         size_t nchunk = (n + chunk - 1) / chunk;
-        v4ctx c = {F, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
+        v4ctx c = {F, v3 ? NULL : P, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (size_t ch = 0; ch < nchunk; ch++) {
             size_t j0 = ch * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
-            follow8(variant == CP_DYN_V3, F, &c, Ly, Lx, idx, j0, j1, niter, py, px);
+            follow8(v3, F, P, &c, Ly, Lx, idx, j0, j1, niter, py, px);
         }
+        free(P);
         free(F);
         free(idx);
         return CP_OK;
@@ -569,7 +568,7 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
             px[j] = x;
         }
     } else {
-        v4ctx c = {F, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
+        v4ctx c = {F, NULL, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
         float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
         for (size_t j = 0; j < n; j++) {
