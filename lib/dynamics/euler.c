@@ -507,12 +507,21 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
     for (size_t i = 0; i < npix; i++) {
         float m = cellprob[i] > threshold ? 1.0f : 0.0f;
         float fy = (dY[i] * m) / 5.0f, fx = (dX[i] * m) / 5.0f;
+        if (variant == CP_DYN_V4) {
+            fx *= sx;
+            fy *= sy;
+        }
+        /* non-finite flows (a broken network) count as 0: states stay finite */
+        if (!isfinite(fy))
+            fy = 0.0f;
+        if (!isfinite(fx))
+            fx = 0.0f;
         if (variant == CP_DYN_V3) {
             F[2 * i] = fy;
             F[2 * i + 1] = fx;
         } else {
-            F[2 * i] = fx * sx;
-            F[2 * i + 1] = fy * sy;
+            F[2 * i] = fx;
+            F[2 * i + 1] = fy;
         }
         if (m != 0.0f)
             idx[k++] = (uint32_t)i;

@@ -554,6 +554,22 @@ static void unit_cases(void)
     CHECK(cp_dynamics(dP, cp, Ly, Lx, &prm, lab, NULL) == CP_EINVAL);
     CHECK(cp_dynamics(dP, cp, 0, Lx, &prm, lab, NULL) == CP_EINVAL);
 
+    /* broken flows (NaN, inf, huge) and NaN cellprob: no crash, a result */
+    for (int v = 3; v <= 4; v++) {
+        for (size_t i = 0; i < npix; i++) {
+            cp[i] = (i % 7) ? 1.0f : NAN;
+            dP[i] = (i % 5 == 0) ? NAN : (i % 5 == 1 ? INFINITY : (i % 5 == 2 ? -3e38f : 1.0f));
+            dP[npix + i] = (i % 3 == 0) ? -INFINITY : 2e38f;
+        }
+        cp_dyn_params_default(&prm, (cp_dyn_variant)v);
+        CHECK_OK(cp_dynamics(dP, cp, Ly, Lx, &prm, lab, NULL));
+        setenv("CP_DYN_SCALAR", "1", 1);
+        CHECK_OK(cp_dynamics(dP, cp, Ly, Lx, &prm, lab, NULL));
+        unsetenv("CP_DYN_SCALAR");
+    }
+    memset(dP, 0, 2 * npix * sizeof *dP);
+    prm.variant = CP_DYN_V4;
+
     /* fill holes: a ring with a hole holding another label; min size */
     memset(lab, 0, npix * 4);
     for (int y = 2; y < 9; y++)
