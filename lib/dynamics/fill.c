@@ -25,9 +25,16 @@ static int remove_small(uint32_t *labels, size_t npix, int min_size, int v3_bug)
         cnt[labels[i]]++;
     int any = 0;
     if (!v3_bug) {
-        for (uint32_t l = 1; l <= maxl; l++)
-            if (cnt[l] && cnt[l] < (size_t)min_size)
+        /* Cellpose 4 skips the first value present, normally 0 (so with no
+         * background at all, the lowest label is never removed here) */
+        int first = 1;
+        for (uint32_t l = 0; l <= maxl; l++) {
+            if (!cnt[l])
+                continue;
+            if (!first && cnt[l] < (size_t)min_size)
                 rm[l] = any = 1;
+            first = 0;
+        }
     } else {
         size_t pos = 0; /* position among present values, first one dropped */
         int first = 1;

@@ -599,6 +599,15 @@ static void unit_cases(void)
         CHECK(lab[5 * Lx] == (bug ? 0u : 2u));
     }
 
+    /* no background at all: Cellpose's first pass skips the first value
+     * present (0 is assumed), so the 5-px label 1 survives it while the 5-px
+     * label 3 goes; the second pass (0 now present) removes label 1 */
+    for (size_t i = 0; i < npix; i++) lab[i] = 2;
+    for (int i = 0; i < 5; i++) lab[i] = 1;
+    for (int i = 0; i < 5; i++) lab[(size_t)(Ly - 1) * Lx + i] = 3;
+    CHECK_OK(cp_dyn_fill_holes_and_remove_small(lab, Ly, Lx, 15, 0));
+    CHECK(lab[0] == 0 && lab[Lx] == 1 && lab[(size_t)(Ly - 1) * Lx] == 0);
+
     /* renumber by first appearance */
     uint32_t r[6] = {0, 9, 4, 9, 0, 2};
     uint32_t k;
