@@ -11,6 +11,7 @@
 #include "cellpose/measure.h"
 #include "cellpose/models.h"
 #include "cellpose/net.h"
+#include "cellpose/dynamics.h"
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
