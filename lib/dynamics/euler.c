@@ -1,0 +1,595 @@
+/* Euler integration of the flow field (spec 5.1-5.2), both Cellpose variants,
+ * bit for bit. Every pixel is independent, so pixels are integrated one at a
+ * time through all steps (cache-friendly, parallel, thread-count invariant).
+ *
+ * Speed-up that keeps exact results: the step is a pure function of the float32
+ * state, so once a trajectory revisits an earlier state (bit-identical) it is
+ * periodic and the final state follows from the period without stepping on.
+ * Most pixels end up cycling around their sink long before niter. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cellpose/dynamics.h"
+#include "core/internal.h"
+#include "dynamics/internal.h"
+
+void cp_dyn_params_default(cp_dyn_params *p, cp_dyn_variant variant)
+{
+    memset(p, 0, sizeof *p);
+    p->variant = variant;
+    p->niter = 0;
+    p->diameter = 0;
+    p->diam_mean = 30;
+    p->cellprob_threshold = 0.0f;
+    p->flow_threshold = 0.4;
+    p->min_size = 15;
+    p->max_size_fraction = 0.4;
+    p->v3_label_bug = 0;
+    p->threads = 0;
+}
+
+int cp_dyn_niter(cp_dyn_variant variant, double diameter, double diam_mean)
+{
+    if (!(diameter > 0))
+        return 200;
+    double n;
+    if (variant == CP_DYN_V3) {
+        if (!(diam_mean > 0))
+            diam_mean = 30;
+        double rescale = diam_mean / diameter;
+        n = (1.0 / rescale) * 200.0;
+    } else {
+        n = 200.0 / (30.0 / diameter);
+    }
+    if (!(n < 2147483647.0))
+        return 2147483647;
+    return (int)n;
+}
+
+size_t cp_dyn_count_followed(const float *cellprob, size_t npix, float threshold)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < npix; i++)
+        n += cellprob[i] > threshold;
+    return n;
+}
+
+static inline uint32_t fbits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* ---- v3: numba map_coordinates + clamp (spec 5.2b) ----
+ * F is interleaved (y, x) per pixel. */
+static inline void step_v3(const float *F, int Ly, int Lx, float *py, float *px)
+{
+    float y = *py, x = *px;
+    int y0 = (int)y, x0 = (int)x;
+    float a = y - (float)y0, b = x - (float)x0;
+    int yf = y0 < 0 ? 0 : (y0 > Ly - 1 ? Ly - 1 : y0);
+    int xf = x0 < 0 ? 0 : (x0 > Lx - 1 ? Lx - 1 : x0);
+    int yf1 = yf + 1 > Ly - 1 ? Ly - 1 : yf + 1;
+    int xf1 = xf + 1 > Lx - 1 ? Lx - 1 : xf + 1;
+    double oma = 1.0 - (double)a, omb = 1.0 - (double)b, bd = (double)b;
+    const float *f00 = F + 2 * ((size_t)yf * Lx + xf);
+    const float *f01 = F + 2 * ((size_t)yf * Lx + xf1);
+    const float *f10 = F + 2 * ((size_t)yf1 * Lx + xf);
+    const float *f11 = F + 2 * ((size_t)yf1 * Lx + xf1);
+    float s[2];
+    for (int c = 0; c < 2; c++) {
+        double t0 = (double)f00[c] * oma * omb;
+        double t1 = (double)f01[c] * oma * bd;
+        float p2 = f10[c] * a;
+        double t2 = (double)p2 * omb;
+        float t3 = (f11[c] * a) * b;
+        s[c] = (float)(((t0 + t1) + t2) + (double)t3);
+    }
+    float ny = y + s[0], nx = x + s[1];
+    ny = ny > 0 ? ny : 0; /* numba max(0, v): v unless v < 0 ... */
+    nx = nx > 0 ? nx : 0;
+    ny = ny < (float)(Ly - 1) ? ny : (float)(Ly - 1);
+    nx = nx < (float)(Lx - 1) ? nx : (float)(Lx - 1);
+    *py = ny;
+    *px = nx;
+}
+
+/* ---- v4: torch grid_sample (align_corners=False, zeros padding), AVX2 FMA order ----
+ * G is interleaved (fx, fy) per pixel, already scaled to normalised units. */
+typedef struct v4ctx {
+    const float *G;
+    const float *P4; /* AVX2 path: G zero-padded by one pixel */
+    int Ly, Lx;
+    float hx, hy; /* Lx/2, Ly/2 */
+} v4ctx;
+
+static inline void step_v4(const v4ctx *c, float *pgx, float *pgy)
+{
+    float gx = *pgx, gy = *pgy;
+    float ix = fmaf(gx + 1.0f, c->hx, -0.5f);
+    float iy = fmaf(gy + 1.0f, c->hy, -0.5f);
+    float fx0 = floorf(ix), fy0 = floorf(iy);
+    int x0 = (int)fx0, y0 = (int)fy0;
+    float w = ix - fx0, e = 1.0f - w;
+    float n = iy - fy0, s = 1.0f - n;
+    float wnw = s * e, wne = s * w, wsw = n * e, wse = n * w;
+    int Lx = c->Lx, Ly = c->Ly;
+    int vx0 = x0 >= 0 && x0 < Lx, vx1 = x0 + 1 >= 0 && x0 + 1 < Lx;
+    int vy0 = y0 >= 0 && y0 < Ly, vy1 = y0 + 1 >= 0 && y0 + 1 < Ly;
+    float nw[2] = {0, 0}, ne[2] = {0, 0}, sw[2] = {0, 0}, se[2] = {0, 0};
+    const float *G = c->G;
+    if (vy0 && vx0) memcpy(nw, G + 2 * ((size_t)y0 * Lx + x0), sizeof nw);
+    if (vy0 && vx1) memcpy(ne, G + 2 * ((size_t)y0 * Lx + x0 + 1), sizeof ne);
+    if (vy1 && vx0) memcpy(sw, G + 2 * ((size_t)(y0 + 1) * Lx + x0), sizeof sw);
+    if (vy1 && vx1) memcpy(se, G + 2 * ((size_t)(y0 + 1) * Lx + x0 + 1), sizeof se);
+    float v[2];
+    for (int k = 0; k < 2; k++) {
+        float acc = wnw * nw[k];
+        acc = fmaf(wne, ne[k], acc);
+        acc = fmaf(wsw, sw[k], acc);
+        acc = fmaf(wse, se[k], acc);
+        v[k] = acc;
+    }
+    float nx = gx + v[0], ny = gy + v[1];
+    nx = nx < -1.0f ? -1.0f : (nx > 1.0f ? 1.0f : nx);
+    ny = ny < -1.0f ? -1.0f : (ny > 1.0f ? 1.0f : ny);
+    *pgx = nx;
+    *pgy = ny;
+}
+
+/* Save the state at steps 1, 2, 4, ..., 32 and then every 32 steps: detects
+ * cycles of period <= 32 within about two save intervals of entering them.
+ * Fixed points and 2-cycles (the usual end of a trajectory) are caught at
+ * once by comparing with the two previous states. */
+static inline int next_save(int t)
+{
+    return t < 32 ? 2 * t : t + 32;
+}
+
+#define FOLLOW(STEP_CALL, A, B)                                                 \
+    do {                                                                        \
+        uint32_t sa = fbits(A), sb = fbits(B);                                  \
+        uint32_t a1 = sa, b1 = sb, a2 = 0, b2 = 0;                              \
+        int tsave = 0, nsave = 1;                                               \
+        for (int t = 1; t <= niter; t++) {                                      \
+            STEP_CALL;                                                          \
+            uint32_t ua = fbits(A), ub = fbits(B);                              \
+            int period = 0;                                                     \
+            if (ua == a1 && ub == b1)                                           \
+                period = 1;                                                     \
+            else if (t > 1 && ua == a2 && ub == b2)                             \
+                period = 2;                                                     \
+            else if (ua == sa && ub == sb)                                      \
+                period = t - tsave;                                             \
+            if (period) {                                                       \
+                int rem = (niter - t) % period;                                 \
+                for (int r = 0; r < rem; r++)                                   \
+                    STEP_CALL;                                                  \
+                break;                                                          \
+            }                                                                   \
+            a2 = a1;                                                            \
+            b2 = b1;                                                            \
+            a1 = ua;                                                            \
+            b1 = ub;                                                            \
+            if (t == nsave) {                                                   \
+                sa = ua;                                                        \
+                sb = ub;                                                        \
+                tsave = t;                                                      \
+                nsave = next_save(t);                                           \
+            }                                                                   \
+        }                                                                       \
+    } while (0)
+
+/* ---- AVX2: 8 pixels at once (lanes), the same float/double operations as
+ * the scalar steps, so lane results are bit-identical to them (no contraction:
+ * -ffp-contract=off; FMAs only where torch has them). Each lane follows its own
+ * pixel; period detection is vectorised (previous two states and a saved state
+ * per lane, as in FOLLOW); a finished lane takes the next pixel of the chunk.
+ * The flow field is read from a padded copy whose border reproduces the
+ * clamping (v3) or zero padding (v4), so no per-corner bounds tests remain. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DYN_HAVE_AVX2 1
+
+/* The 2x2 neighbourhoods of 8 lanes from a padded, interleaved (c0, c1) grid:
+ * off[k] is the float offset of lane k's top-left pixel, row stride rs floats.
+ * Two 16-byte loads per lane (top and bottom pairs of pixels) and a 4x4
+ * transpose per half replace eight gathers. q[0..3] = c0, c1 at (y0, x0) and
+ * c0, c1 at (y0, x0+1); q[4..7] the same for row y0+1. */
+__attribute__((target("avx2,fma"))) static inline void load_quads(const float *P, size_t rs,
+                                                                   __m256i voff, __m256 q[8])
+{
+    int32_t off[8];
+    _mm256_storeu_si256((__m256i *)off, voff);
+    for (int row = 0; row < 2; row++) {
+        const float *b = P + row * rs;
+        __m256 r0 = _mm256_loadu2_m128(b + off[4], b + off[0]);
+        __m256 r1 = _mm256_loadu2_m128(b + off[5], b + off[1]);
+        __m256 r2 = _mm256_loadu2_m128(b + off[6], b + off[2]);
+        __m256 r3 = _mm256_loadu2_m128(b + off[7], b + off[3]);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+        __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+        q[4 * row + 0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+        q[4 * row + 1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+        q[4 * row + 2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+        q[4 * row + 3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    }
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256d v3_half(__m128 f00, __m128 f01,
+                                                                   __m128 f10a, __m128 t3,
+                                                                   __m256d oma, __m256d omb,
+                                                                   __m256d bd)
+{
+    __m256d t0 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtps_pd(f00), oma), omb);
+    __m256d t1 = _mm256_mul_pd(_mm256_mul_pd(_mm256_cvtps_pd(f01), oma), bd);
+    __m256d t2 = _mm256_mul_pd(_mm256_cvtps_pd(f10a), omb);
+    return _mm256_add_pd(_mm256_add_pd(_mm256_add_pd(t0, t1), t2), _mm256_cvtps_pd(t3));
+}
+
+__attribute__((target("avx2,fma"))) static inline void step8_v3(const float *P, int Ly, int Lx,
+                                                                 __m256 *py, __m256 *px)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i lym1 = _mm256_set1_epi32(Ly - 1), lxm1 = _mm256_set1_epi32(Lx - 1);
+    const __m256i vW = _mm256_set1_epi32(Lx + 1);
+    const __m256d done = _mm256_set1_pd(1.0);
+    __m256 y = *py, x = *px;
+    __m256i y0 = _mm256_cvttps_epi32(y), x0 = _mm256_cvttps_epi32(x);
+    __m256 a = _mm256_sub_ps(y, _mm256_cvtepi32_ps(y0)), b = _mm256_sub_ps(x, _mm256_cvtepi32_ps(x0));
+    __m256i yf = _mm256_min_epi32(_mm256_max_epi32(y0, zero), lym1);
+    __m256i xf = _mm256_min_epi32(_mm256_max_epi32(x0, zero), lxm1);
+    /* P is (Ly+1) x (Lx+1) with the last row and column repeated: the
+     * clamped corners min(yf+1, Ly-1), min(xf+1, Lx-1) are P's (yf+1, xf+1) */
+    __m256i i00 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_mullo_epi32(yf, vW), xf), 1);
+    __m128 alo = _mm256_castps256_ps128(a), ahi = _mm256_extractf128_ps(a, 1);
+    __m128 blo = _mm256_castps256_ps128(b), bhi = _mm256_extractf128_ps(b, 1);
+    __m256d bdl = _mm256_cvtps_pd(blo), bdh = _mm256_cvtps_pd(bhi);
+    __m256d omal = _mm256_sub_pd(done, _mm256_cvtps_pd(alo));
+    __m256d omah = _mm256_sub_pd(done, _mm256_cvtps_pd(ahi));
+    __m256d ombl = _mm256_sub_pd(done, bdl), ombh = _mm256_sub_pd(done, bdh);
+    __m256 s[2], q[8];
+    load_quads(P, 2 * ((size_t)Lx + 1), i00, q);
+    for (int c = 0; c < 2; c++) {
+        __m256 f00 = q[c], f01 = q[2 + c], f10 = q[4 + c], f11 = q[6 + c];
+        __m256 f10a = _mm256_mul_ps(f10, a);
+        __m256 t3 = _mm256_mul_ps(_mm256_mul_ps(f11, a), b);
+        __m256d lo = v3_half(_mm256_castps256_ps128(f00), _mm256_castps256_ps128(f01),
+                             _mm256_castps256_ps128(f10a), _mm256_castps256_ps128(t3), omal,
+                             ombl, bdl);
+        __m256d hi = v3_half(_mm256_extractf128_ps(f00, 1), _mm256_extractf128_ps(f01, 1),
+                             _mm256_extractf128_ps(f10a, 1), _mm256_extractf128_ps(t3, 1),
+                             omah, ombh, bdh);
+        s[c] = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+    }
+    const __m256 fzero = _mm256_setzero_ps();
+    const __m256 fLy1 = _mm256_set1_ps((float)(Ly - 1)), fLx1 = _mm256_set1_ps((float)(Lx - 1));
+    __m256 ny = _mm256_add_ps(y, s[0]), nx = _mm256_add_ps(x, s[1]);
+    ny = _mm256_and_ps(_mm256_cmp_ps(ny, fzero, _CMP_GT_OQ), ny);
+    nx = _mm256_and_ps(_mm256_cmp_ps(nx, fzero, _CMP_GT_OQ), nx);
+    *py = _mm256_blendv_ps(fLy1, ny, _mm256_cmp_ps(ny, fLy1, _CMP_LT_OQ));
+    *px = _mm256_blendv_ps(fLx1, nx, _mm256_cmp_ps(nx, fLx1, _CMP_LT_OQ));
+}
+
+__attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, __m256 *pgx,
+                                                                 __m256 *pgy)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), mhalf = _mm256_set1_ps(-0.5f);
+    const __m256 mone = _mm256_set1_ps(-1.0f);
+    const __m256i ione = _mm256_set1_epi32(1), mone_i = _mm256_set1_epi32(-1);
+    const __m256i vW = _mm256_set1_epi32(c->Lx + 2);
+    __m256 gx = *pgx, gy = *pgy;
+    __m256 ix = _mm256_fmadd_ps(_mm256_add_ps(gx, one), _mm256_set1_ps(c->hx), mhalf);
+    __m256 iy = _mm256_fmadd_ps(_mm256_add_ps(gy, one), _mm256_set1_ps(c->hy), mhalf);
+    __m256 fx0 = _mm256_floor_ps(ix), fy0 = _mm256_floor_ps(iy);
+    __m256i x0 = _mm256_cvttps_epi32(fx0), y0 = _mm256_cvttps_epi32(fy0);
+    __m256 w = _mm256_sub_ps(ix, fx0), e = _mm256_sub_ps(one, w);
+    __m256 n = _mm256_sub_ps(iy, fy0), s = _mm256_sub_ps(one, n);
+    __m256 wnw = _mm256_mul_ps(s, e), wne = _mm256_mul_ps(s, w);
+    __m256 wsw = _mm256_mul_ps(n, e), wse = _mm256_mul_ps(n, w);
+    /* P4 is (Ly+2) x (Lx+2) with a zero border (offset 1): corners outside
+     * the image read 0 as grid_sample's zero padding; clamps guard NaN states */
+    x0 = _mm256_min_epi32(_mm256_max_epi32(x0, mone_i), _mm256_set1_epi32(c->Lx - 1));
+    y0 = _mm256_min_epi32(_mm256_max_epi32(y0, mone_i), _mm256_set1_epi32(c->Ly - 1));
+    __m256i base = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_add_epi32(y0, ione), vW),
+                                    _mm256_add_epi32(x0, ione));
+    __m256 v[2], q[8];
+    load_quads(c->P4, 2 * ((size_t)c->Lx + 2), _mm256_slli_epi32(base, 1), q);
+    __m256 gnw[2] = {q[0], q[1]}, gne[2] = {q[2], q[3]}, gsw[2] = {q[4], q[5]}, gse[2] = {q[6], q[7]};
+    for (int k = 0; k < 2; k++) {
+        __m256 vnw = gnw[k], vne = gne[k], vsw = gsw[k], vse = gse[k];
+        __m256 acc = _mm256_mul_ps(wnw, vnw);
+        acc = _mm256_fmadd_ps(wne, vne, acc);
+        acc = _mm256_fmadd_ps(wsw, vsw, acc);
+        acc = _mm256_fmadd_ps(wse, vse, acc);
+        v[k] = acc;
+    }
+    __m256 nx = _mm256_add_ps(gx, v[0]), ny = _mm256_add_ps(gy, v[1]);
+    nx = _mm256_blendv_ps(nx, mone, _mm256_cmp_ps(nx, mone, _CMP_LT_OQ));
+    nx = _mm256_blendv_ps(nx, one, _mm256_cmp_ps(nx, one, _CMP_GT_OQ));
+    ny = _mm256_blendv_ps(ny, mone, _mm256_cmp_ps(ny, mone, _CMP_LT_OQ));
+    ny = _mm256_blendv_ps(ny, one, _mm256_cmp_ps(ny, one, _CMP_GT_OQ));
+    *pgx = nx;
+    *pgy = ny;
+}
+
+/* Follow pixels idx[j0..j1) with 2 groups of 8 lanes (two independent
+ * dependency chains keep the core busy; one step is a long latency chain);
+ * niter > 0. State (A, B) is (y, x) for v3 and (gx, gy) for v4. */
+#define NG 2
+#define NL (8 * NG)
+__attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, const float *P3,
+                                                        const v4ctx *c, int Ly, int Lx,
+                                                        const uint32_t *idx, size_t j0,
+                                                        size_t j1, int niter, float *py,
+                                                        float *px)
+{
+    float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
+    float A[NL], B[NL];
+    int32_t T[NL], TS[NL], NS[NL], ACT[NL], PER[NL];
+    uint32_t A1[NL], B1[NL], A2[NL], B2[NL], SA[NL], SB[NL];
+    size_t J[NL];
+    size_t next = j0;
+    int nact = 0;
+    for (int k = 0; k < NL; k++) {
+        A[k] = B[k] = 0.0f;
+        T[k] = TS[k] = 0;
+        NS[k] = 1;
+        ACT[k] = 0;
+        A1[k] = B1[k] = A2[k] = B2[k] = SA[k] = SB[k] = 0;
+    }
+#define LANE_START(k)                                                                \
+    do {                                                                             \
+        float y_ = (float)(idx[next] / (uint32_t)Lx), x_ = (float)(idx[next] % (uint32_t)Lx); \
+        if (v3) {                                                                    \
+            A[k] = y_;                                                               \
+            B[k] = x_;                                                               \
+        } else {                                                                     \
+            A[k] = (x_ / Wn) * 2.0f - 1.0f;                                          \
+            B[k] = (y_ / Hn) * 2.0f - 1.0f;                                          \
+        }                                                                            \
+        J[k] = next++;                                                               \
+        T[k] = TS[k] = 0;                                                            \
+        NS[k] = 1;                                                                   \
+        ACT[k] = -1;                                                                 \
+        A1[k] = SA[k] = fbits(A[k]);                                                 \
+        B1[k] = SB[k] = fbits(B[k]);                                                 \
+    } while (0)
+#define LD(arr, g) _mm256_loadu_si256((const __m256i *)((arr) + 8 * (g)))
+#define ST(arr, g, v) _mm256_storeu_si256((__m256i *)((arr) + 8 * (g)), v)
+    for (int k = 0; k < NL && next < j1; k++, nact++)
+        LANE_START(k);
+    __m256 va[NG], vb[NG];
+    __m256i vt[NG], vts[NG], vns[NG], vact[NG], va1[NG], vb1[NG], va2[NG], vb2[NG], vsa[NG],
+        vsb[NG], per[NG];
+#define RELOAD()                                                                     \
+    for (int g = 0; g < NG; g++) {                                                   \
+        va[g] = _mm256_loadu_ps(A + 8 * g);                                          \
+        vb[g] = _mm256_loadu_ps(B + 8 * g);                                          \
+        vt[g] = LD(T, g);                                                            \
+        vts[g] = LD(TS, g);                                                          \
+        vns[g] = LD(NS, g);                                                          \
+        vact[g] = LD(ACT, g);                                                        \
+        va1[g] = LD(A1, g);                                                          \
+        vb1[g] = LD(B1, g);                                                          \
+        va2[g] = LD(A2, g);                                                          \
+        vb2[g] = LD(B2, g);                                                          \
+        vsa[g] = LD(SA, g);                                                          \
+        vsb[g] = LD(SB, g);                                                          \
+    }
+    RELOAD();
+    const __m256i ione = _mm256_set1_epi32(1), itwo = _mm256_set1_epi32(2);
+    const __m256i i32 = _mm256_set1_epi32(32), nm1 = _mm256_set1_epi32(niter - 1);
+    while (nact > 0) {
+        if (v3) {
+            for (int g = 0; g < NG; g++)
+                step8_v3(P3, Ly, Lx, &va[g], &vb[g]);
+        } else {
+            for (int g = 0; g < NG; g++)
+                step8_v4(c, &va[g], &vb[g]);
+        }
+        int m = 0;
+        for (int g = 0; g < NG; g++) {
+            vt[g] = _mm256_add_epi32(vt[g], ione);
+            __m256i ua = _mm256_castps_si256(va[g]), ub = _mm256_castps_si256(vb[g]);
+            __m256i eq1 = _mm256_and_si256(_mm256_cmpeq_epi32(ua, va1[g]),
+                                           _mm256_cmpeq_epi32(ub, vb1[g]));
+            __m256i eq2 = _mm256_and_si256(_mm256_cmpgt_epi32(vt[g], ione),
+                                           _mm256_and_si256(_mm256_cmpeq_epi32(ua, va2[g]),
+                                                            _mm256_cmpeq_epi32(ub, vb2[g])));
+            __m256i eqs = _mm256_and_si256(_mm256_cmpeq_epi32(ua, vsa[g]),
+                                           _mm256_cmpeq_epi32(ub, vsb[g]));
+            __m256i end = _mm256_cmpgt_epi32(vt[g], nm1);
+            __m256i fin = _mm256_and_si256(
+                vact[g], _mm256_or_si256(_mm256_or_si256(eq1, eq2), _mm256_or_si256(eqs, end)));
+            /* period: 1, else 2, else t - tsave, else 0 (niter reached) */
+            __m256i p = _mm256_and_si256(eqs, _mm256_sub_epi32(vt[g], vts[g]));
+            p = _mm256_blendv_epi8(p, itwo, eq2);
+            per[g] = _mm256_blendv_epi8(p, ione, eq1);
+            va2[g] = va1[g];
+            vb2[g] = vb1[g];
+            va1[g] = ua;
+            vb1[g] = ub;
+            __m256i sv = _mm256_cmpeq_epi32(vt[g], vns[g]);
+            vsa[g] = _mm256_blendv_epi8(vsa[g], ua, sv);
+            vsb[g] = _mm256_blendv_epi8(vsb[g], ub, sv);
+            vts[g] = _mm256_blendv_epi8(vts[g], vt[g], sv);
+            __m256i nxt = _mm256_blendv_epi8(_mm256_add_epi32(vt[g], i32),
+                                             _mm256_add_epi32(vt[g], vt[g]),
+                                             _mm256_cmpgt_epi32(i32, vt[g]));
+            vns[g] = _mm256_blendv_epi8(vns[g], nxt, sv);
+            m |= _mm256_movemask_ps(_mm256_castsi256_ps(fin)) << (8 * g);
+        }
+        if (!m)
+            continue;
+        for (int g = 0; g < NG; g++) {
+            _mm256_storeu_ps(A + 8 * g, va[g]);
+            _mm256_storeu_ps(B + 8 * g, vb[g]);
+            ST(T, g, vt[g]);
+            ST(TS, g, vts[g]);
+            ST(NS, g, vns[g]);
+            ST(ACT, g, vact[g]);
+            ST(PER, g, per[g]);
+            ST(A1, g, va1[g]);
+            ST(B1, g, vb1[g]);
+            ST(A2, g, va2[g]);
+            ST(B2, g, vb2[g]);
+            ST(SA, g, vsa[g]);
+            ST(SB, g, vsb[g]);
+        }
+        for (int k = 0; k < NL; k++) {
+            if (!(m >> k & 1))
+                continue;
+            int rem = PER[k] ? (niter - T[k]) % PER[k] : 0;
+            for (int r = 0; r < rem; r++) {
+                if (v3)
+                    step_v3(F, Ly, Lx, &A[k], &B[k]);
+                else
+                    step_v4(c, &A[k], &B[k]);
+            }
+            if (v3) {
+                py[J[k]] = A[k];
+                px[J[k]] = B[k];
+            } else {
+                px[J[k]] = ((A[k] + 1.0f) * 0.5f) * Wn;
+                py[J[k]] = ((B[k] + 1.0f) * 0.5f) * Hn;
+            }
+            if (next < j1) {
+                LANE_START(k);
+            } else {
+                ACT[k] = 0;
+                nact--;
+            }
+        }
+        RELOAD();
+    }
+#undef RELOAD
+#undef LD
+#undef ST
+#undef LANE_START
+}
+#undef NG
+#undef NL
+#endif
+
+int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float threshold,
+                 cp_dyn_variant variant, int niter, int threads, float *p)
+{
+    if (Ly <= 0 || Lx <= 0)
+        return cp_error(CP_EINVAL, "dynamics: bad image size %dx%d", Lx, Ly);
+    if (variant != CP_DYN_V3 && variant != CP_DYN_V4)
+        return cp_error(CP_EINVAL, "dynamics: unknown variant %d", (int)variant);
+    if (variant == CP_DYN_V4 && (Ly < 2 || Lx < 2))
+        return cp_error(CP_EINVAL, "dynamics: v4 needs an image at least 2x2, got %dx%d", Lx, Ly);
+    if (niter < 0)
+        return cp_error(CP_EINVAL, "dynamics: negative niter %d", niter);
+    size_t npix = (size_t)Ly * Lx;
+    size_t n = cp_dyn_count_followed(cellprob, npix, threshold);
+    if (n == 0)
+        return CP_OK;
+    float *F = cp_malloc_array(npix, 2 * sizeof(float), "dynamics flow field");
+    uint32_t *idx = cp_malloc_array(n, sizeof(uint32_t), "dynamics followed pixels");
+    if (!F || !idx) {
+        free(F);
+        free(idx);
+        return CP_ENOMEM;
+    }
+    /* F = dP * [cellprob > thr] / 5 in float32, as numpy does it. */
+    float sy = 1.0f, sx = 1.0f;
+    if (variant == CP_DYN_V4) {
+        sx = (float)(2.0 / (double)(Lx - 1));
+        sy = (float)(2.0 / (double)(Ly - 1));
+    }
+    const float *dY = dP, *dX = dP + npix;
+    size_t k = 0;
+    for (size_t i = 0; i < npix; i++) {
+        float m = cellprob[i] > threshold ? 1.0f : 0.0f;
+        float fy = (dY[i] * m) / 5.0f, fx = (dX[i] * m) / 5.0f;
+        if (variant == CP_DYN_V4) {
+            fx *= sx;
+            fy *= sy;
+        }
+        /* non-finite flows (a broken network) count as 0: states stay finite */
+        if (!isfinite(fy))
+            fy = 0.0f;
+        if (!isfinite(fx))
+            fx = 0.0f;
+        if (variant == CP_DYN_V3) {
+            F[2 * i] = fy;
+            F[2 * i + 1] = fx;
+        } else {
+            F[2 * i] = fx;
+            F[2 * i + 1] = fy;
+        }
+        if (m != 0.0f)
+            idx[k++] = (uint32_t)i;
+    }
+    float *py = p, *px = p + n;
+    int nt = dyn_threads(threads);
+#ifdef DYN_HAVE_AVX2
+    /* gathers take int32 indices: 2*npix must fit */
+    if (niter > 0 && !getenv("CP_DYN_SCALAR") && npix < (size_t)1 << 29 && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma")) {
+        /* padded copy of F: v3 repeats the last row and column (clamped
+         * corners), v4 adds a zero border (zero padding) */
+        int v3 = variant == CP_DYN_V3;
+        size_t PH = (size_t)Ly + (v3 ? 1 : 2), PW = (size_t)Lx + (v3 ? 1 : 2);
+        float *P = cp_malloc_array(PH * PW, 2 * sizeof(float), "dynamics padded flow field");
+        if (!P) {
+            free(F);
+            free(idx);
+            return CP_ENOMEM;
+        }
+        if (v3) {
+            for (size_t y = 0; y < PH; y++)
+                for (size_t x = 0; x < PW; x++) {
+                    size_t sy_ = y < (size_t)Ly ? y : (size_t)Ly - 1;
+                    size_t sx_ = x < (size_t)Lx ? x : (size_t)Lx - 1;
+                    memcpy(P + 2 * (y * PW + x), F + 2 * (sy_ * Lx + sx_), 2 * sizeof(float));
+                }
+        } else {
+            memset(P, 0, PH * PW * 2 * sizeof(float));
+            for (size_t y = 0; y < (size_t)Ly; y++)
+                memcpy(P + 2 * ((y + 1) * PW + 1), F + 2 * y * Lx, 2 * (size_t)Lx * sizeof(float));
+        }
+        const size_t chunk = 2048;
+        size_t nchunk = (n + chunk - 1) / chunk;
+        v4ctx c = {F, v3 ? NULL : P, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (size_t ch = 0; ch < nchunk; ch++) {
+            size_t j0 = ch * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
+            follow8(v3, F, P, &c, Ly, Lx, idx, j0, j1, niter, py, px);
+        }
+        free(P);
+        free(F);
+        free(idx);
+        return CP_OK;
+    }
+#endif
+    if (variant == CP_DYN_V3) {
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
+        for (size_t j = 0; j < n; j++) {
+            float y = (float)(idx[j] / (uint32_t)Lx), x = (float)(idx[j] % (uint32_t)Lx);
+            FOLLOW(step_v3(F, Ly, Lx, &y, &x), y, x);
+            py[j] = y;
+            px[j] = x;
+        }
+    } else {
+        v4ctx c = {F, NULL, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
+        float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
+        for (size_t j = 0; j < n; j++) {
+            float gy = (float)(idx[j] / (uint32_t)Lx), gx = (float)(idx[j] % (uint32_t)Lx);
+            gx = (gx / Wn) * 2.0f - 1.0f;
+            gy = (gy / Hn) * 2.0f - 1.0f;
+            FOLLOW(step_v4(&c, &gx, &gy), gx, gy);
+            px[j] = ((gx + 1.0f) * 0.5f) * Wn;
+            py[j] = ((gy + 1.0f) * 0.5f) * Hn;
+        }
+    }
+    free(F);
+    free(idx);
+    return CP_OK;
+}
