@@ -7,6 +7,7 @@
 #include "cellpose/image.h"
 #include "cellpose/io.h"
 #include "cellpose/files.h"
+#include "cellpose/cells.h"
 #include "cellpose/dynamics.h"
 #include "cellpose/imagej.h"
 #include "cellpose/measure.h"
@@ -17,6 +18,5 @@
 #include "cellpose/segment.h"
 #include "cellpose/spots.h"
 #include "cellpose/zip.h"
-#include "cellpose/cells.h"
 
 #endif
