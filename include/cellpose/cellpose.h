@@ -7,9 +7,11 @@
 #include "cellpose/image.h"
 #include "cellpose/io.h"
 #include "cellpose/files.h"
-#include "cellpose/net.h"
-#include "cellpose/outline.h"
 #include "cellpose/imagej.h"
 #include "cellpose/models.h"
+#include "cellpose/net.h"
+#include "cellpose/outline.h"
+#include "cellpose/preprocess.h"
+#include "cellpose/segment.h"
 
 #endif

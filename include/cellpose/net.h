@@ -30,6 +30,7 @@ typedef struct cp_model_info {
     int embed, depth, heads, patch;  /* cpsam */
     uint64_t nparams;   /* values in the state dict */
     char sha256[65];    /* checksum of the weight file, hex */
+    int nstyle;         /* length of the style vector per tile (256 for built-ins) */
 } cp_model_info;
 
 typedef enum cp_device { CP_DEVICE_CPU = 0, CP_DEVICE_CUDA = 1 } cp_device;
@@ -40,6 +41,47 @@ typedef struct cp_model_opts {
 } cp_model_opts;
 
 typedef struct cp_model cp_model;
+
+/* ---- State dicts (torch.save files) ------------------------------------ */
+
+#define CP_WMAX_DIMS 8
+
+typedef enum cp_wdtype { CP_W_F32 = 0, CP_W_I64 = 1 } cp_wdtype;
+
+typedef struct cp_wtensor {
+    char *name;                     /* key, a leading "module." removed */
+    int ndim;                       /* 0 for a scalar */
+    int64_t shape[CP_WMAX_DIMS];
+    cp_wdtype dtype;                /* float storages load as F32, integer ones as I64 */
+    size_t numel;
+    void *data;                     /* contiguous C order: float or int64_t */
+    /* as stored in the file (views of larger storages keep their layout): */
+    int64_t storage_offset;
+    int64_t stride[CP_WMAX_DIMS];
+    int64_t storage_numel;
+} cp_wtensor;
+
+typedef struct cp_weights {
+    size_t n;
+    cp_wtensor *t;                  /* in file order */
+    int legacy;                     /* 1: legacy (pre-1.6) container, 0: zip */
+    char sha256[65];                /* checksum of the file, hex ("" if built in memory) */
+} cp_weights;
+
+/* Read a torch.save state dict (zip or legacy container). Only tensors
+ * rebuilt by torch._utils._rebuild_tensor_v2 from torch.*Storage objects are
+ * accepted; the pickle is interpreted, never executed. */
+int cp_weights_load(const char *path, cp_weights **out);
+/* Tensor by key, or NULL. */
+const cp_wtensor *cp_weights_get(const cp_weights *w, const char *name);
+void cp_weights_free(cp_weights *w);
+/* An empty dict to fill with cp_weights_add (for training / conversion). */
+int cp_weights_new(cp_weights **out);
+/* Append a copy of a contiguous tensor. */
+int cp_weights_add(cp_weights *w, const char *name, int ndim, const int64_t *shape,
+                   cp_wdtype dtype, const void *data);
+/* Write in torch.save's zip format (loadable by torch.load), atomically. */
+int cp_weights_save(const cp_weights *w, const char *path);
 
 /* Load weights. opts may be NULL. Errors name the file and the missing or
  * mismatched key/shape. */

@@ -1,0 +1,587 @@
+/* TIFF via libtiff: every sample layout and compression libtiff decodes,
+ * multi-page stacks as channels or planes, ImageJ hyperstacks. */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <tiffio.h>
+
+#include "io/io_internal.h"
+
+/* ---- silent libtiff: messages go to a per-thread buffer ----------------- */
+
+static _Thread_local char tiff_msg[512];
+
+static void tiff_on_error(const char *module, const char *fmt, va_list ap)
+{
+    (void)module;
+    vsnprintf(tiff_msg, sizeof tiff_msg, fmt, ap);
+    for (char *p = tiff_msg; *p; p++) /* one-line messages */
+        if (*p == '\n' || *p == '\r')
+            *p = ' ';
+}
+
+static void tiff_on_warning(const char *module, const char *fmt, va_list ap)
+{
+    (void)module, (void)fmt, (void)ap;
+}
+
+static pthread_once_t tiff_handlers_once = PTHREAD_ONCE_INIT;
+static void install_handlers(void)
+{
+    TIFFSetErrorHandler(tiff_on_error);
+    TIFFSetWarningHandler(tiff_on_warning);
+}
+
+static void tiff_quiet(void)
+{
+    pthread_once(&tiff_handlers_once, install_handlers);
+    tiff_msg[0] = 0;
+}
+
+/* cp_error with libtiff's own explanation appended when it gave one. */
+static int tiff_fail(int code, const char *path, const char *what)
+{
+    if (tiff_msg[0])
+        return cp_error(code, "%s: %s (%s)", path, what, tiff_msg);
+    return cp_error(code, "%s: %s", path, what);
+}
+
+/* ---- page description -------------------------------------------------- */
+
+typedef enum { MODE_RAW, MODE_RGBA } page_mode;
+
+typedef struct page_info {
+    tdir_t dir;
+    uint32_t w, h;
+    uint16_t spp, bps, fmt, photometric, planar, compression;
+    int tiled;
+    page_mode mode;
+    int channels; /* samples per pixel we deliver */
+    cp_dtype dtype;
+} page_info;
+
+static int dtype_for(const char *path, const page_info *p, cp_dtype *out)
+{
+    int fmt = p->fmt;
+    if (fmt == SAMPLEFORMAT_VOID)
+        fmt = SAMPLEFORMAT_UINT;
+    if (p->bps < 8 && (p->bps == 1 || p->bps == 2 || p->bps == 4) && fmt == SAMPLEFORMAT_UINT) {
+        *out = CP_U8;
+        return CP_OK;
+    }
+    if (fmt == SAMPLEFORMAT_UINT || fmt == SAMPLEFORMAT_INT) {
+        int s = fmt == SAMPLEFORMAT_INT;
+        switch (p->bps) {
+        case 8: *out = s ? CP_I8 : CP_U8; return CP_OK;
+        case 16: *out = s ? CP_I16 : CP_U16; return CP_OK;
+        case 32: *out = s ? CP_I32 : CP_U32; return CP_OK;
+        case 64: *out = s ? CP_I64 : CP_U64; return CP_OK;
+        }
+    } else if (fmt == SAMPLEFORMAT_IEEEFP) {
+        switch (p->bps) {
+        case 16: *out = CP_F32; return CP_OK; /* half floats widen */
+        case 32: *out = CP_F32; return CP_OK;
+        case 64: *out = CP_F64; return CP_OK;
+        }
+    } else {
+        return cp_error(CP_EUNSUPPORTED, "%s: TIFF sample format %d (complex numbers) is not supported", path, fmt);
+    }
+    return cp_error(CP_EUNSUPPORTED, "%s: TIFF with %d-bit %s samples is not supported", path, p->bps,
+                    fmt == SAMPLEFORMAT_IEEEFP ? "float" : "integer");
+}
+
+static int describe_page(const char *path, TIFF *t, page_info *p)
+{
+    memset(p, 0, sizeof *p);
+    p->dir = TIFFCurrentDirectory(t);
+    uint16_t v16;
+    if (!TIFFGetField(t, TIFFTAG_IMAGEWIDTH, &p->w) || !TIFFGetField(t, TIFFTAG_IMAGELENGTH, &p->h))
+        return tiff_fail(CP_EFORMAT, path, "TIFF page without image size");
+    if (p->w == 0 || p->h == 0)
+        return cp_error(CP_EFORMAT, "%s: TIFF page of size %ux%u", path, p->w, p->h);
+    TIFFGetFieldDefaulted(t, TIFFTAG_SAMPLESPERPIXEL, &p->spp);
+    TIFFGetFieldDefaulted(t, TIFFTAG_BITSPERSAMPLE, &p->bps);
+    TIFFGetFieldDefaulted(t, TIFFTAG_SAMPLEFORMAT, &p->fmt);
+    TIFFGetFieldDefaulted(t, TIFFTAG_PLANARCONFIG, &p->planar);
+    TIFFGetFieldDefaulted(t, TIFFTAG_COMPRESSION, &p->compression);
+    if (!TIFFGetField(t, TIFFTAG_PHOTOMETRIC, &v16))
+        v16 = p->spp >= 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK;
+    p->photometric = v16;
+    p->tiled = TIFFIsTiled(t);
+    if (p->spp == 0 || p->spp > 64)
+        return cp_error(CP_EUNSUPPORTED, "%s: TIFF with %u samples per pixel is not supported", path, p->spp);
+    if (p->compression != COMPRESSION_NONE && !TIFFIsCODECConfigured(p->compression))
+        return cp_error(CP_EUNSUPPORTED, "%s: TIFF compression %u is not available in this libtiff", path,
+                        p->compression);
+    p->mode = MODE_RAW;
+    if (p->photometric == PHOTOMETRIC_YCBCR) {
+        if (p->compression == COMPRESSION_JPEG)
+            TIFFSetField(t, TIFFTAG_JPEGCOLORMODE, JPEGCOLORMODE_RGB); /* libjpeg converts */
+        else
+            p->mode = MODE_RGBA; /* subsampled YCbCr: let libtiff's RGBA path convert */
+    }
+    if (p->compression == COMPRESSION_OJPEG)
+        p->mode = MODE_RGBA;
+    if (p->mode == MODE_RGBA) {
+        char emsg[1024];
+        if (!TIFFRGBAImageOK(t, emsg))
+            return cp_error(CP_EUNSUPPORTED, "%s: cannot decode this TIFF layout (%s)", path, emsg);
+        p->channels = p->spp >= 4 ? 4 : 3;
+        p->dtype = CP_U8;
+        return CP_OK;
+    }
+    p->channels = p->spp;
+    return dtype_for(path, p, &p->dtype);
+}
+
+static int same_layout(const page_info *a, const page_info *b)
+{
+    return a->w == b->w && a->h == b->h && a->channels == b->channels && a->dtype == b->dtype;
+}
+
+/* ---- decoding ---------------------------------------------------------- */
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            bits = sign | exp << 23 | (man & 0x3ff) << 13;
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | man << 13;
+    } else {
+        bits = sign | (exp + 127 - 15) << 23 | man << 13;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Where one page's decoded rows go. */
+typedef struct sink {
+    const page_info *p;
+    cp_image *img;
+    int plane, chan0;
+} sink;
+
+/* Copy n pixels of one decoded row (samples `nsamp` per pixel, for sample
+ * plane s when planar) into the image at row y, column x0. */
+static void put_row(const sink *k, const unsigned char *src, uint32_t y, uint32_t x0, uint32_t n, int nsamp, int s)
+{
+    const page_info *p = k->p;
+    cp_image *img = k->img;
+    size_t es = cp_dtype_size(img->dtype);
+    size_t C = (size_t)img->channels;
+    unsigned char *dst = (unsigned char *)img->data +
+                         ((((size_t)k->plane * img->height + y) * img->width + x0) * C + (size_t)k->chan0 + s) * es;
+    if (p->bps < 8) {
+        unsigned mask = (1u << p->bps) - 1;
+        for (uint32_t i = 0; i < n; i++)
+            for (int c = 0; c < nsamp; c++) {
+                size_t bit = ((size_t)i * nsamp + c) * p->bps;
+                dst[i * C + c] = (unsigned char)((src[bit >> 3] >> (8 - p->bps - (bit & 7))) & mask);
+            }
+        return;
+    }
+    if (p->bps == 16 && p->fmt == SAMPLEFORMAT_IEEEFP) {
+        for (uint32_t i = 0; i < n; i++)
+            for (int c = 0; c < nsamp; c++) {
+                uint16_t h;
+                memcpy(&h, src + ((size_t)i * nsamp + c) * 2, 2);
+                float f = half_to_float(h);
+                memcpy(dst + ((size_t)i * C + c) * 4, &f, 4);
+            }
+        return;
+    }
+    if ((size_t)nsamp == C) {
+        memcpy(dst, src, (size_t)n * C * es);
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        memcpy(dst + (size_t)i * C * es, src + (size_t)i * nsamp * es, (size_t)nsamp * es);
+}
+
+static int decode_strips(const char *path, TIFF *t, const sink *k, int nplanes, int nsamp)
+{
+    const page_info *p = k->p;
+    uint32_t rps = p->h;
+    TIFFGetFieldDefaulted(t, TIFFTAG_ROWSPERSTRIP, &rps);
+    if (rps == 0 || rps > p->h)
+        rps = p->h;
+    uint32_t per_plane = (p->h + rps - 1) / rps;
+    if ((uint64_t)TIFFNumberOfStrips(t) < (uint64_t)per_plane * nplanes)
+        return cp_error(CP_EFORMAT, "%s: TIFF has %u strips, expected %u", path, (unsigned)TIFFNumberOfStrips(t),
+                        per_plane * nplanes);
+    tmsize_t row_bytes = TIFFScanlineSize(t);
+    tmsize_t strip_size = TIFFStripSize(t);
+    if (row_bytes <= 0 || strip_size <= 0 || (uint64_t)row_bytes * rps > (uint64_t)strip_size)
+        return tiff_fail(CP_EFORMAT, path, "bad TIFF strip size");
+    unsigned char *buf = cp_malloc((size_t)strip_size, "TIFF strip");
+    if (!buf)
+        return CP_ENOMEM;
+    int rc = CP_OK;
+    for (int s = 0; s < nplanes && rc == CP_OK; s++)
+        for (uint32_t i = 0; i < per_plane; i++) {
+            uint32_t y0 = i * rps, rows = p->h - y0 < rps ? p->h - y0 : rps;
+            tmsize_t got = TIFFReadEncodedStrip(t, (uint32_t)s * per_plane + i, buf, strip_size);
+            if (got < row_bytes * (tmsize_t)rows) {
+                rc = tiff_fail(CP_EFORMAT, path, "cannot decode TIFF strip (corrupt or truncated file)");
+                break;
+            }
+            for (uint32_t r = 0; r < rows; r++)
+                put_row(k, buf + (size_t)r * row_bytes, y0 + r, 0, p->w, nsamp, s);
+        }
+    free(buf);
+    return rc;
+}
+
+static int decode_tiles(const char *path, TIFF *t, const sink *k, int nplanes, int nsamp)
+{
+    const page_info *p = k->p;
+    uint32_t tw = 0, th = 0;
+    TIFFGetField(t, TIFFTAG_TILEWIDTH, &tw);
+    TIFFGetField(t, TIFFTAG_TILELENGTH, &th);
+    if (tw == 0 || th == 0)
+        return cp_error(CP_EFORMAT, "%s: TIFF tile size %ux%u", path, tw, th);
+    uint64_t cap = (uint64_t)p->w * p->h * 4 > (1u << 24) ? (uint64_t)p->w * p->h * 4 : (1u << 24);
+    if ((uint64_t)tw * th > cap)
+        return cp_error(CP_EFORMAT, "%s: TIFF tiles of %ux%u are implausibly large for a %ux%u image", path, tw, th,
+                        p->w, p->h);
+    tmsize_t tile_size = TIFFTileSize(t), row_bytes = TIFFTileRowSize(t);
+    if (tile_size <= 0 || row_bytes <= 0 || (uint64_t)row_bytes * th > (uint64_t)tile_size)
+        return tiff_fail(CP_EFORMAT, path, "bad TIFF tile size");
+    uint64_t across = (p->w + (uint64_t)tw - 1) / tw, down = (p->h + (uint64_t)th - 1) / th;
+    if ((uint64_t)TIFFNumberOfTiles(t) < across * down * nplanes)
+        return cp_error(CP_EFORMAT, "%s: TIFF has %u tiles, expected %llu", path, (unsigned)TIFFNumberOfTiles(t),
+                        (unsigned long long)(across * down * nplanes));
+    unsigned char *buf = cp_malloc((size_t)tile_size, "TIFF tile");
+    if (!buf)
+        return CP_ENOMEM;
+    int rc = CP_OK;
+    for (int s = 0; s < nplanes && rc == CP_OK; s++)
+        for (uint32_t y = 0; y < p->h && rc == CP_OK; y += th)
+            for (uint32_t x = 0; x < p->w; x += tw) {
+                tmsize_t got = TIFFReadEncodedTile(t, TIFFComputeTile(t, x, y, 0, (uint16_t)s), buf, tile_size);
+                if (got < tile_size) {
+                    rc = tiff_fail(CP_EFORMAT, path, "cannot decode TIFF tile (corrupt or truncated file)");
+                    break;
+                }
+                uint32_t rows = p->h - y < th ? p->h - y : th, cols = p->w - x < tw ? p->w - x : tw;
+                for (uint32_t r = 0; r < rows; r++)
+                    put_row(k, buf + (size_t)r * row_bytes, y + r, x, cols, nsamp, s);
+            }
+    free(buf);
+    return rc;
+}
+
+static int decode_rgba(const char *path, TIFF *t, const sink *k)
+{
+    const page_info *p = k->p;
+    uint32_t *raster = cp_malloc_array((size_t)p->w * p->h, sizeof *raster, "TIFF RGBA raster");
+    if (!raster)
+        return CP_ENOMEM;
+    if (!TIFFReadRGBAImageOriented(t, p->w, p->h, raster, ORIENTATION_TOPLEFT, 0)) {
+        free(raster);
+        return tiff_fail(CP_EFORMAT, path, "cannot decode TIFF image (corrupt or truncated file)");
+    }
+    cp_image *img = k->img;
+    for (uint32_t y = 0; y < p->h; y++)
+        for (uint32_t x = 0; x < p->w; x++) {
+            uint32_t v = raster[(size_t)y * p->w + x];
+            unsigned char px[4] = {TIFFGetR(v), TIFFGetG(v), TIFFGetB(v), TIFFGetA(v)};
+            unsigned char *d = (unsigned char *)img->data +
+                               (((size_t)k->plane * img->height + y) * img->width + x) * img->channels + k->chan0;
+            memcpy(d, px, (size_t)p->channels);
+        }
+    free(raster);
+    return CP_OK;
+}
+
+static int decode_page(const char *path, TIFF *t, const sink *k)
+{
+    const page_info *p = k->p;
+    if (!TIFFSetDirectory(t, p->dir))
+        return tiff_fail(CP_EFORMAT, path, "cannot read TIFF page");
+    if (p->photometric == PHOTOMETRIC_YCBCR && p->compression == COMPRESSION_JPEG)
+        TIFFSetField(t, TIFFTAG_JPEGCOLORMODE, JPEGCOLORMODE_RGB);
+    if (p->mode == MODE_RGBA)
+        return decode_rgba(path, t, k);
+    int separate = p->planar == PLANARCONFIG_SEPARATE && p->spp > 1;
+    int nplanes = separate ? p->spp : 1, nsamp = separate ? 1 : p->spp;
+    return p->tiled ? decode_tiles(path, t, k, nplanes, nsamp) : decode_strips(path, t, k, nplanes, nsamp);
+}
+
+/* ---- page arrangement -------------------------------------------------- */
+
+/* ImageJ hyperstack: "ImageJ=...\nimages=N\nchannels=C\nslices=Z\nframes=T". */
+static int imagej_value(const char *desc, const char *key)
+{
+    size_t n = strlen(key);
+    for (const char *p = desc; (p = strstr(p, key)) != NULL; p += n)
+        if ((p == desc || p[-1] == '\n') && p[n] == '=') {
+            long v = strtol(p + n + 1, NULL, 10);
+            return v > 0 && v < INT_MAX ? (int)v : 0;
+        }
+    return 0;
+}
+
+typedef struct layout {
+    int channels, planes;
+    int ij_channels; /* pages cycle through this many channels (1: pages are planes) */
+} layout;
+
+static layout arrange(TIFF *t, const page_info *pages, int n, cp_pages mode)
+{
+    int spp = pages[0].channels;
+    layout L = {spp, n, 1};
+    if (n == 1)
+        return L;
+    if (mode == CP_PAGES_CHANNELS) {
+        L.channels = spp * n, L.planes = 1, L.ij_channels = n;
+        return L;
+    }
+    if (mode == CP_PAGES_PLANES)
+        return L;
+    const char *desc = NULL;
+    if (TIFFSetDirectory(t, pages[0].dir) && TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc &&
+        strncmp(desc, "ImageJ=", 7) == 0) {
+        int c = imagej_value(desc, "channels"), z = imagej_value(desc, "slices"), f = imagej_value(desc, "frames");
+        c = c ? c : 1, z = z ? z : 1, f = f ? f : 1;
+        if ((int64_t)c * z * f == n) {
+            L.channels = c * spp, L.planes = z * f, L.ij_channels = c;
+            return L;
+        }
+    }
+    if (spp == 1 && n <= 4)
+        L.channels = n, L.planes = 1, L.ij_channels = n;
+    return L;
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+#define TIFF_MAX_PAGES 1000000
+
+static int list_pages(const char *path, TIFF *t, cp_pages mode, page_info **out, int *count)
+{
+    page_info *pages = NULL;
+    int n = 0, cap = 0, rc = CP_OK;
+    do {
+        uint32_t sub = 0;
+        if (n > 0 && TIFFGetField(t, TIFFTAG_SUBFILETYPE, &sub) && (sub & FILETYPE_REDUCEDIMAGE))
+            continue; /* thumbnails and pyramid levels are not data */
+        if (n == TIFF_MAX_PAGES) {
+            rc = cp_error(CP_ELIMIT, "%s: TIFF has more than %d pages", path, TIFF_MAX_PAGES);
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            page_info *np = realloc(pages, (size_t)cap * sizeof *np);
+            if (!np) {
+                rc = cp_error(CP_ENOMEM, "out of memory listing TIFF pages");
+                break;
+            }
+            pages = np;
+        }
+        if ((rc = describe_page(path, t, &pages[n])) != CP_OK)
+            break;
+        if (n > 0 && !same_layout(&pages[0], &pages[n])) {
+            rc = cp_error(CP_EUNSUPPORTED,
+                          "%s: TIFF page %d is %ux%u with %d %s samples but page 1 is %ux%u with %d %s samples; "
+                          "read the first page only",
+                          path, n + 1, pages[n].w, pages[n].h, pages[n].channels, cp_dtype_name(pages[n].dtype),
+                          pages[0].w, pages[0].h, pages[0].channels, cp_dtype_name(pages[0].dtype));
+            break;
+        }
+        n++;
+        if (mode == CP_PAGES_FIRST)
+            break;
+        tiff_msg[0] = 0;
+    } while (TIFFReadDirectory(t));
+    if (rc == CP_OK && mode != CP_PAGES_FIRST && tiff_msg[0] && !TIFFLastDirectory(t))
+        rc = tiff_fail(CP_EFORMAT, path, "cannot read the next TIFF page");
+    if (rc) {
+        free(pages);
+        return rc;
+    }
+    *out = pages;
+    *count = n;
+    return CP_OK;
+}
+
+int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
+{
+    *out = NULL;
+    tiff_quiet();
+    cp_pages mode = opts ? opts->pages : CP_PAGES_AUTO;
+    TIFF *t = TIFFOpen(path, "rm"); /* "m": no mmap, so a file truncated under us cannot SIGBUS */
+    if (!t)
+        return tiff_fail(errno == ENOENT ? CP_EIO : CP_EFORMAT, path, "cannot open TIFF");
+    page_info *pages = NULL;
+    int n = 0;
+    int rc = list_pages(path, t, mode, &pages, &n);
+    if (rc) {
+        TIFFClose(t);
+        return rc;
+    }
+    layout L = arrange(t, pages, n, mode);
+    const page_info *p0 = &pages[0];
+    uint64_t total = (uint64_t)p0->w * p0->h * (uint64_t)L.channels * (uint64_t)L.planes;
+    if (p0->w > INT_MAX || p0->h > INT_MAX || total > cp_get_max_pixels()) {
+        rc = cp_error(CP_ELIMIT, "%s: TIFF of %u x %u x %d channels x %d planes exceeds the limit of %llu samples",
+                      path, p0->h, p0->w, L.channels, L.planes, (unsigned long long)cp_get_max_pixels());
+    } else {
+        cp_image *img = NULL;
+        rc = cp_image_create(&img, (int)p0->w, (int)p0->h, L.channels, L.planes, p0->dtype);
+        if (rc)
+            rc = cp_error(rc, "%s: %s", path, cp_errmsg());
+        for (int i = 0; rc == CP_OK && i < n; i++) {
+            sink k = {&pages[i], img, i / L.ij_channels, (i % L.ij_channels) * p0->channels};
+            rc = decode_page(path, t, &k);
+        }
+        if (rc == CP_OK)
+            *out = img;
+        else
+            cp_image_free(img);
+    }
+    free(pages);
+    TIFFClose(t);
+    return rc;
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static int sample_format(cp_dtype t)
+{
+    return cp_dtype_is_float(t) ? SAMPLEFORMAT_IEEEFP : cp_dtype_is_signed(t) ? SAMPLEFORMAT_INT : SAMPLEFORMAT_UINT;
+}
+
+static int write_page(TIFF *t, const cp_image *img, int plane, int chan0, int nsamp, int npages,
+                      const char *desc, const char *software, uint16_t compression, unsigned char *row)
+{
+    size_t es = cp_dtype_size(img->dtype);
+    uint32_t w = (uint32_t)img->width, h = (uint32_t)img->height;
+    size_t row_bytes = (size_t)w * nsamp * es;
+    uint32_t rps = row_bytes >= 65536 ? 1 : (uint32_t)(65536 / row_bytes);
+    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, w);
+    TIFFSetField(t, TIFFTAG_IMAGELENGTH, h);
+    TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)nsamp);
+    TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)(es * 8));
+    TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, (uint16_t)sample_format(img->dtype));
+    TIFFSetField(t, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+    TIFFSetField(t, TIFFTAG_PHOTOMETRIC, nsamp >= 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK);
+    if (nsamp == 4) {
+        uint16_t extra = EXTRASAMPLE_UNASSALPHA;
+        TIFFSetField(t, TIFFTAG_EXTRASAMPLES, 1, &extra);
+    }
+    TIFFSetField(t, TIFFTAG_COMPRESSION, compression);
+    TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, rps > h ? h : rps);
+    if (software)
+        TIFFSetField(t, TIFFTAG_SOFTWARE, software);
+    if (desc)
+        TIFFSetField(t, TIFFTAG_IMAGEDESCRIPTION, desc);
+    (void)npages;
+    const unsigned char *base = img->data;
+    size_t C = (size_t)img->channels;
+    for (uint32_t y = 0; y < h; y++) {
+        const unsigned char *src = base + (((size_t)plane * h + y) * w * C + (size_t)chan0) * es;
+        if ((size_t)nsamp == C) {
+            memcpy(row, src, row_bytes);
+        } else {
+            for (uint32_t x = 0; x < w; x++)
+                memcpy(row + (size_t)x * nsamp * es, src + (size_t)x * C * es, (size_t)nsamp * es);
+        }
+        if (TIFFWriteScanline(t, row, y, 0) < 0)
+            return -1;
+    }
+    return TIFFWriteDirectory(t) ? 0 : -1;
+}
+
+int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *opts)
+{
+    if (!img || !img->data || img->width <= 0 || img->height <= 0 || img->channels <= 0 || img->planes <= 0 ||
+        (unsigned)img->dtype >= CP_DTYPE_COUNT)
+        return cp_error(CP_EINVAL, "%s: invalid image", path);
+    cp_write_opts def = {0};
+    if (!opts)
+        opts = &def;
+    uint16_t compression;
+    switch (opts->compression) {
+    case CP_COMPRESS_NONE: compression = COMPRESSION_NONE; break;
+    case CP_COMPRESS_LZW: compression = COMPRESSION_LZW; break;
+    case CP_COMPRESS_PACKBITS: compression = COMPRESSION_PACKBITS; break;
+    case CP_COMPRESS_DEFAULT:
+    case CP_COMPRESS_DEFLATE: compression = COMPRESSION_ADOBE_DEFLATE; break;
+    default: return cp_error(CP_EINVAL, "%s: unknown TIFF compression %d", path, (int)opts->compression);
+    }
+    tiff_quiet();
+    /* RGB(A) 8/16-bit stays one interleaved page unless Fiji channels are asked for. */
+    int C = img->channels, Z = img->planes;
+    int rgb = (C == 3 || C == 4) && (img->dtype == CP_U8 || img->dtype == CP_U16) && !opts->imagej;
+    int nsamp = rgb ? C : 1, page_channels = rgb ? 1 : C;
+    int npages = Z * page_channels;
+    char desc[256], soft[64];
+    const char *descp = NULL;
+    /* Multi-page output always says how its pages are arranged, so it reads back as written. */
+    if (opts->imagej || npages > 1) {
+        int n = snprintf(desc, sizeof desc, "ImageJ=1.11a\nimages=%d\n", npages);
+        if (page_channels > 1)
+            n += snprintf(desc + n, sizeof desc - n, "channels=%d\n", page_channels);
+        if (Z > 1)
+            n += snprintf(desc + n, sizeof desc - n, "slices=%d\n", Z);
+        if (page_channels > 1 && Z > 1)
+            n += snprintf(desc + n, sizeof desc - n, "hyperstack=true\n");
+        if (page_channels > 1)
+            n += snprintf(desc + n, sizeof desc - n, "mode=composite\n");
+        descp = desc;
+    }
+    snprintf(soft, sizeof soft, "cptools %s", CP_VERSION_STRING);
+    const char *software = opts->software ? opts->software : soft;
+
+    size_t es = cp_dtype_size(img->dtype);
+    uint64_t bytes = (uint64_t)cp_image_samples(img) * es;
+    unsigned char *row = cp_malloc_array((size_t)img->width * nsamp, es, "TIFF row");
+    if (!row)
+        return CP_ENOMEM;
+    cp_atomic at;
+    int rc = cp_atomic_open(&at, path);
+    if (rc) {
+        free(row);
+        return rc;
+    }
+    int fd = dup(at.fd); /* TIFFClose closes its descriptor; the atomic file keeps its own */
+    TIFF *t = fd >= 0 ? TIFFFdOpen(fd, path, bytes > ((uint64_t)3 << 30) ? "w8" : "w") : NULL;
+    if (!t) {
+        if (fd >= 0)
+            close(fd);
+        rc = tiff_fail(CP_EIO, path, "cannot start TIFF output");
+    }
+    for (int z = 0; rc == CP_OK && z < Z; z++)
+        for (int c = 0; rc == CP_OK && c < page_channels; c++)
+            if (write_page(t, img, z, c, nsamp, npages, descp, software, compression, row) != 0)
+                rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+    if (t) {
+        TIFFFlush(t);
+        if (rc == CP_OK && tiff_msg[0])
+            rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+        TIFFClose(t);
+    }
+    free(row);
+    if (rc) {
+        cp_atomic_abort(&at);
+        return rc;
+    }
+    return cp_atomic_commit(&at);
+}
