@@ -7,6 +7,7 @@
 #include "cellpose/image.h"
 #include "cellpose/io.h"
 #include "cellpose/files.h"
+#include "cellpose/dynamics.h"
 #include "cellpose/imagej.h"
 #include "cellpose/models.h"
 #include "cellpose/net.h"

@@ -410,7 +410,7 @@ static int list_pages(const char *path, TIFF *t, cp_pages mode, page_info **out,
             break;
         tiff_msg[0] = 0;
     } while (TIFFReadDirectory(t));
-    if (rc == CP_OK && mode != CP_PAGES_FIRST && tiff_msg[0] && !TIFFLastDirectory(t))
+    if (rc == CP_OK && mode != CP_PAGES_FIRST && tiff_msg[0])
         rc = tiff_fail(CP_EFORMAT, path, "cannot read the next TIFF page");
     if (rc) {
         free(pages);
@@ -426,9 +426,10 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
     *out = NULL;
     tiff_quiet();
     cp_pages mode = opts ? opts->pages : CP_PAGES_AUTO;
+    errno = 0;
     TIFF *t = TIFFOpen(path, "rm"); /* "m": no mmap, so a file truncated under us cannot SIGBUS */
     if (!t)
-        return tiff_fail(errno == ENOENT ? CP_EIO : CP_EFORMAT, path, "cannot open TIFF");
+        return tiff_fail(errno == ENOENT || errno == EACCES ? CP_EIO : CP_EFORMAT, path, "cannot open TIFF");
     page_info *pages = NULL;
     int n = 0;
     int rc = list_pages(path, t, mode, &pages, &n);
