@@ -49,7 +49,7 @@ static const char *tmp_path(const char *name)
 }
 
 /* A float32 .npy or .npy.gz (C order, little-endian); shape into dims. */
-__attribute__((unused)) static float *read_npy_f32(const char *path, int *ndim, long dims[8])
+static float *read_npy_f32(const char *path, int *ndim, long dims[8])
 {
     gzFile g = gzopen(path, "rb");
     if (!g)
@@ -243,7 +243,7 @@ static void test_bad_files(void)
 }
 
 /* Models: wrong keys and wrong shapes, made with our own writer. */
-__attribute__((unused)) static void test_bad_models(void)
+static void test_bad_models(void)
 {
     cp_weights *w = NULL;
     CHECK_OK(cp_weights_load(shared_path("golden/weights/cpsam_tiny_s3.pth"), &w));
@@ -306,8 +306,123 @@ __attribute__((unused)) static void test_bad_models(void)
     cp_weights_free(w);
 }
 
+static int bench(void);
+
+/* ---- forward passes against Cellpose's own tiles ---------------------- */
+
+static void compare(const char *what, const float *got, const float *ref, size_t n)
+{
+    double maxd = 0, maxx = 0;
+    size_t at = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - ref[i]);
+        if (!(d <= maxd)) {
+            maxd = d;
+            at = i;
+        }
+        if (fabs(ref[i]) > maxx)
+            maxx = fabs(ref[i]);
+    }
+    printf("%s: max|d| %.3g (at %zu), max|x| %.3g\n", what, maxd, at, maxx);
+    CHECKF(maxd <= 1e-4 && maxd <= 1e-5 * maxx, "%s: max|d| %g at %zu (got %g, want %g), max|x| %g",
+           what, maxd, at, (double)got[at], (double)ref[at], maxx);
+}
+
+static void test_forward(const char *run, const char *weights, int ntiles, int with_style)
+{
+    char rel[512];
+    cp_model *m = NULL;
+    snprintf(rel, sizeof rel, "golden/weights/%s", weights);
+    CHECK_OK(cp_model_load(shared_path(rel), NULL, &m));
+    if (!m)
+        return;
+    const cp_model_info *info = cp_model_get_info(m);
+    int nd, nd2;
+    long dims[8], dims2[8];
+    snprintf(rel, sizeof rel, "golden/net/%s/tiles_in.npy.gz", run);
+    float *tin = read_npy_f32(shared_path(rel), &nd, dims);
+    snprintf(rel, sizeof rel, "golden/net/%s/tiles_out.npy", run);
+    float *tout = read_npy_f32(shared_path(rel), &nd2, dims2);
+    CHECKF(tin && tout && nd == 4 && nd2 == 4, "%s: golden tiles", run);
+    if (!tin || !tout) {
+        cp_model_free(m);
+        return;
+    }
+    CHECK(dims[1] == info->nchan && dims2[1] == info->nout && dims[0] >= ntiles);
+    int b = (int)dims[2];
+    size_t nout = (size_t)ntiles * (size_t)info->nout * (size_t)b * (size_t)b;
+    float *out = calloc(nout, sizeof *out);
+    float *style = calloc((size_t)ntiles * (size_t)info->nstyle, sizeof *style);
+    CHECK_OK(cp_model_forward(m, tin, ntiles, b, b, out, style));
+    char what[600];
+    snprintf(what, sizeof what, "%s: %d tile(s)", run, ntiles);
+    compare(what, out, tout, nout);
+    if (with_style) {
+        snprintf(rel, sizeof rel, "golden/net/%s/tiles_style.npy", run);
+        float *sref = read_npy_f32(shared_path(rel), &nd, dims);
+        CHECK(sref && dims[1] == info->nstyle);
+        if (sref) {
+            snprintf(what, sizeof what, "%s: style", run);
+            compare(what, style, sref, (size_t)ntiles * (size_t)info->nstyle);
+        }
+        free(sref);
+    }
+    /* a batch of one gives the same numbers as the first tile of a batch */
+    if (ntiles > 1) {
+        float *one = calloc(nout / (size_t)ntiles, sizeof *one);
+        CHECK_OK(cp_model_forward(m, tin + (size_t)info->nchan * (size_t)b * (size_t)b, 1, b, b, one, NULL));
+        snprintf(what, sizeof what, "%s: tile 1 alone", run);
+        compare(what, one, tout + nout / (size_t)ntiles, nout / (size_t)ntiles);
+        free(one);
+    }
+    /* wrong tile sizes are refused */
+    CHECK(cp_model_forward(m, tin, 1, b - 4, b, out, NULL) != 0);
+    free(out);
+    free(style);
+    free(tin);
+    free(tout);
+    cp_model_free(m);
+}
+
+static void test_info(void)
+{
+    cp_model *m = NULL;
+    CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), NULL, &m));
+    if (m) {
+        const cp_model_info *i = cp_model_get_info(m);
+        CHECK(i->arch == CP_ARCH_CPNET && i->nchan == 2 && i->nout == 3 && i->bsize == 224);
+        CHECK(i->nlevels == 5 && i->nbase[1] == 32 && i->nbase[4] == 256 && i->nstyle == 256);
+        CHECK_NEAR(i->diam_mean, 17, 0);
+        CHECK(i->nparams == 6610430);
+        CHECK(strlen(i->sha256) == 64);
+        cp_model_free(m);
+    }
+    CHECK_OK(cp_model_load(shared_path("golden/weights/cpsam_tiny_s3.pth"), NULL, &m));
+    if (m) {
+        const cp_model_info *i = cp_model_get_info(m);
+        CHECK(i->arch == CP_ARCH_CPSAM && i->nchan == 3 && i->nout == 3 && i->bsize == 256);
+        CHECK(i->embed == 64 && i->depth == 4 && i->heads == 4 && i->patch == 8);
+        CHECK(i->nparams == 981122);
+        CHECK_NEAR(i->diam_mean, 30, 0);
+        CHECK(!strcmp(i->sha256, "70c847e25e609eae42d44640867aab8fcd4cb514b9d296d208cb9bb7b4e9dae3"));
+        cp_model_free(m);
+    }
+    CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_cyto3like_s1.pth"), NULL, &m));
+    if (m) {
+        CHECK(!strcmp(cp_model_get_info(m)->sha256,
+                      "c48eacf721ec2e7e97cb7e24cc7cbb2f505d40bd235c4c023da5824ed16813ed"));
+        cp_model_free(m);
+    }
+}
+
 int main(void)
 {
+    if (getenv("CP_BENCH") && *getenv("CP_BENCH") == '1')
+        return bench();
+    test_info();
+    test_bad_models();
+    test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1);
+    test_forward("synth256_s0__cpsam_tiny__dnone", "cpsam_tiny_s3.pth", 1, 0);
     check_against_json("cpnet_cyto3like_s1");
     check_against_json("cpnet_nucleilike_s2_legacy");
     check_against_json("cpsam_tiny_s3");
@@ -315,3 +430,5 @@ int main(void)
     test_bad_files();
     return test_result();
 }
+
+static int bench(void) { return 0; }
