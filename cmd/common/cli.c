@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "cellpose/core.h"
-#include "common/cli.h"
+#include "cli.h"
 
 const char *cli_prog = "cptools";
 int cli_verbosity = 1;

@@ -7,6 +7,7 @@
 #include "cellpose/image.h"
 #include "cellpose/io.h"
 #include "cellpose/files.h"
+#include "cellpose/cells.h"
 #include "cellpose/dynamics.h"
 #include "cellpose/imagej.h"
 #include "cellpose/models.h"
@@ -14,5 +15,6 @@
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
+#include "cellpose/zip.h"
 
 #endif

@@ -64,6 +64,24 @@ void cp_atomic_abort(cp_atomic *a);
  * meant for a SIGINT/SIGTERM handler in a command. */
 void cp_atomic_cleanup_all(void);
 
+/* Atomic output folder: filled under a hidden temporary name next to
+ * final_path ("<dir>/.<name>.tmp-XXXXXX") and renamed into place on commit, so
+ * final_path exists only complete. The temporary folder is flat (files only)
+ * and is removed by abort and by cp_atomic_cleanup_all. */
+typedef struct cp_atomic_dir {
+    char *tmp_path;      /* write the folder's files here */
+    char *final_path;
+} cp_atomic_dir;
+
+/* Creates missing parent folders. Refuses (CP_EEXIST) when final_path exists
+ * unless overwrite is set. */
+int cp_atomic_dir_open(cp_atomic_dir *d, const char *final_path, int overwrite);
+/* Rename into place; an existing final_path (with overwrite) is moved aside
+ * first and deleted after, so the name never shows a half-built folder. */
+int cp_atomic_dir_commit(cp_atomic_dir *d);
+/* Remove the temporary folder and its files. */
+void cp_atomic_dir_abort(cp_atomic_dir *d);
+
 #ifdef __cplusplus
 }
 #endif

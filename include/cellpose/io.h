@@ -53,6 +53,9 @@ typedef struct cp_write_opts {
 int cp_image_write(const char *path, const cp_image *img, const cp_write_opts *opts);
 int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *opts);
 int cp_png_write(const char *path, const cp_image *img);
+/* The TIFF cp_tiff_write would write, as bytes in memory (*data is owned by
+ * the caller, free()). `name` is used in messages. */
+int cp_tiff_write_mem(const cp_image *img, const cp_write_opts *opts, const char *name, void **data, size_t *size);
 
 /* N-dimensional arrays, the NPY view of the world (C order, native endian once
  * loaded). bool loads as CP_U8. */

@@ -57,6 +57,7 @@ void cp_atomic_cleanup_all(void)
     for (int i = 0; i < CP_TMP_SLOTS; i++)
         if (atomic_load(&tmp_slot_used[i]) == 1)
             unlink(tmp_slot_path[i]);
+    cp_atomic_dir_cleanup_all();
 }
 
 int cp_atomic_open(cp_atomic *a, const char *final_path)

@@ -28,6 +28,10 @@ char *cp_strdup(const char *s);
 /* count*size without overflow; returns 0 and sets *out on success. */
 int cp_mul_overflow(size_t a, size_t b, size_t *out);
 
+/* Remove every temporary output folder still open (atomic_dir.c); called by
+ * cp_atomic_cleanup_all. Async-signal-safe. */
+void cp_atomic_dir_cleanup_all(void);
+
 #ifdef __cplusplus
 }
 #endif

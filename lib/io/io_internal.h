@@ -19,4 +19,11 @@ int cp_npy_to_image(const char *path, cp_array *a, cp_image **out);
 /* Lower-case extension test on a path ("tif" matches "x.TIF"). */
 int cp_io_has_ext(const char *path, const char *ext);
 
+/* TIFF encoding shared by the file and memory writers (tiff.c); t is a
+ * libtiff handle (TIFF *). */
+struct tiff;
+int cp_tiff_encode(struct tiff *t, const char *path, const cp_image *img, const cp_write_opts *opts);
+/* libtiff open mode for writing img: "w", or "w8" (BigTIFF) when large. */
+const char *cp_tiff_write_mode(const cp_image *img);
+
 #endif

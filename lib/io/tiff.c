@@ -510,7 +510,9 @@ static int write_page(TIFF *t, const cp_image *img, int plane, int chan0, int ns
     return TIFFWriteDirectory(t) ? 0 : -1;
 }
 
-int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *opts)
+/* Encode img as the pages of an open TIFF (a file or memory); `path` names it
+ * in messages. Flushes but does not close t. */
+int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_write_opts *opts)
 {
     if (!img || !img->data || img->width <= 0 || img->height <= 0 || img->channels <= 0 || img->planes <= 0 ||
         (unsigned)img->dtype >= CP_DTYPE_COUNT)
@@ -552,34 +554,48 @@ int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *op
     const char *software = opts->software ? opts->software : soft;
 
     size_t es = cp_dtype_size(img->dtype);
-    uint64_t bytes = (uint64_t)cp_image_samples(img) * es;
     unsigned char *row = cp_malloc_array((size_t)img->width * nsamp, es, "TIFF row");
     if (!row)
         return CP_ENOMEM;
+    int rc = CP_OK;
+    for (int z = 0; rc == CP_OK && z < Z; z++)
+        for (int c = 0; rc == CP_OK && c < page_channels; c++)
+            if (write_page(t, img, z, c, nsamp, npages, descp, software, compression, row) != 0)
+                rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+    TIFFFlush(t);
+    if (rc == CP_OK && tiff_msg[0])
+        rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+    free(row);
+    return rc;
+}
+
+/* Big images need BigTIFF ("w8"); the threshold leaves room for headers. */
+const char *cp_tiff_write_mode(const cp_image *img)
+{
+    uint64_t bytes = (uint64_t)cp_image_samples(img) * cp_dtype_size(img->dtype);
+    return bytes > ((uint64_t)3 << 30) ? "w8" : "w";
+}
+
+int cp_tiff_write(const char *path, const cp_image *img, const cp_write_opts *opts)
+{
+    if (!img || !img->data)
+        return cp_error(CP_EINVAL, "%s: invalid image", path);
+    tiff_quiet();
     cp_atomic at;
     int rc = cp_atomic_open(&at, path);
-    if (rc) {
-        free(row);
+    if (rc)
         return rc;
-    }
     int fd = dup(at.fd); /* TIFFClose closes its descriptor; the atomic file keeps its own */
-    TIFF *t = fd >= 0 ? TIFFFdOpen(fd, path, bytes > ((uint64_t)3 << 30) ? "w8" : "w") : NULL;
+    TIFF *t = fd >= 0 ? TIFFFdOpen(fd, path, cp_tiff_write_mode(img)) : NULL;
     if (!t) {
         if (fd >= 0)
             close(fd);
         rc = tiff_fail(CP_EIO, path, "cannot start TIFF output");
     }
-    for (int z = 0; rc == CP_OK && z < Z; z++)
-        for (int c = 0; rc == CP_OK && c < page_channels; c++)
-            if (write_page(t, img, z, c, nsamp, npages, descp, software, compression, row) != 0)
-                rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
     if (t) {
-        TIFFFlush(t);
-        if (rc == CP_OK && tiff_msg[0])
-            rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+        rc = cp_tiff_encode(t, path, img, opts);
         TIFFClose(t);
     }
-    free(row);
     if (rc) {
         cp_atomic_abort(&at);
         return rc;

@@ -1,0 +1,318 @@
+/* Cells to files: every selected cell's TIFF (and mask) plus cells.csv, into
+ * a folder that appears only when complete, or into a ZIP archive. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cellpose/cells.h"
+#include "cellpose/files.h"
+#include "cellpose/io.h"
+#include "cellpose/zip.h"
+#include "core/internal.h"
+
+/* Where the bytes of each output file go. */
+typedef struct sink {
+    int (*add)(struct sink *s, const char *name, const void *data, size_t size);
+    const char *dir;   /* folder sink */
+    cp_zip *zip;       /* zip sink */
+} sink;
+
+static int dir_add(sink *s, const char *name, const void *data, size_t size)
+{
+    char *path = cp_path_join(s->dir, name);
+    if (!path)
+        return CP_ENOMEM;
+    int rc = CP_OK;
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        rc = cp_error(CP_EIO, "%s: cannot create: %s", path, strerror(errno));
+    } else {
+        size_t w = fwrite(data, 1, size, f);
+        int bad = w != size || ferror(f);
+        if (fclose(f) != 0 || bad)
+            rc = cp_error(CP_EIO, "%s: write failed: %s", path, strerror(errno));
+    }
+    free(path);
+    return rc;
+}
+
+static int zip_add(sink *s, const char *name, const void *data, size_t size)
+{
+    return cp_zip_add(s->zip, name, data, size);
+}
+
+typedef struct strbuf {
+    char *s;
+    size_t len, cap;
+} strbuf;
+
+static int sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int sb_printf(strbuf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return cp_error(CP_EINVAL, "cells.csv: formatting failed");
+        if (b->s && b->len + (size_t)n < b->cap) {
+            b->len += (size_t)n;
+            return CP_OK;
+        }
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap <= b->len + (size_t)n)
+            cap *= 2;
+        char *t = realloc(b->s, cap);
+        if (!t)
+            return cp_error(CP_ENOMEM, "cells.csv: out of memory");
+        b->s = t;
+        b->cap = cap;
+    }
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Keep the boxes the options select (in place); count requested labels that
+ * do not occur. */
+static int select_boxes(cp_cell_box *b, size_t *n, const cp_cells_opts *o, cp_cells_result *res)
+{
+    uint32_t *want = NULL;
+    size_t nw = 0;
+    if (o->labels && o->n_labels) {
+        want = cp_malloc_array(o->n_labels, sizeof *want, "label list");
+        if (!want)
+            return CP_ENOMEM;
+        memcpy(want, o->labels, o->n_labels * sizeof *want);
+        qsort(want, o->n_labels, sizeof *want, cmp_u32);
+        for (size_t i = 0; i < o->n_labels; i++) /* drop duplicates */
+            if (nw == 0 || want[nw - 1] != want[i])
+                want[nw++] = want[i];
+        for (size_t i = 0; i < nw; i++) {
+            cp_cell_box key = {.label = want[i]};
+            if (!bsearch(&key, b, *n, sizeof *b, cmp_u32)) {
+                if (res->n_missing++ == 0)
+                    res->first_missing = want[i];
+            }
+        }
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < *n; i++) {
+        if (b[i].area < o->min_area)
+            continue;
+        if (want && !bsearch(&b[i].label, want, nw, sizeof *want, cmp_u32))
+            continue;
+        b[k++] = b[i];
+    }
+    *n = k;
+    free(want);
+    return CP_OK;
+}
+
+/* One cell, encoded: its TIFF bytes (and mask TIFF bytes). */
+typedef struct encoded {
+    void *tif, *mask;
+    size_t tif_size, mask_size;
+    int rc;
+    char err[512];
+} encoded;
+
+static void encode_cell(const cp_image *img, const uint32_t *labels, const cp_cell_box *box,
+                        const cp_cells_opts *o, const cp_cell_scale *sc, const char *name, encoded *e)
+{
+    memset(e, 0, sizeof *e);
+    cp_image *crop = NULL, *mask = NULL;
+    cp_write_opts wo = {.compression = CP_COMPRESS_NONE, .imagej = img->channels > 1};
+    cp_write_opts wm = {.compression = CP_COMPRESS_NONE};
+    e->rc = cp_cell_extract(img, labels, box, o, sc, &crop, o->mask_too ? &mask : NULL);
+    if (e->rc == CP_OK)
+        e->rc = cp_tiff_write_mem(crop, &wo, name, &e->tif, &e->tif_size);
+    if (e->rc == CP_OK && mask)
+        e->rc = cp_tiff_write_mem(mask, &wm, name, &e->mask, &e->mask_size);
+    if (e->rc != CP_OK) /* messages are per thread: carry it to the writer */
+        snprintf(e->err, sizeof e->err, "%s", cp_errmsg());
+    cp_image_free(crop);
+    cp_image_free(mask);
+}
+
+static int check_inputs(const cp_image *img, const cp_image *masks, const char *mname)
+{
+    if (masks->planes != 1 || masks->channels != 1)
+        return cp_error(CP_EUNSUPPORTED, "%s: masks must be one 2-D plane with one channel (found %d planes, %d channels)",
+                        mname, masks->planes, masks->channels);
+    if (img->planes != 1)
+        return cp_error(CP_EUNSUPPORTED, "%s: the image has %d planes; cells are cut from 2-D images only", mname,
+                        img->planes);
+    if (img->width != masks->width || img->height != masks->height)
+        return cp_error(CP_EINVAL, "%s: masks are %d x %d but the image is %d x %d (height x width)", mname,
+                        masks->height, masks->width, img->height, img->width);
+    return CP_OK;
+}
+
+#define BATCH 64
+
+static int write_cells(const cp_image *img, const cp_image *masks, const char *mname, const cp_cells_opts *opts,
+                       sink *out, cp_cells_result *res)
+{
+    cp_cells_opts defaults;
+    cp_cells_opts_init(&defaults);
+    const cp_cells_opts *o = opts ? opts : &defaults;
+    memset(res, 0, sizeof *res);
+    if (!mname)
+        mname = "masks";
+    if (o->pad < 0)
+        return cp_error(CP_EINVAL, "pad %d: must not be negative", o->pad);
+    int rc = check_inputs(img, masks, mname);
+    if (rc != CP_OK)
+        return rc;
+    cp_cell_scale sc;
+    if ((rc = cp_cells_scale(img, o, &sc)) != CP_OK)
+        return rc;
+    uint32_t *labels = NULL;
+    if ((rc = cp_image_labels_u32(masks, mname, &labels)) != CP_OK)
+        return rc;
+    cp_cell_box *boxes = NULL;
+    size_t n = 0;
+    rc = cp_cell_boxes(labels, masks->width, masks->height, &boxes, &n);
+    uint32_t max_label = n ? boxes[n - 1].label : 0;
+    if (rc == CP_OK)
+        rc = select_boxes(boxes, &n, o, res);
+
+    strbuf csv = {0};
+    if (rc == CP_OK)
+        rc = sb_printf(&csv, "label,file,bbox_min_row,bbox_min_col,bbox_max_row,bbox_max_col,area,pad,"
+                             "crop_min_row,crop_min_col,crop_max_row,crop_max_col,scale_lo,scale_hi\n");
+    char scale_txt[64] = ",";
+    if (sc.scaled)
+        snprintf(scale_txt, sizeof scale_txt, "%.17g,%.17g", sc.lo, sc.hi);
+
+    encoded *enc = cp_calloc(BATCH, sizeof *enc, "cell batch");
+    if (!enc && rc == CP_OK)
+        rc = CP_ENOMEM;
+    for (size_t b0 = 0; b0 < n && rc == CP_OK; b0 += BATCH) {
+        size_t nb = n - b0 < BATCH ? n - b0 : BATCH;
+        /* Each cell is independent; the batch is written in label order after. */
+#pragma omp parallel for schedule(dynamic, 1)
+        for (size_t i = 0; i < nb; i++) {
+            char name[64];
+            cp_cell_file_name(name, sizeof name, boxes[b0 + i].label, max_label, ".tif");
+            encode_cell(img, labels, &boxes[b0 + i], o, &sc, name, &enc[i]);
+        }
+        for (size_t i = 0; i < nb; i++) {
+            const cp_cell_box *bx = &boxes[b0 + i];
+            encoded *e = &enc[i];
+            char name[64], mask_name[64];
+            cp_cell_file_name(name, sizeof name, bx->label, max_label, ".tif");
+            cp_cell_file_name(mask_name, sizeof mask_name, bx->label, max_label, "_mask.tif");
+            if (rc == CP_OK && e->rc != CP_OK)
+                rc = cp_error(e->rc, "%s", e->err);
+            if (rc == CP_OK)
+                rc = out->add(out, name, e->tif, e->tif_size);
+            if (rc == CP_OK && e->mask)
+                rc = out->add(out, mask_name, e->mask, e->mask_size);
+            if (rc == CP_OK) {
+                res->n_cells++;
+                res->n_files += e->mask ? 2 : 1;
+                res->bytes += e->tif_size + e->mask_size;
+                int r0, c0, r1, c1;
+                cp_cell_crop_rect(bx, o->pad, img->width, img->height, &r0, &c0, &r1, &c1);
+                rc = sb_printf(&csv, "%u,%s,%d,%d,%d,%d,%llu,%d,%d,%d,%d,%d,%s\n", (unsigned)bx->label, name,
+                               bx->min_row, bx->min_col, bx->max_row, bx->max_col, (unsigned long long)bx->area,
+                               o->pad, r0, c0, r1, c1, scale_txt);
+            }
+            free(e->tif);
+            free(e->mask);
+            e->tif = e->mask = NULL;
+        }
+        if (rc == CP_OK && o->progress && o->progress(o->progress_ud, b0 + nb, n))
+            rc = cp_error(CP_EINTR, "%s: cancelled", mname);
+    }
+    if (rc == CP_OK) {
+        rc = out->add(out, "cells.csv", csv.s, csv.len);
+        if (rc == CP_OK) {
+            res->n_files++;
+            res->bytes += csv.len;
+        }
+    }
+    free(enc);
+    free(csv.s);
+    free(boxes);
+    free(labels);
+    return rc;
+}
+
+int cp_cells_write_dir(const cp_image *img, const cp_image *masks, const char *masks_name, const char *outdir,
+                       const cp_cells_opts *o, cp_cells_result *res)
+{
+    cp_cells_result dummy;
+    if (!res)
+        res = &dummy;
+    memset(res, 0, sizeof *res);
+    cp_atomic_dir d;
+    int rc = cp_atomic_dir_open(&d, outdir, o && o->overwrite);
+    if (rc != CP_OK)
+        return rc;
+    sink s = {.add = dir_add, .dir = d.tmp_path};
+    rc = write_cells(img, masks, masks_name, o, &s, res);
+    if (rc != CP_OK) {
+        cp_atomic_dir_abort(&d);
+        return rc;
+    }
+    return cp_atomic_dir_commit(&d);
+}
+
+int cp_cells_write_zip_fp(const cp_image *img, const cp_image *masks, const char *masks_name, FILE *fp,
+                          const char *name, const cp_cells_opts *o, cp_cells_result *res)
+{
+    cp_cells_result dummy;
+    if (!res)
+        res = &dummy;
+    memset(res, 0, sizeof *res);
+    cp_zip *z;
+    int rc = cp_zip_open_fp(&z, fp, name, NULL);
+    if (rc != CP_OK)
+        return rc;
+    sink s = {.add = zip_add, .zip = z};
+    rc = write_cells(img, masks, masks_name, o, &s, res);
+    if (rc != CP_OK) {
+        cp_zip_abort(z);
+        return rc;
+    }
+    return cp_zip_close(z);
+}
+
+int cp_cells_write_zip(const cp_image *img, const cp_image *masks, const char *masks_name, const char *zip_path,
+                       const cp_cells_opts *o, cp_cells_result *res)
+{
+    cp_cells_result dummy;
+    if (!res)
+        res = &dummy;
+    memset(res, 0, sizeof *res);
+    char *parent = cp_path_dir(zip_path);
+    int rc = parent ? CP_OK : CP_ENOMEM;
+    if (rc == CP_OK && !(o && o->overwrite) && cp_path_exists(zip_path))
+        rc = cp_error(CP_EEXIST, "%s: exists (use --force to replace it)", zip_path);
+    if (rc == CP_OK)
+        rc = cp_mkdirs(parent);
+    free(parent);
+    if (rc != CP_OK)
+        return rc;
+    cp_zip *z;
+    rc = cp_zip_open(&z, zip_path, o && o->overwrite, NULL);
+    if (rc != CP_OK)
+        return rc;
+    sink s = {.add = zip_add, .zip = z};
+    rc = write_cells(img, masks, masks_name, o, &s, res);
+    if (rc != CP_OK) {
+        cp_zip_abort(z);
+        return rc;
+    }
+    return cp_zip_close(z);
+}
