@@ -10,11 +10,13 @@
 #include "cellpose/cells.h"
 #include "cellpose/dynamics.h"
 #include "cellpose/imagej.h"
+#include "cellpose/measure.h"
 #include "cellpose/models.h"
 #include "cellpose/net.h"
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
+#include "cellpose/spots.h"
 #include "cellpose/zip.h"
 
 #endif
