@@ -315,7 +315,7 @@ static void *worker(void *arg)
     job *J = arg;
     J->params.threads = J->threads_per_job;
     for (;;) {
-        if (atomic_load(&J->stop))
+        if (atomic_load(&J->stop) || cli_interrupted)
             break;
         size_t i = atomic_fetch_add(&J->next, 1);
         if (i >= J->inputs.n)
@@ -567,5 +567,7 @@ int main(int argc, char **argv)
     cp_model_ref_free(&J.ref);
     cp_strlist_free(&J.inputs);
     pthread_mutex_destroy(&J.lock);
+    if (cli_interrupted)
+        return CLI_EXIT_INTR;
     return J.failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
 }
