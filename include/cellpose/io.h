@@ -24,6 +24,9 @@ typedef enum cp_pages {
 
 typedef struct cp_read_opts {
     cp_pages pages;
+    /* PNG: drop the alpha channel (gray+alpha -> gray, RGBA -> RGB), as
+     * Cellpose's OpenCV reader does; cpseg and cptrain set it. */
+    int drop_alpha;
 } cp_read_opts;
 
 /* Read .tif/.tiff, .png or .npy (optionally .npy.gz); the format is detected

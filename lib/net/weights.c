@@ -1053,6 +1053,36 @@ done:
     return rc;
 }
 
+int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out)
+{
+    *out = NULL;
+    if (!n)
+        return cp_error(CP_EFORMAT, "%s: empty file, not a torch.save file", name);
+    mapped f = {data, n};
+    cp_weights *w = cp_calloc(1, sizeof *w, "weights");
+    if (!w)
+        return CP_ENOMEM;
+    cp_sha256_buf(f.p, f.n, w->sha256);
+    unpickler u = {.path = name, .budget = 64 * (size_t)f.n + (1u << 20)};
+    int rc;
+    if (f.n >= 4 && rd32(f.p) == 0x04034b50)
+        rc = load_zip(name, &f, &u, w);
+    else if (f.p[0] == 0x80)
+        rc = load_legacy(name, &f, &u, w);
+    else
+        rc = cp_error(CP_EFORMAT, "%s: not a torch.save file (neither zip nor pickle)", name);
+    free_objs(u.all);
+    free(u.stack);
+    free(u.marks);
+    free(u.memo);
+    if (rc) {
+        cp_weights_free(w);
+        return rc;
+    }
+    *out = w;
+    return CP_OK;
+}
+
 int cp_weights_load(const char *path, cp_weights **out)
 {
     *out = NULL;
@@ -1060,30 +1090,9 @@ int cp_weights_load(const char *path, cp_weights **out)
     int rc = map_file(path, &f);
     if (rc)
         return rc;
-    cp_weights *w = cp_calloc(1, sizeof *w, "weights");
-    if (!w) {
-        munmap((void *)f.p, f.n);
-        return CP_ENOMEM;
-    }
-    cp_sha256_buf(f.p, f.n, w->sha256);
-    unpickler u = {.path = path, .budget = 64 * (size_t)f.n + (1u << 20)};
-    if (f.n >= 4 && rd32(f.p) == 0x04034b50)
-        rc = load_zip(path, &f, &u, w);
-    else if (f.p[0] == 0x80)
-        rc = load_legacy(path, &f, &u, w);
-    else
-        rc = cp_error(CP_EFORMAT, "%s: not a torch.save file (neither zip nor pickle)", path);
-    free_objs(u.all);
-    free(u.stack);
-    free(u.marks);
-    free(u.memo);
+    rc = cp_weights_load_mem(f.p, f.n, path, out);
     munmap((void *)f.p, f.n);
-    if (rc) {
-        cp_weights_free(w);
-        return rc;
-    }
-    *out = w;
-    return CP_OK;
+    return rc;
 }
 
 /* ---- building and writing --------------------------------------------- */

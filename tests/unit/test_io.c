@@ -360,8 +360,40 @@ static void test_silent(void)
            (long long)st.st_size);
 }
 
+/* Cellpose reads PNGs through OpenCV, which drops alpha: so does drop_alpha,
+ * and only for PNG. */
+static void test_drop_alpha(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/rgba.png", test_tmp_dir());
+    cp_image *img, *back;
+    CHECK_OK(cp_image_create(&img, 3, 2, 4, 1, CP_U8));
+    uint8_t *p = img->data;
+    for (int i = 0; i < 24; i++)
+        p[i] = (uint8_t)(10 * i + 1);
+    CHECK_OK(cp_png_write(path, img));
+    cp_read_opts o = {.pages = CP_PAGES_AUTO, .drop_alpha = 1};
+    CHECK_OK(cp_image_read(path, &o, &back));
+    int ok = back->channels == 3;
+    for (int px = 0; ok && px < 6; px++)
+        for (int c = 0; c < 3; c++)
+            ok &= ((uint8_t *)back->data)[3 * px + c] == p[4 * px + c];
+    CHECK(ok);
+    cp_image_free(back);
+    CHECK_OK(cp_image_read(path, NULL, &back));
+    CHECK(back->channels == 4);
+    cp_image_free(back);
+    snprintf(path, sizeof path, "%s/rgba.tif", test_tmp_dir());
+    CHECK_OK(cp_image_write(path, img, NULL));
+    CHECK_OK(cp_image_read(path, &o, &back));
+    CHECK(back->channels == 4); /* TIFF keeps all samples, as tifffile does */
+    cp_image_free(back);
+    cp_image_free(img);
+}
+
 int main(void)
 {
+    test_drop_alpha();
     test_silent();
     test_roundtrips();
     test_real_files();

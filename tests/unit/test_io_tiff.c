@@ -213,7 +213,7 @@ static void check_layout(const char *name, const gen *g, cp_pages pages, double 
 {
     const char *path = tmp(name);
     CHECKF(write_gen(path, g) == 0, "%s: generator failed", name);
-    cp_read_opts o = {pages};
+    cp_read_opts o = {.pages = pages};
     cp_image *img = NULL;
     int rc = cp_image_read(path, &o, &img);
     CHECKF(rc == CP_OK, "%s: %s", name, cp_errmsg());
@@ -347,7 +347,7 @@ static void test_pages(void)
     g.pages = 4;
     const char *path = tmp("t_first.tif");
     write_gen(path, &g);
-    cp_read_opts o = {CP_PAGES_FIRST};
+    cp_read_opts o = {.pages = CP_PAGES_FIRST};
     cp_image *img;
     CHECK_OK(cp_image_read(path, &o, &img));
     CHECK(img->channels == 1 && img->planes == 1);
@@ -387,7 +387,7 @@ static void test_imagej(void)
     path = tmp("t_ij_big.tif");
     CHECK(write_gen(path, &g) == 0);
     CHECK(cp_image_read(path, NULL, &img) == CP_EUNSUPPORTED && strstr(cp_errmsg(), "t_ij_big.tif"));
-    cp_read_opts first = {CP_PAGES_FIRST};
+    cp_read_opts first = {.pages = CP_PAGES_FIRST};
     CHECK_OK(cp_image_read(path, &first, &img));
     cp_image_free(img);
     g.pages = 4;
@@ -534,7 +534,7 @@ static void test_mixed_pages(void)
         } else {
             CHECK(rc == CP_EUNSUPPORTED);
             CHECKF(strstr(cp_errmsg(), "t_mixed.tif") && strstr(cp_errmsg(), "page 2"), "%s", cp_errmsg());
-            cp_read_opts o = {CP_PAGES_FIRST};
+            cp_read_opts o = {.pages = CP_PAGES_FIRST};
             CHECK_OK(cp_image_read(path, &o, &img));
         }
         cp_image_free(img);
