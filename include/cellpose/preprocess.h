@@ -110,8 +110,6 @@ typedef struct cp_eval_params {
     int batch_size;       /* tiles per forward call, default 8 */
     int augment;          /* default 0 */
     int bsize;            /* tile size; 0 = the network's (224 / 256) */
-    double diam_mean;     /* > 0: replaces the model file's diam_mean (Cellpose 3 does this
-                             for its built-in names: 30, nuclei 17). Default 0 */
 } cp_eval_params;
 
 void cp_eval_params_init(cp_eval_params *p);
