@@ -34,6 +34,14 @@ typedef enum cp_status {
 
 /* Message of the last failure in this thread ("" if none). */
 const char *cp_errmsg(void);
+/* Record a failure for cp_errmsg() and return its code, so code built on the
+ * library reports errors the same way:
+ * `return cp_error(CP_EIO, "%s: cannot open: %s", path, strerror(errno));` */
+int cp_error(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 /* Short name of a status code ("I/O error", "bad format", ...). */
 const char *cp_strstatus(int status);
 /* Library version string, e.g. "0.1.0". */

@@ -23,6 +23,10 @@ typedef struct cp_model_ref {
 int cp_model_resolve(const char *spec, cp_model_ref *out);
 void cp_model_ref_free(cp_model_ref *r);
 
+/* The model shipped with cptools (fluorescent nuclei), used when no model is
+ * given or configured. CP_EIO with an explanation if this build has none. */
+int cp_model_builtin(cp_model_ref *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -30,6 +30,8 @@ typedef struct cp_seg_params {
     float max_size_fraction;  /* default 0.4 */
     int exclude_on_edges;     /* drop masks touching the image border */
     int dynamics;             /* 0 = follow the model (CPnet: v3, cpsam: v4), else CP_DYN_V3 / CP_DYN_V4 */
+    float diam_mean;          /* 0 = the model file's; Cellpose 3 built-in names use 30 (nuclei 17) */
+    int threads;              /* OpenMP threads for this call; 0 = the caller's setting */
 } cp_seg_params;
 
 void cp_seg_params_default(cp_seg_params *p);
@@ -50,6 +52,31 @@ int cp_segment(cp_model *m, const cp_image *img, const cp_seg_params *p, cp_seg_
 int cp_segment_from_flows(const float *flows, int height, int width, cp_arch arch, float diam_mean,
                           const cp_seg_params *p, cp_seg_result *out);
 void cp_seg_result_free(cp_seg_result *r);
+
+/* Files written per image, named like Cellpose's next to the image (or in a
+ * save folder): NAME is the image's name without extension. */
+typedef enum cp_seg_output {
+    CP_SEG_OUT_MASKS = 1 << 0,     /* NAME_cp_masks.tif: u16, u32 above 65535 cells */
+    CP_SEG_OUT_MASKS_NPY = 1 << 1, /* NAME_masks.npy */
+    CP_SEG_OUT_FLOWS = 1 << 2,     /* NAME_flows.npy: float32 3xHxW dY, dX, cellprob */
+    CP_SEG_OUT_OVERLAY = 1 << 3,   /* NAME_overlay.png: image, coloured masks, white outlines */
+    CP_SEG_OUT_OUTLINES = 1 << 4,  /* NAME_cp_outlines.txt: ImageJ outlines */
+    CP_SEG_OUT_ROIS = 1 << 5,      /* NAME_rois.zip: ImageJ ROI set */
+    CP_SEG_OUT_PNG = 1 << 6        /* NAME_cp_masks.png: 16-bit PNG (TIFF above 65535 cells) */
+} cp_seg_output;
+#define CP_SEG_OUTPUT_KINDS 7
+
+/* "masks_npy,flows,overlay,outlines,rois,png" (any subset) -> flags. */
+int cp_seg_parse_outputs(const char *list, unsigned *flags);
+/* Path of one output for an input image (or NAME_flows.npy input). */
+int cp_seg_output_path(const char *input, const char *savedir, cp_seg_output kind, char **path);
+/* Write one output atomically. img is needed only for the overlay. */
+int cp_seg_write_output(cp_seg_output kind, const char *path, const cp_seg_result *r, const cp_image *img);
+
+/* Render masks over an image: RGB u8, the image (first channel as gray, or the
+ * first three as RGB) scaled between its 1st and 99th percentiles, each cell
+ * blended half-and-half with its colour, outlines white. */
+int cp_render_overlay(const cp_image *img, const uint32_t *masks, cp_image **rgb);
 
 #ifdef __cplusplus
 }

@@ -10,13 +10,6 @@
 extern "C" {
 #endif
 
-/* Record a failure for cp_errmsg() and return its code, so callers can write
- * `return cp_error(CP_EIO, "%s: cannot open: %s", path, strerror(errno));` */
-int cp_error(int code, const char *fmt, ...)
-#if defined(__GNUC__)
-    __attribute__((format(printf, 2, 3)))
-#endif
-    ;
 
 /* Overflow-checked allocation helpers: NULL on overflow or failure (and the
  * error message is set to CP_ENOMEM with `what`). */

@@ -77,3 +77,10 @@ void cp_model_ref_free(cp_model_ref *r)
     free(r->name);
     memset(r, 0, sizeof *r);
 }
+
+int cp_model_builtin(cp_model_ref *out)
+{
+    memset(out, 0, sizeof *out);
+    return cp_error(CP_EIO, "this build of cptools has no built-in model: give --model NAME|PATH with a Cellpose "
+                            "weight file (cyto3, nuclei, cpsam from ~/.cellpose/models) or set CELLPOSE_MODEL_PATH");
+}

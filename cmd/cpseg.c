@@ -1,0 +1,576 @@
+/* cpseg: segment images with Cellpose weights, in batches, resumably. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "cellpose/cellpose.h"
+#include "common/cli.h"
+
+static void usage(void)
+{
+    printf("Usage: cpseg [OPTIONS] INPUT...\n"
+           "Segment cells or nuclei with Cellpose weights; write NAME_cp_masks.tif per image.\n"
+           "INPUT: image files (.tif .tiff .png .npy), folders (images inside, sorted), or '-'\n"
+           "(one path per line on stdin).\n"
+           "\n"
+           "Model:\n"
+           "  -m, --model NAME|PATH     cyto3, nuclei, cpsam, ... (looked up in\n"
+           "                            $CELLPOSE_LOCAL_MODELS_PATH, ~/.cellpose/models) or a weight\n"
+           "                            file; default $CELLPOSE_MODEL_PATH, else the built-in model\n"
+           "      --device cpu|cuda     default $CELLPOSE_DEVICE or cpu\n"
+           "      --threads N           threads in all (default: all cores)\n"
+           "  -j, --jobs N              images in parallel (default 1)\n"
+           "\n"
+           "Cellpose parameters (same names and defaults):\n"
+           "      --diameter D          object diameter in pixels (default: CPnet 30, cpsam none)\n"
+           "      --chan C, --chan2 C   Cellpose 3 channels: 0 gray, 1 red, 2 green, 3 blue\n"
+           "      --flow-threshold T    flow-error QC, 0 disables (0.4)\n"
+           "      --cellprob-threshold T  (0)\n"
+           "      --min-size N          smallest mask in pixels, -1 disables (15)\n"
+           "      --max-size-fraction F largest mask as a fraction of the image (0.4)\n"
+           "      --niter N             Euler steps (default from the diameter)\n"
+           "      --tile-overlap F      (0.1)\n"
+           "      --batch-size N        tiles per network call (8)\n"
+           "      --augment             test-time flips\n"
+           "      --no-norm             no percentile normalisation\n"
+           "      --norm-percentile LO HI  (1 99)\n"
+           "      --exclude-on-edges    drop masks touching the border\n"
+           "      --dynamics v3|v4      mask algorithm (default: follows the model)\n"
+           "      --from-flows FILE     masks from saved NAME_flows.npy, no network (repeatable)\n"
+           "\n"
+           "Outputs (next to each image, or under --savedir):\n"
+           "      --savedir DIR\n"
+           "      --save LIST           comma list of: masks_npy flows overlay outlines rois png\n"
+           "      --no-masks            do not write NAME_cp_masks.tif\n"
+           "      --force               redo images whose outputs exist\n"
+           "      --manifest FILE       append one JSON line per image\n"
+           "\n"
+           "Batches:\n"
+           "  -r, --recursive           look into sub-folders\n"
+           "      --glob PATTERN        only file names matching PATTERN\n"
+           "      --shard K/N           only images K, K+N, K+2N, ... (0 <= K < N)\n"
+           "      --fail-fast           stop at the first failed image\n"
+           "  -q, --quiet  -v, --verbose  --help  --version\n"
+           "\n"
+           "Exit status: 0 all done, 1 some images failed, 2 usage, 3 fatal, 130 interrupted.\n");
+}
+
+enum {
+    OPT_DIAMETER = 256, OPT_CHAN, OPT_CHAN2, OPT_FLOW, OPT_CELLPROB, OPT_MINSIZE, OPT_MAXFRAC, OPT_NITER,
+    OPT_OVERLAP, OPT_BATCH, OPT_AUGMENT, OPT_NONORM, OPT_NORMPCT, OPT_EDGES, OPT_DYNAMICS, OPT_FROMFLOWS,
+    OPT_SAVEDIR, OPT_SAVE, OPT_NOMASKS, OPT_FORCE, OPT_MANIFEST, OPT_GLOB, OPT_SHARD, OPT_FAILFAST,
+    OPT_DEVICE, OPT_THREADS, OPT_HELP, OPT_VERSION
+};
+
+static const struct option long_opts[] = {
+    {"model", required_argument, 0, 'm'},
+    {"device", required_argument, 0, OPT_DEVICE},
+    {"threads", required_argument, 0, OPT_THREADS},
+    {"jobs", required_argument, 0, 'j'},
+    {"diameter", required_argument, 0, OPT_DIAMETER},
+    {"chan", required_argument, 0, OPT_CHAN},
+    {"chan2", required_argument, 0, OPT_CHAN2},
+    {"flow-threshold", required_argument, 0, OPT_FLOW},
+    {"cellprob-threshold", required_argument, 0, OPT_CELLPROB},
+    {"min-size", required_argument, 0, OPT_MINSIZE},
+    {"max-size-fraction", required_argument, 0, OPT_MAXFRAC},
+    {"niter", required_argument, 0, OPT_NITER},
+    {"tile-overlap", required_argument, 0, OPT_OVERLAP},
+    {"batch-size", required_argument, 0, OPT_BATCH},
+    {"augment", no_argument, 0, OPT_AUGMENT},
+    {"no-norm", no_argument, 0, OPT_NONORM},
+    {"norm-percentile", required_argument, 0, OPT_NORMPCT},
+    {"exclude-on-edges", no_argument, 0, OPT_EDGES},
+    {"dynamics", required_argument, 0, OPT_DYNAMICS},
+    {"from-flows", required_argument, 0, OPT_FROMFLOWS},
+    {"savedir", required_argument, 0, OPT_SAVEDIR},
+    {"save", required_argument, 0, OPT_SAVE},
+    {"no-masks", no_argument, 0, OPT_NOMASKS},
+    {"force", no_argument, 0, OPT_FORCE},
+    {"manifest", required_argument, 0, OPT_MANIFEST},
+    {"recursive", no_argument, 0, 'r'},
+    {"glob", required_argument, 0, OPT_GLOB},
+    {"shard", required_argument, 0, OPT_SHARD},
+    {"fail-fast", no_argument, 0, OPT_FAILFAST},
+    {"quiet", no_argument, 0, 'q'},
+    {"verbose", no_argument, 0, 'v'},
+    {"help", no_argument, 0, OPT_HELP},
+    {"version", no_argument, 0, OPT_VERSION},
+    {0, 0, 0, 0},
+};
+
+typedef struct job {
+    cp_strlist inputs;
+    int from_flows;
+    cp_model *model;
+    const cp_model_info *info;
+    cp_model_ref ref;
+    cp_arch arch;
+    float diam_mean;
+    cp_seg_params params;
+    unsigned outputs;
+    const char *savedir;
+    int force, fail_fast, jobs, threads_per_job;
+    int manifest_fd;
+    const char *manifest_path;
+    pthread_mutex_t lock;
+    atomic_size_t next;
+    size_t done, failed, skipped;
+    uint64_t cells;
+    atomic_int stop;
+    cli_progress progress;
+} job;
+
+static double now(void) { return cli_now(); }
+
+static cJSON *params_json(const job *J)
+{
+    const cp_seg_params *p = &J->params;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "diameter", p->diameter);
+    cJSON_AddNumberToObject(o, "chan", p->chan);
+    cJSON_AddNumberToObject(o, "chan2", p->chan2);
+    cJSON_AddNumberToObject(o, "flow_threshold", p->flow_threshold);
+    cJSON_AddNumberToObject(o, "cellprob_threshold", p->cellprob_threshold);
+    cJSON_AddNumberToObject(o, "min_size", p->min_size);
+    cJSON_AddNumberToObject(o, "max_size_fraction", p->max_size_fraction);
+    cJSON_AddNumberToObject(o, "niter", p->niter);
+    cJSON_AddNumberToObject(o, "tile_overlap", p->tile_overlap);
+    cJSON_AddNumberToObject(o, "batch_size", p->batch_size);
+    cJSON_AddBoolToObject(o, "augment", p->augment);
+    cJSON_AddBoolToObject(o, "normalize", p->normalize);
+    cJSON_AddNumberToObject(o, "norm_lo", p->norm_lo);
+    cJSON_AddNumberToObject(o, "norm_hi", p->norm_hi);
+    cJSON_AddBoolToObject(o, "exclude_on_edges", p->exclude_on_edges);
+    return o;
+}
+
+typedef struct image_log {
+    const char *input;
+    const char *status;
+    char error[1024];
+    char *outputs[CP_SEG_OUTPUT_KINDS];
+    uint32_t cells;
+    int niter;
+    double t_read, t_network, t_dynamics, t_write, t_total;
+} image_log;
+
+static void manifest_write(job *J, const image_log *L)
+{
+    if (J->manifest_fd < 0)
+        return;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "input", L->input);
+    cJSON_AddStringToObject(o, "status", L->status);
+    if (L->error[0])
+        cJSON_AddStringToObject(o, "error", L->error);
+    else
+        cJSON_AddNullToObject(o, "error");
+    cJSON *outs = cJSON_AddArrayToObject(o, "outputs");
+    for (int k = 0; k < CP_SEG_OUTPUT_KINDS; k++)
+        if (L->outputs[k])
+            cJSON_AddItemToArray(outs, cJSON_CreateString(L->outputs[k]));
+    cJSON_AddNumberToObject(o, "cells", L->cells);
+    cJSON_AddNumberToObject(o, "niter", L->niter);
+    cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
+    cJSON_AddNumberToObject(sec, "read", L->t_read);
+    cJSON_AddNumberToObject(sec, "network", L->t_network);
+    cJSON_AddNumberToObject(sec, "dynamics", L->t_dynamics);
+    cJSON_AddNumberToObject(sec, "write", L->t_write);
+    cJSON_AddNumberToObject(sec, "total", L->t_total);
+    cJSON_AddItemToObject(o, "parameters", params_json(J));
+    cJSON *model = cJSON_AddObjectToObject(o, "model");
+    if (J->info) {
+        cJSON_AddStringToObject(model, "path", J->ref.path);
+        cJSON_AddStringToObject(model, "sha256", J->info->sha256);
+        cJSON_AddStringToObject(model, "arch", J->info->arch == CP_ARCH_CPSAM ? "cpsam" : "cpnet");
+    } else {
+        cJSON_AddNullToObject(model, "path");
+    }
+    cJSON_AddStringToObject(o, "version", cp_version());
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    if (!s)
+        return;
+    size_t n = strlen(s);
+    s[n] = '\n'; /* one write per line keeps O_APPEND lines whole across processes */
+    pthread_mutex_lock(&J->lock);
+    ssize_t w = write(J->manifest_fd, s, n + 1);
+    pthread_mutex_unlock(&J->lock);
+    if (w != (ssize_t)(n + 1))
+        cli_err("%s: manifest write failed: %s", J->manifest_path, strerror(errno));
+    free(s);
+}
+
+/* The image that gives an overlay its background when masks come from flows. */
+static char *image_beside_flows(const char *flows_path)
+{
+    static const char *ext[] = {".tif", ".tiff", ".png", ".npy"};
+    char *dir = cp_path_dir(flows_path), *key = cp_path_pair_key(flows_path);
+    char *found = NULL;
+    for (size_t i = 0; dir && key && !found && i < sizeof ext / sizeof *ext; i++) {
+        char name[4096];
+        snprintf(name, sizeof name, "%s%s", key, ext[i]);
+        char *p = cp_path_join(dir, name);
+        if (p && cp_path_exists(p))
+            found = p;
+        else
+            free(p);
+    }
+    free(dir);
+    free(key);
+    return found;
+}
+
+/* Images are read as Cellpose reads them: PNG alpha dropped. */
+static const cp_read_opts read_opts = {.pages = CP_PAGES_AUTO, .drop_alpha = 1};
+
+static int process_one(job *J, const char *input, image_log *L)
+{
+    double t0 = now();
+    int rc = CP_OK;
+    cp_image *img = NULL;
+    cp_array *flows = NULL;
+    cp_seg_result res = {0};
+    L->input = input;
+    L->status = "ok";
+
+    int all_exist = 1;
+    for (int k = 0; k < CP_SEG_OUTPUT_KINDS; k++) {
+        if (!(J->outputs & (1u << k)))
+            continue;
+        rc = cp_seg_output_path(input, J->savedir, (cp_seg_output)(1u << k), &L->outputs[k]);
+        if (rc != CP_OK)
+            goto fail;
+        all_exist &= cp_path_exists(L->outputs[k]);
+    }
+    if (all_exist && !J->force) {
+        L->status = "skipped";
+        return CP_OK;
+    }
+
+    if (J->from_flows) {
+        rc = cp_npy_read(input, &flows);
+        if (rc == CP_OK && (flows->ndim != 3 || flows->shape[0] != 3 || flows->dtype != CP_F32))
+            rc = cp_error(CP_EFORMAT, "%s: flows must be a float32 array of shape (3, Y, X)", input);
+        if (rc == CP_OK && (J->outputs & CP_SEG_OUT_OVERLAY)) {
+            char *ip = image_beside_flows(input);
+            if (!ip)
+                rc = cp_error(CP_EIO, "%s: overlay asked for but no image NAME.tif/.png beside the flows", input);
+            else
+                rc = cp_image_read(ip, &read_opts, &img);
+            free(ip);
+        }
+        if (rc != CP_OK)
+            goto fail;
+        L->t_read = now() - t0;
+        rc = cp_segment_from_flows(flows->data, (int)flows->shape[1], (int)flows->shape[2], J->arch, J->diam_mean,
+                                   &J->params, &res);
+    } else {
+        rc = cp_image_read(input, &read_opts, &img);
+        if (rc != CP_OK)
+            goto fail;
+        L->t_read = now() - t0;
+        rc = cp_segment(J->model, img, &J->params, &res);
+    }
+    if (rc != CP_OK)
+        goto fail;
+    L->t_network = res.t_network;
+    L->t_dynamics = res.t_dynamics;
+    L->cells = res.ncells;
+    L->niter = res.niter;
+
+    double tw = now();
+    /* masks last: its presence marks the image finished for a rerun */
+    for (int k = CP_SEG_OUTPUT_KINDS - 1; k >= 0 && rc == CP_OK; k--)
+        if (L->outputs[k])
+            rc = cp_seg_write_output((cp_seg_output)(1u << k), L->outputs[k], &res, img);
+    L->t_write = now() - tw;
+    if (rc != CP_OK)
+        goto fail;
+    L->t_total = now() - t0;
+    cp_seg_result_free(&res);
+    cp_image_free(img);
+    cp_array_free(flows);
+    return CP_OK;
+
+fail:
+    L->status = "error";
+    snprintf(L->error, sizeof L->error, "%s", cp_errmsg());
+    L->t_total = now() - t0;
+    cp_seg_result_free(&res);
+    cp_image_free(img);
+    cp_array_free(flows);
+    return rc;
+}
+
+static void *worker(void *arg)
+{
+    job *J = arg;
+    J->params.threads = J->threads_per_job;
+    for (;;) {
+        if (atomic_load(&J->stop) || cli_interrupted)
+            break;
+        size_t i = atomic_fetch_add(&J->next, 1);
+        if (i >= J->inputs.n)
+            break;
+        image_log L;
+        memset(&L, 0, sizeof L);
+        int rc = process_one(J, J->inputs.items[i], &L);
+        if (rc != CP_OK)
+            cli_err("%s", L.error);
+        else if (strcmp(L.status, "skipped") == 0)
+            cli_info("%s: outputs exist, skipped", L.input);
+        else
+            cli_info("%s: %u cells in %.2f s (network %.2f s, dynamics %.2f s)", L.input, L.cells, L.t_total,
+                     L.t_network, L.t_dynamics);
+        manifest_write(J, &L);
+        pthread_mutex_lock(&J->lock);
+        J->done++;
+        if (rc != CP_OK)
+            J->failed++;
+        else if (strcmp(L.status, "skipped") == 0)
+            J->skipped++;
+        J->cells += L.cells;
+        char extra[64];
+        snprintf(extra, sizeof extra, " %llu cells", (unsigned long long)J->cells);
+        cli_progress_update(&J->progress, J->done, extra);
+        pthread_mutex_unlock(&J->lock);
+        for (int k = 0; k < CP_SEG_OUTPUT_KINDS; k++)
+            free(L.outputs[k]);
+        if (rc != CP_OK && J->fail_fast)
+            atomic_store(&J->stop, 1);
+    }
+    return NULL;
+}
+
+static int read_stdin_list(cp_strlist *l)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    while ((n = getline(&line, &cap, stdin)) > 0) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+            line[--n] = 0;
+        if (n > 0 && cp_strlist_push(l, line) != CP_OK) {
+            free(line);
+            return CP_ENOMEM;
+        }
+    }
+    free(line);
+    return CP_OK;
+}
+
+static void parse_shard(const char *s, long *k, long *n)
+{
+    const char *slash = strchr(s, '/');
+    if (!slash)
+        cli_usage_error("--shard: '%s' is not K/N", s);
+    char kbuf[32];
+    size_t len = (size_t)(slash - s);
+    if (len == 0 || len >= sizeof kbuf)
+        cli_usage_error("--shard: '%s' is not K/N", s);
+    memcpy(kbuf, s, len);
+    kbuf[len] = 0;
+    *n = cli_parse_long("--shard N", slash + 1, 1, 1000000);
+    *k = cli_parse_long("--shard K", kbuf, 0, *n - 1);
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("cpseg");
+    job J;
+    memset(&J, 0, sizeof J);
+    cp_seg_params_default(&J.params);
+    J.outputs = CP_SEG_OUT_MASKS;
+    J.jobs = 1;
+    J.manifest_fd = -1;
+    const char *model_spec = NULL, *glob = NULL, *shard = NULL, *device = getenv("CELLPOSE_DEVICE");
+    int recursive = 0, threads = 0, dynamics = 0;
+    cp_strlist flows_inputs = {0};
+
+    int c;
+    while ((c = getopt_long(argc, argv, "m:j:rqv", long_opts, NULL)) != -1) {
+        switch (c) {
+        case 'm': model_spec = optarg; break;
+        case 'j': J.jobs = (int)cli_parse_long("--jobs", optarg, 1, 256); break;
+        case 'r': recursive = 1; break;
+        case 'q': cli_verbosity = 0; break;
+        case 'v': cli_verbosity = 2; break;
+        case OPT_DEVICE: device = optarg; break;
+        case OPT_THREADS: threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
+        case OPT_DIAMETER: J.params.diameter = (float)cli_parse_double("--diameter", optarg, 0, 1e5); break;
+        case OPT_CHAN: J.params.chan = (int)cli_parse_long("--chan", optarg, 0, 4); break;
+        case OPT_CHAN2: J.params.chan2 = (int)cli_parse_long("--chan2", optarg, 0, 4); break;
+        case OPT_FLOW: J.params.flow_threshold = (float)cli_parse_double("--flow-threshold", optarg, 0, 1e9); break;
+        case OPT_CELLPROB:
+            J.params.cellprob_threshold = (float)cli_parse_double("--cellprob-threshold", optarg, -1e9, 1e9);
+            break;
+        case OPT_MINSIZE: J.params.min_size = (int)cli_parse_long("--min-size", optarg, -1, 1L << 30); break;
+        case OPT_MAXFRAC:
+            J.params.max_size_fraction = (float)cli_parse_double("--max-size-fraction", optarg, 0, 1);
+            break;
+        case OPT_NITER: J.params.niter = (int)cli_parse_long("--niter", optarg, 0, 100000); break;
+        case OPT_OVERLAP: J.params.tile_overlap = (float)cli_parse_double("--tile-overlap", optarg, 0, 1); break;
+        case OPT_BATCH: J.params.batch_size = (int)cli_parse_long("--batch-size", optarg, 1, 4096); break;
+        case OPT_AUGMENT: J.params.augment = 1; break;
+        case OPT_NONORM: J.params.normalize = 0; break;
+        case OPT_NORMPCT:
+            if (optind >= argc)
+                cli_usage_error("--norm-percentile needs two numbers: LO HI");
+            J.params.norm_lo = (float)cli_parse_double("--norm-percentile LO", optarg, 0, 100);
+            J.params.norm_hi = (float)cli_parse_double("--norm-percentile HI", argv[optind++], 0, 100);
+            if (J.params.norm_lo >= J.params.norm_hi)
+                cli_usage_error("--norm-percentile: LO must be below HI");
+            break;
+        case OPT_EDGES: J.params.exclude_on_edges = 1; break;
+        case OPT_DYNAMICS:
+            if (strcmp(optarg, "v3") == 0)
+                dynamics = CP_DYN_V3;
+            else if (strcmp(optarg, "v4") == 0)
+                dynamics = CP_DYN_V4;
+            else
+                cli_usage_error("--dynamics: '%s' is not v3 or v4", optarg);
+            break;
+        case OPT_FROMFLOWS:
+            if (cp_strlist_push(&flows_inputs, optarg) != CP_OK)
+                return CLI_EXIT_FATAL;
+            break;
+        case OPT_SAVEDIR: J.savedir = optarg; break;
+        case OPT_SAVE: {
+            unsigned more;
+            if (cp_seg_parse_outputs(optarg, &more) != CP_OK)
+                cli_usage_error("--save: %s", cp_errmsg());
+            J.outputs |= more;
+            break;
+        }
+        case OPT_NOMASKS: J.outputs &= ~(unsigned)CP_SEG_OUT_MASKS; break;
+        case OPT_FORCE: J.force = 1; break;
+        case OPT_MANIFEST: J.manifest_path = optarg; break;
+        case OPT_GLOB: glob = optarg; break;
+        case OPT_SHARD: shard = optarg; break;
+        case OPT_FAILFAST: J.fail_fast = 1; break;
+        case OPT_HELP: usage(); return CLI_EXIT_OK;
+        case OPT_VERSION: cli_print_version(); return CLI_EXIT_OK;
+        default: fprintf(stderr, "Try 'cpseg --help'.\n"); return CLI_EXIT_USAGE;
+        }
+    }
+    J.params.dynamics = dynamics;
+    if (J.outputs == 0)
+        cli_usage_error("nothing to write (--no-masks without --save)");
+    if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+        cli_usage_error("--device: '%s' is not cpu or cuda", device);
+
+    /* inputs */
+    J.from_flows = flows_inputs.n > 0;
+    if (J.from_flows && optind < argc)
+        cli_usage_error("--from-flows takes the flows files; do not mix them with images");
+    if (J.from_flows) {
+        J.inputs = flows_inputs;
+    } else {
+        if (optind >= argc)
+            cli_usage_error("no input images");
+        for (int i = optind; i < argc; i++) {
+            int rc = strcmp(argv[i], "-") == 0 ? read_stdin_list(&J.inputs)
+                                               : cp_expand_inputs((const char *const *)&argv[i], 1, recursive,
+                                                                  glob, &J.inputs);
+            if (rc != CP_OK) {
+                cli_err("%s", cp_errmsg());
+                return CLI_EXIT_USAGE;
+            }
+        }
+    }
+    if (shard) {
+        long k, n;
+        parse_shard(shard, &k, &n);
+        size_t w = 0;
+        for (size_t i = 0; i < J.inputs.n; i++) {
+            if ((long)(i % (size_t)n) == k)
+                J.inputs.items[w++] = J.inputs.items[i];
+            else
+                free(J.inputs.items[i]);
+        }
+        J.inputs.n = w;
+    }
+    if (J.savedir && cp_mkdirs(J.savedir) != CP_OK) {
+        cli_err("%s", cp_errmsg());
+        return CLI_EXIT_FATAL;
+    }
+
+    /* model */
+    int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (threads <= 0)
+        threads = ncores > 0 ? ncores : 1;
+    if (J.jobs > threads)
+        J.jobs = threads;
+    J.threads_per_job = threads / J.jobs;
+    J.arch = CP_ARCH_CPNET;
+    if (!J.from_flows || model_spec) {
+        int rc = cp_model_resolve(model_spec, &J.ref);
+        if (rc != CP_OK && !model_spec && !getenv("CELLPOSE_MODEL_PATH")) {
+            rc = cp_model_builtin(&J.ref);
+            if (rc == CP_OK)
+                cli_err("no model given: using the built-in model (%s)", J.ref.name);
+        }
+        if (rc != CP_OK) {
+            cli_err("%s", cp_errmsg());
+            return CLI_EXIT_FATAL;
+        }
+        cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
+                            J.threads_per_job};
+        rc = cp_model_load(J.ref.path, &mo, &J.model);
+        if (rc != CP_OK) {
+            cli_err("%s", cp_errmsg());
+            return CLI_EXIT_FATAL;
+        }
+        J.info = cp_model_get_info(J.model);
+        J.arch = J.info->arch;
+        J.diam_mean = J.ref.diam_mean > 0 ? J.ref.diam_mean : J.info->diam_mean;
+        J.params.diam_mean = J.diam_mean;
+    }
+    if (J.from_flows && !model_spec)
+        J.diam_mean = 30.0f;
+
+    if (J.manifest_path) {
+        J.manifest_fd = open(J.manifest_path, O_WRONLY | O_CREAT | O_APPEND, 0666);
+        if (J.manifest_fd < 0) {
+            cli_err("%s: cannot open manifest: %s", J.manifest_path, strerror(errno));
+            return CLI_EXIT_FATAL;
+        }
+    }
+
+    cli_install_signal_handlers();
+    pthread_mutex_init(&J.lock, NULL);
+    cli_progress_start(&J.progress, J.inputs.n, "images");
+    pthread_t tids[256];
+    int started = 0;
+    for (int i = 1; i < J.jobs; i++)
+        if (pthread_create(&tids[started], NULL, worker, &J) == 0)
+            started++;
+    worker(&J);
+    for (int i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    cli_progress_end(&J.progress);
+
+    if (cli_verbosity >= 2 || (cli_verbosity >= 1 && J.failed))
+        cli_err("%zu images: %zu done, %zu skipped, %zu failed", J.inputs.n, J.done - J.failed - J.skipped,
+                J.skipped, J.failed);
+    if (J.manifest_fd >= 0)
+        close(J.manifest_fd);
+    cp_model_free(J.model);
+    cp_model_ref_free(&J.ref);
+    cp_strlist_free(&J.inputs);
+    pthread_mutex_destroy(&J.lock);
+    if (cli_interrupted)
+        return CLI_EXIT_INTR;
+    return J.failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
+}

@@ -1,0 +1,158 @@
+/* One image to masks: the network stage (preprocess + net) then dynamics,
+ * with the variant and defaults Cellpose pairs with each network. */
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cellpose/cellpose.h"
+#include "core/internal.h"
+
+/* Cellpose's CLI gives CPnet models a diameter of 30 when none is given. */
+#define CP_V3_DEFAULT_DIAMETER 30.0
+
+void cp_seg_params_default(cp_seg_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->normalize = 1;
+    p->norm_lo = 1.0f;
+    p->norm_hi = 99.0f;
+    p->tile_overlap = 0.1f;
+    p->batch_size = 8;
+    p->flow_threshold = 0.4f;
+    p->min_size = 15;
+    p->max_size_fraction = 0.4f;
+}
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static double effective_diameter(const cp_seg_params *p, cp_arch arch)
+{
+    if (p->diameter > 0)
+        return p->diameter;
+    return arch == CP_ARCH_CPNET ? CP_V3_DEFAULT_DIAMETER : 0.0;
+}
+
+/* Drop masks whose pixels touch the border; keep the others' order. */
+static void exclude_edge_masks(uint32_t *m, int H, int W, uint32_t *ncells)
+{
+    uint32_t n = *ncells;
+    uint32_t *map = calloc((size_t)n + 1, sizeof *map);
+    if (!map)
+        return;
+    for (int x = 0; x < W; x++) {
+        map[m[x]] = 1;
+        map[m[(size_t)(H - 1) * W + x]] = 1;
+    }
+    for (int y = 0; y < H; y++) {
+        map[m[(size_t)y * W]] = 1;
+        map[m[(size_t)y * W + W - 1]] = 1;
+    }
+    uint32_t k = 0;
+    for (uint32_t l = 1; l <= n; l++)
+        map[l] = map[l] ? 0 : ++k;
+    map[0] = 0;
+    for (size_t i = 0; i < (size_t)H * W; i++)
+        m[i] = map[m[i]];
+    *ncells = k;
+    free(map);
+}
+
+static int run_dynamics(const float *dP, const float *cellprob, int H, int W, cp_arch arch, double diam_mean,
+                        const cp_seg_params *p, cp_seg_result *out)
+{
+    cp_dyn_variant v = p->dynamics ? (cp_dyn_variant)p->dynamics : arch == CP_ARCH_CPSAM ? CP_DYN_V4 : CP_DYN_V3;
+    cp_dyn_params dp;
+    cp_dyn_params_default(&dp, v);
+    dp.niter = p->niter;
+    dp.diameter = effective_diameter(p, arch);
+    dp.diam_mean = diam_mean;
+    dp.cellprob_threshold = p->cellprob_threshold;
+    dp.flow_threshold = p->flow_threshold;
+    dp.min_size = p->min_size;
+    dp.max_size_fraction = p->max_size_fraction;
+    dp.threads = p->threads;
+    out->masks = cp_malloc_array((size_t)H * W, sizeof *out->masks, "masks");
+    if (!out->masks)
+        return CP_ENOMEM;
+    cp_dyn_stats st;
+    double t0 = seconds();
+    int rc = cp_dynamics(dP, cellprob, H, W, &dp, out->masks, &st);
+    out->t_dynamics = seconds() - t0;
+    if (rc != CP_OK)
+        return rc;
+    out->ncells = (uint32_t)st.cells;
+    out->niter = st.niter;
+    if (p->exclude_on_edges)
+        exclude_edge_masks(out->masks, H, W, &out->ncells);
+    return CP_OK;
+}
+
+int cp_segment(cp_model *m, const cp_image *img, const cp_seg_params *p, cp_seg_result *out)
+{
+    memset(out, 0, sizeof *out);
+    if (p->threads > 0)
+        omp_set_num_threads(p->threads);
+    const cp_model_info *info = cp_model_get_info(m);
+    cp_eval_params ep;
+    cp_eval_params_init(&ep);
+    ep.chan = p->chan;
+    ep.chan2 = p->chan2;
+    ep.diameter = effective_diameter(p, info->arch);
+    ep.normalize = p->normalize;
+    ep.norm_lower = p->norm_lo;
+    ep.norm_upper = p->norm_hi;
+    ep.tile_overlap = p->tile_overlap;
+    ep.batch_size = p->batch_size;
+    ep.augment = p->augment;
+    ep.diam_mean = p->diam_mean;
+    cp_flows *f;
+    double t0 = seconds();
+    int rc = cp_eval_flows(m, img, 0, &ep, &f, NULL);
+    out->t_network = seconds() - t0;
+    if (rc != CP_OK)
+        return rc;
+    out->height = f->height;
+    out->width = f->width;
+    out->flows = f->data; /* 3 x H x W: dY, dX, cellprob */
+    f->data = NULL;
+    cp_flows_free(f);
+    double diam_mean = p->diam_mean > 0 ? p->diam_mean : info->diam_mean;
+    size_t n = (size_t)out->height * out->width;
+    rc = run_dynamics(out->flows, out->flows + 2 * n, out->height, out->width, info->arch, diam_mean, p, out);
+    if (rc != CP_OK)
+        cp_seg_result_free(out);
+    return rc;
+}
+
+int cp_segment_from_flows(const float *flows, int height, int width, cp_arch arch, float diam_mean,
+                          const cp_seg_params *p, cp_seg_result *out)
+{
+    memset(out, 0, sizeof *out);
+    if (p->threads > 0)
+        omp_set_num_threads(p->threads);
+    size_t n = (size_t)height * width;
+    out->height = height;
+    out->width = width;
+    out->flows = cp_malloc_array(3 * n, sizeof *out->flows, "flows");
+    if (!out->flows)
+        return CP_ENOMEM;
+    memcpy(out->flows, flows, 3 * n * sizeof *flows);
+    double dm = p->diam_mean > 0 ? p->diam_mean : diam_mean > 0 ? diam_mean : 30.0;
+    int rc = run_dynamics(out->flows, out->flows + 2 * n, height, width, arch, dm, p, out);
+    if (rc != CP_OK)
+        cp_seg_result_free(out);
+    return rc;
+}
+
+void cp_seg_result_free(cp_seg_result *r)
+{
+    free(r->masks);
+    free(r->flows);
+    memset(r, 0, sizeof *r);
+}
