@@ -38,7 +38,8 @@ static const char *USAGE =
     "      --boundary-scales LIST  add Cellpose boundary scores at these scales\n"
     "      --v3-counts          count masks by their largest label (Cellpose v3)\n"
     "      --manifest FILE      write one JSON line per input (status, rows)\n"
-    "      --merge              concatenate TABLEs of one format (header once)\n"
+    "      --merge              concatenate TABLEs of one format (header once;\n"
+    "                           '-' reads their paths from stdin)\n"
     "  -q, --quiet              only errors on stderr\n"
     "  -v, --verbose            more messages\n"
     "  -h, --help               this help\n"
@@ -911,8 +912,16 @@ int main(int argc, char **argv)
 
     cp_strlist files = {0};
     if (op.merge) {
-        for (int i = optind; i < argc; i++)
-            cp_strlist_push(&files, argv[i]);
+        /* '-' reads table paths from stdin: a cluster's thousands of parts
+         * need not fit on one command line */
+        for (int i = optind; i < argc; i++) {
+            int bad = strcmp(argv[i], "-") ? cp_strlist_push(&files, argv[i])
+                                           : read_stdin_list(&files);
+            if (bad) {
+                cli_err("out of memory");
+                return CLI_EXIT_FATAL;
+            }
+        }
     } else {
         expand(argv + optind, argc - optind, &files);
     }
