@@ -80,6 +80,7 @@ snap sl > snap5
 check_same "rerun rewrote nothing" snap4 snap5
 check "rerun skipped in the manifest" sh -c "tail -1 sl/cpseg.jsonl | grep -q '\"skipped\"'"
 check_fails "outside an array" 2 slurm
+check_fails "no image in the folder" 2 env IN=in EXT=tif bash "$P/slurm/pipeline.sbatch"
 rm sl/metrics/b.csv
 check_fails "merge with a missing table" 1 slurm merge
 grep -q "sl/metrics/b.csv" "$T/last.err" && ok || bad "merge error names the table"
