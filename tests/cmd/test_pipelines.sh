@@ -62,9 +62,9 @@ check "the good image was done" test -s mkbad/cells/a.zip
 
 # ---- Slurm array, every task index in a loop ----------------------------
 slurm() { env IN=in OUT=sl EXT=png MODEL="$W" DIAMETER=30 $TOOLS bash "$P/slurm/pipeline.sbatch" "$@"; }
-for k in 0 1 2; do
-    check "array task $k/3" env SLURM_ARRAY_TASK_ID=$k SLURM_ARRAY_TASK_COUNT=3 bash -c "$(declare -f slurm); W=$W TOOLS='$TOOLS' P=$P; slurm"
-done
+task() { env SLURM_ARRAY_TASK_ID="$1" SLURM_ARRAY_TASK_COUNT="$2" ${3:+NSHARDS=$3} IN=in OUT=sl EXT=png MODEL="$W" \
+    DIAMETER=30 $TOOLS bash "$P/slurm/pipeline.sbatch"; }
+for k in 0 1 2; do check "array task $k/3" task $k 3; done
 check "merge job" slurm merge
 same_tree "3 shards vs make" mk1 sl
 check_eq "each image segmented once" \
@@ -73,9 +73,9 @@ check_eq "each image segmented once" \
 # one cpseg over the whole folder, no shards: the same masks
 check "single cpseg run" "$BIN/cpseg" -q --model "$W" --diameter 30 --savedir single in
 for x in $NAMES; do check_same "shard vs single run: $x" "single/${x}_cp_masks.tif" "sl/masks/${x}_cp_masks.tif"; done
-# a resubmitted task redoes nothing
+# a task resubmitted alone (sbatch --array=1, NSHARDS=3) redoes nothing
 snap sl > snap4
-check "task rerun" env SLURM_ARRAY_TASK_ID=1 SLURM_ARRAY_TASK_COUNT=3 bash -c "$(declare -f slurm); W=$W TOOLS='$TOOLS' P=$P; slurm"
+check "task rerun" task 1 1 3
 snap sl > snap5
 check_same "rerun rewrote nothing" snap4 snap5
 check "rerun skipped in the manifest" sh -c "tail -1 sl/cpseg.jsonl | grep -q '\"skipped\"'"
@@ -85,6 +85,18 @@ rm sl/metrics/b.csv
 check_fails "merge with a missing table" 1 slurm merge
 grep -q "sl/metrics/b.csv" "$T/last.err" && ok || bad "merge error names the table"
 check_same "failed merge kept the old table" mk1/cells.csv sl/cells.csv
+
+# submit.sh, with a stand-in sbatch that logs its arguments and NSHARDS
+mkdir -p fake && cat > fake/sbatch <<'EOS'
+#!/bin/sh
+echo "NSHARDS=$NSHARDS $*" >> "$SBATCH_LOG"; echo "4242;cluster"
+EOS
+chmod +x fake/sbatch
+check "submit.sh" env PATH="$T/fake:$PATH" SBATCH_LOG="$T/sbatch.log" IN=in sh "$P/slurm/submit.sh" 5 --partition=cpu
+check_eq "submit.sh: array, then merge after it" "$(cat sbatch.log)" \
+"NSHARDS=5 --parsable --array=0-4 --partition=cpu $P/slurm/pipeline.sbatch
+NSHARDS=5 --parsable --dependency=afterok:4242 --job-name=cptools-merge --cpus-per-task=1 --partition=cpu $P/slurm/pipeline.sbatch merge"
+check_fails "submit.sh without a count" 2 env IN=in sh "$P/slurm/submit.sh"
 
 # ---- Snakemake ------------------------------------------------------------
 if command -v snakemake > /dev/null; then

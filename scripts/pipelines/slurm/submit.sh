@@ -8,6 +8,7 @@ set -eu
 : "${IN:?set IN to the folder of images}"
 n=$1; shift
 here=$(cd "$(dirname "$0")" && pwd)
+export NSHARDS=$n                   # lets a failed task be resubmitted alone
 jid=$(sbatch --parsable --array=0-$((n - 1)) "$@" "$here/pipeline.sbatch")
 jid=${jid%%;*}                      # "id;cluster" on multi-cluster sites
 mid=$(sbatch --parsable --dependency=afterok:"$jid" --job-name=cptools-merge \
