@@ -8,8 +8,10 @@ TOOLS="CPSEG=$BIN/cpseg CPMETRICS=$BIN/cpmetrics CPCELLS=$BIN/cpcells"
 MK="make --no-print-directory -f $P/Makefile IN=in EXT=png MODEL=$W DIAMETER=30 $TOOLS"
 
 cd "$T" || exit 1
-mkdir -p in && cp "$TESTDATA"/seg/*.png in/
-NAMES="a b c d"
+# under the sanitizers (a slower cpseg) 3 images and one clean make run
+NAMES="a b c d"; [ "${CP_SANITIZERS:-0}" = 1 ] && NAMES="b c d"
+mkdir -p in && for x in $NAMES; do cp "$TESTDATA/seg/$x.png" in/; done
+NIMG=$(echo $NAMES | wc -w); FIRST=${NAMES%% *}
 # every output file of a run, with its modification time (ns)
 snap() { (cd "$1" && find . -type f ! -name '*.jsonl' -printf '%p %T@\n' | LC_ALL=C sort); }
 # all outputs of run $2 byte-identical to those of run $1 (same file set)
@@ -25,11 +27,11 @@ check "make -j2" $MK OUT=mk1 -j2 -s
 n=0; for x in $NAMES; do
     for f in masks/${x}_cp_masks.tif metrics/$x.csv cells/$x.zip; do [ -s "mk1/$f" ] && n=$((n + 1)); done
 done
-check_eq "make wrote 3 outputs per image" $n 12
+check_eq "make wrote 3 outputs per image" $n $((3 * NIMG))
 check "cells.csv has a header and the cells of every table" sh -c \
-    "[ \$(wc -l < mk1/cells.csv) -eq \$((\$(cat mk1/metrics/*.csv | wc -l) - 3)) ] && head -1 mk1/cells.csv | grep -q '^image,label,area,'"
+    "[ \$(wc -l < mk1/cells.csv) -eq \$((\$(cat mk1/metrics/*.csv | wc -l) - $NIMG + 1)) ] && head -1 mk1/cells.csv | grep -q '^image,label,area,'"
 check "merged table = header + rows of the tables in name order" sh -c \
-    "{ head -1 mk1/metrics/a.csv; for x in $NAMES; do tail -n +2 mk1/metrics/\$x.csv; done; } | cmp -s - mk1/cells.csv"
+    "{ head -1 mk1/metrics/$FIRST.csv; for x in $NAMES; do tail -n +2 mk1/metrics/\$x.csv; done; } | cmp -s - mk1/cells.csv"
 check "cell archives hold cells.csv" sh -c "unzip -l mk1/cells/c.zip | grep -q cells.csv"
 check "the masks have cells" sh -c "[ \$(tail -n +2 mk1/cells.csv | wc -l) -gt 0 ]"
 snap mk1 > snap1
@@ -49,16 +51,18 @@ check_eq "only c's outputs and cells.csv rebuilt" \
 same_tree "rebuilt outputs unchanged" keep/mk1 mk1
 
 # a second clean run gives the same bytes
-check "second clean make -j2" $MK OUT=mk2 -j2 -s
-same_tree "clean runs" mk1 mk2
+if [ "${CP_SANITIZERS:-0}" != 1 ]; then
+    check "second clean make -j2" $MK OUT=mk2 -j2 -s
+    same_tree "clean runs" mk1 mk2
+fi
 
 # an image that cannot be read: make stops with an error, leaves no target
-mkdir -p bad && cp in/a.png bad/ && printf 'not a png' > bad/z.png
+mkdir -p bad && cp in/$FIRST.png bad/ && printf 'not a png' > bad/z.png
 check_fails "make fails on a bad image" 2 make --no-print-directory -f "$P/Makefile" IN=bad EXT=png \
     MODEL="$W" $TOOLS OUT=mkbad -k -s
 grep -q "bad/z.png" "$T/last.err" && ok || bad "make's error names the image: $(head -c 300 "$T/last.err")"
 check "no output for the bad image" test ! -e mkbad/masks/z_cp_masks.tif -a ! -e mkbad/cells.csv
-check "the good image was done" test -s mkbad/cells/a.zip
+check "the good image was done" test -s mkbad/cells/$FIRST.zip
 
 # ---- Slurm array, every task index in a loop ----------------------------
 slurm() { env IN=in OUT=sl EXT=png MODEL="$W" DIAMETER=30 $TOOLS bash "$P/slurm/pipeline.sbatch" "$@"; }
@@ -69,7 +73,7 @@ check "merge job" slurm merge
 same_tree "3 shards vs make" mk1 sl
 check_eq "each image segmented once" \
     "$(grep -o '"input": *"[^"]*"' sl/cpseg.jsonl | sed 's/.*"in\///; s/"//' | LC_ALL=C sort | tr '\n' ' ')" \
-    "a.png b.png c.png d.png "
+    "$(for x in $NAMES; do printf '%s.png ' $x; done)"
 # one cpseg over the whole folder, no shards: the same masks
 check "single cpseg run" "$BIN/cpseg" -q --model "$W" --diameter 30 --savedir single in
 for x in $NAMES; do check_same "shard vs single run: $x" "single/${x}_cp_masks.tif" "sl/masks/${x}_cp_masks.tif"; done
