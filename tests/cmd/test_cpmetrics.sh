@@ -61,6 +61,8 @@ $M "$T/two/a.npy" > "$T/pa.csv"
 $M "$T/two/b.npy" --manifest "$T/man.jsonl" > "$T/pb.csv"
 $M --merge "$T/pa.csv" "$T/pb.csv" > "$T/merged.csv"
 check_same "--merge of two runs = one run" "$T/merged.csv" "$T/two.csv"
+printf '%s\n' "$T/pa.csv" "$T/pb.csv" | $M --merge - -o "$T/merged2.csv"
+check_same "--merge - reads the table paths from stdin" "$T/merged2.csv" "$T/two.csv"
 check_eq "manifest line" "$(cat "$T/man.jsonl")" "{\"input\": \"$T/two/b.npy\", \"image\": \"b\", \"status\": \"ok\", \"rows\": 4}"
 
 # quality against the golden Cellpose values (match_v4.json, first pair)
