@@ -61,10 +61,11 @@ class ReuseAllocator final : public c10::Allocator {
         return {p, p, &release, at::Device(at::kCPU)};
     }
     c10::DeleterFnPtr raw_deleter() const override { return &release; }
+    // Never destroyed: tensors in static storage may be freed after main.
     static ReuseAllocator &get()
     {
-        static ReuseAllocator a;
-        return a;
+        static ReuseAllocator *a = new ReuseAllocator;
+        return *a;
     }
 
   private:

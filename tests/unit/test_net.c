@@ -279,7 +279,7 @@ static void test_bad_files(void)
     CHECK(failed > 0);
     free(small);
     size_t pre = nl < 80000 ? nl : 80000;
-    for (size_t i = 0; i < 60000 && i < pre; i += 41)
+    for (size_t i = 0; i < 60000 && i < pre; i += 199)
         for (size_t f = 0; f < sizeof flips; f += 2) {
             leg[i] = (char)(leg[i] ^ flips[f]);
             w = NULL;
@@ -357,6 +357,13 @@ static void test_bad_models(void)
 
 static int bench(void);
 
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 /* ---- forward passes against Cellpose's own tiles ---------------------- */
 
 static void compare(const char *what, const float *got, const float *ref, size_t n)
@@ -433,6 +440,69 @@ static void test_forward(const char *run, const char *weights, int ntiles, int w
     cp_model_free(m);
 }
 
+/* Legacy weights, a tile smaller than 224: one 176x176 tile is the whole
+ * padded image, so Cellpose's stitched net_out is this tile cropped at 15. */
+static void test_forward_legacy(void)
+{
+    const char *run = "golden/net/synth256_s0__nucleilike__d30/";
+    char rel[256];
+    cp_model *m = NULL;
+    CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), NULL, &m));
+    int nd, nd2;
+    long d[8], d2[8];
+    snprintf(rel, sizeof rel, "%snet_in_padded.npy.gz", run);
+    float *in = read_npy_f32(shared_path(rel), &nd, d);
+    snprintf(rel, sizeof rel, "%snet_out.npy", run);
+    float *ref = read_npy_f32(shared_path(rel), &nd2, d2);
+    CHECK(m && in && ref && nd == 3 && d[0] == 2 && d[1] == 176 && nd2 == 3 && d2[0] == 145 && d2[2] == 3);
+    if (m && in && ref) {
+        float *out = malloc(3 * 176 * 176 * sizeof *out), *crop = malloc(145 * 145 * 3 * sizeof *crop);
+        CHECK_OK(cp_model_forward(m, in, 1, 176, 176, out, NULL));
+        for (int y = 0; y < 145; y++)
+            for (int x = 0; x < 145; x++)
+                for (int c = 0; c < 3; c++)
+                    crop[(y * 145 + x) * 3 + c] = out[(c * 176 + y + 15) * 176 + x + 15];
+        compare("synth256_s0__nucleilike__d30 (legacy weights, 176 tile)", crop, ref, 145 * 145 * 3);
+        /* same bytes whatever the thread count */
+        cp_model *m1 = NULL;
+        cp_model_opts o = {CP_DEVICE_CPU, 1};
+        CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), &o, &m1));
+        if (m1) {
+            float *out1 = malloc(3 * 176 * 176 * sizeof *out1);
+            CHECK_OK(cp_model_forward(m1, in, 1, 176, 176, out1, NULL));
+            size_t ndiff = 0;
+            for (size_t i = 0; i < 3 * 176 * 176; i++)
+                ndiff += out1[i] != out[i];
+            printf("1 thread vs all cores: %zu values differ\n", ndiff);
+            CHECK(ndiff == 0);
+            free(out1);
+            cp_model_free(m1);
+        }
+        free(out);
+        free(crop);
+    }
+    free(in);
+    free(ref);
+    cp_model_free(m);
+}
+
+static void test_device(void)
+{
+    const char *w = shared_path("golden/weights/cpsam_tiny_s3.pth");
+    char path[4096];
+    snprintf(path, sizeof path, "%s", w);
+    cp_model *m = NULL;
+    setenv("CELLPOSE_DEVICE", "tpu", 1);
+    CHECK(cp_model_load(path, NULL, &m) == CP_EINVAL && !m);
+    CHECKF(strstr(cp_errmsg(), "CELLPOSE_DEVICE") != NULL, "%s", cp_errmsg());
+    setenv("CELLPOSE_DEVICE", "cuda", 1);
+    int rc = cp_model_load(path, NULL, &m);
+    /* this libtorch is CPU-only here; with CUDA the load simply succeeds */
+    CHECKF(rc == 0 || (strstr(cp_errmsg(), "CUDA") && strstr(cp_errmsg(), path)), "%s", cp_errmsg());
+    cp_model_free(m);
+    unsetenv("CELLPOSE_DEVICE");
+}
+
 static void test_info(void)
 {
     cp_model *m = NULL;
@@ -464,30 +534,34 @@ static void test_info(void)
     }
 }
 
+/* Each part with its time, so slow parts show in the log. */
+#define T(call)                                                                \
+    do {                                                                       \
+        double t0_ = now_s();                                                  \
+        call;                                                                  \
+        printf("%-60s %.1f s\n", #call, now_s() - t0_);                        \
+    } while (0)
+
 int main(void)
 {
     if (getenv("CP_BENCH") && *getenv("CP_BENCH") == '1')
         return bench();
-    test_info();
-    test_bad_models();
-    test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1);
-    test_forward("synth256_s0__cpsam_tiny__dnone", "cpsam_tiny_s3.pth", 1, 0);
-    check_against_json("cpnet_cyto3like_s1");
-    check_against_json("cpnet_nucleilike_s2_legacy");
-    check_against_json("cpsam_tiny_s3");
-    test_save_roundtrip();
-    test_bad_files();
+    T(test_info());
+    T(test_bad_models());
+    T(test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1));
+    T(test_forward("synth256_s0__cpsam_tiny__dnone", "cpsam_tiny_s3.pth", 1, 0));
+    T(test_forward_legacy());
+    T(test_device());
+    T(check_against_json("cpnet_cyto3like_s1"));
+    T(check_against_json("cpnet_nucleilike_s2_legacy"));
+    T(check_against_json("cpsam_tiny_s3"));
+    T(test_save_roundtrip());
+    T(test_bad_files());
     return test_result();
 }
 
 /* ---- benchmark (CP_BENCH=1): not a test -------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* Multiply-accumulates of the convolutions of a CPnet on one b×b tile
  * (BN, ReLU, additions and the style Linear layers are left out). */
