@@ -7,6 +7,7 @@
 #include <torch/cuda.h>
 
 #include <c10/core/CPUAllocator.h>
+#include <omp.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -349,6 +350,23 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
     return at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
 }
 
+// libtorch and libcellpose's own loops share one OpenMP runtime: the
+// model's thread count holds only while the network runs, and the caller's
+// OpenMP setting is restored afterwards.
+struct ThreadScope {
+    int prev;
+    explicit ThreadScope(int n) : prev(omp_get_max_threads())
+    {
+        if (at::get_num_threads() != n)
+            at::set_num_threads(n);
+    }
+    ~ThreadScope()
+    {
+        if (omp_get_max_threads() != prev)
+            omp_set_num_threads(prev);
+    }
+};
+
 int nproc()
 {
     unsigned n = std::thread::hardware_concurrency();
@@ -376,7 +394,7 @@ extern "C" int cp_shim_create(const cp_weights *w, const cp_model_info *info,
         }
         install_allocator();
         s->threads = opts->threads > 0 ? opts->threads : nproc();
-        at::set_num_threads(s->threads);
+        ThreadScope ts(s->threads);
         c10::InferenceMode guard;
         Loader L{w, s->dev};
         if (info->arch == CP_ARCH_CPNET)
@@ -398,8 +416,7 @@ extern "C" int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int t
                                float *style)
 {
     try {
-        if (at::get_num_threads() != s->threads)
-            at::set_num_threads(s->threads);
+        ThreadScope ts(s->threads);
         c10::InferenceMode guard;
         int64_t nchan = s->info.nchan;
         at::Tensor x = at::from_blob(const_cast<float *>(in), {n, nchan, ty, tx}, at::kFloat);
@@ -439,10 +456,11 @@ extern "C" void cp_shim_free(cp_shim *s)
 }
 
 extern "C" double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps,
-                                    int channels_last)
+                                    int channels_last, int threads)
 {
     try {
         install_allocator();
+        ThreadScope ts(threads > 0 ? threads : nproc());
         c10::InferenceMode guard;
         at::Tensor x = at::randn({n, cin, h, w});
         at::Tensor wt = at::randn({cout, cin, k, k});

@@ -2,6 +2,7 @@
  * checksums, malformed files, and the forward passes against Cellpose's own
  * tile outputs. CP_BENCH=1 turns this binary into the network benchmark. */
 #include <cjson/cJSON.h>
+#include <omp.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -431,6 +432,18 @@ static void test_forward(const char *run, const char *weights, int ntiles, int w
         compare(what, one, tout + nout / (size_t)ntiles, nout / (size_t)ntiles);
         free(one);
     }
+    /* the first tile twice in one batch: both copies give the golden output */
+    if (ntiles == 1) {
+        size_t tin1 = (size_t)info->nchan * (size_t)b * (size_t)b;
+        float *in2 = malloc(2 * tin1 * sizeof *in2), *out2 = malloc(2 * nout * sizeof *out2);
+        memcpy(in2, tin, tin1 * sizeof *in2);
+        memcpy(in2 + tin1, tin, tin1 * sizeof *in2);
+        CHECK_OK(cp_model_forward(m, in2, 2, b, b, out2, NULL));
+        snprintf(what, sizeof what, "%s: tile 0 twice, second copy", run);
+        compare(what, out2 + nout, tout, nout);
+        free(in2);
+        free(out2);
+    }
     /* wrong tile sizes are refused */
     CHECK(cp_model_forward(m, tin, 1, b - 4, b, out, NULL) != 0);
     free(out);
@@ -469,7 +482,10 @@ static void test_forward_legacy(void)
         CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), &o, &m1));
         if (m1) {
             float *out1 = malloc(3 * 176 * 176 * sizeof *out1);
+            int omp_before = omp_get_max_threads();
             CHECK_OK(cp_model_forward(m1, in, 1, 176, 176, out1, NULL));
+            CHECKF(omp_get_max_threads() == omp_before, "OpenMP threads %d, was %d",
+                   omp_get_max_threads(), omp_before);
             size_t ndiff = 0;
             for (size_t i = 0; i < 3 * 176 * 176; i++)
                 ndiff += out1[i] != out[i];
@@ -640,14 +656,14 @@ static int bench(void)
         if (t < per_batch)
             per_batch = t;
         for (int k = 0; k < 6; k++) {
-            t = cp_shim_time_conv(n, cv[k % 3].c, cv[k % 3].c, cv[k % 3].hw, cv[k % 3].hw, 3, 1, k >= 3);
+            t = cp_shim_time_conv(n, cv[k % 3].c, cv[k % 3].c, cv[k % 3].hw, cv[k % 3].hw, 3, 1, k >= 3, o.threads);
             if (t > 0 && t < best[k])
                 best[k] = t;
         }
         double sum = 0;
         for (int k = 0; k < ncs; k++)
             sum += cs[k].count * cp_shim_time_conv(n, cs[k].cin, cs[k].cout, cs[k].side, cs[k].side,
-                                                   cs[k].k, 1, 1);
+                                                   cs[k].k, 1, 1, o.threads);
         if (sum < conv_only)
             conv_only = sum;
     }
