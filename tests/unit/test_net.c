@@ -277,6 +277,49 @@ static void test_bad_files(void)
         CHECK(cp_weights_load_mem(small, i, "cut.pth", &w) != 0 && !w);
     }
     printf("small zip fuzz: %d loaded, %d refused\n", loaded, failed);
+    /* an evil global inside a zip container (same length, so the zip stays valid
+     * apart from the CRC: the check must refuse it either way, naming the global
+     * once the CRC is made to match) */
+    char *hit = small ? memmem(small, ns, "collections\nOrderedDict\n", 24) : NULL;
+    CHECK(hit != NULL);
+    if (hit) {
+        memcpy(hit, "subprocess\ncheck_output\n", 24);
+        w = NULL;
+        CHECK(cp_weights_load_mem(small, ns, "evil.pth", &w) != 0 && !w);
+        CHECKF(strstr(cp_errmsg(), "CRC"), "%s", cp_errmsg());
+        /* fix the CRC of data.pkl in the local and central headers */
+        char *pk = memmem(small, ns, "archive/data.pkl", 16);
+        CHECK(pk != NULL);
+        if (pk) {
+            unsigned char *lh = (unsigned char *)pk - 30;
+            size_t doff = 30 + 16 + (size_t)(lh[28] | lh[29] << 8);
+            uint32_t sz = (uint32_t)(lh[18] | lh[19] << 8 | lh[20] << 16 | (uint32_t)lh[21] << 24);
+            uint32_t crc = (uint32_t)crc32(0L, lh + doff, sz);
+            char *cd = memmem(pk + 16, ns - (size_t)(pk + 16 - small), "archive/data.pkl", 16);
+            CHECK(cd != NULL);
+            for (int k = 0; k < 4 && cd; k++) {
+                lh[14 + k] = (unsigned char)(crc >> (8 * k));
+                ((unsigned char *)cd - 46)[16 + k] = (unsigned char)(crc >> (8 * k));
+            }
+            CHECK(cp_weights_load_mem(small, ns, "evil.pth", &w) != 0 && !w);
+            CHECKF(strstr(cp_errmsg(), "subprocess.check_output") && strstr(cp_errmsg(), "evil.pth"),
+                   "%s", cp_errmsg());
+        }
+    }
+    /* a damaged tensor byte */
+    free(small);
+    small = slurp(sp, &ns);
+    if (small) {
+        char *d8 = memmem(small, ns, f6, sizeof f6); /* tensor "c" (a.weight holds 6 floats) */
+        CHECK(d8 != NULL);
+        if (d8) {
+            d8[5] ^= 1;
+            w = NULL;
+            CHECK(cp_weights_load_mem(small, ns, "damaged.pth", &w) != 0 && !w);
+            CHECKF(strstr(cp_errmsg(), "damaged.pth") && strstr(cp_errmsg(), "archive/data/2") &&
+                   strstr(cp_errmsg(), "CRC"), "%s", cp_errmsg());
+        }
+    }
     CHECK(failed > 0);
     free(small);
     size_t pre = nl < 80000 ? nl : 80000;
