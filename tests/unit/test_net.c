@@ -743,5 +743,34 @@ static int bench(void)
     free(in);
     free(out);
     cp_model_free(m);
+
+    /* the tiny Cellpose-SAM (the ViT-L has the same structure at E = 1024) */
+    if (cp_model_load(shared_path("golden/weights/cpsam_tiny_s3.pth"), &o, &m)) {
+        fprintf(stderr, "bench: %s\n", cp_errmsg());
+        return 1;
+    }
+    info = cp_model_get_info(m);
+    b = info->bsize;
+    nin = (size_t)n * 3 * b * b;
+    in = calloc(nin, 4);
+    out = malloc((size_t)n * 3 * b * b * 4);
+    for (size_t k = 0; k < nin; k++)
+        in[k] = (float)(k % 97) / 97.0f;
+    cp_model_forward(m, in, n, b, b, out, NULL);
+    double tv = 1e30;
+    for (int rep = 0; rep < reps; rep++) {
+        double t0 = now_s();
+        cp_model_forward(m, in, n, b, b, out, NULL);
+        if (now_s() - t0 < tv)
+            tv = now_s() - t0;
+    }
+    double E = info->embed, N = (double)(b / info->patch) * (b / info->patch);
+    double vmacs = info->depth * N * (12 * E * E + 2 * N * E) + N * (256 * E + 256 * 256 * 9 + 192 * 256);
+    printf("net: tiny Cellpose-SAM (E %d, depth %d), batch %d tiles of %d: %.3f s/batch, %.1f ms/tile, "
+           "%.1f GFLOP/s (matmul + conv FLOPs)\n", info->embed, info->depth, n, b, tv, 1e3 * tv / n,
+           2 * vmacs * n / 1e9 / tv);
+    free(in);
+    free(out);
+    cp_model_free(m);
     return 0;
 }
