@@ -71,6 +71,9 @@ double cli_parse_double(const char *flag, const char *s, double lo, double hi)
     return v;
 }
 
+/* First signal: remove unfinished outputs and ask the command to stop after
+ * its current step; a second one exits at once. Either way finished outputs
+ * are complete files and a rerun redoes exactly what is missing. */
 static void on_signal(int sig)
 {
     cp_atomic_cleanup_all();

@@ -7,6 +7,13 @@
 #include "cellpose/image.h"
 #include "cellpose/io.h"
 #include "cellpose/files.h"
+#include "cellpose/imagej.h"
+#include "cellpose/measure.h"
+#include "cellpose/models.h"
 #include "cellpose/net.h"
+#include "cellpose/outline.h"
+#include "cellpose/preprocess.h"
+#include "cellpose/segment.h"
+#include "cellpose/spots.h"
 
 #endif

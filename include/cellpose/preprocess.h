@@ -1,0 +1,161 @@
+/* libcellpose preprocessing and tiling: from an image to flows.
+ *
+ * Reproduces Cellpose's steps (spec sections 4.1-4.8) in its order and float
+ * arithmetic: channel selection, percentile normalisation, diameter rescale
+ * (OpenCV INTER_LINEAR), padding, overlapping tiles, taper-mask blending,
+ * optional test-time augmentation, batches, crop and resize back.
+ *
+ * Conventions follow the network: CP_ARCH_CPNET means Cellpose 3 rules
+ * (2 channels, chan/chan2, tiles 224), CP_ARCH_CPSAM Cellpose 4 rules
+ * (first 3 channels, tiles 256, image padded to a full tile). */
+#ifndef CELLPOSE_PREPROCESS_H
+#define CELLPOSE_PREPROCESS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cellpose/image.h"
+#include "cellpose/net.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Planar float32 stack: data[(c*height + y)*width + x]. */
+typedef struct cp_planes {
+    int channels, height, width;
+    float *data;
+} cp_planes;
+
+/* New zero-filled stack (CP_ELIMIT beyond cp_get_max_pixels()). */
+int cp_planes_create(cp_planes **out, int channels, int height, int width);
+void cp_planes_free(cp_planes *p);
+
+/* ---- stages (each usable on its own) ---------------------------------- */
+
+/* 4.1: channels of one plane of `img` for the network, as float32 planes.
+ * CPNET: chan/chan2 are 1-based, 0 = gray/none; output always 2 channels
+ * ([img, 0] for one channel, [mean of channels, 0] for chan 0, else
+ * [img[chan-1], img[chan2-1] or 0]). CPSAM: first 3 channels, zeros appended;
+ * chan/chan2 ignored. CP_EINVAL if chan/chan2 exceed the image's channels. */
+int cp_select_channels(const cp_image *img, int plane, cp_arch arch, int chan, int chan2,
+                       cp_planes **out);
+
+/* numpy.percentile(x, q), method "linear", of n float32 values (q in [0,100]).
+ * Exact (same float64 result as numpy 1.24). Reorders x (selection, no sort). */
+double cp_percentile_f32(float *x, size_t n, double q);
+
+/* 4.2: per-channel normalisation in place: x = (x - p_lo) / (p_hi - p_lo) in
+ * float32 with p_lo/p_hi the lower/upper percentiles (1 and 99 by default);
+ * p_hi - p_lo <= 1e-3 gives 0. Constant channels stay unchanged (CPNET) or
+ * become 0 (CPSAM). Above 224^3 pixels the percentiles use a subsample. */
+int cp_normalize(cp_planes *p, cp_arch arch, double lower, double upper);
+
+/* 4.3: resize factor. CPNET: diam_mean/diameter, or diam_mean/diam_labels when
+ * diameter <= 0. CPSAM: 30/diameter, or 1 when diameter <= 0. */
+double cp_rescale(double diameter, double diam_mean, double diam_labels, cp_arch arch);
+/* The resized length trunc(L*s). */
+int cp_rescaled_len(int len, double s);
+
+/* OpenCV cv2.resize(..., INTER_LINEAR) on float32 planes, bit for bit
+ * (half-pixel centres, replicated edges, no antialiasing; an exact 2x
+ * downscale takes OpenCV's INTER_AREA path as OpenCV does). */
+int cp_resize_linear(const cp_planes *in, int out_h, int out_w, cp_planes **out);
+
+/* 4.4: zeros before/after along one axis of length len. */
+void cp_pad_amounts(int len, cp_arch arch, int bsize, int *before, int *after);
+
+/* 4.5 / 4.7: tiles along the two axes of a padded image. */
+typedef struct cp_tiling {
+    int ny, nx;          /* tiles per axis; tile k = (k / nx, k % nx), row-major */
+    int ty, tx;          /* tile size */
+    int height, width;   /* size of the tiled area (>= padded size with augment) */
+    int *ystart, *xstart;
+    int augment;
+} cp_tiling;
+
+/* Fill t for a padded image height x width. bsize: nominal tile size;
+ * overlap is clipped to [0.05, 0.5]; augment selects the 4.7 rules. */
+int cp_tiling_make(cp_tiling *t, int height, int width, int bsize, double overlap, int augment);
+void cp_tiling_free(cp_tiling *t);
+
+/* 4.6 taper mask for one axis: m[i] = 1/(1+exp((|i-c| - (B/2-20))/7.5)),
+ * B = max(224, ty, tx), restricted to the len-long centred window used by a
+ * tile of size ty x tx along an axis of tile length len. out has len values. */
+void cp_taper_1d(int ty, int tx, int len, double *out);
+
+/* ---- the pipeline ------------------------------------------------------ */
+
+/* A network seen through one call: in n x nchan x ty x tx -> out n x nout x ty x tx
+ * (nout >= 3: dY, dX, cellprob first). Returns CP_OK or an error code (with
+ * the message set). */
+typedef int (*cp_forward_fn)(void *ctx, const float *in, int n, int ty, int tx, float *out);
+
+typedef struct cp_net_desc {
+    cp_arch arch;
+    int nchan, nout, bsize;
+    double diam_mean, diam_labels;
+    cp_forward_fn forward;
+    void *ctx;
+} cp_net_desc;
+
+typedef struct cp_eval_params {
+    int chan, chan2;      /* CPNET channel choice (1-based, 0 = gray/none); default 0, 0 */
+    double diameter;      /* <= 0: none (CPNET uses diam_labels; CPSAM scale 1). Default 0 */
+    double diam_mean;     /* > 0 replaces the network's diam_mean (Cellpose 3 built-in
+                             names use 30, or 17 for nuclei); default 0 */
+    int normalize;        /* default 1 */
+    double norm_lower, norm_upper;  /* default 1, 99 */
+    double tile_overlap;  /* default 0.1 */
+    int batch_size;       /* tiles per forward call, default 8 */
+    int augment;          /* default 0 */
+    int bsize;            /* tile size; 0 = the network's (224 / 256) */
+} cp_eval_params;
+
+void cp_eval_params_init(cp_eval_params *p);
+
+/* Network output at the image's resolution. data is 3 x height x width:
+ * dY = data, dX = data + n, cellprob = data + 2n (n = height*width). */
+typedef struct cp_flows {
+    int height, width;
+    float *data;
+    float *dY, *dX, *cellprob;
+    double rescale;                 /* s used (1 = no resize) */
+    int net_height, net_width;      /* trunc(L*s): resolution the network saw */
+} cp_flows;
+
+void cp_flows_free(cp_flows *f);
+
+/* Intermediate stages, for debugging and tests. Zero it, set the request
+ * fields, pass it to the eval call, read the results, then
+ * cp_eval_debug_free() (also before reusing it). On failure the call frees
+ * what it had filled. */
+typedef struct cp_eval_debug {
+    int keep_stages;      /* request: fill net_in, padded, net_out */
+    int keep_tiles;       /* request: keep inputs/outputs of the first N tiles */
+    cp_planes *net_in;    /* C x Ly x Lx: channels + normalisation, original size */
+    cp_planes *padded;    /* C x Lyp x Lxp: resized and zero-padded (what is tiled) */
+    cp_planes *net_out;   /* 3 x Lyr x Lxr: stitched and cropped, before resize back */
+    float *tiles_in;      /* ntiles_kept x C x ty x tx (augmented tiles as fed) */
+    float *tiles_out;     /* ntiles_kept x nout x ty x tx (raw network output) */
+    int ntiles_kept;
+    cp_tiling tiling;     /* tile layout */
+    int pad_y[2], pad_x[2];  /* zeros before/after, per axis */
+} cp_eval_debug;
+
+void cp_eval_debug_free(cp_eval_debug *d);
+
+/* Image (one plane) -> flows, with any forward function. dbg may be NULL.
+ * Works tile-batch by tile-batch: memory is the image, its padded copy, the
+ * float32 accumulator and one batch of tiles. */
+int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
+                      const cp_eval_params *p, cp_flows **out, cp_eval_debug *dbg);
+
+/* The same with a loaded model (cp_model_forward). */
+int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_params *p,
+                  cp_flows **out, cp_eval_debug *dbg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,30 @@
+/* cp_eval_flows with a loaded model: the pipeline over cp_model_forward. */
+#include "cellpose/core.h"
+#include "cellpose/net.h"
+#include "cellpose/preprocess.h"
+#include "core/internal.h"
+
+static int model_forward(void *ctx, const float *in, int n, int ty, int tx, float *out)
+{
+    return cp_model_forward((cp_model *)ctx, in, n, ty, tx, out, NULL);
+}
+
+int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_params *p,
+                  cp_flows **out, cp_eval_debug *dbg)
+{
+    *out = NULL;
+    if (!m)
+        return cp_error(CP_EINVAL, "eval: no model");
+    const cp_model_info *info = cp_model_get_info(m);
+    cp_net_desc net = {
+        .arch = info->arch,
+        .nchan = info->nchan,
+        .nout = info->nout,
+        .bsize = info->bsize,
+        .diam_mean = info->diam_mean,
+        .diam_labels = info->diam_labels,
+        .forward = model_forward,
+        .ctx = m,
+    };
+    return cp_eval_flows_net(&net, img, plane, p, out, dbg);
+}
