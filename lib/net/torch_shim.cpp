@@ -311,23 +311,25 @@ at::Tensor layernorm2d(const at::Tensor &x, const at::Tensor &w, const at::Tenso
     return w.unsqueeze(-1).unsqueeze(-1) * y + b.unsqueeze(-1).unsqueeze(-1);
 }
 
+// One tile at a time: the N×N score matrices of a whole batch of ViT-L
+// tiles would take 512 MB (and twice that with temporaries).
 at::Tensor attention(const Block &b, const at::Tensor &x, int heads)
 {
-    int64_t B = x.size(0), H = x.size(1), W = x.size(2), E = x.size(3), d = E / heads;
-    at::Tensor qkv = at::linear(x, b.qkvw, b.qkvb)
-                         .reshape({B, H * W, 3, heads, d})
-                         .permute({2, 0, 3, 1, 4})
-                         .reshape({3, B * heads, H * W, d});
-    at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+    int64_t B = x.size(0), H = x.size(1), W = x.size(2), E = x.size(3), d = E / heads, N = H * W;
+    at::Tensor qkv = at::linear(x, b.qkvw, b.qkvb).reshape({B, N, 3, heads, d}).permute({2, 0, 3, 1, 4});
+    at::Tensor o = at::empty({B, heads, N, d}, x.options());
     double scale = 1.0 / std::sqrt((double)d);
-    at::Tensor attn = at::matmul(q * scale, k.transpose(-2, -1));
-    at::Tensor rq = q.reshape({B * heads, H, W, d});
-    at::Tensor rel_h = at::einsum("bhwc,hkc->bhwk", {rq, b.rh});
-    at::Tensor rel_w = at::einsum("bhwc,wkc->bhwk", {rq, b.rw});
-    attn = (attn.view({B * heads, H, W, H, W}) + rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2))
-               .view({B * heads, H * W, H * W});
-    attn = at::softmax(attn, -1);
-    at::Tensor o = at::matmul(attn, v).view({B, heads, H, W, d}).permute({0, 2, 3, 1, 4}).reshape({B, H, W, E});
+    for (int64_t i = 0; i < B; i++) {
+        at::Tensor q = qkv[0][i], k = qkv[1][i], v = qkv[2][i];  // heads × N × d
+        at::Tensor attn = at::matmul(q * scale, k.transpose(-2, -1));
+        // decomposed relative positions, from the unscaled q
+        at::Tensor rq = q.reshape({heads, H, W, d});
+        at::Tensor rel_h = at::einsum("bhwc,hkc->bhwk", {rq, b.rh});
+        at::Tensor rel_w = at::einsum("bhwc,wkc->bhwk", {rq, b.rw});
+        attn.view({heads, H, W, H, W}).add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2));
+        o.select(0, i).copy_(at::matmul(at::softmax(attn, -1), v));
+    }
+    o = o.view({B, heads, H, W, d}).permute({0, 2, 3, 1, 4}).reshape({B, H, W, E});
     return at::linear(o, b.projw, b.projb);
 }
 
