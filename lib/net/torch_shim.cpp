@@ -8,6 +8,7 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <omp.h>
+#include <sched.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -369,8 +370,12 @@ struct ThreadScope {
     }
 };
 
+// Cores this process may run on (taskset / cgroup cpusets), not all online ones.
 int nproc()
 {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
     unsigned n = std::thread::hardware_concurrency();
     return n ? (int)n : 1;
 }
