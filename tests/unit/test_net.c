@@ -306,6 +306,42 @@ static void test_bad_files(void)
                    "%s", cp_errmsg());
         }
     }
+    /* the same archive with a zip64 end record (torch writes one past 4 GB) */
+    free(small);
+    small = slurp(sp, &ns);
+    if (small && ns > 22) {
+        const unsigned char *eo = (const unsigned char *)small + ns - 22;
+        CHECK(eo[0] == 'P' && eo[1] == 'K' && eo[2] == 5 && eo[3] == 6);
+        unsigned cnt = eo[10] | eo[11] << 8;
+        uint32_t cdsz = eo[12] | eo[13] << 8 | eo[14] << 16 | (uint32_t)eo[15] << 24;
+        uint32_t cdoff = eo[16] | eo[17] << 8 | eo[18] << 16 | (uint32_t)eo[19] << 24;
+        size_t base = ns - 22;
+        unsigned char *z = calloc(1, base + 56 + 20 + 22);
+        memcpy(z, small, base);
+        unsigned char *r = z + base;
+        uint64_t v[] = {0x06064b50u, 44, 0, 0, cnt, cnt, cdsz, cdoff};
+        int widths[] = {4, 8, 4, 8, 8, 8, 8, 8}; /* sig, size, versions, disks, counts, cd */
+        for (int f = 0, o = 0; f < 8; o += widths[f], f++)
+            for (int k = 0; k < widths[f]; k++)
+                r[o + k] = (unsigned char)(v[f] >> (8 * k));
+        unsigned char *loc = r + 56;
+        loc[0] = 'P'; loc[1] = 'K'; loc[2] = 6; loc[3] = 7;
+        for (int k = 0; k < 8; k++)
+            loc[8 + k] = (unsigned char)((uint64_t)base >> (8 * k));
+        loc[16] = 1;
+        unsigned char *e = loc + 20;
+        memcpy(e, eo, 22);
+        memset(e + 8, 0xff, 12); /* counts, size and offset "in the zip64 record" */
+        cp_weights *w64 = NULL;
+        CHECK_OK(cp_weights_load_mem(z, base + 98, "zip64.pth", &w64));
+        CHECK(w64 && w64->n == 3 && ((float *)w64->t[2].data)[7] == 8);
+        cp_weights_free(w64);
+        loc[0] = 'X'; /* locator gone */
+        w64 = NULL;
+        CHECK(cp_weights_load_mem(z, base + 98, "zip64.pth", &w64) != 0 && !w64);
+        CHECKF(strstr(cp_errmsg(), "zip64"), "%s", cp_errmsg());
+        free(z);
+    }
     /* a damaged tensor byte */
     free(small);
     small = slurp(sp, &ns);
