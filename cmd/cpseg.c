@@ -160,7 +160,7 @@ typedef struct image_log {
     char error[1024];
     char *outputs[CP_SEG_OUTPUT_KINDS];
     uint32_t cells;
-    int niter;
+    int niter, width, height;
     double t_read, t_network, t_dynamics, t_write, t_total;
 } image_log;
 
@@ -179,6 +179,8 @@ static void manifest_write(job *J, const image_log *L)
     for (int k = 0; k < CP_SEG_OUTPUT_KINDS; k++)
         if (L->outputs[k])
             cJSON_AddItemToArray(outs, cJSON_CreateString(L->outputs[k]));
+    cJSON_AddNumberToObject(o, "width", L->width);
+    cJSON_AddNumberToObject(o, "height", L->height);
     cJSON_AddNumberToObject(o, "cells", L->cells);
     cJSON_AddNumberToObject(o, "niter", L->niter);
     cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
@@ -287,6 +289,8 @@ static int process_one(job *J, const char *input, image_log *L)
     L->t_network = res.t_network;
     L->t_dynamics = res.t_dynamics;
     L->cells = res.ncells;
+    L->width = res.width;
+    L->height = res.height;
     L->niter = res.niter;
 
     double tw = now();
