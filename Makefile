@@ -111,7 +111,9 @@ bench: deps
 	$(MAKE) all
 	scripts/bench $(BUILD)
 
-$(BUILD)/cellpose.pc: Makefile
+# Regenerated on every install: it records PREFIX.
+.PHONY: $(BUILD)/cellpose.pc
+$(BUILD)/cellpose.pc:
 	@mkdir -p $(dir $@)
 	printf 'prefix=%s\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: cellpose\nDescription: Cellpose segmentation, measurement and spot tables in C\nVersion: %s\nLibs: -L$${libdir} -lcellpose\nLibs.private: %s\nCflags: -I$${includedir}\n' \
 	  '$(PREFIX)' '$(VERSION)' '$(LDLIBS)' > $@

@@ -160,7 +160,7 @@ typedef struct image_log {
     char error[1024];
     char *outputs[CP_SEG_OUTPUT_KINDS];
     uint32_t cells;
-    int niter;
+    int niter, width, height;
     double t_read, t_network, t_dynamics, t_write, t_total;
 } image_log;
 
@@ -179,6 +179,8 @@ static void manifest_write(job *J, const image_log *L)
     for (int k = 0; k < CP_SEG_OUTPUT_KINDS; k++)
         if (L->outputs[k])
             cJSON_AddItemToArray(outs, cJSON_CreateString(L->outputs[k]));
+    cJSON_AddNumberToObject(o, "width", L->width);
+    cJSON_AddNumberToObject(o, "height", L->height);
     cJSON_AddNumberToObject(o, "cells", L->cells);
     cJSON_AddNumberToObject(o, "niter", L->niter);
     cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
@@ -287,6 +289,8 @@ static int process_one(job *J, const char *input, image_log *L)
     L->t_network = res.t_network;
     L->t_dynamics = res.t_dynamics;
     L->cells = res.ncells;
+    L->width = res.width;
+    L->height = res.height;
     L->niter = res.niter;
 
     double tw = now();
@@ -397,6 +401,7 @@ int main(int argc, char **argv)
     const char *model_spec = NULL, *glob = NULL, *shard = NULL, *device = getenv("CELLPOSE_DEVICE");
     int recursive = 0, threads = 0, dynamics = 0;
     cp_strlist flows_inputs = {0};
+    int status = CLI_EXIT_OK;
 
     int c;
     while ((c = getopt_long(argc, argv, "m:j:rqv", long_opts, NULL)) != -1) {
@@ -443,7 +448,7 @@ int main(int argc, char **argv)
             break;
         case OPT_FROMFLOWS:
             if (cp_strlist_push(&flows_inputs, optarg) != CP_OK)
-                return CLI_EXIT_FATAL;
+                { status = CLI_EXIT_FATAL; goto out; }
             break;
         case OPT_SAVEDIR: J.savedir = optarg; break;
         case OPT_SAVE: {
@@ -485,7 +490,8 @@ int main(int argc, char **argv)
                                                                   glob, &J.inputs);
             if (rc != CP_OK) {
                 cli_err("%s", cp_errmsg());
-                return CLI_EXIT_USAGE;
+                status = CLI_EXIT_USAGE;
+                goto out;
             }
         }
     }
@@ -503,7 +509,7 @@ int main(int argc, char **argv)
     }
     if (J.savedir && cp_mkdirs(J.savedir) != CP_OK) {
         cli_err("%s", cp_errmsg());
-        return CLI_EXIT_FATAL;
+        { status = CLI_EXIT_FATAL; goto out; }
     }
 
     /* model */
@@ -523,14 +529,14 @@ int main(int argc, char **argv)
         }
         if (rc != CP_OK) {
             cli_err("%s", cp_errmsg());
-            return CLI_EXIT_FATAL;
+            { status = CLI_EXIT_FATAL; goto out; }
         }
         cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
                             J.threads_per_job};
         rc = cp_model_load(J.ref.path, &mo, &J.model);
         if (rc != CP_OK) {
             cli_err("%s", cp_errmsg());
-            return CLI_EXIT_FATAL;
+            { status = CLI_EXIT_FATAL; goto out; }
         }
         J.info = cp_model_get_info(J.model);
         J.arch = J.info->arch;
@@ -544,7 +550,7 @@ int main(int argc, char **argv)
         J.manifest_fd = open(J.manifest_path, O_WRONLY | O_CREAT | O_APPEND, 0666);
         if (J.manifest_fd < 0) {
             cli_err("%s: cannot open manifest: %s", J.manifest_path, strerror(errno));
-            return CLI_EXIT_FATAL;
+            { status = CLI_EXIT_FATAL; goto out; }
         }
     }
 
@@ -564,13 +570,15 @@ int main(int argc, char **argv)
     if (cli_verbosity >= 2 || (cli_verbosity >= 1 && J.failed))
         cli_err("%zu images: %zu done, %zu skipped, %zu failed", J.inputs.n, J.done - J.failed - J.skipped,
                 J.skipped, J.failed);
+    pthread_mutex_destroy(&J.lock);
+    status = cli_interrupted ? CLI_EXIT_INTR : J.failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
+out:
     if (J.manifest_fd >= 0)
         close(J.manifest_fd);
     cp_model_free(J.model);
     cp_model_ref_free(&J.ref);
+    if (J.inputs.items != flows_inputs.items)
+        cp_strlist_free(&flows_inputs);
     cp_strlist_free(&J.inputs);
-    pthread_mutex_destroy(&J.lock);
-    if (cli_interrupted)
-        return CLI_EXIT_INTR;
-    return J.failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
+    return status;
 }

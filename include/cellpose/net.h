@@ -37,7 +37,8 @@ typedef enum cp_device { CP_DEVICE_CPU = 0, CP_DEVICE_CUDA = 1 } cp_device;
 
 typedef struct cp_model_opts {
     cp_device device;   /* CPU unless asked */
-    int threads;        /* intra-op threads; 0 = all cores */
+    int threads;        /* intra-op threads; 0 = all cores. Applies while the
+                           network runs; the caller's OpenMP setting is restored */
 } cp_model_opts;
 
 typedef struct cp_model cp_model;
@@ -85,15 +86,22 @@ int cp_weights_add(cp_weights *w, const char *name, int ndim, const int64_t *sha
 /* Write in torch.save's zip format (loadable by torch.load), atomically. */
 int cp_weights_save(const cp_weights *w, const char *path);
 
-/* Load weights. opts may be NULL. Errors name the file and the missing or
- * mismatched key/shape. */
+/* Load weights. opts may be NULL: CPU, all cores, or CUDA when the
+ * environment says CELLPOSE_DEVICE=cuda (an error if libtorch has no CUDA).
+ * Errors name the file and the missing or mismatched key/shape; every key
+ * must be present with its shape and no other key may appear.
+ * The first load makes libtorch keep freed blocks >= 1 MB for reuse (up to
+ * 2 GiB), which removes the page-fault cost of large activations. */
 int cp_model_load(const char *path, const cp_model_opts *opts, cp_model **out);
 void cp_model_free(cp_model *m);
 const cp_model_info *cp_model_get_info(const cp_model *m);
 
 /* Forward pass on a batch of n tiles, in: n × nchan × ty × tx float32
- * (C order), out: n × nout × ty × tx. style (n × 256) may be NULL.
- * ty and tx must be multiples of 8 (CPnet) or equal bsize (cpsam). */
+ * (C order), out: n × nout × ty × tx. style (n × nstyle, the L2-normalised
+ * style vector of each tile; zeros for cpsam) may be NULL.
+ * ty and tx must be multiples of 2^(nlevels-2) (8 for built-in CPnets) or
+ * equal bsize (cpsam). Results do not depend on the batch size or threads
+ * beyond float32 rounding in libtorch's kernels. */
 int cp_model_forward(cp_model *m, const float *in, int n, int ty, int tx, float *out, float *style);
 
 #ifdef __cplusplus

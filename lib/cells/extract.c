@@ -9,23 +9,6 @@
 
 void cp_cells_opts_init(cp_cells_opts *o) { memset(o, 0, sizeof *o); }
 
-static double sample(const void *data, cp_dtype t, size_t i)
-{
-    switch (t) {
-    case CP_U8: return ((const uint8_t *)data)[i];
-    case CP_U16: return ((const uint16_t *)data)[i];
-    case CP_U32: return ((const uint32_t *)data)[i];
-    case CP_I8: return ((const int8_t *)data)[i];
-    case CP_I16: return ((const int16_t *)data)[i];
-    case CP_I32: return ((const int32_t *)data)[i];
-    case CP_I64: return (double)((const int64_t *)data)[i];
-    case CP_U64: return (double)((const uint64_t *)data)[i];
-    case CP_F32: return ((const float *)data)[i];
-    case CP_F64: return ((const double *)data)[i];
-    default: return 0;
-    }
-}
-
 int cp_cells_scale(const cp_image *img, const cp_cells_opts *o, cp_cell_scale *s)
 {
     memset(s, 0, sizeof *s);
@@ -44,7 +27,7 @@ int cp_cells_scale(const cp_image *img, const cp_cells_opts *o, cp_cell_scale *s
     size_t n = cp_image_samples(img);
     double lo = INFINITY, hi = -INFINITY;
     for (size_t i = 0; i < n; i++) {
-        double v = sample(img->data, img->dtype, i);
+        double v = cp_sample_f64(img->data, img->dtype, i);
         if (!isfinite(v))
             continue;
         if (v < lo)
@@ -111,7 +94,7 @@ int cp_cell_extract(const cp_image *img, const uint32_t *labels, const cp_cell_b
                     op[c] = ((const uint8_t *)img->data)[si + c];
             } else {
                 for (int c = 0; c < nc; c++)
-                    op[c] = to_u16(sample(img->data, img->dtype, si + c), s);
+                    op[c] = to_u16(cp_sample_f64(img->data, img->dtype, si + c), s);
             }
         }
     }

@@ -66,27 +66,10 @@ int cp_image_clone(const cp_image *src, cp_image **out)
     return rc;
 }
 
-static double sample_at(const void *data, cp_dtype t, size_t i)
-{
-    switch (t) {
-    case CP_U8: return ((const uint8_t *)data)[i];
-    case CP_U16: return ((const uint16_t *)data)[i];
-    case CP_U32: return ((const uint32_t *)data)[i];
-    case CP_I8: return ((const int8_t *)data)[i];
-    case CP_I16: return ((const int16_t *)data)[i];
-    case CP_I32: return ((const int32_t *)data)[i];
-    case CP_I64: return (double)((const int64_t *)data)[i];
-    case CP_U64: return (double)((const uint64_t *)data)[i];
-    case CP_F32: return ((const float *)data)[i];
-    case CP_F64: return ((const double *)data)[i];
-    default: return 0;
-    }
-}
-
 double cp_image_get(const cp_image *img, int plane, int y, int x, int c)
 {
     size_t i = (((size_t)plane * img->height + y) * img->width + x) * img->channels + c;
-    return sample_at(img->data, img->dtype, i);
+    return cp_sample_f64(img->data, img->dtype, i);
 }
 
 void cp_image_channel_f32(const cp_image *img, int plane, int c, float *out)
@@ -94,7 +77,7 @@ void cp_image_channel_f32(const cp_image *img, int plane, int c, float *out)
     size_t npix = (size_t)img->width * img->height;
     size_t base = (size_t)plane * npix * img->channels + c;
     for (size_t i = 0; i < npix; i++)
-        out[i] = (float)sample_at(img->data, img->dtype, base + i * img->channels);
+        out[i] = (float)cp_sample_f64(img->data, img->dtype, base + i * img->channels);
 }
 
 int cp_image_labels_u32(const cp_image *img, const char *name, uint32_t **out)
@@ -109,8 +92,17 @@ int cp_image_labels_u32(const cp_image *img, const char *name, uint32_t **out)
     uint32_t *lab = cp_malloc_array(n, sizeof *lab, "labels");
     if (!lab)
         return CP_ENOMEM;
+    /* Unsigned types up to 32 bits cannot be out of range: copy directly. */
+    if (img->dtype == CP_U8 || img->dtype == CP_U16 || img->dtype == CP_U32) {
+        for (size_t i = 0; i < n; i++)
+            lab[i] = img->dtype == CP_U8    ? ((const uint8_t *)img->data)[i]
+                     : img->dtype == CP_U16 ? ((const uint16_t *)img->data)[i]
+                                            : ((const uint32_t *)img->data)[i];
+        *out = lab;
+        return CP_OK;
+    }
     for (size_t i = 0; i < n; i++) {
-        double v = sample_at(img->data, img->dtype, i);
+        double v = cp_sample_f64(img->data, img->dtype, i);
         if (v < 0 || v > 4294967295.0) {
             free(lab);
             return cp_error(CP_EFORMAT, "%s: label value %.0f at pixel (%zu, %zu) is %s", name, v,

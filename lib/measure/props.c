@@ -128,23 +128,6 @@ static int64_t hull_pixels(const int64_t *hull, size_t k, int h, int w)
     return count;
 }
 
-static inline double sample(const void *data, cp_dtype t, size_t i)
-{
-    switch (t) {
-    case CP_U8: return ((const uint8_t *)data)[i];
-    case CP_U16: return ((const uint16_t *)data)[i];
-    case CP_U32: return ((const uint32_t *)data)[i];
-    case CP_I8: return ((const int8_t *)data)[i];
-    case CP_I16: return ((const int16_t *)data)[i];
-    case CP_I32: return ((const int32_t *)data)[i];
-    case CP_I64: return (double)((const int64_t *)data)[i];
-    case CP_U64: return (double)((const uint64_t *)data)[i];
-    case CP_F32: return ((const float *)data)[i];
-    case CP_F64: return ((const double *)data)[i];
-    default: return 0;
-    }
-}
-
 /* Eigenvalues of the inertia tensor [[a, b], [b, c]] given as exact integer
  * numerators over n^2: A = n*mu02, C = n*mu20, B = -n*mu11. The smaller one
  * comes from the determinant, so thin cells keep their relative precision. */
@@ -360,7 +343,7 @@ static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, bbox bb,
                     continue;
                 size_t base = ((size_t)(bb.r0 + r) * W + bb.c0 + x) * C;
                 for (int ch = 0; ch < C; ch++) {
-                    double v = sample(img->data, img->dtype, base + ch);
+                    double v = cp_sample_f64(img->data, img->dtype, base + ch);
                     sum[ch] += v;
                     if (v < mn[ch])
                         mn[ch] = v;
@@ -376,7 +359,7 @@ static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, bbox bb,
                     continue;
                 size_t base = ((size_t)(bb.r0 + r) * W + bb.c0 + x) * C;
                 for (int ch = 0; ch < C; ch++) {
-                    double d = sample(img->data, img->dtype, base + ch) - sum[ch] / (double)n;
+                    double d = cp_sample_f64(img->data, img->dtype, base + ch) - sum[ch] / (double)n;
                     sq[ch] += d * d;
                 }
             }

@@ -19,8 +19,9 @@ int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int tx, float *o
 void cp_shim_free(cp_shim *s);
 
 /* Benchmark helper: seconds per run of a k×k conv2d of the given shape
- * (NCHW or channels-last) with libtorch's current thread count; < 0 on error. */
-double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps, int channels_last);
+ * (NCHW or channels-last) on `threads` threads (0 = all cores); < 0 on error. */
+double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps, int channels_last,
+                         int threads);
 
 #ifdef __cplusplus
 }

@@ -7,6 +7,8 @@
 #include <torch/cuda.h>
 
 #include <c10/core/CPUAllocator.h>
+#include <omp.h>
+#include <sched.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -61,10 +63,11 @@ class ReuseAllocator final : public c10::Allocator {
         return {p, p, &release, at::Device(at::kCPU)};
     }
     c10::DeleterFnPtr raw_deleter() const override { return &release; }
+    // Never destroyed: tensors in static storage may be freed after main.
     static ReuseAllocator &get()
     {
-        static ReuseAllocator a;
-        return a;
+        static ReuseAllocator *a = new ReuseAllocator;
+        return *a;
     }
 
   private:
@@ -309,23 +312,25 @@ at::Tensor layernorm2d(const at::Tensor &x, const at::Tensor &w, const at::Tenso
     return w.unsqueeze(-1).unsqueeze(-1) * y + b.unsqueeze(-1).unsqueeze(-1);
 }
 
+// One tile at a time: the N×N score matrices of a whole batch of ViT-L
+// tiles would take 512 MB (and twice that with temporaries).
 at::Tensor attention(const Block &b, const at::Tensor &x, int heads)
 {
-    int64_t B = x.size(0), H = x.size(1), W = x.size(2), E = x.size(3), d = E / heads;
-    at::Tensor qkv = at::linear(x, b.qkvw, b.qkvb)
-                         .reshape({B, H * W, 3, heads, d})
-                         .permute({2, 0, 3, 1, 4})
-                         .reshape({3, B * heads, H * W, d});
-    at::Tensor q = qkv[0], k = qkv[1], v = qkv[2];
+    int64_t B = x.size(0), H = x.size(1), W = x.size(2), E = x.size(3), d = E / heads, N = H * W;
+    at::Tensor qkv = at::linear(x, b.qkvw, b.qkvb).reshape({B, N, 3, heads, d}).permute({2, 0, 3, 1, 4});
+    at::Tensor o = at::empty({B, heads, N, d}, x.options());
     double scale = 1.0 / std::sqrt((double)d);
-    at::Tensor attn = at::matmul(q * scale, k.transpose(-2, -1));
-    at::Tensor rq = q.reshape({B * heads, H, W, d});
-    at::Tensor rel_h = at::einsum("bhwc,hkc->bhwk", {rq, b.rh});
-    at::Tensor rel_w = at::einsum("bhwc,wkc->bhwk", {rq, b.rw});
-    attn = (attn.view({B * heads, H, W, H, W}) + rel_h.unsqueeze(-1) + rel_w.unsqueeze(-2))
-               .view({B * heads, H * W, H * W});
-    attn = at::softmax(attn, -1);
-    at::Tensor o = at::matmul(attn, v).view({B, heads, H, W, d}).permute({0, 2, 3, 1, 4}).reshape({B, H, W, E});
+    for (int64_t i = 0; i < B; i++) {
+        at::Tensor q = qkv[0][i], k = qkv[1][i], v = qkv[2][i];  // heads × N × d
+        at::Tensor attn = at::matmul(q * scale, k.transpose(-2, -1));
+        // decomposed relative positions, from the unscaled q
+        at::Tensor rq = q.reshape({heads, H, W, d});
+        at::Tensor rel_h = at::einsum("bhwc,hkc->bhwk", {rq, b.rh});
+        at::Tensor rel_w = at::einsum("bhwc,wkc->bhwk", {rq, b.rw});
+        attn.view({heads, H, W, H, W}).add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2));
+        o.select(0, i).copy_(at::matmul(at::softmax(attn, -1), v));
+    }
+    o = o.view({B, heads, H, W, d}).permute({0, 2, 3, 1, 4}).reshape({B, H, W, E});
     return at::linear(o, b.projw, b.projb);
 }
 
@@ -348,8 +353,29 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
     return at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
 }
 
+// libtorch and libcellpose's own loops share one OpenMP runtime: the
+// model's thread count holds only while the network runs, and the caller's
+// OpenMP setting is restored afterwards.
+struct ThreadScope {
+    int prev;
+    explicit ThreadScope(int n) : prev(omp_get_max_threads())
+    {
+        if (at::get_num_threads() != n)
+            at::set_num_threads(n);
+    }
+    ~ThreadScope()
+    {
+        if (omp_get_max_threads() != prev)
+            omp_set_num_threads(prev);
+    }
+};
+
+// Cores this process may run on (taskset / cgroup cpusets), not all online ones.
 int nproc()
 {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set);
     unsigned n = std::thread::hardware_concurrency();
     return n ? (int)n : 1;
 }
@@ -375,7 +401,7 @@ extern "C" int cp_shim_create(const cp_weights *w, const cp_model_info *info,
         }
         install_allocator();
         s->threads = opts->threads > 0 ? opts->threads : nproc();
-        at::set_num_threads(s->threads);
+        ThreadScope ts(s->threads);
         c10::InferenceMode guard;
         Loader L{w, s->dev};
         if (info->arch == CP_ARCH_CPNET)
@@ -397,8 +423,7 @@ extern "C" int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int t
                                float *style)
 {
     try {
-        if (at::get_num_threads() != s->threads)
-            at::set_num_threads(s->threads);
+        ThreadScope ts(s->threads);
         c10::InferenceMode guard;
         int64_t nchan = s->info.nchan;
         at::Tensor x = at::from_blob(const_cast<float *>(in), {n, nchan, ty, tx}, at::kFloat);
@@ -438,10 +463,11 @@ extern "C" void cp_shim_free(cp_shim *s)
 }
 
 extern "C" double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps,
-                                    int channels_last)
+                                    int channels_last, int threads)
 {
     try {
         install_allocator();
+        ThreadScope ts(threads > 0 ? threads : nproc());
         c10::InferenceMode guard;
         at::Tensor x = at::randn({n, cin, h, w});
         at::Tensor wt = at::randn({cout, cin, k, k});

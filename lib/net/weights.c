@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "cellpose/net.h"
 #include "core/internal.h"
@@ -604,6 +605,7 @@ typedef struct zentry {
     size_t nlen;
     const uint8_t *data;
     uint64_t size;
+    uint32_t crc;
 } zentry;
 
 typedef struct zip {
@@ -689,8 +691,24 @@ static int zip_open(const char *path, const mapped *f, zip *z)
                             "(truncated)", path, (int)(nl > 200 ? 200 : nl), (const char *)e->name);
         e->data = p + doff;
         e->size = csize;
+        e->crc = rd32(c + 16);
         c += 46 + nl + xl + cl;
     }
+    return CP_OK;
+}
+
+/* Damaged tensor bytes would otherwise go unnoticed. */
+static int zip_check_crc(const char *path, const zentry *e)
+{
+    uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
+    for (uint64_t done = 0; done < e->size;) {
+        uInt k = e->size - done > (1u << 30) ? (1u << 30) : (uInt)(e->size - done);
+        crc = (uint32_t)crc32(crc, e->data + done, k);
+        done += k;
+    }
+    if (crc != e->crc)
+        return cp_error(CP_EFORMAT, "%s: zip entry '%.*s' is damaged (CRC mismatch)", path,
+                        (int)(e->nlen > 200 ? 200 : e->nlen), (const char *)e->name);
     return CP_OK;
 }
 
@@ -950,6 +968,8 @@ static int load_zip(const char *path, const mapped *f, unpickler *u, cp_weights 
         rc = cp_error(CP_EUNSUPPORTED, "%s: big-endian tensors are not supported", path);
         goto done;
     }
+    if ((rc = zip_check_crc(path, pk)))
+        goto done;
     u->p = pk->data;
     u->end = pk->data + pk->size;
     obj *top;
@@ -968,6 +988,8 @@ static int load_zip(const char *path, const mapped *f, unpickler *u, cp_weights 
                           (int)(sd[k].klen > 100 ? 100 : sd[k].klen), (const char *)sd[k].key);
             goto done;
         }
+        if ((rc = zip_check_crc(path, e)))
+            goto done;
         sd[k].data = e->data;
         sd[k].numel = (int64_t)(e->size / (uint64_t)stype_size(sd[k].t));
     }
@@ -1242,8 +1264,6 @@ typedef struct zout {
     size_t count;
     int err;
 } zout;
-
-#include <zlib.h>
 
 static void zwrite(zout *z, const void *d, size_t n)
 {

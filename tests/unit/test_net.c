@@ -2,6 +2,7 @@
  * checksums, malformed files, and the forward passes against Cellpose's own
  * tile outputs. CP_BENCH=1 turns this binary into the network benchmark. */
 #include <cjson/cJSON.h>
+#include <omp.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -276,10 +277,89 @@ static void test_bad_files(void)
         CHECK(cp_weights_load_mem(small, i, "cut.pth", &w) != 0 && !w);
     }
     printf("small zip fuzz: %d loaded, %d refused\n", loaded, failed);
+    /* an evil global inside a zip container (same length, so the zip stays valid
+     * apart from the CRC: the check must refuse it either way, naming the global
+     * once the CRC is made to match) */
+    char *hit = small ? memmem(small, ns, "collections\nOrderedDict\n", 24) : NULL;
+    CHECK(hit != NULL);
+    if (hit) {
+        memcpy(hit, "subprocess\ncheck_output\n", 24);
+        w = NULL;
+        CHECK(cp_weights_load_mem(small, ns, "evil.pth", &w) != 0 && !w);
+        CHECKF(strstr(cp_errmsg(), "CRC"), "%s", cp_errmsg());
+        /* fix the CRC of data.pkl in the local and central headers */
+        char *pk = memmem(small, ns, "archive/data.pkl", 16);
+        CHECK(pk != NULL);
+        if (pk) {
+            unsigned char *lh = (unsigned char *)pk - 30;
+            size_t doff = 30 + 16 + (size_t)(lh[28] | lh[29] << 8);
+            uint32_t sz = (uint32_t)(lh[18] | lh[19] << 8 | lh[20] << 16 | (uint32_t)lh[21] << 24);
+            uint32_t crc = (uint32_t)crc32(0L, lh + doff, sz);
+            char *cd = memmem(pk + 16, ns - (size_t)(pk + 16 - small), "archive/data.pkl", 16);
+            CHECK(cd != NULL);
+            for (int k = 0; k < 4 && cd; k++) {
+                lh[14 + k] = (unsigned char)(crc >> (8 * k));
+                ((unsigned char *)cd - 46)[16 + k] = (unsigned char)(crc >> (8 * k));
+            }
+            CHECK(cp_weights_load_mem(small, ns, "evil.pth", &w) != 0 && !w);
+            CHECKF(strstr(cp_errmsg(), "subprocess.check_output") && strstr(cp_errmsg(), "evil.pth"),
+                   "%s", cp_errmsg());
+        }
+    }
+    /* the same archive with a zip64 end record (torch writes one past 4 GB) */
+    free(small);
+    small = slurp(sp, &ns);
+    if (small && ns > 22) {
+        const unsigned char *eo = (const unsigned char *)small + ns - 22;
+        CHECK(eo[0] == 'P' && eo[1] == 'K' && eo[2] == 5 && eo[3] == 6);
+        unsigned cnt = eo[10] | eo[11] << 8;
+        uint32_t cdsz = eo[12] | eo[13] << 8 | eo[14] << 16 | (uint32_t)eo[15] << 24;
+        uint32_t cdoff = eo[16] | eo[17] << 8 | eo[18] << 16 | (uint32_t)eo[19] << 24;
+        size_t base = ns - 22;
+        unsigned char *z = calloc(1, base + 56 + 20 + 22);
+        memcpy(z, small, base);
+        unsigned char *r = z + base;
+        uint64_t v[] = {0x06064b50u, 44, 0, 0, cnt, cnt, cdsz, cdoff};
+        int widths[] = {4, 8, 4, 8, 8, 8, 8, 8}; /* sig, size, versions, disks, counts, cd */
+        for (int f = 0, o = 0; f < 8; o += widths[f], f++)
+            for (int k = 0; k < widths[f]; k++)
+                r[o + k] = (unsigned char)(v[f] >> (8 * k));
+        unsigned char *loc = r + 56;
+        loc[0] = 'P'; loc[1] = 'K'; loc[2] = 6; loc[3] = 7;
+        for (int k = 0; k < 8; k++)
+            loc[8 + k] = (unsigned char)((uint64_t)base >> (8 * k));
+        loc[16] = 1;
+        unsigned char *e = loc + 20;
+        memcpy(e, eo, 22);
+        memset(e + 8, 0xff, 12); /* counts, size and offset "in the zip64 record" */
+        cp_weights *w64 = NULL;
+        CHECK_OK(cp_weights_load_mem(z, base + 98, "zip64.pth", &w64));
+        CHECK(w64 && w64->n == 3 && ((float *)w64->t[2].data)[7] == 8);
+        cp_weights_free(w64);
+        loc[0] = 'X'; /* locator gone */
+        w64 = NULL;
+        CHECK(cp_weights_load_mem(z, base + 98, "zip64.pth", &w64) != 0 && !w64);
+        CHECKF(strstr(cp_errmsg(), "zip64"), "%s", cp_errmsg());
+        free(z);
+    }
+    /* a damaged tensor byte */
+    free(small);
+    small = slurp(sp, &ns);
+    if (small) {
+        char *d8 = memmem(small, ns, f6, sizeof f6); /* tensor "c" (a.weight holds 6 floats) */
+        CHECK(d8 != NULL);
+        if (d8) {
+            d8[5] ^= 1;
+            w = NULL;
+            CHECK(cp_weights_load_mem(small, ns, "damaged.pth", &w) != 0 && !w);
+            CHECKF(strstr(cp_errmsg(), "damaged.pth") && strstr(cp_errmsg(), "archive/data/2") &&
+                   strstr(cp_errmsg(), "CRC"), "%s", cp_errmsg());
+        }
+    }
     CHECK(failed > 0);
     free(small);
     size_t pre = nl < 80000 ? nl : 80000;
-    for (size_t i = 0; i < 60000 && i < pre; i += 41)
+    for (size_t i = 0; i < 60000 && i < pre; i += 199)
         for (size_t f = 0; f < sizeof flips; f += 2) {
             leg[i] = (char)(leg[i] ^ flips[f]);
             w = NULL;
@@ -357,6 +437,13 @@ static void test_bad_models(void)
 
 static int bench(void);
 
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 /* ---- forward passes against Cellpose's own tiles ---------------------- */
 
 static void compare(const char *what, const float *got, const float *ref, size_t n)
@@ -424,6 +511,18 @@ static void test_forward(const char *run, const char *weights, int ntiles, int w
         compare(what, one, tout + nout / (size_t)ntiles, nout / (size_t)ntiles);
         free(one);
     }
+    /* the first tile twice in one batch: both copies give the golden output */
+    if (ntiles == 1) {
+        size_t tin1 = (size_t)info->nchan * (size_t)b * (size_t)b;
+        float *in2 = malloc(2 * tin1 * sizeof *in2), *out2 = malloc(2 * nout * sizeof *out2);
+        memcpy(in2, tin, tin1 * sizeof *in2);
+        memcpy(in2 + tin1, tin, tin1 * sizeof *in2);
+        CHECK_OK(cp_model_forward(m, in2, 2, b, b, out2, NULL));
+        snprintf(what, sizeof what, "%s: tile 0 twice, second copy", run);
+        compare(what, out2 + nout, tout, nout);
+        free(in2);
+        free(out2);
+    }
     /* wrong tile sizes are refused */
     CHECK(cp_model_forward(m, tin, 1, b - 4, b, out, NULL) != 0);
     free(out);
@@ -431,6 +530,72 @@ static void test_forward(const char *run, const char *weights, int ntiles, int w
     free(tin);
     free(tout);
     cp_model_free(m);
+}
+
+/* Legacy weights, a tile smaller than 224: one 176x176 tile is the whole
+ * padded image, so Cellpose's stitched net_out is this tile cropped at 15. */
+static void test_forward_legacy(void)
+{
+    const char *run = "golden/net/synth256_s0__nucleilike__d30/";
+    char rel[256];
+    cp_model *m = NULL;
+    CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), NULL, &m));
+    int nd, nd2;
+    long d[8], d2[8];
+    snprintf(rel, sizeof rel, "%snet_in_padded.npy.gz", run);
+    float *in = read_npy_f32(shared_path(rel), &nd, d);
+    snprintf(rel, sizeof rel, "%snet_out.npy", run);
+    float *ref = read_npy_f32(shared_path(rel), &nd2, d2);
+    CHECK(m && in && ref && nd == 3 && d[0] == 2 && d[1] == 176 && nd2 == 3 && d2[0] == 145 && d2[2] == 3);
+    if (m && in && ref) {
+        float *out = malloc(3 * 176 * 176 * sizeof *out), *crop = malloc(145 * 145 * 3 * sizeof *crop);
+        CHECK_OK(cp_model_forward(m, in, 1, 176, 176, out, NULL));
+        for (int y = 0; y < 145; y++)
+            for (int x = 0; x < 145; x++)
+                for (int c = 0; c < 3; c++)
+                    crop[(y * 145 + x) * 3 + c] = out[(c * 176 + y + 15) * 176 + x + 15];
+        compare("synth256_s0__nucleilike__d30 (legacy weights, 176 tile)", crop, ref, 145 * 145 * 3);
+        /* same bytes whatever the thread count */
+        cp_model *m1 = NULL;
+        cp_model_opts o = {CP_DEVICE_CPU, 1};
+        CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), &o, &m1));
+        if (m1) {
+            float *out1 = malloc(3 * 176 * 176 * sizeof *out1);
+            int omp_before = omp_get_max_threads();
+            CHECK_OK(cp_model_forward(m1, in, 1, 176, 176, out1, NULL));
+            CHECKF(omp_get_max_threads() == omp_before, "OpenMP threads %d, was %d",
+                   omp_get_max_threads(), omp_before);
+            size_t ndiff = 0;
+            for (size_t i = 0; i < 3 * 176 * 176; i++)
+                ndiff += out1[i] != out[i];
+            printf("1 thread vs all cores: %zu values differ\n", ndiff);
+            CHECK(ndiff == 0);
+            free(out1);
+            cp_model_free(m1);
+        }
+        free(out);
+        free(crop);
+    }
+    free(in);
+    free(ref);
+    cp_model_free(m);
+}
+
+static void test_device(void)
+{
+    const char *w = shared_path("golden/weights/cpsam_tiny_s3.pth");
+    char path[4096];
+    snprintf(path, sizeof path, "%s", w);
+    cp_model *m = NULL;
+    setenv("CELLPOSE_DEVICE", "tpu", 1);
+    CHECK(cp_model_load(path, NULL, &m) == CP_EINVAL && !m);
+    CHECKF(strstr(cp_errmsg(), "CELLPOSE_DEVICE") != NULL, "%s", cp_errmsg());
+    setenv("CELLPOSE_DEVICE", "cuda", 1);
+    int rc = cp_model_load(path, NULL, &m);
+    /* this libtorch is CPU-only here; with CUDA the load simply succeeds */
+    CHECKF(rc == 0 || (strstr(cp_errmsg(), "CUDA") && strstr(cp_errmsg(), path)), "%s", cp_errmsg());
+    cp_model_free(m);
+    unsetenv("CELLPOSE_DEVICE");
 }
 
 static void test_info(void)
@@ -464,30 +629,34 @@ static void test_info(void)
     }
 }
 
+/* Each part with its time, so slow parts show in the log. */
+#define T(call)                                                                \
+    do {                                                                       \
+        double t0_ = now_s();                                                  \
+        call;                                                                  \
+        printf("%-60s %.1f s\n", #call, now_s() - t0_);                        \
+    } while (0)
+
 int main(void)
 {
     if (getenv("CP_BENCH") && *getenv("CP_BENCH") == '1')
         return bench();
-    test_info();
-    test_bad_models();
-    test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1);
-    test_forward("synth256_s0__cpsam_tiny__dnone", "cpsam_tiny_s3.pth", 1, 0);
-    check_against_json("cpnet_cyto3like_s1");
-    check_against_json("cpnet_nucleilike_s2_legacy");
-    check_against_json("cpsam_tiny_s3");
-    test_save_roundtrip();
-    test_bad_files();
+    T(test_info());
+    T(test_bad_models());
+    T(test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1));
+    T(test_forward("synth256_s0__cpsam_tiny__dnone", "cpsam_tiny_s3.pth", 1, 0));
+    T(test_forward_legacy());
+    T(test_device());
+    T(check_against_json("cpnet_cyto3like_s1"));
+    T(check_against_json("cpnet_nucleilike_s2_legacy"));
+    T(check_against_json("cpsam_tiny_s3"));
+    T(test_save_roundtrip());
+    T(test_bad_files());
     return test_result();
 }
 
 /* ---- benchmark (CP_BENCH=1): not a test -------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* Multiply-accumulates of the convolutions of a CPnet on one b×b tile
  * (BN, ReLU, additions and the style Linear layers are left out). */
@@ -566,14 +735,14 @@ static int bench(void)
         if (t < per_batch)
             per_batch = t;
         for (int k = 0; k < 6; k++) {
-            t = cp_shim_time_conv(n, cv[k % 3].c, cv[k % 3].c, cv[k % 3].hw, cv[k % 3].hw, 3, 1, k >= 3);
+            t = cp_shim_time_conv(n, cv[k % 3].c, cv[k % 3].c, cv[k % 3].hw, cv[k % 3].hw, 3, 1, k >= 3, o.threads);
             if (t > 0 && t < best[k])
                 best[k] = t;
         }
         double sum = 0;
         for (int k = 0; k < ncs; k++)
             sum += cs[k].count * cp_shim_time_conv(n, cs[k].cin, cs[k].cout, cs[k].side, cs[k].side,
-                                                   cs[k].k, 1, 1);
+                                                   cs[k].k, 1, 1, o.threads);
         if (sum < conv_only)
             conv_only = sum;
     }
@@ -607,6 +776,35 @@ static int bench(void)
            "ratio peak/achieved %.2f\n", gflop, achieved, peak, peak / achieved);
     printf("net: the same %d convolutions run alone (channels-last): %.3f s/batch; "
            "network/conv-only ratio %.2f (goal <= 1.5)\n", ncs, conv_only, per_batch / conv_only);
+    free(in);
+    free(out);
+    cp_model_free(m);
+
+    /* the tiny Cellpose-SAM (the ViT-L has the same structure at E = 1024) */
+    if (cp_model_load(shared_path("golden/weights/cpsam_tiny_s3.pth"), &o, &m)) {
+        fprintf(stderr, "bench: %s\n", cp_errmsg());
+        return 1;
+    }
+    info = cp_model_get_info(m);
+    b = info->bsize;
+    nin = (size_t)n * 3 * b * b;
+    in = calloc(nin, 4);
+    out = malloc((size_t)n * 3 * b * b * 4);
+    for (size_t k = 0; k < nin; k++)
+        in[k] = (float)(k % 97) / 97.0f;
+    cp_model_forward(m, in, n, b, b, out, NULL);
+    double tv = 1e30;
+    for (int rep = 0; rep < reps; rep++) {
+        double t0 = now_s();
+        cp_model_forward(m, in, n, b, b, out, NULL);
+        if (now_s() - t0 < tv)
+            tv = now_s() - t0;
+    }
+    double E = info->embed, N = (double)(b / info->patch) * (b / info->patch);
+    double vmacs = info->depth * N * (12 * E * E + 2 * N * E) + N * (256 * E + 256 * 256 * 9 + 192 * 256);
+    printf("net: tiny Cellpose-SAM (E %d, depth %d), batch %d tiles of %d: %.3f s/batch, %.1f ms/tile, "
+           "%.1f GFLOP/s (matmul + conv FLOPs)\n", info->embed, info->depth, n, b, tv, 1e3 * tv / n,
+           2 * vmacs * n / 1e9 / tv);
     free(in);
     free(out);
     cp_model_free(m);

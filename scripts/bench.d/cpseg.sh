@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# cpseg end to end: seconds per image and per megapixel split by stage (read,
+# network, dynamics, write, from --manifest) and peak RSS, on the 1000x1200
+# CellProfiler Speckles image and a 256x256 DSB image, with the cyto3-shaped
+# CPnet of the golden set (same architecture and cost as cyto3) at diameter 30.
+# Peer: Python Cellpose 3 on this machine type takes 2.1 s for the network
+# alone on a 512x512 image with 2 threads (spec section 11), plus ~0.3 s of
+# dynamics (issue 7) = 9.2 s/MP; the ratio is that peer over cpseg's total.
+# Usage: scripts/bench.d/cpseg.sh BUILD_DIR
+set -eu
+BUILD=${1:-build}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SHARED=${CP_SHARED:-$(cd "$ROOT/.." && pwd)/shared}
+BIN=$ROOT/$BUILD/bin
+W=$SHARED/golden/weights/cpnet_cyto3like_s1.pth
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+bench_one() { # label image
+    rm -rf "$T/out" "$T/m.jsonl"
+    /usr/bin/time -f '%M %e' -o "$T/time" "$BIN/cpseg" -q --model "$W" --diameter 30 \
+        --savedir "$T/out" --manifest "$T/m.jsonl" "$2"
+    read -r rss_kb wall < "$T/time"
+    python3 - "$T/m.jsonl" "$1" "$rss_kb" "$wall" <<'PY'
+import json, sys
+m = json.loads(open(sys.argv[1]).readline())
+label, rss_kb, wall = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+peer = (2.1 + 0.3) / (512 * 512 / 1e6)
+s, mp = m["seconds"], m["width"] * m["height"] / 1e6
+print(f"cpseg {label}: {s['total']:.2f} s/image (read {s['read']:.3f}, network {s['network']:.2f}, "
+      f"dynamics {s['dynamics']:.3f}, write {s['write']:.3f}), {s['total'] / mp:.2f} s/MP, "
+      f"process wall {wall:.2f} s, peak RSS {rss_kb / 1024:.0f} MB; "
+      f"peer Python Cellpose 3 {peer:.2f} s/MP -> ratio {peer / (s['total'] / mp):.2f}x")
+PY
+}
+
+bench_one "Speckles 1000x1200 (cellprofiler_speckles_1-162hrh2ax2.tif)" \
+    "$SHARED/data/nogt/cellprofiler_speckles_1-162hrh2ax2.tif"
+dsb=$(awk -F'\t' '$2=="fluorescence" && $3==256 && $4==256 {print $1; exit}' "$SHARED/data/dsb2018/index.tsv")
+bench_one "DSB 256x256 ($dsb)" "$SHARED/data/dsb2018/${dsb}_img.png"
+echo "load average while measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
