@@ -114,6 +114,14 @@ int cp_is_table_name(const char *path);
  * file:line:column. Types come from the SeeSpot schema by column name; other
  * columns take the type of their first value. */
 extern const cp_table_reader cp_csv_reader;
+/* pandas DataFrame pickles (.pkl, .pickle; protocols 2-5, pandas 1.5/2.x,
+ * numpy 1/2): a restricted interpreter that models the frame, block and
+ * index reconstructors and refuses every other global (nothing executes). */
+extern const cp_table_reader cp_pickle_reader;
+/* Parquet (.parquet): flat schemas; PLAIN and dictionary encodings; data
+ * pages v1 and v2; uncompressed, snappy, gzip and zstd; reads only the
+ * column chunks of the requested columns. */
+extern const cp_table_reader cp_parquet_reader;
 
 /* Schema type of a known SeeSpot column name, or -1 when unknown. */
 int cp_spot_column_type(const char *name);
