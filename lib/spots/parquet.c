@@ -217,6 +217,11 @@ static int parse_groups(pq_file *f, tcur *c)
         tc_struct_end(c);
         if (c->err || ncol < 0 || f->group_rows[g] < 0)
             FAIL("%s: corrupt Parquet row group %u", f->path, g);
+        for (int j = 0; j < f->nleaf; j++)
+            if (f->chunks[(size_t)g * f->nleaf + j].nvalues != f->group_rows[g])
+                FAIL("%s: Parquet row group %u: column '%s' holds %lld values for %lld rows", f->path, g,
+                     f->leaf[j].name, (long long)f->chunks[(size_t)g * f->nleaf + j].nvalues,
+                     (long long)f->group_rows[g]);
         f->ngroups++;
     }
     return CP_OK;
@@ -947,7 +952,10 @@ static int pq_read(const char *path, const cp_sread_opts *o, cp_stable *out)
             rc = CP_ENOMEM;
         } else {
             int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+            if (threads > nsel)
+                threads = nsel > 0 ? nsel : 1;
+            /* threads only pay on big tables */
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (f.nrows > 65536)
             for (int k = 0; k < nsel; k++) {
                 colctx x;
                 memset(&x, 0, sizeof x);

@@ -938,6 +938,7 @@ static int get_frame(vm *m, uint32_t top, frame *f)
 static int vm_load(vm *m, const char *path, const cp_fmap *fm, frame *f)
 {
     memset(m, 0, sizeof *m);
+    memset(f, 0, sizeof *f);
     m->path = path;
     m->base = m->p = fm->p;
     m->end = fm->p + fm->n;
