@@ -208,8 +208,8 @@ static int op_global(vm *m, const char *mod, size_t ml, const char *name, size_t
                 v->g = (uint8_t)GLOBALS[k].id;
             return rc;
         }
-    FAIL("%s: pickle refers to %.*s.%.*s, which is not part of a pandas DataFrame pickle (refused; "
-         "nothing is executed)", m->path, (int)(ml > 200 ? 200 : ml), mod, (int)(nl > 200 ? 200 : nl), name);
+    FAIL("%s: pickle refers to %.*s.%.*s, which this reader refuses (pandas DataFrames of numeric, bool "
+         "and object columns only; nothing is executed)", m->path, (int)(ml > 200 ? 200 : ml), mod, (int)(nl > 200 ? 200 : nl), name);
 }
 
 static int to_i64(const pv *v, int64_t *out)

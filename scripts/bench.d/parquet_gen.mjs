@@ -10,8 +10,11 @@ const arrow = require('apache-arrow')
 const pw = require('parquet-wasm')
 
 const n = Number(process.argv[2] || 8000000), out = process.argv[3]
-let s = 12345n
-const rnd = () => { s = (s * 6364136223846793005n + 1442695040888963407n) & 0xffffffffffffffffn; return Number(s >> 40n) / 16777216 }
+let s = 12345
+const rnd = () => { // xorshift32
+  s ^= s << 13; s ^= s >>> 17; s ^= s << 5; s >>>= 0
+  return s / 4294967296
+}
 const CH = ['488', '514', '561']
 const f32 = (lo, hi) => { const a = new Float32Array(n); for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * rnd(); return a }
 const chan = new Array(n), uchan = new Array(n)
