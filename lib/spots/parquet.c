@@ -122,6 +122,9 @@ static int parse_schema(pq_file *f, tcur *c)
                 FAIL("%s: nested Parquet schemas are not supported (flat tables only)", f->path);
             continue;
         }
+        for (size_t k = 0; k < nl; k++)
+            if (nm[k] < 0x20 || nm[k] == 0x7f)
+                FAIL("%s: Parquet column name with control characters", f->path);
         if (children > 0 || L.optional == 2)
             FAIL("%s: nested or repeated Parquet column '%.*s' is not supported", f->path,
                  (int)(nl > 200 ? 200 : nl), nm ? (const char *)nm : "");

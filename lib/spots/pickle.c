@@ -80,6 +80,15 @@ typedef struct vm {
 
 #define FAIL(...) return cp_error(CP_EFORMAT, __VA_ARGS__)
 
+/* A name from the file, printable and bounded, for a one-line message. */
+static void printable(char *dst, size_t cap, const char *s, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n && k + 1 < cap; i++)
+        dst[k++] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    dst[k] = '\0';
+}
+
 static int grow(void **a, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
@@ -208,8 +217,11 @@ static int op_global(vm *m, const char *mod, size_t ml, const char *name, size_t
                 v->g = (uint8_t)GLOBALS[k].id;
             return rc;
         }
-    FAIL("%s: pickle refers to %.*s.%.*s, which this reader refuses (pandas DataFrames of numeric, bool "
-         "and object columns only; nothing is executed)", m->path, (int)(ml > 200 ? 200 : ml), mod, (int)(nl > 200 ? 200 : nl), name);
+    char a[160], b[160];
+    printable(a, sizeof a, mod, ml);
+    printable(b, sizeof b, name, nl);
+    FAIL("%s: pickle refers to %s.%s, which this reader refuses (pandas DataFrames of numeric, bool "
+         "and object columns only; nothing is executed)", m->path, a, b);
 }
 
 static int to_i64(const pv *v, int64_t *out)
@@ -239,9 +251,11 @@ static int parse_dtype(vm *m, const pv *s, pv *d)
     int ok = (k == 'f' && (size == 4 || size == 8)) ||
              ((k == 'i' || k == 'u') && (size == 1 || size == 2 || size == 4 || size == 8)) ||
              (k == 'b' && size == 1) || (k == 'O' && size == 8);
-    if (!ok)
-        FAIL("%s: unsupported numpy dtype '%.*s' in pickle (numbers, bool and object columns only)",
-             m->path, (int)s->n, (const char *)s->p);
+    if (!ok) {
+        char b[8];
+        printable(b, sizeof b, (const char *)s->p, s->n);
+        FAIL("%s: unsupported numpy dtype '%s' in pickle (numbers, bool and object columns only)", m->path, b);
+    }
     d->g = (uint8_t)k;
     d->dsize = (uint8_t)size;
     return CP_OK;
@@ -861,7 +875,10 @@ static int index_name(vm *m, const pv *idx, int64_t k, char *buf, size_t cap)
     if (arr->g == 'O') {
         const pv *l = &m->v[arr->i], *e = item(m, l, (uint32_t)k);
         if (e->kind == V_STR) {
-            snprintf(buf, cap, "%.*s", (int)(e->n < cap ? e->n : cap - 1), (const char *)e->p);
+            if (e->n >= cap || memchr(e->p, '\n', e->n) || memchr(e->p, '\r', e->n) || memchr(e->p, 0, e->n))
+                FAIL("%s: column name too long or with control characters in pickle", m->path);
+            memcpy(buf, e->p, e->n);
+            buf[e->n] = '\0';
             return CP_OK;
         }
         if (e->kind == V_INT) {

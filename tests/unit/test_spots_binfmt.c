@@ -86,7 +86,9 @@ static void flips(const char *rel, const char *ext, uint64_t seed)
     char path[4096];
     snprintf(path, sizeof path, "%s/flip%s", test_tmp_dir(), ext);
     uint8_t *c = malloc(n);
-    for (int k = 0; k < 400; k++) {
+    /* CP_FUZZ_ITERS raises the count for a longer local run */
+    int iters = getenv("CP_FUZZ_ITERS") ? atoi(getenv("CP_FUZZ_ITERS")) : 400;
+    for (int k = 0; k < iters; k++) {
         memcpy(c, b, n);
         for (int j = 0; j < 1 + k % 3; j++) {
             seed = seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -397,6 +399,9 @@ int main(void)
     flips("spots/pw_snappy.parquet", ".parquet", 2);
     flips("spots/hp_gzip.parquet", ".parquet", 3);
     flips("spots/pw_none.parquet", ".parquet", 4);
+    flips("spots/compact_p2.pkl", ".pkl", 5);
+    flips("spots/pw_zstd_v2.parquet", ".parquet", 6);
+    flips("spots/pw_plain.parquet", ".parquet", 7);
     hostile_pickles();
     numpy2_variant();
     hostile_parquet();
