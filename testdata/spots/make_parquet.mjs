@@ -16,9 +16,10 @@ const pw = require('parquet-wasm')
 const { parquetWriteBuffer } = await import(process.env.NODE_PATH + '/hyparquet-writer/src/index.js')
 
 const here = path.dirname(new URL(import.meta.url).pathname)
-const lines = fs.readFileSync(path.join(here, 'merged.csv'), 'utf8').trim().split('\n')
-const names = lines[0].split(',')
-const rows = lines.slice(1).map(l => l.split(','))
+function readCsv(file) {
+  const lines = fs.readFileSync(path.join(here, file), 'utf8').trim().split('\n')
+  return [lines[0].split(','), lines.slice(1).map(l => l.split(','))]
+}
 
 function kind(n) {
   if (['chan', 'unmixed_chan'].includes(n)) return 'str'
@@ -29,17 +30,21 @@ function kind(n) {
   if (n.endsWith('_fg') || n.endsWith('_bg') || n === 'dye_line_dist_ratio') return 'f64'
   return 'f32'
 }
-const cols = names.map((n, j) => {
-  const k = kind(n)
-  const vals = rows.map(r => {
-    const s = r[j]
-    if (s === '') return null
-    if (k === 'str') return s
-    if (k === 'bool') return s === 'True'
-    return Number(s)
+function columns(file) {
+  const [names, rows] = readCsv(file)
+  return names.map((n, j) => {
+    const k = kind(n)
+    const vals = rows.map(r => {
+      const s = r[j]
+      if (s === '') return null
+      if (k === 'str') return s
+      if (k === 'bool') return s === 'True'
+      return Number(s)
+    })
+    return { name: n, k, vals }
   })
-  return { name: n, k, vals }
-})
+}
+let cols = columns('merged.csv')
 
 // ---- parquet-wasm (arrow-rs) ----
 function arrowTable() {
@@ -71,7 +76,7 @@ pwWrite('pw_zstd_v2.parquet', C.ZSTD, V.V2, true, 11)
 pwWrite('pw_plain.parquet', C.SNAPPY, V.V1, false, 100)
 
 // ---- hyparquet-writer ----
-function hpWrite(file, codec, groupRows) {
+function hpWrite(file, codec, groupRows, cols) {
   const columnData = cols.map(c => {
     const type = { str: 'STRING', i32: 'INT32', i16: 'INT32', i8: 'INT32', bool: 'BOOLEAN', f64: 'DOUBLE',
       f32: 'FLOAT' }[c.k]
@@ -83,6 +88,10 @@ function hpWrite(file, codec, groupRows) {
   })
   fs.writeFileSync(path.join(here, file), new Uint8Array(buf))
 }
-hpWrite('hp_snappy.parquet', 'SNAPPY', 8)
-hpWrite('hp_gzip.parquet', 'GZIP', 100)
-hpWrite('hp_none.parquet', 'UNCOMPRESSED', 5)
+hpWrite('hp_snappy.parquet', 'SNAPPY', 8, cols)
+hpWrite('hp_gzip.parquet', 'GZIP', 100, cols)
+hpWrite('hp_none.parquet', 'UNCOMPRESSED', 5, cols)
+// a dataset folder of Parquet tables, twin of csv_dataset/
+fs.mkdirSync(path.join(here, 'pq_dataset'), { recursive: true })
+for (const t of ['mixed_spots_R2', 'unmixed_spots_R2_minDist_3'])
+  hpWrite(`pq_dataset/${t}.parquet`, 'SNAPPY', 10, columns(`csv_dataset/${t}.csv`))

@@ -14,9 +14,10 @@ for f in compact_p2 compact_p4 blocks sliced; do
 done
 check_eq "blocks.pkl rows" "$($SQ spots "$S/blocks.pkl" | tail -n +2 | wc -l)" 22
 
-# --- a pickle dataset folder against the same folder in CSV, every command
-mkdir -p p/ds c/ds
+# --- pickle and Parquet dataset folders against the same folder in CSV, every command
+mkdir -p p/ds q/ds c/ds
 cp "$S"/pkl_dataset/*.pkl p/ds/
+cp "$S"/pq_dataset/*.parquet q/ds/
 cp "$S"/csv_dataset/*.csv c/ds/
 for cmd in "spots" "spots --valid-only --sample 5 --seed 3" "spots --format json --columns spot_id,chan,unmixed_chan,r" \
            "api" "summary" "pairs" "sankey" "counts" "counts --all" "spots --where dist<0.5 --removed no" \
@@ -24,9 +25,13 @@ for cmd in "spots" "spots --valid-only --sample 5 --seed 3" "spots --format json
     # shellcheck disable=SC2086
     (cd p && $SQ $cmd ds > ../a.out 2> ../a.err); ra=$?
     # shellcheck disable=SC2086
+    (cd q && $SQ $cmd ds > ../q.out 2> ../q.err); rq=$?
+    # shellcheck disable=SC2086
     (cd c && $SQ $cmd ds > ../b.out 2> ../b.err)
     check "pkl dataset: $cmd runs" test $ra -eq 0
     check_same "pkl dataset = CSV dataset: $cmd" a.out b.out
+    check "parquet dataset: $cmd runs" test $rq -eq 0
+    check_same "parquet dataset = CSV dataset: $cmd" q.out b.out
 done
 
 # --- Parquet: each writer, codec, page version, dictionary or plain
