@@ -52,6 +52,16 @@ done
 cp "$S/hp_snappy.parquet" HCR_1_2025-01-01.parquet
 check_eq "cached table rows" "$($SQ spots --columns spot_id HCR_1_2025-01-01.parquet | tail -n +2 | wc -l)" 24
 
+# --- writing Parquet (spots --format parquet): read back = the CSV path
+$SQ spots --format parquet -o w.parquet "$S/merged.csv"; check "write parquet" test $? -eq 0
+$SQ spots w.parquet > a.csv; $SQ spots "$S/merged.csv" > b.csv
+check_same "written parquet reads back" a.csv b.csv
+(cd c && $SQ spots --format parquet -o ../d.parquet ds); $SQ spots d.parquet > a.csv
+check_same "dataset written as parquet reads back" a.csv b.csv
+check_eq "parquet magic" "$(head -c 4 w.parquet)$(tail -c 4 w.parquet)" "PAR1PAR1"
+check_fails "parquet needs -o" 2 $SQ spots --format parquet "$S/merged.csv"
+check_fails "parquet only for spots" 2 $SQ api --format parquet -o x.parquet "$S/merged.csv"
+
 # --- bad input: one line naming the file, exit 3 (bad data), no crash
 printf '\200\002cos\nsystem\n(S"echo hacked"\ntR.' > evil.pkl
 check_fails "os.system pickle refused" 3 $SQ spots evil.pkl
