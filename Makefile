@@ -25,7 +25,7 @@ CFLAGS   += -std=c11 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS)
             -D_GNU_SOURCE -Iinclude -Ilib -Icmd
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
             -Iinclude -Ilib $(TORCH_INC) -Wno-unused-parameter
-LDLIBS   := $(TORCH_LIBS) -ltiff -lpng -lz -lcjson -lgomp -lstdc++ -lm -lpthread
+LDLIBS   := $(TORCH_LIBS) -ltiff -lpng -lz -lsnappy -lzstd -lcjson -lgomp -lstdc++ -lm -lpthread
 # --as-needed: commands that do not use libtorch do not load it (startup
 # 0.1 s instead of ~3 s under ASan).
 LDFLAGS  += -fopenmp -Wl,--as-needed $(SANFLAGS)

@@ -24,7 +24,8 @@ static void usage(FILE *fp)
             "  counts        cell x channel (or gene) count matrix\n"
             "  datasets ROOT datasets under a folder, newest first\n"
             "  neuroglancer  Neuroglancer URL (or --json state) for spots\n\n"
-            "Output: --format csv|tsv|json|ndjson, -o FILE (written atomically), -q, -v,\n"
+            "Output: --format csv|tsv|json|ndjson|parquet (parquet: spots with -o only),\n"
+            "-o FILE (written atomically), -q, -v,\n"
             "        --threads N, --help, --version\n"
             "Filters: --valid-only --channel C[,C] --unmixed-channel C[,C] --cell ID[,ID]\n"
             "         --round N[,N] --reassigned yes|no --removed yes|no --where 'COL OP VALUE'\n"
@@ -163,7 +164,8 @@ static void parse_args(int argc, char **argv, args *a)
             else if (!strcmp(optarg, "tsv")) a->format = CP_FMT_TSV;
             else if (!strcmp(optarg, "json")) a->format = CP_FMT_JSON;
             else if (!strcmp(optarg, "ndjson")) a->format = CP_FMT_NDJSON;
-            else cli_usage_error("--format: expected csv, tsv, json or ndjson, not '%s'", optarg);
+            else if (!strcmp(optarg, "parquet")) a->format = CP_FMT_PARQUET;
+            else cli_usage_error("--format: expected csv, tsv, json, ndjson or parquet, not '%s'", optarg);
             break;
         case O_THREADS: a->threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
         case O_VALID: a->f.valid_only = 1; break;
@@ -235,6 +237,8 @@ static void parse_args(int argc, char **argv, args *a)
     if (optind != argc - 1)
         cli_usage_error(optind < argc ? "one SOURCE expected, got %d" : "a SOURCE is required%.0d",
                         argc - optind);
+    if (a->format == CP_FMT_PARQUET && (strcmp(a->cmd, "spots") || !a->out || !strcmp(a->out, "-")))
+        cli_usage_error("--format parquet: only for 'spots', with -o FILE");
     a->source = argv[optind];
 }
 

@@ -114,6 +114,14 @@ int cp_is_table_name(const char *path);
  * file:line:column. Types come from the SeeSpot schema by column name; other
  * columns take the type of their first value. */
 extern const cp_table_reader cp_csv_reader;
+/* pandas DataFrame pickles (.pkl, .pickle; protocols 2-5, pandas 1.5/2.x,
+ * numpy 1/2): a restricted interpreter that models the frame, block and
+ * index reconstructors and refuses every other global (nothing executes). */
+extern const cp_table_reader cp_pickle_reader;
+/* Parquet (.parquet): flat schemas; PLAIN and dictionary encodings; data
+ * pages v1 and v2; uncompressed, snappy, gzip and zstd; reads only the
+ * column chunks of the requested columns. */
+extern const cp_table_reader cp_parquet_reader;
 
 /* Schema type of a known SeeSpot column name, or -1 when unknown. */
 int cp_spot_column_type(const char *name);
@@ -283,7 +291,7 @@ int cp_spot_fused_paths(const cp_spot_dataset *d, const char *bucket, cp_strlist
 
 /* ---- output ------------------------------------------------------------ */
 
-typedef enum { CP_FMT_CSV = 0, CP_FMT_TSV, CP_FMT_JSON, CP_FMT_NDJSON } cp_table_format;
+typedef enum { CP_FMT_CSV = 0, CP_FMT_TSV, CP_FMT_JSON, CP_FMT_NDJSON, CP_FMT_PARQUET } cp_table_format;
 
 /* Shortest decimal that reads back to the same float / double. */
 int cp_format_f32(char *buf, size_t n, float v);
@@ -291,6 +299,11 @@ int cp_format_f64(char *buf, size_t n, double v);
 /* Write rows (NULL = all) and columns (NULL = all) of a table. */
 int cp_stable_write(FILE *fp, const cp_stable *t, const uint32_t *rows, size_t n, const int *cols,
                     int ncols, cp_table_format fmt);
+/* The same as snappy-compressed Parquet (flat schema, PLAIN data pages v1,
+ * row groups of 1M rows; columns with nulls OPTIONAL); readable by pandas,
+ * polars and arrow. cp_stable_write with CP_FMT_PARQUET calls this. */
+int cp_stable_write_parquet(FILE *fp, const cp_stable *t, const uint32_t *rows, size_t n, const int *cols,
+                            int ncols);
 /* One cell as JSON text / CSV text into buf (numbers round-trip exact). */
 int cp_scol_format(const cp_scol *c, size_t row, int json, char *buf, size_t n);
 

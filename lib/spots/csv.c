@@ -44,6 +44,10 @@ static const cp_table_reader *reader_for(const char *path)
     for (int i = 0; i < nreaders; i++)
         if (readers[i]->match(path))
             return readers[i];
+    if (cp_pickle_reader.match(path))
+        return &cp_pickle_reader;
+    if (cp_parquet_reader.match(path))
+        return &cp_parquet_reader;
     return cp_csv_reader.match(path) ? &cp_csv_reader : NULL;
 }
 
@@ -53,7 +57,7 @@ int cp_stable_read(const char *path, const cp_sread_opts *o, cp_stable *out)
 {
     const cp_table_reader *r = reader_for(path);
     if (!r)
-        return cp_error(CP_EUNSUPPORTED, "%s: no reader for this kind of table (CSV/TSV, plain or .gz)", path);
+        return cp_error(CP_EUNSUPPORTED, "%s: no reader for this kind of table (CSV/TSV, plain or .gz; .pkl; .parquet)", path);
     return r->read(path, o, out);
 }
 

@@ -138,6 +138,8 @@ static void json_cell(FILE *fp, const cp_scol *c, size_t r)
 int cp_stable_write(FILE *fp, const cp_stable *t, const uint32_t *rows, size_t n, const int *cols, int ncols,
                     cp_table_format fmt)
 {
+    if (fmt == CP_FMT_PARQUET)
+        return cp_stable_write_parquet(fp, t, rows, n, cols, ncols);
     int nc = cols ? ncols : t->ncols;
     size_t nr = rows ? n : t->nrows;
     char buf[64];

@@ -41,4 +41,28 @@ extern size_t cp_csv_block;
 /* 1 when a STR value means "removed" (null, "none", ""). */
 int cp_spot_removed_str(const char *s);
 
+/* ---- sinks for the binary readers (pickle, Parquet): typed file values into
+ * the column store, with the CSV reader's typing (schema by name, else the
+ * file's own type), so a table gives the same rows in every format. ---- */
+/* Output type of a column whose file type is native (F32 for numbers, BOOL,
+ * STR). */
+int cp_sbin_col_type(const char *name, int native, int all_str);
+/* 0 = stored, -1 = the value does not fit the column's type. Rows must be
+ * below the table's cap; nulls need cp_scol_null_bitmap first (done here). */
+int cp_sput_f64(cp_scol *c, size_t cap, size_t row, double v);
+int cp_sput_i64(cp_scol *c, size_t cap, size_t row, int64_t v);
+int cp_sput_bool(cp_scol *c, size_t cap, size_t row, int v);
+int cp_sput_str(cp_scol *c, size_t cap, size_t row, const char *s, size_t n);
+int cp_sput_null(cp_scol *c, size_t cap, size_t row);
+/* Drop null bitmaps that stayed empty. */
+void cp_stable_trim_nulls(cp_stable *t);
+/* Whole file, read-only (mmap when it can); bounded by the file's size. */
+typedef struct cp_fmap {
+    const uint8_t *p;
+    size_t n;
+    int mapped;
+} cp_fmap;
+int cp_fmap_open(cp_fmap *m, const char *path);
+void cp_fmap_close(cp_fmap *m);
+
 #endif
