@@ -15,6 +15,7 @@
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
+#include "cellpose/train.h"
 #include "cellpose/zip.h"
 
 #endif

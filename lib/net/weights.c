@@ -16,6 +16,7 @@
 #include "cellpose/net.h"
 #include "core/internal.h"
 #include "core/sha256.h"
+#include "net/builtin.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the weight reader assumes a little-endian host"
@@ -1053,37 +1054,50 @@ done:
     return rc;
 }
 
-int cp_weights_load(const char *path, cp_weights **out)
+/* Parse a whole torch.save file held in memory; path names it in messages. */
+static int load_bytes(const char *path, const mapped *f, cp_weights **out)
 {
-    *out = NULL;
-    mapped f = {0};
-    int rc = map_file(path, &f);
-    if (rc)
-        return rc;
     cp_weights *w = cp_calloc(1, sizeof *w, "weights");
-    if (!w) {
-        munmap((void *)f.p, f.n);
+    if (!w)
         return CP_ENOMEM;
-    }
-    cp_sha256_buf(f.p, f.n, w->sha256);
-    unpickler u = {.path = path, .budget = 64 * (size_t)f.n + (1u << 20)};
-    if (f.n >= 4 && rd32(f.p) == 0x04034b50)
-        rc = load_zip(path, &f, &u, w);
-    else if (f.p[0] == 0x80)
-        rc = load_legacy(path, &f, &u, w);
+    int rc;
+    cp_sha256_buf(f->p, f->n, w->sha256);
+    unpickler u = {.path = path, .budget = 64 * (size_t)f->n + (1u << 20)};
+    if (f->n >= 4 && rd32(f->p) == 0x04034b50)
+        rc = load_zip(path, f, &u, w);
+    else if (f->n && f->p[0] == 0x80)
+        rc = load_legacy(path, f, &u, w);
     else
         rc = cp_error(CP_EFORMAT, "%s: not a torch.save file (neither zip nor pickle)", path);
     free_objs(u.all);
     free(u.stack);
     free(u.marks);
     free(u.memo);
-    munmap((void *)f.p, f.n);
     if (rc) {
         cp_weights_free(w);
         return rc;
     }
     *out = w;
     return CP_OK;
+}
+
+int cp_weights_load(const char *path, cp_weights **out)
+{
+    *out = NULL;
+    mapped f = {0};
+    size_t n;
+    const void *p = cp_builtin_model_bytes(path, &n);
+    if (p) {  /* a model compiled into the library */
+        f.p = p;
+        f.n = n;
+        return load_bytes(path, &f, out);
+    }
+    int rc = map_file(path, &f);
+    if (rc)
+        return rc;
+    rc = load_bytes(path, &f, out);
+    munmap((void *)f.p, f.n);
+    return rc;
 }
 
 /* ---- building and writing --------------------------------------------- */
