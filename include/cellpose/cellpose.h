@@ -12,6 +12,7 @@
 #include "cellpose/imagej.h"
 #include "cellpose/models.h"
 #include "cellpose/net.h"
+#include "cellpose/measure.h"
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"

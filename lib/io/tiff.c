@@ -56,7 +56,7 @@ static int tiff_fail(int code, const char *path, const char *what)
 typedef enum { MODE_RAW, MODE_RGBA } page_mode;
 
 typedef struct page_info {
-    tdir_t dir;
+    toff_t offset; /* of its IFD: seeking there is O(1), TIFFSetDirectory walks the chain */
     uint32_t w, h;
     uint16_t spp, bps, fmt, photometric, planar, compression;
     int tiled;
@@ -89,7 +89,7 @@ static int dtype_for(const char *path, const page_info *p, cp_dtype *out)
         case 64: *out = CP_F64; return CP_OK;
         }
     } else {
-        return cp_error(CP_EUNSUPPORTED, "%s: TIFF sample format %d (complex numbers) is not supported", path, fmt);
+        return cp_error(CP_EUNSUPPORTED, "%s: TIFF sample format %d is not supported (complex or unknown)", path, fmt);
     }
     return cp_error(CP_EUNSUPPORTED, "%s: TIFF with %d-bit %s samples is not supported", path, p->bps,
                     fmt == SAMPLEFORMAT_IEEEFP ? "float" : "integer");
@@ -98,7 +98,7 @@ static int dtype_for(const char *path, const page_info *p, cp_dtype *out)
 static int describe_page(const char *path, TIFF *t, page_info *p)
 {
     memset(p, 0, sizeof *p);
-    p->dir = TIFFCurrentDirectory(t);
+    p->offset = TIFFCurrentDirOffset(t);
     uint16_t v16;
     if (!TIFFGetField(t, TIFFTAG_IMAGEWIDTH, &p->w) || !TIFFGetField(t, TIFFTAG_IMAGELENGTH, &p->h))
         return tiff_fail(CP_EFORMAT, path, "TIFF page without image size");
@@ -313,7 +313,7 @@ static int decode_rgba(const char *path, TIFF *t, const sink *k)
 static int decode_page(const char *path, TIFF *t, const sink *k)
 {
     const page_info *p = k->p;
-    if (!TIFFSetDirectory(t, p->dir))
+    if (!TIFFSetSubDirectory(t, p->offset))
         return tiff_fail(CP_EFORMAT, path, "cannot read TIFF page");
     if (p->photometric == PHOTOMETRIC_YCBCR && p->compression == COMPRESSION_JPEG)
         TIFFSetField(t, TIFFTAG_JPEGCOLORMODE, JPEGCOLORMODE_RGB);
@@ -325,8 +325,17 @@ static int decode_page(const char *path, TIFF *t, const sink *k)
 }
 
 /* ---- page arrangement -------------------------------------------------- */
+/* Pages become (plane, channel) by the first of: ImageJ hyperstack counts,
+ * OME-XML sizes and dimension order, a tifffile {"shape": [Z, C, Y, X]}
+ * description, and the page-count rule of cp_pages. */
 
-/* ImageJ hyperstack: "ImageJ=...\nimages=N\nchannels=C\nslices=Z\nframes=T". */
+typedef struct layout {
+    int channels, planes;     /* of the image */
+    int sizes[3];             /* page index digits, fastest first ... */
+    char axes[3];             /* ... and what each is: 'C', 'Z' or 'T' */
+} layout;
+
+/* "key=value" at the start of a line of an ImageJ description. */
 static int imagej_value(const char *desc, const char *key)
 {
     size_t n = strlen(key);
@@ -338,36 +347,132 @@ static int imagej_value(const char *desc, const char *key)
     return 0;
 }
 
-typedef struct layout {
-    int channels, planes;
-    int ij_channels; /* pages cycle through this many channels (1: pages are planes) */
-} layout;
+/* key="value" inside [tag, end). */
+static int xml_attr_int(const char *tag, const char *end, const char *key)
+{
+    size_t n = strlen(key);
+    for (const char *p = tag; (p = strstr(p, key)) != NULL && p < end; p += n)
+        if (p[-1] == ' ' && p[n] == '=' && p[n + 1] == '"') {
+            long v = strtol(p + n + 2, NULL, 10);
+            return v > 0 && v < INT_MAX ? (int)v : 0;
+        }
+    return 0;
+}
+
+static int set_czt(layout *L, const char *order, int c, int z, int t, int spp, int n)
+{
+    if (c > n || z > n || t > n || (int64_t)c * z * t != n) /* n is small: no overflow */
+        return 0;
+    for (int i = 0; i < 3; i++) {
+        L->axes[i] = order[i];
+        L->sizes[i] = order[i] == 'C' ? c : order[i] == 'Z' ? z : t;
+    }
+    L->channels = c * spp;
+    L->planes = z * t;
+    return 1;
+}
+
+static int from_imagej(layout *L, const char *desc, int spp, int n)
+{
+    if (strncmp(desc, "ImageJ=", 7) != 0)
+        return 0;
+    int c = imagej_value(desc, "channels"), z = imagej_value(desc, "slices"), t = imagej_value(desc, "frames");
+    if (!c && !z && !t)
+        z = imagej_value(desc, "images"); /* a plain ImageJ stack is slices */
+    return set_czt(L, "CZT", c ? c : 1, z ? z : 1, t ? t : 1, spp, n);
+}
+
+static int from_ome(layout *L, const char *desc, int spp, int n)
+{
+    const char *px = strstr(desc, "Pixels ");
+    if (!strstr(desc, "<OME") && !strstr(desc, ":OME"))
+        return 0;
+    if (!px || px == desc || (px[-1] != '<' && px[-1] != ':') || strstr(px + 7, "Pixels ")) /* one series only */
+        return 0;
+    const char *end = strchr(px, '>');
+    if (!end)
+        return 0;
+    int c = xml_attr_int(px, end, "SizeC"), z = xml_attr_int(px, end, "SizeZ"), t = xml_attr_int(px, end, "SizeT");
+    const char *o = strstr(px, "DimensionOrder=\"");
+    if (!c || !z || !t || !o || o > end || strncmp(o + 16, "XY", 2) != 0)
+        return 0;
+    char order[4] = {o[18], o[19], o[20], 0};
+    if (!strchr(order, 'C') || !strchr(order, 'Z') || !strchr(order, 'T'))
+        return 0;
+    if (spp > 1) { /* RGB pages: SizeC counts samples */
+        if (c % spp)
+            return 0;
+        c /= spp;
+    }
+    return set_czt(L, order, c, z, t, spp, n);
+}
+
+/* tifffile's default description: {"shape": [Z, C, Y, X]}. Only the 4-D
+ * (two page axes) case says more than the page count. */
+static int from_tifffile(layout *L, const char *desc, const page_info *p0, int n)
+{
+    const char *s = strstr(desc, "\"shape\": [");
+    if (desc[0] != '{' || !s)
+        return 0;
+    long d[8];
+    int nd = 0;
+    for (s += 10; nd < 8;) {
+        char *e;
+        d[nd++] = strtol(s, &e, 10);
+        if (e == s)
+            return 0;
+        s = e;
+        while (*s == ' ' || *s == ',')
+            s++;
+        if (*s == ']')
+            break;
+    }
+    int tail = p0->channels > 1 ? 3 : 2; /* Y, X (, S) */
+    if (nd != tail + 2 || d[2] != (long)p0->h || d[3] != (long)p0->w)
+        return 0;
+    if (d[0] <= 0 || d[1] <= 0 || d[0] > INT_MAX || d[1] > INT_MAX)
+        return 0;
+    return set_czt(L, "CZT", (int)d[1], (int)d[0], 1, p0->channels, n);
+}
 
 static layout arrange(TIFF *t, const page_info *pages, int n, cp_pages mode)
 {
     int spp = pages[0].channels;
-    layout L = {spp, n, 1};
-    if (n == 1)
+    layout L = {spp, n, {1, n, 1}, {'C', 'Z', 'T'}}; /* pages as planes */
+    if (n == 1 || mode == CP_PAGES_PLANES)
         return L;
     if (mode == CP_PAGES_CHANNELS) {
-        L.channels = spp * n, L.planes = 1, L.ij_channels = n;
+        set_czt(&L, "CZT", n, 1, 1, spp, n);
         return L;
     }
-    if (mode == CP_PAGES_PLANES)
-        return L;
     const char *desc = NULL;
-    if (TIFFSetDirectory(t, pages[0].dir) && TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc &&
-        strncmp(desc, "ImageJ=", 7) == 0) {
-        int c = imagej_value(desc, "channels"), z = imagej_value(desc, "slices"), f = imagej_value(desc, "frames");
-        c = c ? c : 1, z = z ? z : 1, f = f ? f : 1;
-        if ((int64_t)c * z * f == n) {
-            L.channels = c * spp, L.planes = z * f, L.ij_channels = c;
-            return L;
-        }
-    }
+    if (TIFFSetSubDirectory(t, pages[0].offset) && TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc &&
+        (from_imagej(&L, desc, spp, n) || from_ome(&L, desc, spp, n) || from_tifffile(&L, desc, &pages[0], n)))
+        return L;
     if (spp == 1 && n <= 4)
-        L.channels = n, L.planes = 1, L.ij_channels = n;
+        set_czt(&L, "CZT", n, 1, 1, spp, n);
     return L;
+}
+
+/* Where page i goes: its channel offset and plane. */
+static void page_place(const layout *L, int i, int spp, int *plane, int *chan0)
+{
+    int idx[3];
+    for (int k = 0; k < 3; k++) {
+        idx[k] = i % L->sizes[k];
+        i /= L->sizes[k];
+    }
+    int c = 0, z = 0, t = 0, nz = 1;
+    for (int k = 0; k < 3; k++) {
+        if (L->axes[k] == 'C')
+            c = idx[k];
+        else if (L->axes[k] == 'Z')
+            z = idx[k], nz = L->sizes[k];
+        else
+            t = idx[k];
+    }
+    *plane = t * nz + z;
+    *chan0 = c * spp;
 }
 
 /* ---- reading ----------------------------------------------------------- */
@@ -437,6 +542,17 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
         TIFFClose(t);
         return rc;
     }
+    const char *desc = NULL;
+    if (mode != CP_PAGES_FIRST && n == 1 && TIFFSetSubDirectory(t, pages[0].offset) &&
+        TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc && strncmp(desc, "ImageJ=", 7) == 0 &&
+        imagej_value(desc, "images") > 1) {
+        /* ImageJ's > 4 GB layout: one IFD, the other images follow raw */
+        int images = imagej_value(desc, "images"); /* desc dies with t */
+        free(pages);
+        TIFFClose(t);
+        return cp_error(CP_EUNSUPPORTED, "%s: ImageJ stack of %d images stored as one TIFF page is not supported; "
+                        "read the first page only or resave as BigTIFF", path, images);
+    }
     layout L = arrange(t, pages, n, mode);
     const page_info *p0 = &pages[0];
     uint64_t total = (uint64_t)p0->w * p0->h * (uint64_t)L.channels * (uint64_t)L.planes;
@@ -449,7 +565,8 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
         if (rc)
             rc = cp_error(rc, "%s: %s", path, cp_errmsg());
         for (int i = 0; rc == CP_OK && i < n; i++) {
-            sink k = {&pages[i], img, i / L.ij_channels, (i % L.ij_channels) * p0->channels};
+            sink k = {&pages[i], img, 0, 0};
+            page_place(&L, i, p0->channels, &k.plane, &k.chan0);
             rc = decode_page(path, t, &k);
         }
         if (rc == CP_OK)

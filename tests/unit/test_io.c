@@ -1,5 +1,8 @@
 /* Image I/O: round trips for every writer, real files from the shared data. */
+#include <fcntl.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cellpose/cellpose.h"
 #include "test.h"
@@ -94,17 +97,235 @@ static void test_roundtrips(void)
     }
 }
 
+static uint64_t fnv1a(const cp_image *img)
+{
+    const unsigned char *p = img->data;
+    size_t n = cp_image_samples(img) * cp_dtype_size(img->dtype);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
+
+/* FNV-1a 64 of the decoded samples (planes, rows, columns, channels; native
+ * little-endian bytes), computed independently with tifffile / PIL / numpy. */
+static const struct {
+    const char *file;
+    int z, h, w, c;
+    cp_dtype t;
+    uint64_t fnv;
+} real[] = {
+    {"data/nogt/bbbc022_IXMtest_A02_s9.tif", 1, 395, 695, 3, CP_U16, 0x017cf2546bc05a01ull}, /* ImageJ channels */
+    {"data/nogt/bpae_actin.tif", 1, 680, 1100, 1, CP_F32, 0x36aa0632d96135f2ull},
+    {"data/nogt/cellprofiler_fly_01_POS002_D.tif", 1, 1006, 1000, 1, CP_U8, 0x92f7d541aa8842dfull}, /* palette */
+    {"data/nogt/cellprofiler_human_D03f00d0.tif", 1, 512, 512, 1, CP_U8, 0x870b2e2333f4fc46ull}, /* PackBits */
+    {"data/nogt/cellprofiler_speckles_1-162hrh2ax2.tif", 1, 1000, 1200, 1, CP_U16, 0x24657f12be68ebadull}, /* BE */
+    {"data/nogt/ebimage_cells.tif", 1, 510, 510, 4, CP_U8, 0x8b0c3781b3313ac5ull}, /* JPEG, 4 pages (PIL) */
+    {"data/nogt/hela-cells.tif", 1, 512, 672, 3, CP_U16, 0x5903bb0b9ec8fdd7ull}, /* 48-bit RGB */
+    {"data/nogt/instanseg_Fluorescence_example.tif", 1, 450, 450, 2, CP_U8, 0xfa16ab8d3d30c222ull},
+    {"data/nogt/instanseg_HE_example.tif", 1, 1484, 1380, 3, CP_U8, 0x6ea6a4c51516857full}, /* tiled YCbCr JPEG (PIL) */
+    {"data/dsb2018/00071198d059ba7f5914a526d124d28e6d010c92466da21d4a04cd5413362552_img.png", 1, 256, 256, 4, CP_U8,
+     0x620ceff629c0ac40ull},
+    {"golden/inputs/cell_00849.png", 1, 512, 512, 3, CP_U8, 0x062b6e7a133f10f3ull},
+    {"golden/inputs/cell_00849_label.tiff", 1, 512, 512, 1, CP_I16, 0xa2c883c19f096480ull},
+    {"golden/inputs/stardist_img2d_gt.tif", 1, 512, 512, 1, CP_U16, 0x5aeeca3df2273548ull},
+    {"golden/dynamics/stardist_img2d/gt_renum.npy.gz", 1, 512, 512, 1, CP_U32, 0xe701e41fa15725eeull},
+};
+
 static void test_real_files(void)
 {
+    for (size_t i = 0; i < sizeof real / sizeof real[0]; i++) {
+        cp_image *img = NULL;
+        int rc = cp_image_read(shared_path(real[i].file), NULL, &img);
+        CHECKF(rc == CP_OK, "%s", cp_errmsg());
+        if (rc)
+            continue;
+        CHECKF(img->planes == real[i].z && img->height == real[i].h && img->width == real[i].w &&
+                   img->channels == real[i].c && img->dtype == real[i].t,
+               "%s: %dx%dx%dx%d %s", real[i].file, img->planes, img->height, img->width, img->channels,
+               cp_dtype_name(img->dtype));
+        CHECKF(fnv1a(img) == real[i].fnv, "%s: fnv %#llx", real[i].file, (unsigned long long)fnv1a(img));
+        cp_image_free(img);
+    }
+}
+
+/* A label TIFF and its .npy.gz twin hold the same labels; the raw GT and
+ * its renumbered version hold the same objects. */
+static void test_label_twins(void)
+{
+    static const char *pairs[][2] = {
+        {"golden/inputs/stardist_img2d_gt.tif", "golden/dynamics/stardist_img2d/gt_renum.npy.gz"},
+        {"golden/dynamics/stardist_img2d/gt_renum.tif", "golden/dynamics/stardist_img2d/gt_renum.npy.gz"},
+    };
+    for (int k = 0; k < 2; k++) {
+        cp_image *a = NULL, *b = NULL;
+        uint32_t *la = NULL, *lb = NULL;
+        CHECK_OK(cp_image_read(shared_path(pairs[k][0]), NULL, &a));
+        CHECK_OK(cp_image_read(shared_path(pairs[k][1]), NULL, &b));
+        if (a && b) {
+            CHECK_OK(cp_image_labels_u32(a, pairs[k][0], &la));
+            CHECK_OK(cp_image_labels_u32(b, pairs[k][1], &lb));
+            size_t n = cp_image_samples(a);
+            CHECK(la && lb && n == cp_image_samples(b));
+            if (la && lb && n == cp_image_samples(b) && k == 1) {
+                CHECK(memcmp(la, lb, n * sizeof *la) == 0);
+            } else if (la && lb && n == cp_image_samples(b)) {
+                /* the raw GT has gaps; renumbering must be a one-to-one relabelling */
+                static uint32_t fwd[65536], back[65536];
+                int bad = 0;
+                for (size_t i = 0; i < n; i++) {
+                    uint32_t x = la[i], y = lb[i];
+                    if (x > 65535 || y > 65535 || (x == 0) != (y == 0)) {
+                        bad++;
+                        continue;
+                    }
+                    if (!fwd[x])
+                        fwd[x] = y + 1;
+                    if (!back[y])
+                        back[y] = x + 1;
+                    bad += fwd[x] != y + 1 || back[y] != x + 1;
+                }
+                CHECKF(bad == 0, "%d pixels break the relabelling", bad);
+            }
+        }
+        free(la);
+        free(lb);
+        cp_image_free(a);
+        cp_image_free(b);
+    }
+}
+
+static cp_dtype dtype_named(const char *s)
+{
+    static const char *names[] = {"uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "float32", "float64"};
+    static const cp_dtype types[] = {CP_U8, CP_U16, CP_U32, CP_I8, CP_I16, CP_I32, CP_I64, CP_F32, CP_F64};
+    for (int i = 0; i < 9; i++)
+        if (strcmp(s, names[i]) == 0)
+            return types[i];
+    return CP_DTYPE_COUNT;
+}
+
+/* Every image in MANIFEST.tsv reads with the shape its note gives
+ * ("uint16 3x395x695; 3 page(s)" = 3 pages as channels; "512x672x3" = RGB),
+ * and every *_masks.tif reads as one uint16 channel of valid labels. */
+static void test_manifest(void)
+{
+    FILE *f = fopen(shared_path("data/MANIFEST.tsv"), "r");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    char line[4096];
+    int images = 0, masks = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *col[9] = {0};
+        int n = 0;
+        for (char *p = line, *tok; n < 9 && (tok = strsep(&p, "\t\n")) != NULL;)
+            col[n++] = tok;
+        if (n < 9 || strcmp(col[0], "file") == 0)
+            continue;
+        char rel[512];
+        snprintf(rel, sizeof rel, "data/%s", col[0]);
+        size_t len = strlen(col[0]);
+        int is_mask = len > 10 && strcmp(col[0] + len - 10, "_masks.tif") == 0;
+        char dname[16];
+        unsigned a = 0, b = 0, c = 0;
+        int pages = 1;
+        int dims = sscanf(col[8], "%15s %ux%ux%u", dname, &a, &b, &c) - 1;
+        const char *pp = strstr(col[8], " page(s)");
+        if (pp) {
+            while (pp > col[8] && pp[-1] >= '0' && pp[-1] <= '9')
+                pp--;
+            pages = atoi(pp);
+        }
+        cp_dtype want = dtype_named(dname);
+        if (!is_mask && want == CP_DTYPE_COUNT)
+            continue;
+        cp_image *img = NULL;
+        int rc = cp_image_read(shared_path(rel), NULL, &img);
+        CHECKF(rc == CP_OK, "%s", cp_errmsg());
+        if (rc)
+            continue;
+        if (is_mask) {
+            uint32_t *lab = NULL;
+            CHECKF(img->dtype == CP_U16 && img->channels == 1 && img->planes == 1, "%s", rel);
+            CHECK_OK(cp_image_labels_u32(img, rel, &lab));
+            free(lab);
+            masks++;
+        } else {
+            int h = (int)a, w = (int)b, ch = 1;
+            if (dims == 3 && (pages > 1 || c > 4)) /* CYX: pages or ImageJ channels */
+                ch = (int)a, h = (int)b, w = (int)c;
+            else if (dims == 3)
+                ch = (int)c;
+            CHECKF(img->dtype == want && img->height == h && img->width == w && img->channels == ch && img->planes == 1,
+                   "%s: read %dx%dx%d %s, manifest says %s", rel, img->height, img->width, img->channels,
+                   cp_dtype_name(img->dtype), col[8]);
+            images++;
+        }
+        cp_image_free(img);
+    }
+    fclose(f);
+    CHECKF(images >= 30 && masks >= 13, "%d images, %d masks", images, masks);
+}
+
+/* The library never prints: libtiff and libpng complaints about broken files
+ * must end up in cp_errmsg(), not on stderr. Runs first, before anything
+ * else has touched libtiff. */
+static void test_silent(void)
+{
+    size_t len = 0;
+    unsigned char *buf = NULL;
+    FILE *f = fopen(shared_path("data/nogt/ebimage_cells.tif"), "rb");
+    if (f) {
+        buf = malloc(300000);
+        len = fread(buf, 1, 300000, f);
+        fclose(f);
+    }
+    const char *paths[2] = {tmp("s_cut.tif"), tmp("s_cut.png")};
+    f = fopen(paths[0], "wb");
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    free(buf);
+    f = fopen(shared_path("golden/inputs/cell_00849.png"), "rb");
+    buf = malloc(40000);
+    len = f ? fread(buf, 1, 40000, f) : 0;
+    if (f)
+        fclose(f);
+    f = fopen(paths[1], "wb");
+    fwrite(buf, 1, len, f);
+    fclose(f);
+    free(buf);
+
+    fflush(stderr);
+    int saved = dup(2);
+    const char *errpath = tmp("s_stderr.txt");
+    int fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    close(fd);
+    int rcs[2];
     cp_image *img = NULL;
-    CHECK_OK(cp_image_read(shared_path("golden/inputs/cell_00849.png"), NULL, &img));
-    CHECK(img && img->width == 512 && img->height == 512 && img->channels == 3 && img->dtype == CP_U8);
-    cp_image_free(img);
+    for (int i = 0; i < 2; i++) {
+        rcs[i] = cp_image_read(paths[i], NULL, &img);
+        cp_image_free(img);
+        img = NULL;
+    }
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    CHECK(rcs[0] == CP_EFORMAT && rcs[1] == CP_EFORMAT);
+    struct stat st;
+    CHECKF(stat(errpath, &st) == 0 && st.st_size == 0, "libraries printed %lld bytes to stderr",
+           (long long)st.st_size);
 }
 
 int main(void)
 {
+    test_silent();
     test_roundtrips();
     test_real_files();
+    test_label_twins();
+    test_manifest();
     return test_result();
 }

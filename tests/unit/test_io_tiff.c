@@ -323,6 +323,25 @@ static void test_pages(void)
     g.photometric = PHOTOMETRIC_RGB;
     check_layout("t_2rgbpages.tif", &g, CP_PAGES_AUTO, 0); /* multi-sample pages: planes */
 
+    /* descriptions that only look like metadata fall back to the page rule */
+    static const char *junk[] = {
+        "ImageJ=", "ImageJ=1\nchannels=99999999999999999999\nslices=-3\n", "{\"shape\": [", "{\"shape\": [2, 2, 99, 1]}",
+        "{\"shape\": [9223372036854775807, 9223372036854775807, 37, 45]}", "Pixels SizeC=\"2\"",
+        "<OME><Pixels DimensionOrder=\"XY\" SizeC=\"2\" SizeZ=\"2\" SizeT=\"1\"", "<OME><Pixels SizeC=\"2147483647\" "
+        "SizeZ=\"2147483647\" SizeT=\"2147483647\" DimensionOrder=\"XYCZT\">",
+    };
+    g = base;
+    g.pages = 4;
+    for (size_t k = 0; k < sizeof junk / sizeof junk[0]; k++) {
+        g.desc = junk[k];
+        const char *jp = tmp("t_junkdesc.tif");
+        write_gen(jp, &g);
+        cp_image *img = NULL;
+        CHECKF(cp_image_read(jp, NULL, &img) == CP_OK && img->channels == 4 && img->planes == 1, "%s: %s", junk[k],
+               cp_errmsg());
+        cp_image_free(img);
+    }
+
     /* first page only */
     g = base;
     g.pages = 4;
@@ -360,6 +379,18 @@ static void test_imagej(void)
     g.pages = 4;
     g.desc = "ImageJ=1.53f\nimages=4\nslices=4\n";
     check_layout("t_ij_slices.tif", &g, CP_PAGES_AUTO, 0);
+    g.desc = "ImageJ=1.53f\nimages=4\n"; /* a plain stack: slices */
+    check_layout("t_ij_images.tif", &g, CP_PAGES_AUTO, 0);
+    /* ImageJ's > 4 GB layout (one IFD, more images) is refused, not half-read */
+    g.pages = 1;
+    g.desc = "ImageJ=1.53f\nimages=5\nslices=5\n";
+    path = tmp("t_ij_big.tif");
+    CHECK(write_gen(path, &g) == 0);
+    CHECK(cp_image_read(path, NULL, &img) == CP_EUNSUPPORTED && strstr(cp_errmsg(), "t_ij_big.tif"));
+    cp_read_opts first = {CP_PAGES_FIRST};
+    CHECK_OK(cp_image_read(path, &first, &img));
+    cp_image_free(img);
+    g.pages = 4;
     /* inconsistent ImageJ counts: the page rule applies */
     g.desc = "ImageJ=1.53f\nimages=9\nchannels=3\nslices=3\n";
     path = tmp("t_ij_bad.tif");
@@ -367,6 +398,47 @@ static void test_imagej(void)
     CHECK_OK(cp_image_read(path, NULL, &img));
     CHECK(img->channels == 4 && img->planes == 1);
     cp_image_free(img);
+}
+
+/* Files written by tifffile (testdata/io, see testdata/README.md): its plain
+ * {"shape"} description, OME-XML in both dimension orders, ImageJ TZCYX. */
+static void test_metadata_files(void)
+{
+    static const struct { const char *name; int z, c; cp_dtype t; } files[] = {
+        {"tifffile_zcyx.tif", 3, 2, CP_U16}, {"ome_zcyx.ome.tif", 3, 2, CP_U16}, {"ome_czyx.ome.tif", 3, 2, CP_U16},
+        {"imagej_tzcyx.tif", 6, 2, CP_U16},  {"imagej_4z.tif", 4, 1, CP_F32},
+    };
+    const char *td = getenv("CP_TESTDATA");
+    for (int k = 0; k < 5; k++) {
+        char path[4096];
+        snprintf(path, sizeof path, "%s/io/%s", td && *td ? td : "testdata", files[k].name);
+        cp_image *img = NULL;
+        int rc = cp_image_read(path, NULL, &img);
+        CHECKF(rc == CP_OK, "%s", cp_errmsg());
+        if (rc)
+            continue;
+        CHECKF(img->planes == files[k].z && img->channels == files[k].c && img->height == 5 && img->width == 7 &&
+                   img->dtype == files[k].t,
+               "%s: %dx%dx%dx%d", files[k].name, img->planes, img->height, img->width, img->channels);
+        int bad = 0;
+        for (int z = 0; z < img->planes && img->channels == files[k].c && img->planes == files[k].z; z++)
+            for (int c = 0; c < img->channels; c++)
+                for (int y = 0; y < 5; y++)
+                    for (int x = 0; x < 7; x++) {
+                        double want;
+                        if (k <= 1)
+                            want = (((z * 2 + c) * 5 + y) * 7 + x) * 7 + 1;
+                        else if (k == 2)
+                            want = (((c * 3 + z) * 5 + y) * 7 + x) * 5 + 3;
+                        else if (k == 3)
+                            want = ((((z / 3) * 3 + z % 3) * 2 + c) * 5 + y) * 7 * 3 + x * 3 + 2;
+                        else
+                            want = ((z * 5 + y) * 7 + x) / 8.0;
+                        bad += cp_image_get(img, z, y, x, c) != want;
+                    }
+        CHECKF(bad == 0, "%s: %d samples differ", files[k].name, bad);
+        cp_image_free(img);
+    }
 }
 
 static void test_photometric(void)
@@ -646,22 +718,50 @@ static void test_bad_files(void)
             CHECKF(strstr(cp_errmsg(), "b_cut.tif") && !strchr(cp_errmsg(), '\n'), "%s", cp_errmsg());
     }
     CHECK(failed == 7);
-    unsigned char *mut = malloc(len);
-    uint32_t seed = 12345;
-    for (int k = 0; k < 300; k++) {
-        memcpy(mut, orig, len);
-        for (int j = 0; j < 4; j++) {
-            seed = seed * 1103515245u + 12345u;
-            size_t at = (seed >> 8) % (k < 150 ? (len < 400 ? len : 400) : len); /* headers first */
-            mut[at] ^= (unsigned char)(1u << ((seed >> 4) & 7));
-        }
-        write_bytes(cut, mut, len);
-        if (cp_image_read(cut, NULL, &img) == CP_OK)
-            cp_image_free(img);
-    }
-    CHECK(1); /* reaching here under ASan/UBSan is the check */
-    free(mut);
     free(orig);
+
+    /* corrupted bytes in every codec and layout: clean errors or a clean
+     * read, never a crash (the check is reaching the end under ASan/UBSan) */
+    static const struct { uint16_t comp, spp, planar, bps, fmt; uint32_t tile; int bigtiff, pages; } src[] = {
+        {COMPRESSION_ADOBE_DEFLATE, 1, 1, 16, 1, 32, 0, 2}, {COMPRESSION_LZW, 3, 2, 8, 1, 0, 0, 1},
+        {COMPRESSION_PACKBITS, 2, 1, 8, 1, 16, 1, 1},       {COMPRESSION_JPEG, 3, 1, 8, 1, 0, 0, 1},
+        {COMPRESSION_NONE, 1, 1, 4, 1, 0, 0, 3},            {COMPRESSION_LZW, 1, 1, 32, 3, 16, 1, 2},
+    };
+    unsigned char *mut = NULL;
+    uint32_t seed = 12345;
+    int reads = 0;
+    for (size_t si = 0; si < sizeof src / sizeof src[0]; si++) {
+        g = base;
+        g.w = 48, g.h = 40;
+        g.compression = src[si].comp, g.spp = src[si].spp, g.planar = src[si].planar, g.bps = src[si].bps;
+        g.fmt = src[si].fmt, g.tile = src[si].tile, g.bigtiff = src[si].bigtiff, g.pages = src[si].pages;
+        g.photometric = g.spp == 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK;
+        if (write_gen(path, &g) != 0)
+            continue;
+        orig = slurp(path, &len);
+        if (!orig)
+            continue;
+        mut = realloc(mut, len);
+        for (int k = 0; k < 120; k++) {
+            memcpy(mut, orig, len);
+            for (int j = 0; j < 3; j++) {
+                seed = seed * 1103515245u + 12345u;
+                size_t at = (seed >> 8) % len;
+                if (k % 2 == 0) /* half the time aim at the IFDs and tag data near the end or start */
+                    at = k % 4 == 0 ? (seed >> 8) % (len < 256 ? len : 256) : len - 1 - (seed >> 8) % (len < 512 ? len : 512);
+                mut[at] ^= (unsigned char)(1u << ((seed >> 4) & 7));
+            }
+            write_bytes(cut, mut, k % 5 == 4 ? len - (seed >> 8) % len : len);
+            if (cp_image_read(cut, NULL, &img) == CP_OK)
+                cp_image_free(img);
+            else
+                CHECKF(strstr(cp_errmsg(), "b_cut.tif") && !strchr(cp_errmsg(), '\n'), "%s", cp_errmsg());
+            reads++;
+        }
+        free(orig);
+    }
+    CHECK(reads == 720);
+    free(mut);
 }
 
 int main(void)
@@ -671,6 +771,7 @@ int main(void)
     test_layouts();
     test_pages();
     test_imagej();
+    test_metadata_files();
     test_photometric();
     test_mixed_pages();
     test_writer();
