@@ -20,6 +20,8 @@ while read -r id split; do
     ln -sf "$DSB/${id}_img.png" "$OUT/$split/"
     ln -sf "$DSB/${id}_masks.tif" "$OUT/$split/"
 done
+# 100 epochs of 112 tiles (Cellpose's schedule: warm-up over 10 epochs,
+# halvings every 5 over the last 50)
 exec "$BUILD/bin/cptrain" -v \
     --train "$OUT/train" --val "$OUT/val" \
     --nbase 2,16,32,64,128 --bsize 128 --batch-size 8 \

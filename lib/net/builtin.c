@@ -2,7 +2,8 @@
  * any file lookup (also after `make install`). Trained by
  * scripts/train-builtin.sh; the file is read by the assembler at build time
  * (paths are relative to the top of the source tree, where make runs).
- * Model sha256: see lib/net/models/README. Rebuild this object after
+ * Model sha256: 0eb07bb97ad4e290022c3d687a11a9a16d0255df1389244127cbd09e76af9d82
+ * (lib/net/models/README.md). Rebuild this object after
  * replacing the model (touch this file). */
 #include <string.h>
 
