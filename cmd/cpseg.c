@@ -231,6 +231,9 @@ static char *image_beside_flows(const char *flows_path)
     return found;
 }
 
+/* Images are read as Cellpose reads them: PNG alpha dropped. */
+static const cp_read_opts read_opts = {.pages = CP_PAGES_AUTO, .drop_alpha = 1};
+
 static int process_one(job *J, const char *input, image_log *L)
 {
     double t0 = now();
@@ -264,7 +267,7 @@ static int process_one(job *J, const char *input, image_log *L)
             if (!ip)
                 rc = cp_error(CP_EIO, "%s: overlay asked for but no image NAME.tif/.png beside the flows", input);
             else
-                rc = cp_image_read(ip, NULL, &img);
+                rc = cp_image_read(ip, &read_opts, &img);
             free(ip);
         }
         if (rc != CP_OK)
@@ -273,7 +276,7 @@ static int process_one(job *J, const char *input, image_log *L)
         rc = cp_segment_from_flows(flows->data, (int)flows->shape[1], (int)flows->shape[2], J->arch, J->diam_mean,
                                    &J->params, &res);
     } else {
-        rc = cp_image_read(input, NULL, &img);
+        rc = cp_image_read(input, &read_opts, &img);
         if (rc != CP_OK)
             goto fail;
         L->t_read = now() - t0;
@@ -315,7 +318,7 @@ static void *worker(void *arg)
     job *J = arg;
     J->params.threads = J->threads_per_job;
     for (;;) {
-        if (atomic_load(&J->stop))
+        if (atomic_load(&J->stop) || cli_interrupted)
             break;
         size_t i = atomic_fetch_add(&J->next, 1);
         if (i >= J->inputs.n)
@@ -567,5 +570,7 @@ int main(int argc, char **argv)
     cp_model_ref_free(&J.ref);
     cp_strlist_free(&J.inputs);
     pthread_mutex_destroy(&J.lock);
+    if (cli_interrupted)
+        return CLI_EXIT_INTR;
     return J.failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
 }

@@ -123,7 +123,7 @@ static int on_progress(void *ctx, const cp_train_progress *p)
     char extra[96];
     snprintf(extra, sizeof extra, " epoch %d/%d loss %.4f", p->epoch + 1, p->nepochs, p->loss);
     cli_progress_update(&g->bar, p->done, extra);
-    return 0;
+    return cli_interrupted;  /* first SIGINT: stop after this batch, keep the last checkpoint */
 }
 
 static void summary(const char *what, const char *dir, const cp_dataset *d)

@@ -12,6 +12,7 @@
 
 const char *cli_prog = "cptools";
 int cli_verbosity = 1;
+volatile sig_atomic_t cli_interrupted;
 
 void cli_init(const char *prog) { cli_prog = prog; }
 
@@ -70,13 +71,17 @@ double cli_parse_double(const char *flag, const char *s, double lo, double hi)
     return v;
 }
 
-/* Stop at once: finished outputs are complete files, unfinished ones exist
- * only as temporaries, which go now; a rerun redoes exactly what is missing. */
+/* First signal: remove unfinished outputs and ask the command to stop after
+ * its current step; a second one exits at once. Either way finished outputs
+ * are complete files and a rerun redoes exactly what is missing. */
 static void on_signal(int sig)
 {
-    (void)sig;
     cp_atomic_cleanup_all();
-    _exit(CLI_EXIT_INTR);
+    if (cli_interrupted) {
+        signal(sig, SIG_DFL);
+        _exit(CLI_EXIT_INTR);
+    }
+    cli_interrupted = 1;
 }
 
 void cli_install_signal_handlers(void)

@@ -33,7 +33,9 @@ void cli_print_version(void);
 long cli_parse_long(const char *flag, const char *s, long lo, long hi);
 double cli_parse_double(const char *flag, const char *s, double lo, double hi);
 
-/* SIGINT/SIGTERM: remove every open temporary output and exit 130. */
+/* SIGINT/SIGTERM: remove open temporary outputs and set cli_interrupted
+ * (first signal) so a batch stops cleanly; a second signal exits 130. */
+extern volatile sig_atomic_t cli_interrupted;
 void cli_install_signal_handlers(void);
 
 /* Progress on stderr, only when stderr is a terminal and not -q. */

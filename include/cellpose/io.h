@@ -24,6 +24,9 @@ typedef enum cp_pages {
 
 typedef struct cp_read_opts {
     cp_pages pages;
+    /* PNG: drop the alpha channel (gray+alpha -> gray, RGBA -> RGB), as
+     * Cellpose's OpenCV reader does; cpseg and cptrain set it. */
+    int drop_alpha;
 } cp_read_opts;
 
 /* Read .tif/.tiff, .png or .npy (optionally .npy.gz); the format is detected
@@ -85,7 +88,7 @@ typedef struct cp_write_opts {
  *   which stays one interleaved RGB(A) page per plane unless opts->imagej.
  *   Output with more than one page always carries an ImageJ description
  *   (images=, channels=, slices=) so it reads back as written; BigTIFF is used
- *   beyond 3 GiB of samples.
+ *   beyond 3 GiB of pixel data.
  * .png: u8/u16, one plane of 1-4 channels.
  * .npy / .npy.gz: the shape cp_image_read maps back to the same image:
  *   (Y,X), (Y,X,C) for C <= 4, (Z,Y,X) for one channel when X > 4, else

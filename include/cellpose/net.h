@@ -72,6 +72,8 @@ typedef struct cp_weights {
  * rebuilt by torch._utils._rebuild_tensor_v2 from torch.*Storage objects are
  * accepted; the pickle is interpreted, never executed. */
 int cp_weights_load(const char *path, cp_weights **out);
+/* The same from a buffer; name is used in messages. */
+int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out);
 /* Tensor by key, or NULL. */
 const cp_wtensor *cp_weights_get(const cp_weights *w, const char *name);
 void cp_weights_free(cp_weights *w);

@@ -102,14 +102,14 @@ typedef struct cp_net_desc {
 typedef struct cp_eval_params {
     int chan, chan2;      /* CPNET channel choice (1-based, 0 = gray/none); default 0, 0 */
     double diameter;      /* <= 0: none (CPNET uses diam_labels; CPSAM scale 1). Default 0 */
+    double diam_mean;     /* > 0 replaces the network's diam_mean (Cellpose 3 built-in
+                             names use 30, or 17 for nuclei); default 0 */
     int normalize;        /* default 1 */
     double norm_lower, norm_upper;  /* default 1, 99 */
     double tile_overlap;  /* default 0.1 */
     int batch_size;       /* tiles per forward call, default 8 */
     int augment;          /* default 0 */
     int bsize;            /* tile size; 0 = the network's (224 / 256) */
-    double diam_mean;     /* > 0: replaces the model file's diam_mean (Cellpose 3 does this
-                             for its built-in names: 30, nuclei 17). Default 0 */
 } cp_eval_params;
 
 void cp_eval_params_init(cp_eval_params *p);
@@ -126,8 +126,10 @@ typedef struct cp_flows {
 
 void cp_flows_free(cp_flows *f);
 
-/* Intermediate stages, for debugging and tests. Set the request fields,
- * pass to the eval call, read the results, then cp_eval_debug_free(). */
+/* Intermediate stages, for debugging and tests. Zero it, set the request
+ * fields, pass it to the eval call, read the results, then
+ * cp_eval_debug_free() (also before reusing it). On failure the call frees
+ * what it had filled. */
 typedef struct cp_eval_debug {
     int keep_stages;      /* request: fill net_in, padded, net_out */
     int keep_tiles;       /* request: keep inputs/outputs of the first N tiles */

@@ -253,7 +253,8 @@ static int read_npy_stream(const char *path, gzFile g, cp_array **out)
     unsigned char pre[10];
     int got = gzread(g, pre, 8);
     if (got < 8 || memcmp(pre, "\x93NUMPY", 6) != 0)
-        return cp_error(CP_EFORMAT, "%s: not an NPY file", path);
+        return cp_error(CP_EFORMAT, "%s: not an NPY file%s", path,
+                        gzdirect(g) ? "" : " (gzip-compressed, but only .npy.gz is read)");
     int major = pre[6];
     size_t hlen;
     if (major == 1) {

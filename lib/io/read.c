@@ -28,10 +28,30 @@ int cp_io_has_ext(const char *path, const char *ext)
     return dot && (!slash || dot > slash) && strcasecmp(dot + 1, ext) == 0;
 }
 
+/* Keep channels 0..C-2 of every pixel. */
+static int drop_last_channel(cp_image **img)
+{
+    cp_image *in = *img, *o;
+    int rc = cp_image_create(&o, in->width, in->height, in->channels - 1, in->planes, in->dtype);
+    if (rc != CP_OK) {
+        cp_image_free(in);
+        *img = NULL;
+        return rc;
+    }
+    size_t es = cp_dtype_size(in->dtype), npix = (size_t)in->width * in->height * in->planes;
+    const char *s = in->data;
+    char *d = o->data;
+    for (size_t i = 0; i < npix; i++)
+        memcpy(d + i * o->channels * es, s + i * in->channels * es, o->channels * es);
+    cp_image_free(in);
+    *img = o;
+    return CP_OK;
+}
+
 int cp_image_read(const char *path, const cp_read_opts *opts, cp_image **out)
 {
     *out = NULL;
-    cp_read_opts def = {CP_PAGES_AUTO};
+    cp_read_opts def = {.pages = CP_PAGES_AUTO};
     if (!opts)
         opts = &def;
     FILE *f = fopen(path, "rb");
@@ -48,8 +68,12 @@ int cp_image_read(const char *path, const cp_read_opts *opts, cp_image **out)
     switch (cp_io_sniff(head, n)) {
     case CP_FMT_TIFF:
         return cp_tiff_read(path, opts, out);
-    case CP_FMT_PNG:
-        return cp_png_read(path, out);
+    case CP_FMT_PNG: {
+        int rc = cp_png_read(path, out);
+        if (rc == CP_OK && opts->drop_alpha && ((*out)->channels == 2 || (*out)->channels == 4))
+            rc = drop_last_channel(out);
+        return rc;
+    }
     case CP_FMT_NPY: {
         cp_array *a;
         int rc = cp_npy_read(path, &a);

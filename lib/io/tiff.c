@@ -229,19 +229,27 @@ static int decode_strips(const char *path, TIFF *t, const sink *k, int nplanes, 
     tmsize_t strip_size = TIFFStripSize(t);
     if (row_bytes <= 0 || strip_size <= 0 || (uint64_t)row_bytes * rps > (uint64_t)strip_size)
         return tiff_fail(CP_EFORMAT, path, "bad TIFF strip size");
-    unsigned char *buf = cp_malloc((size_t)strip_size, "TIFF strip");
-    if (!buf)
+    /* Rows laid out exactly as the image's: decode straight into it. */
+    size_t es = cp_dtype_size(k->img->dtype);
+    int direct = nplanes == 1 && nsamp == k->img->channels && p->bps == 8 * es &&
+                 (size_t)row_bytes == (size_t)p->w * (size_t)nsamp * es;
+    unsigned char *buf = direct ? NULL : cp_malloc((size_t)strip_size, "TIFF strip");
+    if (!direct && !buf)
         return CP_ENOMEM;
     int rc = CP_OK;
     for (int s = 0; s < nplanes && rc == CP_OK; s++)
         for (uint32_t i = 0; i < per_plane; i++) {
             uint32_t y0 = i * rps, rows = p->h - y0 < rps ? p->h - y0 : rps;
-            tmsize_t got = TIFFReadEncodedStrip(t, (uint32_t)s * per_plane + i, buf, strip_size);
-            if (got < row_bytes * (tmsize_t)rows) {
+            tmsize_t want = row_bytes * (tmsize_t)rows;
+            unsigned char *dst = direct ? (unsigned char *)k->img->data +
+                                              ((size_t)k->plane * p->h + y0) * (size_t)row_bytes
+                                        : buf;
+            tmsize_t got = TIFFReadEncodedStrip(t, (uint32_t)s * per_plane + i, dst, direct ? want : strip_size);
+            if (got < want) {
                 rc = tiff_fail(CP_EFORMAT, path, "cannot decode TIFF strip (corrupt or truncated file)");
                 break;
             }
-            for (uint32_t r = 0; r < rows; r++)
+            for (uint32_t r = 0; !direct && r < rows; r++)
                 put_row(k, buf + (size_t)r * row_bytes, y0 + r, 0, p->w, nsamp, s);
         }
     free(buf);

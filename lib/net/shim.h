@@ -18,9 +18,9 @@ int cp_shim_create(const cp_weights *w, const cp_model_info *info, const cp_mode
 int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int tx, float *out, float *style);
 void cp_shim_free(cp_shim *s);
 
-/* Benchmark helpers: time `reps` runs of a conv2d of the given shape on the
- * shim's device and thread count; returns seconds per run (or < 0). */
-double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps);
+/* Benchmark helper: seconds per run of a k×k conv2d of the given shape
+ * (NCHW or channels-last) with libtorch's current thread count; < 0 on error. */
+double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps, int channels_last);
 
 /* ---- Training (cptrain) --------------------------------------------------
  * A CPnet with its own tensors: from `init` (fine-tune; keys and shapes must

@@ -1054,21 +1054,24 @@ done:
     return rc;
 }
 
-/* Parse a whole torch.save file held in memory; path names it in messages. */
-static int load_bytes(const char *path, const mapped *f, cp_weights **out)
+int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out)
 {
+    *out = NULL;
+    if (!n)
+        return cp_error(CP_EFORMAT, "%s: empty file, not a torch.save file", name);
+    mapped f = {data, n};
     cp_weights *w = cp_calloc(1, sizeof *w, "weights");
     if (!w)
         return CP_ENOMEM;
+    cp_sha256_buf(f.p, f.n, w->sha256);
+    unpickler u = {.path = name, .budget = 64 * (size_t)f.n + (1u << 20)};
     int rc;
-    cp_sha256_buf(f->p, f->n, w->sha256);
-    unpickler u = {.path = path, .budget = 64 * (size_t)f->n + (1u << 20)};
-    if (f->n >= 4 && rd32(f->p) == 0x04034b50)
-        rc = load_zip(path, f, &u, w);
-    else if (f->n && f->p[0] == 0x80)
-        rc = load_legacy(path, f, &u, w);
+    if (f.n >= 4 && rd32(f.p) == 0x04034b50)
+        rc = load_zip(name, &f, &u, w);
+    else if (f.p[0] == 0x80)
+        rc = load_legacy(name, &f, &u, w);
     else
-        rc = cp_error(CP_EFORMAT, "%s: not a torch.save file (neither zip nor pickle)", path);
+        rc = cp_error(CP_EFORMAT, "%s: not a torch.save file (neither zip nor pickle)", name);
     free_objs(u.all);
     free(u.stack);
     free(u.marks);
@@ -1084,18 +1087,15 @@ static int load_bytes(const char *path, const mapped *f, cp_weights **out)
 int cp_weights_load(const char *path, cp_weights **out)
 {
     *out = NULL;
+    size_t nb;
+    const void *bytes = cp_builtin_model_bytes(path, &nb);
+    if (bytes)  /* a model compiled into the library */
+        return cp_weights_load_mem(bytes, nb, path, out);
     mapped f = {0};
-    size_t n;
-    const void *p = cp_builtin_model_bytes(path, &n);
-    if (p) {  /* a model compiled into the library */
-        f.p = p;
-        f.n = n;
-        return load_bytes(path, &f, out);
-    }
     int rc = map_file(path, &f);
     if (rc)
         return rc;
-    rc = load_bytes(path, &f, out);
+    rc = cp_weights_load_mem(f.p, f.n, path, out);
     munmap((void *)f.p, f.n);
     return rc;
 }

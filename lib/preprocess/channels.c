@@ -159,12 +159,17 @@ double cp_percentile_f32(float *x, size_t n, double q)
     return (double)a + d * gamma;
 }
 
-static int channel_constant(const float *x, size_t n)
+/* numpy's `ptp(x) > 0` is false for a constant channel and also for one
+ * holding a NaN (ptp is NaN then): Cellpose skips both. */
+static int channel_skipped(const float *x, size_t n)
 {
-    for (size_t i = 1; i < n; i++)
-        if (x[i] != x[0])
-            return 0;
-    return 1;
+    int differs = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(x[i]))
+            return 1;
+        differs |= x[i] != x[0];
+    }
+    return !differs;
 }
 
 int cp_normalize(cp_planes *p, cp_arch arch, double lower, double upper)
@@ -185,7 +190,7 @@ int cp_normalize(cp_planes *p, cp_arch arch, double lower, double upper)
         return CP_ENOMEM;
     for (int c = 0; c < p->channels; c++) {
         float *x = p->data + (size_t)c * npix;
-        if (channel_constant(x, npix)) {
+        if (channel_skipped(x, npix)) {
             if (arch == CP_ARCH_CPSAM)
                 memset(x, 0, npix * sizeof(float));
             continue;

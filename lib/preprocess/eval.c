@@ -125,16 +125,18 @@ static void accumulate_tile(float *acc, int H, int W, const cp_tiling *t, int jy
 {
     int ys = t->ystart[jy], xs = t->xstart[jx];
     size_t tn = (size_t)t->ty * t->tx, an = (size_t)H * W;
-    for (int c = 0; c < 3; c++)
-        for (int a = 0; a < t->ty; a++) {
-            float *dst = acc + c * an + (size_t)(ys + a) * W + xs;
-            const float *src = o + c * tn + (size_t)a * t->tx;
-            double ma = my[a];
-            for (int b = 0; b < t->tx; b++) {
-                double m = ma * mx[b];
-                dst[b] = (float)((double)dst[b] + (double)src[b] * m);
-            }
+    int rows = 3 * t->ty;
+    (void)H;
+    for (int r = 0; r < rows; r++) {
+        int c = r / t->ty, a = r % t->ty;
+        float *dst = acc + c * an + (size_t)(ys + a) * W + xs;
+        const float *src = o + c * tn + (size_t)a * t->tx;
+        double ma = my[a];
+        for (int b = 0; b < t->tx; b++) {
+            double m = ma * mx[b];
+            dst[b] = (float)((double)dst[b] + (double)src[b] * m);
         }
+    }
 }
 
 /* Per axis, the tiles covering each position, in tile order. */
@@ -167,27 +169,33 @@ static void free_cover(cover *cv)
 }
 
 /* Divide the sums by the mask sums (accumulated per pixel in tile order, as
- * Cellpose's float64 Navg array would be) and crop the padding. */
-static void finish_blend(const float *acc, int H, int W, const cp_tiling *t, const cover *cy,
+ * Cellpose's float64 Navg array would be) and crop the padding, in place:
+ * the result is packed at the start of acc (oh x ow per channel). Channel by
+ * channel and row by row, every write lands at or before the position it
+ * reads and before every later read, so nothing unread is overwritten. */
+static void finish_blend(float *acc, int H, int W, const cp_tiling *t, const cover *cy,
                          const cover *cx, const double *my, const double *mx, int y0, int x0,
-                         cp_planes *out)
+                         int oh, int ow, double *navg)
 {
-    size_t an = (size_t)H * W, on = (size_t)out->height * out->width;
-    for (int y = 0; y < out->height; y++) {
-        int yy = y + y0;
-        for (int x = 0; x < out->width; x++) {
-            int xx = x + x0;
-            double navg = 0.0;
-            for (int ky = cy->first[yy]; ky < cy->first[yy] + cy->count[yy]; ky++) {
-                double ma = my[yy - t->ystart[ky]];
-                for (int kx = cx->first[xx]; kx < cx->first[xx] + cx->count[xx]; kx++)
-                    navg += ma * mx[xx - t->xstart[kx]];
+    size_t an = (size_t)H * W, on = (size_t)oh * ow;
+    for (int c = 0; c < 3; c++)
+        for (int y = 0; y < oh; y++) {
+            int yy = y + y0;
+            for (int x = 0; x < ow; x++) {
+                int xx = x + x0;
+                double s = 0.0;
+                for (int ky = cy->first[yy]; ky < cy->first[yy] + cy->count[yy]; ky++) {
+                    double ma = my[yy - t->ystart[ky]];
+                    for (int kx = cx->first[xx]; kx < cx->first[xx] + cx->count[xx]; kx++)
+                        s += ma * mx[xx - t->xstart[kx]];
+                }
+                navg[x] = s;
             }
-            size_t ia = (size_t)yy * W + xx, io = (size_t)y * out->width + x;
-            for (int c = 0; c < 3; c++)
-                out->data[c * on + io] = (float)((double)acc[c * an + ia] / navg);
+            const float *src = acc + c * an + (size_t)yy * W + x0;
+            float *dst = acc + c * on + (size_t)y * ow;
+            for (int x = 0; x < ow; x++)
+                dst[x] = (float)((double)src[x] / navg[x]);
         }
-    }
 }
 
 static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling *t,
@@ -254,9 +262,10 @@ done:
     return rc;
 }
 
-/* Stitch the tiles of the padded image P into the cropped network output. */
-static int stitch(const cp_net_desc *net, const cp_planes *P, const cp_tiling *t, int batch,
-                  int py0, int px0, int out_h, int out_w, cp_planes **out, cp_eval_debug *dbg)
+/* Stitch the tiles of the padded image *Pp into the cropped network output.
+ * *Pp is freed as soon as the tiles are done unless keep is set. */
+static int stitch(const cp_net_desc *net, cp_planes **Pp, const cp_tiling *t, int batch, int py0,
+                  int px0, int out_h, int out_w, int keep, cp_planes **out, cp_eval_debug *dbg)
 {
     *out = NULL;
     size_t an;
@@ -266,32 +275,46 @@ static int stitch(const cp_net_desc *net, const cp_planes *P, const cp_tiling *t
     if (!acc)
         return CP_ENOMEM;
     cover cy = {0}, cx = {0};
-    double *my = NULL, *mx = NULL;
+    double *my = NULL, *mx = NULL, *navg = NULL;
     cp_planes *o = NULL;
-    int rc = run_tiles(net, P, t, batch, acc, dbg);
+    int rc = run_tiles(net, *Pp, t, batch, acc, dbg);
     if (rc)
         goto done;
+    if (!keep) {
+        cp_planes_free(*Pp);
+        *Pp = NULL;
+    }
     if ((rc = make_cover(t->ystart, t->ny, t->ty, t->height, &cy)) ||
         (rc = make_cover(t->xstart, t->nx, t->tx, t->width, &cx)))
         goto done;
     my = cp_malloc_array((size_t)t->ty, sizeof(double), "taper");
     mx = cp_malloc_array((size_t)t->tx, sizeof(double), "taper");
-    if (!my || !mx) {
+    navg = cp_malloc_array((size_t)out_w, sizeof(double), "mask sums");
+    o = cp_calloc(1, sizeof *o, "planes");
+    if (!my || !mx || !navg || !o) {
         rc = CP_ENOMEM;
         goto done;
     }
     cp_taper_1d(t->ty, t->tx, t->ty, my);
     cp_taper_1d(t->ty, t->tx, t->tx, mx);
-    if ((rc = cp_planes_create(&o, 3, out_h, out_w)))
-        goto done;
-    finish_blend(acc, t->height, t->width, t, &cy, &cx, my, mx, py0, px0, o);
+    finish_blend(acc, t->height, t->width, t, &cy, &cx, my, mx, py0, px0, out_h, out_w, navg);
+    size_t on = (size_t)3 * out_h * out_w;
+    float *shrunk = realloc(acc, on * sizeof(float));
+    o->data = shrunk ? shrunk : acc;
+    acc = NULL;
+    o->channels = 3;
+    o->height = out_h;
+    o->width = out_w;
     *out = o;
+    o = NULL;
 done:
     free(acc);
+    free(o);
     free_cover(&cy);
     free_cover(&cx);
     free(my);
     free(mx);
+    free(navg);
     return rc;
 }
 
@@ -337,7 +360,8 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
     if (dbg && dbg->keep_stages && (rc = clone_planes(x, &dbg->net_in)))
         goto fail;
 
-    double s = cp_rescale(p->diameter, net->diam_mean, net->diam_labels, net->arch);
+    double dmean = p->diam_mean > 0 ? p->diam_mean : net->diam_mean;
+    double s = cp_rescale(p->diameter, dmean, net->diam_labels, net->arch);
     if (!(s > 0) || isinf(s)) {
         rc = cp_error(CP_EINVAL, "eval: bad rescale factor %g", s);
         goto fail;
@@ -371,7 +395,8 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
         dbg->pad_x[0] = px[0];
         dbg->pad_x[1] = px[1];
     }
-    if ((rc = stitch(net, P, &t, p->batch_size, py[0], px[0], Lyr, Lxr, &y, dbg)))
+    int keep = dbg && dbg->keep_stages;
+    if ((rc = stitch(net, &P, &t, p->batch_size, py[0], px[0], Lyr, Lxr, keep, &y, dbg)))
         goto fail;
     if (dbg && dbg->keep_stages) {
         dbg->padded = P;

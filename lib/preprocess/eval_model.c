@@ -21,7 +21,7 @@ int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_par
         .nchan = info->nchan,
         .nout = info->nout,
         .bsize = info->bsize,
-        .diam_mean = p && p->diam_mean > 0 ? p->diam_mean : info->diam_mean,
+        .diam_mean = info->diam_mean,
         .diam_labels = info->diam_labels,
         .forward = model_forward,
         .ctx = m,

@@ -74,6 +74,10 @@ static void test_roundtrips(void)
         snprintf(name, sizeof name, "rt_%s_z.npy.gz", cp_dtype_name(tiff_types[i]));
         roundtrip(name, 7, 5, 1, 6, tiff_types[i], NULL);
     }
+    /* NPY shapes that would be ambiguous as 3-D arrays go 4-D */
+    roundtrip("rt_narrow_z.npy", 3, 5, 1, 6, CP_U16, NULL);
+    roundtrip("rt_5c.npy", 7, 5, 5, 1, CP_F32, NULL);
+    roundtrip("rt_2c3z.npy", 7, 5, 2, 3, CP_I32, NULL);
     cp_write_opts o = {0};
     for (int comp = CP_COMPRESS_NONE; comp <= CP_COMPRESS_PACKBITS; comp++) {
         o.compression = (cp_compression)comp;
@@ -149,6 +153,42 @@ static void test_real_files(void)
         CHECKF(fnv1a(img) == real[i].fnv, "%s: fnv %#llx", real[i].file, (unsigned long long)fnv1a(img));
         cp_image_free(img);
     }
+}
+
+/* Readers run in parallel threads (as a batch command does): same pixels as
+ * a serial read, and each thread's error message names its own file. */
+static void test_threads(void)
+{
+    static const int pick[] = {0, 5, 8, 9, 13};
+    const int n = 5 * 8;
+    int bad = 0, badmsg = 0;
+    for (int k = 0; k < n; k++) { /* TIFFs whose first IFD offset (in libtiff's message) is 1000 + k */
+        char p[4096];
+        snprintf(p, sizeof p, "%s/corrupt_%d.tif", test_tmp_dir(), k);
+        FILE *f = fopen(p, "wb");
+        uint32_t off = 1000u + (uint32_t)k;
+        fwrite("II*\0", 1, 4, f);
+        fwrite(&off, 4, 1, f);
+        fclose(f);
+    }
+#pragma omp parallel for schedule(dynamic) reduction(+ : bad, badmsg) num_threads(4)
+    for (int k = 0; k < n; k++) {
+        int i = pick[k % 5];
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", test_shared_dir(), real[i].file);
+        cp_image *img = NULL;
+        if (cp_image_read(path, NULL, &img) != CP_OK || fnv1a(img) != real[i].fnv)
+            bad++;
+        cp_image_free(img);
+        char corrupt[4096], offset[16];
+        snprintf(corrupt, sizeof corrupt, "%s/corrupt_%d.tif", test_tmp_dir(), k);
+        snprintf(offset, sizeof offset, "%d", 1000 + k);
+        if (cp_image_read(corrupt, NULL, &img) != CP_EFORMAT || !strstr(cp_errmsg(), corrupt) ||
+            !strstr(cp_errmsg() + strlen(corrupt), offset))
+            badmsg++;
+    }
+    CHECKF(bad == 0, "%d parallel reads differ", bad);
+    CHECKF(badmsg == 0, "%d error messages crossed threads", badmsg);
 }
 
 /* A label TIFF and its .npy.gz twin hold the same labels; the raw GT and
@@ -320,11 +360,44 @@ static void test_silent(void)
            (long long)st.st_size);
 }
 
+/* Cellpose reads PNGs through OpenCV, which drops alpha: so does drop_alpha,
+ * and only for PNG. */
+static void test_drop_alpha(void)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/rgba.png", test_tmp_dir());
+    cp_image *img, *back;
+    CHECK_OK(cp_image_create(&img, 3, 2, 4, 1, CP_U8));
+    uint8_t *p = img->data;
+    for (int i = 0; i < 24; i++)
+        p[i] = (uint8_t)(10 * i + 1);
+    CHECK_OK(cp_png_write(path, img));
+    cp_read_opts o = {.pages = CP_PAGES_AUTO, .drop_alpha = 1};
+    CHECK_OK(cp_image_read(path, &o, &back));
+    int ok = back->channels == 3;
+    for (int px = 0; ok && px < 6; px++)
+        for (int c = 0; c < 3; c++)
+            ok &= ((uint8_t *)back->data)[3 * px + c] == p[4 * px + c];
+    CHECK(ok);
+    cp_image_free(back);
+    CHECK_OK(cp_image_read(path, NULL, &back));
+    CHECK(back->channels == 4);
+    cp_image_free(back);
+    snprintf(path, sizeof path, "%s/rgba.tif", test_tmp_dir());
+    CHECK_OK(cp_image_write(path, img, NULL));
+    CHECK_OK(cp_image_read(path, &o, &back));
+    CHECK(back->channels == 4); /* TIFF keeps all samples, as tifffile does */
+    cp_image_free(back);
+    cp_image_free(img);
+}
+
 int main(void)
 {
+    test_drop_alpha();
     test_silent();
     test_roundtrips();
     test_real_files();
+    test_threads();
     test_label_twins();
     test_manifest();
     return test_result();

@@ -306,6 +306,10 @@ static void test_bad_files(void)
     fclose(f);
     expect_fail("n_text.npy", CP_EFORMAT, NULL);
     expect_fail("n_missing.npy", CP_EIO, NULL);
+    gzFile g = gzopen(tmp("n_notnpy.npy.gz"), "wb");
+    gzputs(g, "II*\0 a gzipped TIFF is not an array");
+    gzclose(g);
+    expect_fail("n_notnpy.npy.gz", CP_EFORMAT, "gzip");
     /* a corrupt gzip stream */
     write_npy(tmp("n_gzbad.npy.gz"), 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (8,), }", d, 64, 1);
     f = fopen(tmp("n_gzbad.npy.gz"), "r+b");

@@ -213,7 +213,7 @@ static void check_layout(const char *name, const gen *g, cp_pages pages, double 
 {
     const char *path = tmp(name);
     CHECKF(write_gen(path, g) == 0, "%s: generator failed", name);
-    cp_read_opts o = {pages};
+    cp_read_opts o = {.pages = pages};
     cp_image *img = NULL;
     int rc = cp_image_read(path, &o, &img);
     CHECKF(rc == CP_OK, "%s: %s", name, cp_errmsg());
@@ -347,7 +347,7 @@ static void test_pages(void)
     g.pages = 4;
     const char *path = tmp("t_first.tif");
     write_gen(path, &g);
-    cp_read_opts o = {CP_PAGES_FIRST};
+    cp_read_opts o = {.pages = CP_PAGES_FIRST};
     cp_image *img;
     CHECK_OK(cp_image_read(path, &o, &img));
     CHECK(img->channels == 1 && img->planes == 1);
@@ -387,7 +387,7 @@ static void test_imagej(void)
     path = tmp("t_ij_big.tif");
     CHECK(write_gen(path, &g) == 0);
     CHECK(cp_image_read(path, NULL, &img) == CP_EUNSUPPORTED && strstr(cp_errmsg(), "t_ij_big.tif"));
-    cp_read_opts first = {CP_PAGES_FIRST};
+    cp_read_opts first = {.pages = CP_PAGES_FIRST};
     CHECK_OK(cp_image_read(path, &first, &img));
     cp_image_free(img);
     g.pages = 4;
@@ -534,11 +534,37 @@ static void test_mixed_pages(void)
         } else {
             CHECK(rc == CP_EUNSUPPORTED);
             CHECKF(strstr(cp_errmsg(), "t_mixed.tif") && strstr(cp_errmsg(), "page 2"), "%s", cp_errmsg());
-            cp_read_opts o = {CP_PAGES_FIRST};
+            cp_read_opts o = {.pages = CP_PAGES_FIRST};
             CHECK_OK(cp_image_read(path, &o, &img));
         }
         cp_image_free(img);
     }
+}
+
+static int write_bytes(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    fwrite(data, 1, n, f);
+    return fclose(f);
+}
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    unsigned char *b = malloc(*n);
+    if (fread(b, 1, *n, f) != *n) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    return b;
 }
 
 static void test_writer(void)
@@ -574,6 +600,20 @@ static void test_writer(void)
     CHECK(back->channels == 2 && back->planes == 3 && memcmp(back->data, img->data, cp_image_samples(img) * 2) == 0);
     cp_image_free(back);
 
+    /* the in-memory encoder gives the very bytes of the file, even right
+     * after a failed read left a libtiff message behind */
+    cp_image *junk = NULL;
+    write_bytes(tmp("w_junk.tif"), "II*\0\x08\0\0\0\xff\xff", 10);
+    CHECK(cp_image_read(tmp("w_junk.tif"), NULL, &junk) == CP_EFORMAT);
+    path = tmp("w_hyper.tif"); /* tmp() reuses its buffer */
+    void *mem = NULL;
+    size_t mem_size = 0, file_size = 0;
+    CHECK_OK(cp_tiff_write_mem(img, &o, "mem.tif", &mem, &mem_size));
+    unsigned char *file = slurp(path, &file_size);
+    CHECK(file && mem && file_size == mem_size && memcmp(file, mem, mem_size) == 0);
+    free(file);
+    free(mem);
+
     /* overwrite in place; no temporary file left behind */
     CHECK_OK(cp_tiff_write(path, img, NULL));
     char cmd[4200];
@@ -596,32 +636,6 @@ static void test_writer(void)
     if (t)
         TIFFClose(t);
     cp_image_free(img);
-}
-
-static int write_bytes(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    fwrite(data, 1, n, f);
-    return fclose(f);
-}
-
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*n);
-    if (fread(b, 1, *n, f) != *n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    return b;
 }
 
 /* Minimal little-endian TIFF with one strip, built by hand so the header can lie. */

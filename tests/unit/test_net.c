@@ -5,10 +5,12 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "cellpose/cellpose.h"
 #include "core/sha256.h"
+#include "net/shim.h"
 #include "test.h"
 
 static char *slurp(const char *path, size_t *n)
@@ -237,7 +239,54 @@ static void test_bad_files(void)
         w = NULL;
         leg[i] = save;
     }
-    CHECK(1);
+    /* byte flips everywhere in a small zip of our own, and in the legacy pickle:
+     * any outcome but a crash or a leak is fine (run under ASan) */
+    cp_weights *sm;
+    cp_weights_new(&sm);
+    int64_t s23[2] = {2, 3}, s4[4] = {1, 2, 2, 2};
+    float f6[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    int64_t i1 = 7;
+    cp_weights_add(sm, "module.a.weight", 2, s23, CP_W_F32, f6);
+    cp_weights_add(sm, "b.num_batches_tracked", 0, NULL, CP_W_I64, &i1);
+    cp_weights_add(sm, "c", 4, s4, CP_W_F32, f6);
+    const char *sp = tmp_path("small.pth");
+    CHECK_OK(cp_weights_save(sm, sp));
+    cp_weights_free(sm);
+    size_t ns;
+    char *small = slurp(sp, &ns);
+    CHECK_OK(cp_weights_load(sp, &w));
+    CHECK(w && w->n == 3 && !strcmp(w->t[0].name, "a.weight") && w->t[1].dtype == CP_W_I64 &&
+          w->t[1].ndim == 0 && ((int64_t *)w->t[1].data)[0] == 7 && ((float *)w->t[2].data)[7] == 8);
+    cp_weights_free(w);
+    int loaded = 0, failed = 0;
+    static const unsigned char flips[] = {0x01, 0x80, 0xff, 0x20};
+    for (size_t i = 0; small && i < ns; i++)
+        for (size_t f = 0; f < sizeof flips; f++) {
+            small[i] = (char)(small[i] ^ flips[f]);
+            w = NULL;
+            if (cp_weights_load_mem(small, ns, "fuzz.pth", &w) == 0)
+                loaded++;
+            else
+                failed++;
+            cp_weights_free(w);
+            small[i] = (char)(small[i] ^ flips[f]);
+        }
+    for (size_t i = 0; i < ns; i++) { /* every truncation */
+        w = NULL;
+        CHECK(cp_weights_load_mem(small, i, "cut.pth", &w) != 0 && !w);
+    }
+    printf("small zip fuzz: %d loaded, %d refused\n", loaded, failed);
+    CHECK(failed > 0);
+    free(small);
+    size_t pre = nl < 80000 ? nl : 80000;
+    for (size_t i = 0; i < 60000 && i < pre; i += 41)
+        for (size_t f = 0; f < sizeof flips; f += 2) {
+            leg[i] = (char)(leg[i] ^ flips[f]);
+            w = NULL;
+            CHECK(cp_weights_load_mem(leg, pre, "legacy-prefix.pth", &w) != 0);
+            cp_weights_free(w);
+            leg[i] = (char)(leg[i] ^ flips[f]);
+        }
     free(zipb);
     free(leg);
 }
@@ -431,4 +480,135 @@ int main(void)
     return test_result();
 }
 
-static int bench(void) { return 0; }
+/* ---- benchmark (CP_BENCH=1): not a test -------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Multiply-accumulates of the convolutions of a CPnet on one b×b tile
+ * (BN, ReLU, additions and the style Linear layers are left out). */
+static double cpnet_macs(const cp_model_info *i, int b)
+{
+    const int *nb = i->nbase;
+    int L = i->nlevels - 1;
+    double macs = 0;
+    for (int n = 0; n < L; n++) {
+        double hw = (double)(b >> n) * (double)(b >> n);
+        double cin = nb[n], cout = nb[n + 1];
+        macs += hw * (cout * cin * 9 + 3 * cout * cout * 9 + cout * cin);
+        double uin = n + 2 <= L ? nb[n + 2] : nb[L], uout = nb[n + 1];
+        macs += hw * (uout * uin * 9 + 3 * uout * uout * 9 + uout * uin);
+    }
+    macs += (double)b * b * nb[1] * i->nout;
+    return macs;
+}
+
+/* The network's convolutions one by one: (cin, cout, k, side) and count. */
+typedef struct convshape { int cin, cout, k, side, count; } convshape;
+
+static int cpnet_convs(const cp_model_info *i, int b, convshape *v)
+{
+    const int *nb = i->nbase;
+    int L = i->nlevels - 1, n = 0;
+    for (int l = 0; l < L; l++) {
+        int side = b >> l, cin = nb[l], cout = nb[l + 1];
+        int uin = l + 2 <= L ? nb[l + 2] : nb[L], uout = nb[l + 1];
+        v[n++] = (convshape){cin, cout, 3, side, 1};
+        v[n++] = (convshape){cout, cout, 3, side, 3};
+        v[n++] = (convshape){cin, cout, 1, side, 1};
+        v[n++] = (convshape){uin, uout, 3, side, 1};
+        v[n++] = (convshape){uout, uout, 3, side, 3};
+        v[n++] = (convshape){uin, uout, 1, side, 1};
+    }
+    v[n++] = (convshape){nb[1], i->nout, 1, b, 1};
+    return n;
+}
+
+static int bench(void)
+{
+    const char *th = getenv("CP_THREADS");
+    cp_model_opts o = {CP_DEVICE_CPU, th ? atoi(th) : 0};
+    cp_model *m = NULL;
+    if (cp_model_load(shared_path("golden/weights/cpnet_cyto3like_s1.pth"), &o, &m)) {
+        fprintf(stderr, "bench: %s\n", cp_errmsg());
+        return 1;
+    }
+    const cp_model_info *info = cp_model_get_info(m);
+    int b = 224, n = 8, reps = getenv("CP_BENCH_REPS") ? atoi(getenv("CP_BENCH_REPS")) : 3;
+    size_t nin = (size_t)n * 2 * b * b, nout = (size_t)n * 3 * b * b;
+    float *in = malloc(nin * 4), *out = malloc(nout * 4);
+    uint32_t r = 12345;
+    for (size_t k = 0; k < nin; k++) {
+        r = r * 1664525u + 1013904223u;
+        in[k] = (float)(r >> 8) / 16777216.0f * 4 - 1;
+    }
+    cp_model_forward(m, in, n, b, b, out, NULL); /* warm-up */
+    /* the best this libtorch does: large 3x3 convolutions like the net's own,
+     * in both layouts; net and probes alternate and the best run of each
+     * counts, so load from other processes biases neither side */
+    struct { int c, hw; } cv[] = {{64, 112}, {128, 56}, {256, 28}};
+    double per_batch = 1e30, best[6], conv_only = 1e30;
+    convshape cs[64];
+    int ncs = cpnet_convs(info, b, cs);
+    for (int k = 0; k < 6; k++)
+        best[k] = 1e30;
+    for (int rep = 0; rep < reps; rep++) {
+        double t0 = now_s();
+        if (cp_model_forward(m, in, n, b, b, out, NULL)) {
+            fprintf(stderr, "bench: %s\n", cp_errmsg());
+            return 1;
+        }
+        double t = now_s() - t0;
+        if (t < per_batch)
+            per_batch = t;
+        for (int k = 0; k < 6; k++) {
+            t = cp_shim_time_conv(n, cv[k % 3].c, cv[k % 3].c, cv[k % 3].hw, cv[k % 3].hw, 3, 1, k >= 3);
+            if (t > 0 && t < best[k])
+                best[k] = t;
+        }
+        double sum = 0;
+        for (int k = 0; k < ncs; k++)
+            sum += cs[k].count * cp_shim_time_conv(n, cs[k].cin, cs[k].cout, cs[k].side, cs[k].side,
+                                                   cs[k].k, 1, 1);
+        if (sum < conv_only)
+            conv_only = sum;
+    }
+    double gflop = 2 * cpnet_macs(info, b) * n / 1e9;
+    double peak = 0;
+    for (int k = 0; k < 6; k++) {
+        int c = cv[k % 3].c, hw = cv[k % 3].hw;
+        double g = 2.0 * n * c * c * 9.0 * hw * hw / 1e9 / best[k];
+        printf("net: peak probe conv3x3 %dx%dx%dx%d -> %d (%s): %.1f GFLOP/s\n", n, c, hw, hw, c,
+               k >= 3 ? "channels-last" : "NCHW", g);
+        if (g > peak)
+            peak = g;
+    }
+    double load = -1;
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fscanf(la, "%lf", &load) != 1)
+            load = -1;
+        fclose(la);
+    }
+    printf("net: best of %d runs; load average %.1f on %ld cores\n", reps, load, sysconf(_SC_NPROCESSORS_ONLN));
+    /* a 1024x1024 image at diameter 30: padded 1040, 6x6 tiles of 224 */
+    int tiles = 36;
+    double mpx = 1024.0 * 1024.0 / 1e6;
+    double achieved = gflop / per_batch;
+    printf("net: cyto3-shaped CPnet, batch %d tiles of %d, %ld threads: %.3f s/batch, %.1f ms/tile\n", n,
+           b, th && atoi(th) > 0 ? atol(th) : sysconf(_SC_NPROCESSORS_ONLN), per_batch, 1e3 * per_batch / n);
+    printf("net: network time per megapixel (1024x1024 image, diameter 30, %d tiles): %.2f s/Mpx\n",
+           tiles, per_batch / n * tiles / mpx);
+    printf("net: conv FLOPs per batch %.2f GFLOP; achieved %.1f GFLOP/s; peak conv %.1f GFLOP/s; "
+           "ratio peak/achieved %.2f\n", gflop, achieved, peak, peak / achieved);
+    printf("net: the same %d convolutions run alone (channels-last): %.3f s/batch; "
+           "network/conv-only ratio %.2f (goal <= 1.5)\n", ncs, conv_only, per_batch / conv_only);
+    free(in);
+    free(out);
+    cp_model_free(m);
+    return 0;
+}

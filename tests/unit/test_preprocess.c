@@ -1,11 +1,13 @@
 /* Preprocessing and tiling against Cellpose's own arrays (golden/net/<run>):
  * network input (channels + normalisation), resized and padded input, tile
  * layout, tile inputs; blending checked exactly against a direct evaluation
- * of spec 4.6 with known fake networks; flows against golden when the
- * network is available. */
+ * of spec 4.6 with known fake networks; flows through the golden weights.
+ * CP_TEST_SLOW=1 runs the network on every golden run (default: a subset);
+ * PP_VERBOSE=1 prints the differences found. */
 #include <dirent.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -14,6 +16,13 @@
 #include "test.h"
 
 /* ---- helpers ----------------------------------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 static char *slurp(const char *path)
 {
@@ -260,6 +269,94 @@ static void check_ints(const char *name, const char *what, cJSON *arr, const int
                i, cJSON_GetArrayItem(arr, i)->valueint, v[i]);
 }
 
+/* Network outputs: max|d| <= 1e-4 and <= 1e-5 * max|golden| (README bar). */
+static void check_close(const golden_run *r, const char *name, const char *key, const cp_planes *p,
+                        int hwc)
+{
+    char k[64];
+    snprintf(k, sizeof k, "%s%s", key, r->s4 ? "_s4" : "");
+    const char *path = run_file(r, k);
+    size_t n;
+    float *a = arrange(p, hwc, r->s4 ? 4 : 1, &n);
+    if (path) {
+        cp_array *g = NULL;
+        int rc = cp_npy_read(path, &g);
+        CHECKF(rc == 0, "%s: %s", path, cp_errmsg());
+        if (rc == 0) {
+            CHECKF(cp_array_count(g) == n && g->dtype == CP_F32, "%s %s: shape", name, k);
+            if (cp_array_count(g) == n && g->dtype == CP_F32) {
+                const float *gv = g->data;
+                double md = 0, mx = 0;
+                for (size_t i = 0; i < n; i++) {
+                    double d = fabs((double)a[i] - gv[i]);
+                    if (d > md)
+                        md = d;
+                    if (fabs(gv[i]) > mx)
+                        mx = fabs(gv[i]);
+                }
+                CHECKF(md <= 1e-4 && md <= 1e-5 * mx, "%s %s: max |d| %g (max |x| %g)", name, k,
+                       md, mx);
+                if (getenv("PP_VERBOSE"))
+                    fprintf(stderr, "%s %s: max |d| %g (max |x| %g)\n", name, k, md, mx);
+            }
+            cp_array_free(g);
+        }
+    }
+    free(a);
+    /* whole-array statistics (the only check of the parts _s4 leaves out) */
+    cJSON *st = jget(jget(r->js, "full_array_stats"), key);
+    if (st) {
+        a = arrange(p, hwc, 1, &n);
+        double mn = a[0], mxv = a[0], sum = 0;
+        for (size_t i = 0; i < n; i++) {
+            mn = a[i] < mn ? a[i] : mn;
+            mxv = a[i] > mxv ? a[i] : mxv;
+            sum += a[i];
+        }
+        double tol = 1e-4;
+        CHECKF(fabs(mn - jget(st, "min")->valuedouble) <= tol, "%s %s min %g vs %g", name, key, mn,
+               jget(st, "min")->valuedouble);
+        CHECKF(fabs(mxv - jget(st, "max")->valuedouble) <= tol, "%s %s max %g vs %g", name, key,
+               mxv, jget(st, "max")->valuedouble);
+        CHECKF(fabs(sum / n - jget(st, "mean")->valuedouble) <= 1e-5, "%s %s mean %g vs %g", name,
+               key, sum / n, jget(st, "mean")->valuedouble);
+        free(a);
+    }
+}
+
+/* The real pipeline with the golden weights: flows against Cellpose's. */
+static void test_golden_net(golden_run *r, const char *name, const cp_image *img)
+{
+    char path[1400];
+    snprintf(path, sizeof path, "%s/golden/weights/%s", test_shared_dir(),
+             cJSON_GetStringValue(jget(r->js, "weights")));
+    cp_model *m = NULL;
+    double t0 = now_s();
+    int rc = cp_model_load(path, NULL, &m);
+    if (getenv("PP_VERBOSE"))
+        fprintf(stderr, "%s: load %.2fs\n", name, now_s() - t0);
+    CHECKF(rc == 0, "%s: %s", path, cp_errmsg());
+    if (rc)
+        return;
+    cp_eval_debug dbg = {0};
+    dbg.keep_stages = 1;
+    cp_flows *fl = NULL;
+    rc = cp_eval_flows(m, img, 0, &r->p, &fl, &dbg);
+    CHECKF(rc == 0, "%s: %s", name, cp_errmsg());
+    if (getenv("PP_VERBOSE"))
+        fprintf(stderr, "%s: eval %.2fs\n", name, now_s() - t0);
+    if (rc == 0) {
+        cp_planes dp = wrap(fl->data, 2, fl->height, fl->width);
+        cp_planes cpb = wrap(fl->cellprob, 1, fl->height, fl->width);
+        check_close(r, name, "dP", &dp, 0);
+        check_close(r, name, "cellprob", &cpb, 0);
+        check_close(r, name, "net_out", dbg.net_out, 1);
+        cp_flows_free(fl);
+    }
+    cp_eval_debug_free(&dbg);
+    cp_model_free(m);
+}
+
 static void test_golden_run(const char *name)
 {
     golden_run r;
@@ -342,10 +439,27 @@ static void test_golden_run(const char *name)
         CHECK(f.calls_tiles == dbg.tiling.ny * dbg.tiling.nx);
         cp_flows_free(fl);
     }
+    /* The network costs seconds per run on this machine's shared cores: by
+     * default the small synthetic runs plus one subsampled (real image) run
+     * with at most 4 tiles; CP_TEST_SLOW=1 runs every run. */
+    static int s4_done;
+    cJSON *nt = jget(r.js, "n_tiles");
+    int small = (size_t)img->width * img->height <= 65536;
+    int pick_s4 = !small && !s4_done && cJSON_IsNumber(nt) && nt->valueint <= 4;
+    const char *slow = getenv("CP_TEST_SLOW");
+    if (small || pick_s4 || (slow && *slow == '1')) {
+        s4_done |= pick_s4;
+        test_golden_net(&r, name, img);
+    }
     cp_array_free(tiles);
     cp_eval_debug_free(&dbg);
     cp_image_free(img);
     cJSON_Delete(r.js);
+}
+
+static int cmpname(const void *a, const void *b)
+{
+    return strcmp(a, b);
 }
 
 static void test_golden(void)
@@ -370,6 +484,7 @@ static void test_golden(void)
     }
     closedir(d);
     CHECK(nrun >= 1);
+    qsort(names, (size_t)nrun, sizeof names[0], cmpname);
     for (int i = 0; i < nrun; i++)
         test_golden_run(names[i]);
 }
@@ -501,6 +616,16 @@ static void test_channels(void)
     double lo = ref_percentile(tmp, 16, 2), hi = ref_percentile(tmp, 16, 95);
     CHECK(p->data[7] == (49.f - (float)lo) / (float)(hi - lo));
     CHECK(cp_normalize(p, CP_ARCH_CPNET, -1, 99) == CP_EINVAL);
+    cp_planes_free(p);
+    /* a NaN makes numpy's ptp NaN: v3 leaves the channel, v4 zeroes it */
+    f[3] = NAN;
+    CHECK_OK(cp_select_channels(img, 0, CP_ARCH_CPNET, 0, 0, &p));
+    CHECK_OK(cp_normalize(p, CP_ARCH_CPNET, 1, 99));
+    CHECK(p->data[7] == 49.f && isnan(p->data[3]));
+    cp_planes_free(p);
+    CHECK_OK(cp_select_channels(img, 0, CP_ARCH_CPSAM, 0, 0, &p));
+    CHECK_OK(cp_normalize(p, CP_ARCH_CPSAM, 1, 99));
+    CHECK(p->data[7] == 0.f && p->data[3] == 0.f);
     cp_planes_free(p);
     cp_image_free(img);
 }
@@ -735,7 +860,12 @@ static void test_errors(void)
     CHECK(cp_eval_flows_net(&net, img, 0, &p, &fl, NULL) == CP_EINVAL);
     p.diameter = 30;
     CHECK_OK(cp_eval_flows_net(&net, img, 0, &p, &fl, NULL));
-    CHECK(fl->height == 8 && fl->cellprob[63] == 0.f);
+    CHECK(fl->height == 8 && fl->cellprob[63] == 0.f && fl->rescale == 1.0);
+    cp_flows_free(fl);
+    /* diam_mean override (Cellpose 3 built-in names) */
+    p.diam_mean = 17;
+    CHECK_OK(cp_eval_flows_net(&net, img, 0, &p, &fl, NULL));
+    CHECK(fl->rescale == 17.0 / 30.0 && fl->net_height == 4 && fl->height == 8);
     cp_flows_free(fl);
     cp_image_free(img);
 }

@@ -1,0 +1,976 @@
+/* spotquery: query SeeSpot HCR spot tables from the shell, CSV or JSON out. */
+#include <cjson/cJSON.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cellpose/cellpose.h"
+#include "common/cli.h"
+
+static void usage(FILE *fp)
+{
+    fprintf(fp,
+            "Usage: spotquery COMMAND [OPTIONS] SOURCE\n"
+            "Query SeeSpot HCR spot tables (a dataset folder or one CSV/TSV table, plain or .gz).\n\n"
+            "Commands:\n"
+            "  spots         rows after filters, optionally sampled (csv)\n"
+            "  api           one JSON document shaped like SeeSpot's /api/real_spots_data\n"
+            "  summary       per-channel summary stats (+ removed_spots, unchanged_spots)\n"
+            "  pairs         all 2-combinations of the spot channels\n"
+            "  ratios        the dye ratio matrix\n"
+            "  sankey        chan -> final channel flows over the full table\n"
+            "  counts        cell x channel (or gene) count matrix\n"
+            "  datasets ROOT datasets under a folder, newest first\n"
+            "  neuroglancer  Neuroglancer URL (or --json state) for spots\n\n"
+            "Output: --format csv|tsv|json|ndjson, -o FILE (written atomically), -q, -v,\n"
+            "        --threads N, --help, --version\n"
+            "Filters: --valid-only --channel C[,C] --unmixed-channel C[,C] --cell ID[,ID]\n"
+            "         --round N[,N] --reassigned yes|no --removed yes|no --where 'COL OP VALUE'\n"
+            "         --z MIN:MAX --y MIN:MAX --x MIN:MAX\n"
+            "spots:   --columns a,b,c --sample N --sampling class_balanced|random\n"
+            "         --display-chan mixed|unmixed --seed S\n"
+            "api:     --sample N (5000) --sampling --display-chan --seed --bucket NAME\n"
+            "summary: --recompute (from the spot tables instead of the summary CSVs)\n"
+            "counts:  --by unmixed|mixed --genes --all (invalid spots too) --background\n"
+            "neuroglancer: --spot ID | filters, --max N (1000) --json --bucket --color --scale\n"
+            "See spotquery(1).\n");
+}
+
+enum {
+    O_FORMAT = 256, O_THREADS, O_VALID, O_CHANNEL, O_UCHANNEL, O_CELL, O_ROUND, O_REASSIGNED, O_REMOVED,
+    O_WHERE, O_Z, O_Y, O_X, O_COLUMNS, O_SAMPLE, O_SAMPLING, O_DISPLAY, O_SEED, O_BUCKET, O_RECOMPUTE, O_BY,
+    O_GENES, O_ALL, O_BACKGROUND, O_SPOT, O_MAX, O_JSON, O_COLOR, O_SCALE, O_VERSION,
+    O_GSPOTS, O_GCHANNELS, O_GROUNDS, O_GTILES, O_GCELLS, O_GGZ, O_GNOOPT, O_GDERIVED
+};
+
+static const struct option LONG[] = {
+    {"format", 1, 0, O_FORMAT}, {"output", 1, 0, 'o'}, {"threads", 1, 0, O_THREADS},
+    {"valid-only", 0, 0, O_VALID}, {"channel", 1, 0, O_CHANNEL}, {"unmixed-channel", 1, 0, O_UCHANNEL},
+    {"cell", 1, 0, O_CELL}, {"round", 1, 0, O_ROUND}, {"reassigned", 1, 0, O_REASSIGNED},
+    {"removed", 1, 0, O_REMOVED}, {"where", 1, 0, O_WHERE}, {"z", 1, 0, O_Z}, {"y", 1, 0, O_Y},
+    {"x", 1, 0, O_X}, {"columns", 1, 0, O_COLUMNS}, {"sample", 1, 0, O_SAMPLE},
+    {"sampling", 1, 0, O_SAMPLING}, {"display-chan", 1, 0, O_DISPLAY}, {"seed", 1, 0, O_SEED},
+    {"bucket", 1, 0, O_BUCKET}, {"recompute", 0, 0, O_RECOMPUTE}, {"by", 1, 0, O_BY},
+    {"genes", 0, 0, O_GENES}, {"all", 0, 0, O_ALL}, {"background", 0, 0, O_BACKGROUND},
+    {"spot", 1, 0, O_SPOT}, {"max", 1, 0, O_MAX}, {"json", 0, 0, O_JSON}, {"color", 1, 0, O_COLOR},
+    {"scale", 1, 0, O_SCALE}, {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION},
+    {"quiet", 0, 0, 'q'}, {"verbose", 0, 0, 'v'},
+    /* hidden: synthetic datasets for tests and benchmarks */
+    {"spots", 1, 0, O_GSPOTS}, {"channels", 1, 0, O_GCHANNELS}, {"rounds", 1, 0, O_GROUNDS},
+    {"tiles", 1, 0, O_GTILES}, {"cells", 1, 0, O_GCELLS}, {"gzip", 0, 0, O_GGZ},
+    {"no-optional", 0, 0, O_GNOOPT}, {"derived", 0, 0, O_GDERIVED}, {0, 0, 0, 0}};
+
+typedef struct args {
+    const char *cmd, *source, *out;
+    int format; /* -1 = default of the command */
+    int threads;
+    cp_spot_filter f;
+    int *rounds, nrounds;
+    cp_strlist columns;
+    long sample;
+    int sampling, display_unmixed;
+    uint64_t seed;
+    const char *bucket, *color;
+    double scale;
+    int recompute, by_mixed, genes, all, background, json;
+    long spot, max;
+    cp_spot_synth_opts gen;
+} args;
+
+static int split_list(const char *flag, const char *s, cp_strlist *l)
+{
+    const char *p = s;
+    for (;;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == 0)
+            cli_usage_error("%s: empty item in '%s'", flag, s);
+        char *item = strndup(p, n);
+        cp_strlist_push(l, item);
+        free(item);
+        if (!e)
+            break;
+        p = e + 1;
+    }
+    return 0;
+}
+
+static void parse_range(const char *flag, const char *s, double *lo, double *hi)
+{
+    const char *c = strchr(s, ':');
+    if (!c)
+        cli_usage_error("%s: '%s' is not MIN:MAX", flag, s);
+    char *a = strndup(s, (size_t)(c - s));
+    if (*a)
+        *lo = cli_parse_double(flag, a, -INFINITY, INFINITY);
+    if (c[1])
+        *hi = cli_parse_double(flag, c + 1, -INFINITY, INFINITY);
+    free(a);
+}
+
+static int yes_no(const char *flag, const char *s)
+{
+    if (!strcmp(s, "yes") || !strcmp(s, "true"))
+        return 1;
+    if (!strcmp(s, "no") || !strcmp(s, "false"))
+        return 0;
+    cli_usage_error("%s: expected yes or no, not '%s'", flag, s);
+}
+
+static void parse_args(int argc, char **argv, args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->format = -1;
+    cp_spot_filter_init(&a->f);
+    a->sample = -1;
+    a->max = 1000;
+    a->spot = -1;
+    a->bucket = "aind-open-data";
+    a->color = "#FFFF00";
+    a->scale = 1.0;
+    cp_spot_synth_defaults(&a->gen);
+    if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
+        usage(stdout);
+        exit(0);
+    }
+    if (argc >= 2 && !strcmp(argv[1], "--version")) {
+        cli_print_version();
+        exit(0);
+    }
+    if (argc < 2)
+        cli_usage_error("a command is required");
+    a->cmd = argv[1];
+    static const char *cmds[] = {"spots", "api", "summary", "pairs", "ratios", "sankey", "counts", "datasets",
+                                 "neuroglancer", "gen-synthetic", NULL};
+    int ok = 0;
+    for (int i = 0; cmds[i]; i++)
+        ok |= !strcmp(cmds[i], a->cmd);
+    if (!ok)
+        cli_usage_error("unknown command '%s'", a->cmd);
+    optind = 2;
+    int c;
+    while ((c = getopt_long(argc, argv, "o:qvh", LONG, NULL)) != -1) {
+        switch (c) {
+        case 'o': a->out = optarg; break;
+        case 'q': cli_verbosity = 0; break;
+        case 'v': cli_verbosity = 2; break;
+        case 'h': usage(stdout); exit(0);
+        case O_VERSION: cli_print_version(); exit(0);
+        case O_FORMAT:
+            if (!strcmp(optarg, "csv")) a->format = CP_FMT_CSV;
+            else if (!strcmp(optarg, "tsv")) a->format = CP_FMT_TSV;
+            else if (!strcmp(optarg, "json")) a->format = CP_FMT_JSON;
+            else if (!strcmp(optarg, "ndjson")) a->format = CP_FMT_NDJSON;
+            else cli_usage_error("--format: expected csv, tsv, json or ndjson, not '%s'", optarg);
+            break;
+        case O_THREADS: a->threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
+        case O_VALID: a->f.valid_only = 1; break;
+        case O_CHANNEL: split_list("--channel", optarg, &a->f.channels); break;
+        case O_UCHANNEL: split_list("--unmixed-channel", optarg, &a->f.unmixed_channels); break;
+        case O_CELL: split_list("--cell", optarg, &a->f.cells); break;
+        case O_ROUND: {
+            cp_strlist l = {0};
+            split_list("--round", optarg, &l);
+            for (size_t i = 0; i < l.n; i++) {
+                a->rounds = realloc(a->rounds, (size_t)(a->nrounds + 1) * sizeof *a->rounds);
+                a->rounds[a->nrounds++] = (int)cli_parse_long("--round", l.items[i], 0, 127);
+            }
+            cp_strlist_free(&l);
+            break;
+        }
+        case O_REASSIGNED: a->f.reassigned = yes_no("--reassigned", optarg); break;
+        case O_REMOVED: a->f.removed = yes_no("--removed", optarg); break;
+        case O_WHERE: {
+            cp_spot_where w;
+            if (cp_spot_where_parse(optarg, &w))
+                cli_usage_error("%s", cp_errmsg());
+            a->f.where = realloc(a->f.where, (size_t)(a->f.nwhere + 1) * sizeof w);
+            a->f.where[a->f.nwhere++] = w;
+            break;
+        }
+        case O_Z: parse_range("--z", optarg, &a->f.zmin, &a->f.zmax); break;
+        case O_Y: parse_range("--y", optarg, &a->f.ymin, &a->f.ymax); break;
+        case O_X: parse_range("--x", optarg, &a->f.xmin, &a->f.xmax); break;
+        case O_COLUMNS: split_list("--columns", optarg, &a->columns); break;
+        case O_SAMPLE: a->sample = cli_parse_long("--sample", optarg, 0, 2000000000L); break;
+        case O_SAMPLING:
+            if (!strcmp(optarg, "class_balanced")) a->sampling = CP_SAMPLE_CLASS_BALANCED;
+            else if (!strcmp(optarg, "random")) a->sampling = CP_SAMPLE_RANDOM;
+            else cli_usage_error("--sampling: expected class_balanced or random, not '%s'", optarg);
+            break;
+        case O_DISPLAY:
+            if (!strcmp(optarg, "mixed")) a->display_unmixed = 0;
+            else if (!strcmp(optarg, "unmixed")) a->display_unmixed = 1;
+            else cli_usage_error("--display-chan: expected mixed or unmixed, not '%s'", optarg);
+            break;
+        case O_SEED: a->seed = a->gen.seed = (uint64_t)cli_parse_long("--seed", optarg, 0, 0x7fffffffffffffffL); break;
+        case O_BUCKET: a->bucket = optarg; break;
+        case O_RECOMPUTE: a->recompute = 1; break;
+        case O_BY:
+            if (!strcmp(optarg, "mixed")) a->by_mixed = 1;
+            else if (!strcmp(optarg, "unmixed")) a->by_mixed = 0;
+            else cli_usage_error("--by: expected unmixed or mixed, not '%s'", optarg);
+            break;
+        case O_GENES: a->genes = 1; break;
+        case O_ALL: a->all = 1; break;
+        case O_BACKGROUND: a->background = 1; break;
+        case O_SPOT: a->spot = cli_parse_long("--spot", optarg, 1, 0x7fffffffL); break;
+        case O_MAX: a->max = cli_parse_long("--max", optarg, 1, 100000000L); break;
+        case O_JSON: a->json = 1; break;
+        case O_COLOR: a->color = optarg; break;
+        case O_SCALE: a->scale = cli_parse_double("--scale", optarg, 1e-9, 1e9); break;
+        case O_GSPOTS: a->gen.nspots = (size_t)cli_parse_long("--spots", optarg, 1, 1000000000L); break;
+        case O_GCHANNELS: a->gen.nchannels = (int)cli_parse_long("--channels", optarg, 1, 5); break;
+        case O_GROUNDS: a->gen.nrounds = (int)cli_parse_long("--rounds", optarg, 1, 20); break;
+        case O_GTILES: a->gen.ntiles = (int)cli_parse_long("--tiles", optarg, 1, 100); break;
+        case O_GCELLS: a->gen.ncells = (int)cli_parse_long("--cells", optarg, 1, 100000000L); break;
+        case O_GGZ: a->gen.gzip = 1; break;
+        case O_GNOOPT: a->gen.with_optional = 0; break;
+        case O_GDERIVED: a->gen.manifest_in_derived = 1; break;
+        default: cli_usage_error("unknown option");
+        }
+    }
+    if (optind != argc - 1)
+        cli_usage_error(optind < argc ? "one SOURCE expected, got %d" : "a SOURCE is required%.0d",
+                        argc - optind);
+    a->source = argv[optind];
+}
+
+/* ---- output ---------------------------------------------------------------- */
+
+typedef struct sink {
+    FILE *fp;
+    cp_atomic at;
+    int atomic;
+} sink;
+
+static int sink_open(sink *s, const char *path)
+{
+    memset(s, 0, sizeof *s);
+    if (!path || !strcmp(path, "-")) {
+        s->fp = stdout;
+        return 0;
+    }
+    if (cp_atomic_open(&s->at, path)) {
+        cli_err("%s", cp_errmsg());
+        return -1;
+    }
+    s->atomic = 1;
+    s->fp = s->at.fp;
+    return 0;
+}
+
+static int sink_close(sink *s, int ok)
+{
+    if (!s->atomic) {
+        if (fflush(stdout) || ferror(stdout)) {
+            cli_err("write error on standard output");
+            return CLI_EXIT_FATAL;
+        }
+        return ok ? 0 : CLI_EXIT_FATAL;
+    }
+    if (!ok || cli_interrupted) {
+        cp_atomic_abort(&s->at);
+        return cli_interrupted ? CLI_EXIT_INTR : CLI_EXIT_FATAL;
+    }
+    if (cp_atomic_commit(&s->at)) {
+        cli_err("%s", cp_errmsg());
+        return CLI_EXIT_FATAL;
+    }
+    return 0;
+}
+
+static int write_table(const args *a, const cp_stable *t)
+{
+    sink s;
+    if (sink_open(&s, a->out))
+        return CLI_EXIT_FATAL;
+    int fmt = a->format < 0 ? CP_FMT_CSV : a->format;
+    int rc = cp_stable_write(s.fp, t, NULL, 0, NULL, 0, (cp_table_format)fmt);
+    if (rc)
+        cli_err("%s", cp_errmsg());
+    return sink_close(&s, rc == 0);
+}
+
+static int write_text(const args *a, const char *text)
+{
+    sink s;
+    if (sink_open(&s, a->out))
+        return CLI_EXIT_FATAL;
+    fputs(text, s.fp);
+    fputc('\n', s.fp);
+    return sink_close(&s, !ferror(s.fp));
+}
+
+static int fail(void)
+{
+    cli_err("%s", cp_errmsg());
+    return CLI_EXIT_FATAL;
+}
+
+/* ---- loading --------------------------------------------------------------- */
+
+static int push_unique(cp_strlist *l, const char *s)
+{
+    for (size_t i = 0; i < l->n; i++)
+        if (!strcmp(l->items[i], s))
+            return 0;
+    return cp_strlist_push(l, s);
+}
+
+static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_stable *t)
+{
+    cp_strlist need = {0};
+    cp_spot_filter_columns(&a->f, &need);
+    for (size_t i = 0; extra && i < extra->n; i++)
+        push_unique(&need, extra->items[i]);
+    cp_spot_load_opts lo = {0};
+    lo.columns = (const char *const *)need.items;
+    lo.ncolumns = (int)need.n;
+    lo.rounds = a->rounds;
+    lo.nrounds = a->nrounds;
+    lo.threads = a->threads;
+    double t0 = cli_now();
+    int rc = cp_spot_load(d, &lo, t);
+    cp_strlist_free(&need);
+    if (!rc) {
+        cli_info("loaded %zu spots in %.2f s", t->nrows, cli_now() - t0);
+        rc = cp_spot_channels(d, t);
+    }
+    return rc;
+}
+
+/* Unknown channel names are errors, caught before any filtering. */
+static int check_channels(const cp_spot_dataset *d, const cp_strlist *l, const char *flag)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        int ok = !strcmp(l->items[i], "none") || !strcmp(l->items[i], "removed") || !strcmp(l->items[i], "Removed");
+        for (size_t k = 0; k < d->channels.n && !ok; k++)
+            ok = !strcmp(d->channels.items[k], l->items[i]);
+        if (!ok) {
+            char known[512] = "";
+            for (size_t k = 0; k < d->channels.n; k++)
+                snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", k ? "," : "",
+                         d->channels.items[k]);
+            cli_err("%s: unknown channel '%s' (channels: %s)", flag, l->items[i], known);
+            return CLI_EXIT_FATAL;
+        }
+    }
+    return 0;
+}
+
+/* Filtered (and sampled) rows of a loaded table. */
+static int select_rows(const args *a, const cp_stable *t, long sample, uint32_t **rows, size_t *n)
+{
+    uint32_t *r;
+    size_t m;
+    if (cp_spot_filter_rows(t, &a->f, &r, &m))
+        return fail();
+    if (sample >= 0 && (size_t)sample < m) {
+        int cls = cp_stable_find(t, a->display_unmixed ? "unmixed_chan" : "chan");
+        uint32_t *s;
+        size_t k;
+        int rc = cp_spot_sample(t, r, m, (size_t)sample, (cp_sample_mode)a->sampling, cls, a->seed, &s, &k);
+        free(r);
+        if (rc)
+            return fail();
+        r = s;
+        m = k;
+    }
+    *rows = r;
+    *n = m;
+    return 0;
+}
+
+static int open_dataset(const args *a, cp_spot_dataset *d)
+{
+    if (cp_spot_dataset_open(a->source, d))
+        return fail();
+    return 0;
+}
+
+/* ---- commands ----------------------------------------------------------------- */
+
+static int cmd_spots(args *a)
+{
+    cp_spot_dataset d;
+    cp_stable t = {0}, o = {0};
+    cp_strlist all = {0}, cols = {0}, extra = {0};
+    uint32_t *rows = NULL;
+    size_t n = 0;
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    if (cp_spot_columns(&d, &all)) {
+        rc = fail();
+        goto done;
+    }
+    const cp_strlist *want = a->columns.n ? &a->columns : &all;
+    for (size_t i = 0; i < want->n; i++) {
+        int ok = 0;
+        for (size_t k = 0; k < all.n && !ok; k++)
+            ok = !strcmp(all.items[k], want->items[i]);
+        if (!ok) {
+            cli_err("--columns: no column '%s' in %s", want->items[i], a->source);
+            rc = CLI_EXIT_FATAL;
+            goto done;
+        }
+        push_unique(&cols, want->items[i]);
+    }
+    push_unique(&extra, a->display_unmixed ? "unmixed_chan" : "chan");
+    if (load(a, &d, &extra, &t)) {
+        rc = fail();
+        goto done;
+    }
+    if ((rc = check_channels(&d, &a->f.channels, "--channel")) ||
+        (rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")))
+        goto done;
+    if ((rc = select_rows(a, &t, a->sample, &rows, &n)))
+        goto done;
+    cp_spot_load_opts lo = {0};
+    lo.rounds = a->rounds;
+    lo.nrounds = a->nrounds;
+    lo.threads = a->threads;
+    if (cp_spot_select(&d, &lo, &t, rows, n, (const char *const *)cols.items, (int)cols.n, &o)) {
+        rc = fail();
+        goto done;
+    }
+    rc = write_table(a, &o);
+done:
+    free(rows);
+    cp_stable_free(&t);
+    cp_stable_free(&o);
+    cp_strlist_free(&all);
+    cp_strlist_free(&cols);
+    cp_strlist_free(&extra);
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static cJSON *cell_json(const cp_scol *c, size_t r)
+{
+    char buf[64];
+    if (c->type == CP_SCOL_STR)
+        return cp_scol_is_null(c, r) ? cJSON_CreateNull() : cJSON_CreateString(cp_scol_str(c, r));
+    cp_scol_format(c, r, 1, buf, sizeof buf);
+    return cJSON_CreateRaw(buf);
+}
+
+static cJSON *table_json(const cp_stable *t)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t r = 0; r < t->nrows; r++) {
+        cJSON *o = cJSON_CreateObject();
+        for (int k = 0; k < t->ncols; k++) {
+            const cp_scol *c = &t->cols[k];
+            char buf[64];
+            const char *s = cp_scol_str(c, r);
+            if (c->json_numbers && s && cp_scol_format(c, r, 1, buf, sizeof buf) > 0) {
+                char *end;
+                strtod(s, &end);
+                if (!*end && *s && strspn(s, "0123456789.-eE+") == strlen(s) && s[0] != '.' && s[0] != '+') {
+                    cJSON_AddItemToObject(o, c->name, cJSON_CreateRaw(s));
+                    continue;
+                }
+            }
+            cJSON_AddItemToObject(o, c->name, cell_json(c, r));
+        }
+        cJSON_AddItemToArray(arr, o);
+    }
+    return arr;
+}
+
+static cJSON *ratios_json(const cp_spot_dataset *d, const args *a, int *status)
+{
+    *status = 0;
+    for (int i = 0; i < d->nparts; i++) {
+        const cp_spot_part *p = &d->parts[i];
+        int ok = !a->rounds;
+        for (int k = 0; k < a->nrounds && !ok; k++)
+            ok = a->rounds[k] == p->round;
+        if (!ok || !p->ratios)
+            continue;
+        double *m;
+        int rows, cols;
+        if (cp_spot_read_ratios(p->ratios, &m, &rows, &cols)) {
+            *status = fail();
+            return NULL;
+        }
+        cJSON *arr = cJSON_CreateArray();
+        char buf[40];
+        for (int r = 0; r < rows; r++) {
+            cJSON *row = cJSON_CreateArray();
+            for (int c = 0; c < cols; c++) {
+                cp_format_f64(buf, sizeof buf, m[r * cols + c]);
+                cJSON_AddItemToArray(row, cJSON_CreateRaw(buf));
+            }
+            cJSON_AddItemToArray(arr, row);
+        }
+        free(m);
+        return arr;
+    }
+    return NULL;
+}
+
+static cJSON *sankey_json(const cp_sankey *s)
+{
+    cJSON *o = cJSON_CreateObject(), *nodes = cJSON_AddArrayToObject(o, "nodes");
+    char buf[160];
+    for (int pass = 0; pass < 2; pass++) {
+        const cp_strlist *l = pass ? &s->final : &s->original;
+        for (size_t i = 0; i < l->n; i++) {
+            cJSON *n = cJSON_CreateObject();
+            snprintf(buf, sizeof buf, "%s (%s)", l->items[i], pass ? "Final" : "Original");
+            cJSON_AddStringToObject(n, "name", buf);
+            cJSON_AddStringToObject(n, "category", pass ? "final" : "original");
+            cJSON_AddStringToObject(n, "channel", l->items[i]);
+            cJSON_AddItemToArray(nodes, n);
+        }
+    }
+    cJSON *links = cJSON_AddArrayToObject(o, "links");
+    for (int i = 0; i < s->nlinks; i++) {
+        const cp_sankey_link *L = &s->links[i];
+        cJSON *l = cJSON_CreateObject();
+        snprintf(buf, sizeof buf, "%s (Original)", L->source);
+        cJSON_AddStringToObject(l, "source", buf);
+        snprintf(buf, sizeof buf, "%s (Final)", L->target);
+        cJSON_AddStringToObject(l, "target", buf);
+        snprintf(buf, sizeof buf, "%lld", (long long)L->value);
+        cJSON_AddItemToObject(l, "value", cJSON_CreateRaw(buf));
+        cJSON_AddStringToObject(l, "flow_type", L->flow_type);
+        cp_format_f64(buf, sizeof buf, L->percentage);
+        cJSON_AddItemToObject(l, "percentage", cJSON_CreateRaw(buf));
+        cJSON_AddItemToArray(links, l);
+    }
+    snprintf(buf, sizeof buf, "%lld", (long long)s->total);
+    cJSON_AddItemToObject(o, "total_spots", cJSON_CreateRaw(buf));
+    snprintf(buf, sizeof buf, "%lld", (long long)s->threshold);
+    cJSON_AddItemToObject(o, "threshold_used", cJSON_CreateRaw(buf));
+    return o;
+}
+
+static int emit_json(const args *a, cJSON *doc)
+{
+    char *text = cJSON_Print(doc);
+    cJSON_Delete(doc);
+    if (!text) {
+        cli_err("out of memory");
+        return CLI_EXIT_FATAL;
+    }
+    int rc = write_text(a, text);
+    free(text);
+    return rc;
+}
+
+static int cmd_api(args *a)
+{
+    cp_spot_dataset d;
+    cp_stable t = {0}, o = {0}, pairs = {0}, sum = {0};
+    cp_strlist extra = {0}, cols = {0};
+    uint32_t *rows = NULL;
+    size_t n = 0;
+    cp_sankey sk = {0};
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    push_unique(&extra, "unmixed_chan");
+    if (load(a, &d, &extra, &t)) {
+        rc = fail();
+        goto done;
+    }
+    if ((rc = check_channels(&d, &a->f.channels, "--channel")) ||
+        (rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")))
+        goto done;
+    if (cp_spot_sankey(&t, &sk) || cp_spot_pairs(&d.channels, &pairs)) {
+        rc = fail();
+        goto done;
+    }
+    if ((rc = select_rows(a, &t, a->sample < 0 ? 5000 : a->sample, &rows, &n)))
+        goto done;
+    static const char *base[] = {"spot_id", "chan", "r", "dist", "unmixed_chan", "reassigned", "unmixed_removed",
+                                 "cell_id", "round", "z", "y", "x"};
+    for (int i = 0; i < 12; i++)
+        push_unique(&cols, base[i]);
+    cp_strlist sorted = {0};
+    for (size_t i = 0; i < pairs.nrows; i++)
+        for (int k = 0; k < 2; k++) {
+            char buf[160];
+            snprintf(buf, sizeof buf, "chan_%s_intensity", cp_scol_str(&pairs.cols[k], i));
+            push_unique(&sorted, buf);
+        }
+    for (size_t i = 0; i < sorted.n; i++)
+        push_unique(&cols, sorted.items[i]);
+    cp_spot_load_opts lo = {0};
+    lo.rounds = a->rounds;
+    lo.nrounds = a->nrounds;
+    lo.threads = a->threads;
+    rc = cp_spot_select(&d, &lo, &t, rows, n, (const char *const *)cols.items, (int)cols.n, &o);
+    if (rc) {
+        cp_strlist_free(&sorted);
+        rc = fail();
+        goto done;
+    }
+    cJSON *doc = cJSON_CreateObject();
+    cJSON *cp = cJSON_AddArrayToObject(doc, "channel_pairs");
+    for (size_t i = 0; i < pairs.nrows; i++) {
+        cJSON *p = cJSON_CreateArray();
+        cJSON_AddItemToArray(p, cJSON_CreateString(cp_scol_str(&pairs.cols[0], i)));
+        cJSON_AddItemToArray(p, cJSON_CreateString(cp_scol_str(&pairs.cols[1], i)));
+        cJSON_AddItemToArray(cp, p);
+    }
+    cJSON *sd = cJSON_AddArrayToObject(doc, "spots_data");
+    cJSON *det = cJSON_AddObjectToObject(doc, "spot_details");
+    int dcol[5] = {cp_stable_find(&o, "cell_id"), cp_stable_find(&o, "round"), cp_stable_find(&o, "z"),
+                   cp_stable_find(&o, "y"), cp_stable_find(&o, "x")};
+    for (size_t r = 0; r < o.nrows; r++) {
+        cJSON *rec = cJSON_CreateObject();
+        for (int k = 0; k < o.ncols; k++) {
+            const char *nm = o.cols[k].name;
+            if (!strcmp(nm, "cell_id") || !strcmp(nm, "round") || !strcmp(nm, "z") || !strcmp(nm, "y") ||
+                !strcmp(nm, "x"))
+                continue;
+            cJSON_AddItemToObject(rec, nm, cell_json(&o.cols[k], r));
+        }
+        cJSON_AddItemToArray(sd, rec);
+        char id[32];
+        cp_scol_format(&o.cols[0], r, 0, id, sizeof id);
+        cJSON *dd = cJSON_CreateObject();
+        for (int k = 0; k < 5; k++) {
+            const cp_scol *c = &o.cols[dcol[k]];
+            if (k == 1 && !cp_scol_is_null(c, r)) { /* SeeSpot keeps round as a string */
+                char buf[16];
+                cp_scol_format(c, r, 0, buf, sizeof buf);
+                cJSON_AddStringToObject(dd, "round", buf);
+            } else {
+                cJSON_AddItemToObject(dd, c->name, cell_json(c, r));
+            }
+        }
+        cJSON_AddItemToObject(det, id, dd);
+    }
+    cp_strlist fp = {0};
+    cp_spot_fused_paths(&d, a->bucket, &fp);
+    cJSON *fa = cJSON_AddArrayToObject(doc, "fused_s3_paths");
+    for (size_t i = 0; i < fp.n; i++)
+        cJSON_AddItemToArray(fa, cJSON_CreateString(fp.items[i]));
+    cp_strlist_free(&fp);
+    int st;
+    cJSON *rat = ratios_json(&d, a, &st);
+    if (st) {
+        cJSON_Delete(doc);
+        cp_strlist_free(&sorted);
+        rc = st;
+        goto done;
+    }
+    if (rat)
+        cJSON_AddItemToObject(doc, "ratios", rat);
+    if (cp_spot_summary_files(&d, a->rounds, a->nrounds, &sum) == 0)
+        cJSON_AddItemToObject(doc, "summary_stats", table_json(&sum));
+    cJSON_AddItemToObject(doc, "sankey_data", sankey_json(&sk));
+    cp_strlist_free(&sorted);
+    rc = emit_json(a, doc);
+done:
+    free(rows);
+    cp_sankey_free(&sk);
+    cp_stable_free(&t);
+    cp_stable_free(&o);
+    cp_stable_free(&pairs);
+    cp_stable_free(&sum);
+    cp_strlist_free(&extra);
+    cp_strlist_free(&cols);
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static int cmd_summary(args *a)
+{
+    cp_spot_dataset d;
+    cp_stable s = {0}, t = {0};
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    int have = 0;
+    for (int i = 0; i < d.nparts; i++)
+        have |= d.parts[i].summary != NULL;
+    if (a->recompute || !have) {
+        cp_strlist extra = {0};
+        push_unique(&extra, "round");
+        push_unique(&extra, "unmixed_chan");
+        rc = load(a, &d, &extra, &t) || cp_spot_summary_compute(&d, &t, &s);
+        cp_strlist_free(&extra);
+    } else {
+        rc = cp_spot_summary_files(&d, a->rounds, a->nrounds, &s);
+    }
+    rc = rc ? fail() : write_table(a, &s);
+    cp_stable_free(&s);
+    cp_stable_free(&t);
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static int cmd_pairs(args *a)
+{
+    cp_spot_dataset d;
+    cp_stable p = {0}, t = {0};
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    if (!d.channels.n && (load(a, &d, NULL, &t)))
+        rc = fail();
+    if (!rc && cp_spot_pairs(&d.channels, &p))
+        rc = fail();
+    if (!rc) {
+        if (a->format == CP_FMT_JSON) {
+            cJSON *arr = cJSON_CreateArray();
+            for (size_t i = 0; i < p.nrows; i++) {
+                cJSON *q = cJSON_CreateArray();
+                cJSON_AddItemToArray(q, cJSON_CreateString(cp_scol_str(&p.cols[0], i)));
+                cJSON_AddItemToArray(q, cJSON_CreateString(cp_scol_str(&p.cols[1], i)));
+                cJSON_AddItemToArray(arr, q);
+            }
+            rc = emit_json(a, arr);
+        } else {
+            rc = write_table(a, &p);
+        }
+    }
+    cp_stable_free(&p);
+    cp_stable_free(&t);
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static int cmd_ratios(args *a)
+{
+    cp_spot_dataset d;
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    int st;
+    cJSON *m = ratios_json(&d, a, &st);
+    if (st) {
+        cp_spot_dataset_free(&d);
+        return st;
+    }
+    if (!m) {
+        cli_err("%s: no r<N>_ratios.txt", a->source);
+        cp_spot_dataset_free(&d);
+        return CLI_EXIT_FATAL;
+    }
+    if (a->format == CP_FMT_JSON || a->format == CP_FMT_NDJSON) {
+        rc = emit_json(a, m);
+    } else {
+        /* one row per dye, columns = channels when they match */
+        cp_stable t = {0};
+        int nr = cJSON_GetArraySize(m), nc = nr ? cJSON_GetArraySize(cJSON_GetArrayItem(m, 0)) : 0;
+        for (int c = 0; c < nc && !rc; c++) {
+            char nm[64];
+            if ((size_t)nc == d.channels.n)
+                snprintf(nm, sizeof nm, "%s", d.channels.items[c]);
+            else
+                snprintf(nm, sizeof nm, "c%d", c + 1);
+            rc = cp_stable_add_col(&t, nm, CP_SCOL_F64);
+        }
+        if (!rc)
+            rc = cp_stable_reserve(&t, (size_t)nr);
+        for (int r = 0; r < nr && !rc; r++)
+            for (int c = 0; c < nc; c++)
+                ((double *)t.cols[c].v)[r] = strtod(cJSON_GetArrayItem(cJSON_GetArrayItem(m, r), c)->valuestring, NULL);
+        t.nrows = (size_t)nr;
+        cJSON_Delete(m);
+        rc = rc ? fail() : write_table(a, &t);
+        cp_stable_free(&t);
+    }
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static int cmd_sankey(args *a)
+{
+    cp_spot_dataset d;
+    cp_stable t = {0}, o = {0};
+    cp_sankey sk = {0};
+    cp_strlist extra = {0};
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    push_unique(&extra, "unmixed_chan");
+    if (load(a, &d, &extra, &t) || cp_spot_sankey(&t, &sk)) {
+        rc = fail();
+    } else if (a->format == CP_FMT_CSV || a->format == CP_FMT_TSV) {
+        static const char *names[] = {"source", "target", "value", "flow_type", "percentage"};
+        static const cp_scol_type types[] = {CP_SCOL_STR, CP_SCOL_STR, CP_SCOL_I64, CP_SCOL_STR, CP_SCOL_F64};
+        for (int k = 0; k < 5 && !rc; k++)
+            rc = cp_stable_add_col(&o, names[k], types[k]);
+        rc = rc ? rc : cp_stable_reserve(&o, (size_t)sk.nlinks);
+        for (int i = 0; i < sk.nlinks && !rc; i++) {
+            const cp_sankey_link *L = &sk.links[i];
+            int32_t c;
+            cp_sdict_intern(&o.cols[0].dict, L->source, strlen(L->source), &c);
+            ((int32_t *)o.cols[0].v)[i] = c;
+            cp_sdict_intern(&o.cols[1].dict, L->target, strlen(L->target), &c);
+            ((int32_t *)o.cols[1].v)[i] = c;
+            ((int64_t *)o.cols[2].v)[i] = L->value;
+            cp_sdict_intern(&o.cols[3].dict, L->flow_type, strlen(L->flow_type), &c);
+            ((int32_t *)o.cols[3].v)[i] = c;
+            ((double *)o.cols[4].v)[i] = L->percentage;
+        }
+        o.nrows = (size_t)sk.nlinks;
+        rc = rc ? fail() : write_table(a, &o);
+    } else {
+        rc = emit_json(a, sankey_json(&sk));
+    }
+    cp_sankey_free(&sk);
+    cp_stable_free(&t);
+    cp_stable_free(&o);
+    cp_strlist_free(&extra);
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static int cmd_counts(args *a)
+{
+    cp_spot_dataset d;
+    cp_stable t = {0}, o = {0};
+    cp_strlist extra = {0};
+    uint32_t *rows = NULL;
+    size_t n = 0;
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    if (!a->all)
+        a->f.valid_only = 1;
+    push_unique(&extra, "cell_id");
+    push_unique(&extra, a->by_mixed ? "chan" : "unmixed_chan");
+    if (load(a, &d, &extra, &t))
+        rc = fail();
+    else if (!(rc = check_channels(&d, &a->f.channels, "--channel")) &&
+             !(rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")) &&
+             !(rc = select_rows(a, &t, -1, &rows, &n))) {
+        if (cp_spot_counts(&d, &t, rows, n, a->by_mixed ? CP_COUNT_MIXED : CP_COUNT_UNMIXED, a->genes,
+                           a->background, &o))
+            rc = fail();
+        else
+            rc = write_table(a, &o);
+    }
+    free(rows);
+    cp_stable_free(&t);
+    cp_stable_free(&o);
+    cp_strlist_free(&extra);
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static int cmd_datasets(args *a)
+{
+    cp_stable t;
+    if (cp_spot_datasets(a->source, &t))
+        return fail();
+    int rc = write_table(a, &t);
+    cp_stable_free(&t);
+    return rc;
+}
+
+static int cmd_neuroglancer(args *a)
+{
+    cp_spot_dataset d;
+    cp_stable t = {0};
+    cp_strlist extra = {0};
+    uint32_t *rows = NULL;
+    size_t n = 0;
+    char *json = NULL;
+    int rc = open_dataset(a, &d);
+    if (rc)
+        return rc;
+    push_unique(&extra, "z");
+    push_unique(&extra, "y");
+    push_unique(&extra, "x");
+    if (a->spot > 0) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "spot_id = %ld", a->spot);
+        cp_spot_where w;
+        cp_spot_where_parse(buf, &w);
+        a->f.where = realloc(a->f.where, (size_t)(a->f.nwhere + 1) * sizeof w);
+        a->f.where[a->f.nwhere++] = w;
+    }
+    if (load(a, &d, &extra, &t)) {
+        rc = fail();
+        goto done;
+    }
+    if ((rc = check_channels(&d, &a->f.channels, "--channel")) ||
+        (rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")))
+        goto done;
+    if ((rc = select_rows(a, &t, -1, &rows, &n)))
+        goto done;
+    if (n == 0) {
+        cli_err(a->spot > 0 ? "no spot %ld in %s" : "no spot passes the filters%.0ld in %s", a->spot, a->source);
+        rc = CLI_EXIT_FATAL;
+        goto done;
+    }
+    if (n > (size_t)a->max) {
+        cli_info("%zu spots pass the filters; the first %ld are shown", n, a->max);
+        n = (size_t)a->max;
+    }
+    cp_ng_opts no = {a->bucket, a->color, a->scale, a->spot > 0 ? NULL : "spots"};
+    char lname[64];
+    if (a->spot > 0) {
+        snprintf(lname, sizeof lname, "spot_%ld", a->spot);
+        no.layer_name = lname;
+    }
+    if (cp_spot_ng_state(&d, &t, rows, n, &no, &json)) {
+        rc = fail();
+        goto done;
+    }
+    if (a->json) {
+        cJSON *j = cJSON_Parse(json);
+        rc = emit_json(a, j);
+    } else {
+        char *url = cp_spot_ng_url(json);
+        if (!url) {
+            rc = fail();
+            goto done;
+        }
+        if (strlen(url) > 5000 && cli_verbosity > 0)
+            cli_err("warning: the URL is %zu characters long (some browsers cut past 5000); try --json or --max",
+                    strlen(url));
+        rc = write_text(a, url);
+        free(url);
+    }
+done:
+    free(json);
+    free(rows);
+    cp_stable_free(&t);
+    cp_strlist_free(&extra);
+    cp_spot_dataset_free(&d);
+    return rc;
+}
+
+static int cmd_gen(args *a)
+{
+    if (cp_spot_synth(a->source, &a->gen))
+        return fail();
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("spotquery");
+    cli_install_signal_handlers();
+    args a;
+    parse_args(argc, argv, &a);
+    int rc;
+    if (!strcmp(a.cmd, "spots")) rc = cmd_spots(&a);
+    else if (!strcmp(a.cmd, "api")) rc = cmd_api(&a);
+    else if (!strcmp(a.cmd, "summary")) rc = cmd_summary(&a);
+    else if (!strcmp(a.cmd, "pairs")) rc = cmd_pairs(&a);
+    else if (!strcmp(a.cmd, "ratios")) rc = cmd_ratios(&a);
+    else if (!strcmp(a.cmd, "sankey")) rc = cmd_sankey(&a);
+    else if (!strcmp(a.cmd, "counts")) rc = cmd_counts(&a);
+    else if (!strcmp(a.cmd, "datasets")) rc = cmd_datasets(&a);
+    else if (!strcmp(a.cmd, "neuroglancer")) rc = cmd_neuroglancer(&a);
+    else rc = cmd_gen(&a);
+    cp_spot_filter_free(&a.f);
+    cp_strlist_free(&a.columns);
+    free(a.rounds);
+    return rc;
+}

@@ -1,0 +1,319 @@
+/* libcellpose spots: SeeSpot HCR spot tables (mixed/unmixed, merged), queried
+ * without a server. A compact column store (dictionary-encoded strings, int32
+ * ids, int8 round, bit flags, float32 values), a streaming CSV/TSV reader
+ * (plain or gzip), the dataset layout of SeeSpot, the mixed <- unmixed merge,
+ * filters, seeded sampling, count matrices, summaries and Neuroglancer links. */
+#ifndef CELLPOSE_SPOTS_H
+#define CELLPOSE_SPOTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "cellpose/files.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- column store ------------------------------------------------------ */
+
+typedef enum cp_scol_type {
+    CP_SCOL_STR = 0, /* int32 dictionary code per row, -1 = null */
+    CP_SCOL_I32,     /* int32, nulls in the null bitmap */
+    CP_SCOL_I8,      /* int8, nulls in the null bitmap */
+    CP_SCOL_BOOL,    /* one bit per row, nulls in the null bitmap */
+    CP_SCOL_F32,     /* float, NaN = null */
+    CP_SCOL_I64,     /* results only (counts) */
+    CP_SCOL_F64      /* results only (percentages) */
+} cp_scol_type;
+
+/* Interned strings; codes count from 0 in first-appearance order. */
+typedef struct cp_sdict {
+    char **s;
+    int32_t n, cap;
+    int32_t *slots;   /* open addressing, -1 = empty */
+    uint32_t nslots;
+} cp_sdict;
+
+typedef struct cp_scol {
+    char *name;
+    cp_scol_type type;
+    void *v;          /* values, layout by type (BOOL: bit i of byte i/8) */
+    uint8_t *nulls;   /* bit set = null; NULL while the column has none */
+    cp_sdict dict;    /* CP_SCOL_STR */
+    int json_numbers; /* STR: print number-looking strings unquoted in JSON */
+} cp_scol;
+
+typedef struct cp_stable {
+    size_t nrows, cap;
+    int ncols;
+    cp_scol *cols;
+} cp_stable;
+
+void cp_stable_free(cp_stable *t);
+/* Index of the column called name, or -1. */
+int cp_stable_find(const cp_stable *t, const char *name);
+/* Append an empty column (values for the current nrows, all null). */
+int cp_stable_add_col(cp_stable *t, const char *name, cp_scol_type type);
+/* Make room for at least n rows in every column. */
+int cp_stable_reserve(cp_stable *t, size_t n);
+/* Append the rows of src (same column names and types) to dst; src is
+ * emptied (moved when dst is empty). */
+int cp_stable_append(cp_stable *dst, cp_stable *src);
+/* A new table with the given rows of src (and only cols[], or all if NULL). */
+int cp_stable_gather(const cp_stable *src, const uint32_t *rows, size_t n,
+                     const int *cols, int ncols, cp_stable *out);
+
+int cp_sdict_intern(cp_sdict *d, const char *s, size_t len, int32_t *code);
+/* Code of s, or -1 when absent. */
+int32_t cp_sdict_find(const cp_sdict *d, const char *s);
+void cp_sdict_free(cp_sdict *d);
+
+int cp_scol_is_null(const cp_scol *c, size_t i);
+void cp_scol_set_null(cp_scol *c, size_t i); /* allocates the bitmap on demand */
+int cp_scol_get_bool(const cp_scol *c, size_t i);
+void cp_scol_set_bool(cp_scol *c, size_t i, int v);
+/* Numeric value (NaN when null or a string column). */
+double cp_scol_num(const cp_scol *c, size_t i);
+/* String value of a STR column (NULL when null). */
+const char *cp_scol_str(const cp_scol *c, size_t i);
+
+/* ---- table readers: one per file format (CSV/TSV here; pickle and Parquet
+ * plug in through the same interface) ------------------------------------- */
+
+typedef struct cp_sread_opts {
+    const char *const *columns; /* only these columns (NULL = all) */
+    int ncolumns;
+    int optional_columns;       /* 1: absent requested columns are skipped */
+    const uint64_t *row_mask;   /* keep data row r iff bit r set (NULL = all) */
+    size_t mask_rows;
+    int all_str;                /* every column as STR (small metadata files) */
+    int threads;                /* 0 = OpenMP default */
+} cp_sread_opts;
+
+typedef struct cp_table_reader {
+    const char *name;
+    /* 1 when this reader takes that file name ("-" is stdin). */
+    int (*match)(const char *path);
+    int (*read)(const char *path, const cp_sread_opts *o, cp_stable *out);
+    /* Column names in file order. */
+    int (*header)(const char *path, cp_strlist *names);
+} cp_table_reader;
+
+/* Register another reader (tried before the built-in CSV/TSV one). */
+int cp_register_table_reader(const cp_table_reader *r);
+/* Read a table with the first reader that matches the name. */
+int cp_stable_read(const char *path, const cp_sread_opts *o, cp_stable *out);
+int cp_stable_read_header(const char *path, cp_strlist *names);
+/* 1 if the name is a spot table some registered reader takes. */
+int cp_is_table_name(const char *path);
+
+/* The built-in reader: CSV (comma) or TSV (tab; chosen by a .tsv name or a
+ * header with tabs and no commas), plain or gzip, '-' = stdin. Errors name
+ * file:line:column. Types come from the SeeSpot schema by column name; other
+ * columns take the type of their first value. */
+extern const cp_table_reader cp_csv_reader;
+
+/* Schema type of a known SeeSpot column name, or -1 when unknown. */
+int cp_spot_column_type(const char *name);
+
+/* ---- datasets ----------------------------------------------------------- */
+
+typedef struct cp_spot_part {
+    char *mixed;      /* table path (a single-table source has only this) */
+    char *unmixed;    /* NULL when absent */
+    char *ratios;     /* r<N>_ratios.txt or NULL */
+    char *summary;    /* round_<N>_summary_stats.csv or NULL */
+    char *tile;       /* tile folder name or NULL */
+    int round;        /* from the file name, -1 unknown */
+    size_t nrows;     /* rows after the last load (for cp_spot_load_rows) */
+} cp_spot_part;
+
+typedef struct cp_spot_dataset {
+    char *root;       /* dataset folder (NULL for a single table) */
+    char *name;       /* base name of root */
+    char *manifest;   /* path or NULL */
+    cp_strlist channels;      /* spot channels: manifest, else table columns */
+    cp_strlist gene_chan, gene_name; /* manifest gene_dict */
+    int manifest_round;       /* -1 when absent */
+    char *ng_json;    /* phase_correlation_stitching_neuroglancer.json or NULL */
+    cp_spot_part *parts;
+    int nparts;
+    int single;       /* 1: SOURCE was one table file */
+    int spooled;      /* 1: stdin copied to a temporary file (removed by free) */
+} cp_spot_dataset;
+
+/* A dataset folder (layout of the SeeSpot spec, tiled or not) or one table
+ * file. */
+int cp_spot_dataset_open(const char *path, cp_spot_dataset *d);
+void cp_spot_dataset_free(cp_spot_dataset *d);
+
+typedef struct cp_spot_load_opts {
+    const char *const *columns; /* merged columns wanted (NULL = all) */
+    int ncolumns;
+    const int *rounds;          /* only parts of these rounds (NULL = all) */
+    int nrounds;
+    int threads;
+} cp_spot_load_opts;
+
+/* Read and merge every part: left join mixed <- unmixed on (chan,
+ * chan_spot_id), unmixed_removed, reassigned, spot_id = 1.. over all parts.
+ * The result always holds spot_id, chan, chan_spot_id, unmixed_chan (when an
+ * unmixed table exists), unmixed_removed and reassigned, plus the columns
+ * asked for. */
+int cp_spot_load(cp_spot_dataset *d, const cp_spot_load_opts *o, cp_stable *out);
+/* Only the rows with these spot_ids (sorted, 1-based; after cp_spot_load with
+ * the same rounds) and these mixed-table columns. */
+int cp_spot_load_rows(cp_spot_dataset *d, const cp_spot_load_opts *o, const uint32_t *spot_ids,
+                      size_t n, cp_stable *out);
+
+/* Every merged column name in table order (spot_id first, unmixed-only
+ * columns, unmixed_removed and reassigned last), from the table headers. */
+int cp_spot_columns(cp_spot_dataset *d, cp_strlist *out);
+/* Rows of a loaded table with the given columns, in that order; columns the
+ * table lacks are read from the mixed tables for those rows only. */
+int cp_spot_select(cp_spot_dataset *d, const cp_spot_load_opts *o, const cp_stable *t, const uint32_t *rows,
+                   size_t n, const char *const *columns, int ncolumns, cp_stable *out);
+
+/* 1 when the row's spot was removed by unmixing: no unmixed row, or
+ * unmixed_chan null, "none" or "". */
+int cp_spot_is_removed(const cp_stable *t, size_t row);
+
+/* Channels known to the dataset; fills from the table's chan/intensity
+ * columns when the manifest has none. */
+int cp_spot_channels(cp_spot_dataset *d, const cp_stable *t);
+
+/* ---- filters and sampling ---------------------------------------------- */
+
+typedef enum { CP_OP_EQ, CP_OP_NE, CP_OP_LT, CP_OP_LE, CP_OP_GT, CP_OP_GE } cp_op;
+
+typedef struct cp_spot_where {
+    char *col;
+    cp_op op;
+    char *value;
+} cp_spot_where;
+
+typedef struct cp_spot_filter {
+    int valid_only;
+    cp_strlist channels, unmixed_channels, cells; /* empty = any */
+    int reassigned, removed;   /* -1 any, 0 no, 1 yes */
+    double zmin, zmax, ymin, ymax, xmin, xmax; /* inclusive, +-inf = open */
+    cp_spot_where *where;
+    int nwhere;
+} cp_spot_filter;
+
+void cp_spot_filter_init(cp_spot_filter *f);
+void cp_spot_filter_free(cp_spot_filter *f);
+/* Parse "COL OP VALUE" (OP one of = == != < <= > >=). */
+int cp_spot_where_parse(const char *s, cp_spot_where *w);
+/* Columns the filter reads (appended to names). */
+int cp_spot_filter_columns(const cp_spot_filter *f, cp_strlist *names);
+/* Rows (0-based) passing every condition, ascending. */
+int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **rows, size_t *n);
+
+typedef enum { CP_SAMPLE_CLASS_BALANCED = 0, CP_SAMPLE_RANDOM = 1 } cp_sample_mode;
+
+/* Pick k of the n rows without repetition (all of them when n <= k),
+ * deterministic for a seed; result ascending. class_balanced: k / nclasses
+ * from each class of class_col (null is its own class), the shortfall filled
+ * at random from the rows not yet picked. */
+int cp_spot_sample(const cp_stable *t, const uint32_t *rows, size_t n, size_t k, cp_sample_mode mode,
+                   int class_col, uint64_t seed, uint32_t **out, size_t *nout);
+
+/* ---- derived tables ------------------------------------------------------ */
+
+/* All 2-combinations of the sorted channels: columns chan_a, chan_b. */
+int cp_spot_pairs(const cp_strlist *channels, cp_stable *out);
+/* Ratio matrix file: rows of whitespace separated numbers. */
+int cp_spot_read_ratios(const char *path, double **m, int *rows, int *cols);
+/* Summary rows of every part's summary CSV (tiles summed by round, channel and
+ * min_dist) plus removed_spots and unchanged_spots. CP_EIO when no part has a
+ * summary file. */
+int cp_spot_summary_files(const cp_spot_dataset *d, const int *rounds, int nrounds, cp_stable *out);
+/* The same columns recomputed from a merged table, per round and channel. */
+int cp_spot_summary_compute(const cp_spot_dataset *d, const cp_stable *t, cp_stable *out);
+
+typedef struct cp_sankey_link {
+    char *source, *target;     /* channel names; target "Removed" */
+    int64_t value;
+    const char *flow_type;     /* unchanged / reassigned / removed */
+    double percentage;         /* rounded to 2 decimals */
+} cp_sankey_link;
+
+typedef struct cp_sankey {
+    cp_strlist original, final; /* node channels, sorted ("Removed" last) */
+    cp_sankey_link *links;
+    int nlinks;
+    int64_t total, threshold;
+} cp_sankey;
+
+int cp_spot_sankey(const cp_stable *t, cp_sankey *s);
+void cp_sankey_free(cp_sankey *s);
+
+typedef enum { CP_COUNT_UNMIXED = 0, CP_COUNT_MIXED = 1 } cp_count_by;
+
+/* cell x channel counts over the given rows: column cell_id then one per
+ * channel (named by gene when genes is set and the manifest has it). Cells
+ * sorted ascending; null cell ids never count, cell 0 only with background. */
+int cp_spot_counts(const cp_spot_dataset *d, const cp_stable *t, const uint32_t *rows, size_t n,
+                   cp_count_by by, int genes, int background, cp_stable *out);
+
+/* Folders under root: name, modified (UTC "YYYY-MM-DD HH:MM:SS"), has_data;
+ * newest first. */
+int cp_spot_datasets(const char *root, cp_stable *out);
+
+/* ---- Neuroglancer ------------------------------------------------------ */
+
+typedef struct cp_ng_opts {
+    const char *bucket;          /* default "aind-open-data" */
+    const char *color;           /* annotation colour, default "#FFFF00" */
+    double cross_section_scale;  /* default 1.0 */
+    const char *layer_name;      /* default "spots" */
+} cp_ng_opts;
+
+/* Neuroglancer state (JSON text, newly allocated) with a point annotation for
+ * each given row, position at their mean. */
+int cp_spot_ng_state(const cp_spot_dataset *d, const cp_stable *t, const uint32_t *rows, size_t n,
+                     const cp_ng_opts *o, char **json);
+/* "https://neuroglancer-demo.appspot.com/#!" + percent-encoded JSON. */
+char *cp_spot_ng_url(const char *json);
+/* s3://<bucket>/<dataset>/image_tile_fusing/fused/channel_<ch>.zarr */
+int cp_spot_fused_paths(const cp_spot_dataset *d, const char *bucket, cp_strlist *out);
+
+/* ---- output ------------------------------------------------------------ */
+
+typedef enum { CP_FMT_CSV = 0, CP_FMT_TSV, CP_FMT_JSON, CP_FMT_NDJSON } cp_table_format;
+
+/* Shortest decimal that reads back to the same float / double. */
+int cp_format_f32(char *buf, size_t n, float v);
+int cp_format_f64(char *buf, size_t n, double v);
+/* Write rows (NULL = all) and columns (NULL = all) of a table. */
+int cp_stable_write(FILE *fp, const cp_stable *t, const uint32_t *rows, size_t n, const int *cols,
+                    int ncols, cp_table_format fmt);
+/* One cell as JSON text / CSV text into buf (numbers round-trip exact). */
+int cp_scol_format(const cp_scol *c, size_t row, int json, char *buf, size_t n);
+
+/* ---- synthetic datasets (tests and benchmarks) --------------------------- */
+
+typedef struct cp_spot_synth_opts {
+    uint64_t seed;
+    size_t nspots;       /* per round and tile */
+    int nchannels;       /* 3 or 5 (488 514 561 [594 638]) */
+    int nrounds;         /* rounds 1..nrounds */
+    int ntiles;          /* > 1: Tile_X_000i_Y_0000_Z_0000 sub-folders */
+    int ncells;
+    int gzip;            /* write .csv.gz */
+    int manifest_in_derived;
+    int with_optional;   /* ratios, summary, neuroglancer JSON, .zattrs */
+    double removed_rate, none_rate, null_rate;
+} cp_spot_synth_opts;
+
+void cp_spot_synth_defaults(cp_spot_synth_opts *o);
+/* Write a dataset folder in the spec layout with CSV tables. */
+int cp_spot_synth(const char *dir, const cp_spot_synth_opts *o);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
