@@ -98,7 +98,9 @@ static int load_sample(const char *img_path, const char *mask_path, const cp_dat
     uint32_t *labels = NULL;
     double *mu = NULL;
     int rc;
-    if ((rc = cp_image_read(img_path, NULL, &img)) || (rc = cp_image_read(mask_path, NULL, &lab)))
+    /* images as cpseg reads them (PNG alpha dropped, as Cellpose's reader) */
+    static const cp_read_opts ropts = {.pages = CP_PAGES_AUTO, .drop_alpha = 1};
+    if ((rc = cp_image_read(img_path, &ropts, &img)) || (rc = cp_image_read(mask_path, NULL, &lab)))
         goto done;
     if (lab->width != img->width || lab->height != img->height) {
         rc = cp_error(CP_EFORMAT, "%s: labels are %dx%d but the image %s is %dx%d", mask_path, lab->width,
