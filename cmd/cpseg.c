@@ -503,6 +503,7 @@ int main(int argc, char **argv)
     }
     if (J.savedir && cp_mkdirs(J.savedir) != CP_OK) {
         cli_err("%s", cp_errmsg());
+        cp_strlist_free(&J.inputs);  /* no leak reports on fatal exits */
         return CLI_EXIT_FATAL;
     }
 
@@ -523,6 +524,8 @@ int main(int argc, char **argv)
         }
         if (rc != CP_OK) {
             cli_err("%s", cp_errmsg());
+            cp_strlist_free(&J.inputs);  /* no leak reports on fatal exits */
+            cp_model_ref_free(&J.ref);
             return CLI_EXIT_FATAL;
         }
         cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
@@ -530,6 +533,8 @@ int main(int argc, char **argv)
         rc = cp_model_load(J.ref.path, &mo, &J.model);
         if (rc != CP_OK) {
             cli_err("%s", cp_errmsg());
+            cp_strlist_free(&J.inputs);  /* no leak reports on fatal exits */
+            cp_model_ref_free(&J.ref);
             return CLI_EXIT_FATAL;
         }
         J.info = cp_model_get_info(J.model);
@@ -544,6 +549,8 @@ int main(int argc, char **argv)
         J.manifest_fd = open(J.manifest_path, O_WRONLY | O_CREAT | O_APPEND, 0666);
         if (J.manifest_fd < 0) {
             cli_err("%s: cannot open manifest: %s", J.manifest_path, strerror(errno));
+            cp_strlist_free(&J.inputs);  /* no leak reports on fatal exits */
+            cp_model_ref_free(&J.ref);
             return CLI_EXIT_FATAL;
         }
     }
