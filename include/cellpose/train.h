@@ -62,12 +62,12 @@ double cp_label_diameter(const uint32_t *labels, size_t n, int *nmasks);
 /* ---- augmentation ------------------------------------------------------- */
 
 /* xoshiro256** seeded by splitmix64. */
-typedef struct cp_rng {
+typedef struct cp_xoshiro {
     uint64_t s[4];
-} cp_rng;
-void cp_rng_seed(cp_rng *r, uint64_t seed);
-uint64_t cp_rng_next(cp_rng *r);
-double cp_rng_uniform(cp_rng *r);  /* [0, 1) */
+} cp_xoshiro;
+void cp_xoshiro_seed(cp_xoshiro *r, uint64_t seed);
+uint64_t cp_xoshiro_next(cp_xoshiro *r);
+double cp_xoshiro_uniform(cp_xoshiro *r);  /* [0, 1) */
 
 typedef struct cp_augment {
     int flip;          /* mirror x before rotating */
@@ -79,7 +79,7 @@ typedef struct cp_augment {
 /* Draw the transform for an h x w sample into a bsize tile, as Cellpose:
  * flip with p 0.5, theta uniform in [0, 2 pi), scale uniform in
  * 1 +- scale_range/2 divided by rescale, random crop offset. */
-void cp_augment_draw(cp_rng *r, int h, int w, int bsize, double scale_range, double rescale,
+void cp_augment_draw(cp_xoshiro *r, int h, int w, int bsize, double scale_range, double rescale,
                      cp_augment *a);
 /* Apply it: x (nchan x h x w, bilinear, zeros outside) and lbl (3 x h x w:
  * cellprob nearest, flows bilinear then rotated) to xo (nchan x bsize^2) and

@@ -13,7 +13,7 @@ static uint64_t splitmix64(uint64_t *x)
     return z ^ (z >> 31);
 }
 
-void cp_rng_seed(cp_rng *r, uint64_t seed)
+void cp_xoshiro_seed(cp_xoshiro *r, uint64_t seed)
 {
     for (int i = 0; i < 4; i++)
         r->s[i] = splitmix64(&seed);
@@ -21,7 +21,7 @@ void cp_rng_seed(cp_rng *r, uint64_t seed)
 
 static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
-uint64_t cp_rng_next(cp_rng *r)
+uint64_t cp_xoshiro_next(cp_xoshiro *r)
 {
     uint64_t *s = r->s;
     uint64_t out = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
@@ -34,18 +34,18 @@ uint64_t cp_rng_next(cp_rng *r)
     return out;
 }
 
-double cp_rng_uniform(cp_rng *r) { return (double)(cp_rng_next(r) >> 11) * 0x1.0p-53; }
+double cp_xoshiro_uniform(cp_xoshiro *r) { return (double)(cp_xoshiro_next(r) >> 11) * 0x1.0p-53; }
 
-void cp_augment_draw(cp_rng *r, int h, int w, int bsize, double scale_range, double rescale, cp_augment *a)
+void cp_augment_draw(cp_xoshiro *r, int h, int w, int bsize, double scale_range, double rescale, cp_augment *a)
 {
-    a->flip = cp_rng_uniform(r) > 0.5;
-    a->theta = cp_rng_uniform(r) * 2.0 * M_PI;
-    a->scale = (1.0 - scale_range / 2.0) + scale_range * cp_rng_uniform(r);
+    a->flip = cp_xoshiro_uniform(r) > 0.5;
+    a->theta = cp_xoshiro_uniform(r) * 2.0 * M_PI;
+    a->scale = (1.0 - scale_range / 2.0) + scale_range * cp_xoshiro_uniform(r);
     if (rescale > 0)
         a->scale /= rescale;
     double ex = w * a->scale - bsize, ey = h * a->scale - bsize;
-    a->dx = (cp_rng_uniform(r) - 0.5) * (ex > 0 ? ex : 0);
-    a->dy = (cp_rng_uniform(r) - 0.5) * (ey > 0 ? ey : 0);
+    a->dx = (cp_xoshiro_uniform(r) - 0.5) * (ex > 0 ? ex : 0);
+    a->dy = (cp_xoshiro_uniform(r) - 0.5) * (ey > 0 ? ey : 0);
 }
 
 /* Bilinear sample of plane p (h x w) at (x, y); neighbours outside are 0. */

@@ -132,7 +132,7 @@ done:
 }
 
 /* Fill the batch buffers with samples idx[0..n) of d, augmented from rng. */
-static void make_batch(ctx *c, const cp_dataset *d, const size_t *idx, int n, cp_rng *rng)
+static void make_batch(ctx *c, const cp_dataset *d, const size_t *idx, int n, cp_xoshiro *rng)
 {
     int B = c->o->bsize;
     size_t m = (size_t)B * B;
@@ -153,8 +153,8 @@ static uint64_t epoch_seed(uint64_t seed, int epoch, int stream)
 
 static int val_loss(ctx *c, const cp_dataset *val, double *out)
 {
-    cp_rng rng;
-    cp_rng_seed(&rng, epoch_seed(c->o->seed, 42, 1));  /* the same tiles every time */
+    cp_xoshiro rng;
+    cp_xoshiro_seed(&rng, epoch_seed(c->o->seed, 42, 1));  /* the same tiles every time */
     size_t *idx = cp_malloc_array(val->n, sizeof *idx, "batch");
     if (!idx)
         return CP_ENOMEM;
@@ -326,16 +326,16 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
     double t_run = now();
     for (int e = start; e < o->epochs; e++) {
         double t0 = now();
-        cp_rng rng;
-        cp_rng_seed(&rng, epoch_seed(o->seed, e, 0));
+        cp_xoshiro rng;
+        cp_xoshiro_seed(&rng, epoch_seed(o->seed, e, 0));
         if (nper != train->n) {  /* Cellpose: random choice with replacement */
             for (size_t i = 0; i < nper; i++)
-                perm[i] = (size_t)(cp_rng_next(&rng) % train->n);
+                perm[i] = (size_t)(cp_xoshiro_next(&rng) % train->n);
         } else {
             for (size_t i = 0; i < nper; i++)
                 perm[i] = i;
             for (size_t i = nper; i > 1; i--) {  /* Fisher-Yates */
-                size_t j = (size_t)(cp_rng_next(&rng) % i);
+                size_t j = (size_t)(cp_xoshiro_next(&rng) % i);
                 size_t t = perm[i - 1];
                 perm[i - 1] = perm[j];
                 perm[j] = t;
