@@ -17,6 +17,7 @@
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
 #include "cellpose/spots.h"
+#include "cellpose/train.h"
 #include "cellpose/zip.h"
 
 #endif

@@ -24,7 +24,10 @@ int cp_model_resolve(const char *spec, cp_model_ref *out);
 void cp_model_ref_free(cp_model_ref *r);
 
 /* The model shipped with cptools (fluorescent nuclei), used when no model is
- * given or configured. CP_EIO with an explanation if this build has none. */
+ * given or configured. It is compiled into the library: out->path is
+ * "builtin:cptools_nuclei", which cp_weights_load / cp_model_load read from
+ * memory. cp_model_resolve also maps the names "cptools_nuclei" and
+ * "builtin" to it. */
 int cp_model_builtin(cp_model_ref *out);
 
 #ifdef __cplusplus

@@ -6,6 +6,7 @@
 #include "cellpose/files.h"
 #include "cellpose/models.h"
 #include "core/internal.h"
+#include "net/builtin.h"
 
 static const struct {
     const char *name, *file;
@@ -36,6 +37,8 @@ int cp_model_resolve(const char *spec, cp_model_ref *out)
         spec = getenv("CELLPOSE_MODEL_PATH");
     if (!spec || !*spec)
         return cp_error(CP_EINVAL, "no model given (use --model NAME|PATH or set CELLPOSE_MODEL_PATH)");
+    if (!strcmp(spec, CP_BUILTIN_MODEL_PATH) || !strcmp(spec, CP_BUILTIN_MODEL_NAME) || !strcmp(spec, "builtin"))
+        return cp_model_builtin(out);
     if (strchr(spec, '/') || is_file(spec)) {
         if (!is_file(spec))
             return cp_error(CP_EIO, "%s: model file not found", spec);
@@ -80,7 +83,9 @@ void cp_model_ref_free(cp_model_ref *r)
 
 int cp_model_builtin(cp_model_ref *out)
 {
+    if (!cp_builtin_model_bytes(CP_BUILTIN_MODEL_PATH, &(size_t){0}))
+        return cp_error(CP_EIO, "this build of cptools has no built-in model");
     memset(out, 0, sizeof *out);
-    return cp_error(CP_EIO, "this build of cptools has no built-in model: give --model NAME|PATH with a Cellpose "
-                            "weight file (cyto3, nuclei, cpsam from ~/.cellpose/models) or set CELLPOSE_MODEL_PATH");
+    /* compiled into the library: no file to find (see lib/net/builtin.c) */
+    return found(out, cp_strdup(CP_BUILTIN_MODEL_PATH), CP_BUILTIN_MODEL_NAME, 0.0f);
 }

@@ -23,6 +23,30 @@ void cp_shim_free(cp_shim *s);
 double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps, int channels_last,
                          int threads);
 
+/* ---- Training (cptrain) --------------------------------------------------
+ * A CPnet with its own tensors: from `init` (fine-tune; keys and shapes must
+ * be CPnet's for nbase/nout) or, with init NULL, PyTorch's default
+ * initialisation drawn from `seed`. Optimiser: AdamW (betas 0.9/0.999, eps
+ * 1e-8) or, with sgd, SGD with momentum 0.9; weight_decay as PyTorch's. */
+typedef struct cp_trainer cp_trainer;
+
+int cp_trainer_create(const cp_weights *init, const int *nbase, int nlevels, int nout, uint64_t seed,
+                      int threads, int sgd, double weight_decay, cp_trainer **out);
+/* One optimiser step on n tiles: x n x nchan x h x w, lbl n x 3 x h x w
+ * (cellprob, flowY, flowX unit flows). BN uses batch statistics and updates
+ * its running statistics (momentum 0.05). *loss is the batch loss before the step. */
+int cp_trainer_step(cp_trainer *t, const float *x, const float *lbl, int n, int h, int w, double lr,
+                    double *loss);
+/* The loss with running statistics, no update. */
+int cp_trainer_eval(cp_trainer *t, const float *x, const float *lbl, int n, int h, int w, double *loss);
+/* Append the state dict (diam_mean, diam_labels, then CPnet's keys in
+ * PyTorch's order) to w; with_optim adds optim.step and optim.m1.* / m2.*. */
+int cp_trainer_export(const cp_trainer *t, float diam_mean, float diam_labels, int with_optim,
+                      cp_weights *w);
+/* Restore the optimiser state written by cp_trainer_export(with_optim). */
+int cp_trainer_import_optim(cp_trainer *t, const cp_weights *w, const char *path);
+void cp_trainer_free(cp_trainer *t);
+
 #ifdef __cplusplus
 }
 #endif

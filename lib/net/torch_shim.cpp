@@ -2,7 +2,9 @@
 // (Cellpose 4) in libtorch's functional ops, behind a C interface. This is
 // the only C++ file of the project; no exception leaves it.
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIndexing.h>
 #include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
 
@@ -11,6 +13,8 @@
 #include <sched.h>
 
 #include <chrono>
+#include <cmath>
+#include <map>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -107,6 +111,7 @@ void install_allocator()
 
 struct BN {
     at::Tensor w, b, mean, var;
+    bool train = false;  // batch statistics (and running-stat updates) when training
 };
 struct BConv {  // BN -> [ReLU] -> conv
     BN bn;
@@ -163,12 +168,14 @@ struct Loader {
     }
 };
 
-BN load_bn(const Loader &L, const std::string &p)
+template <class LoaderT>
+BN load_bn(const LoaderT &L, const std::string &p)
 {
     return BN{L(p + ".weight"), L(p + ".bias"), L(p + ".running_mean"), L(p + ".running_var")};
 }
 
-BConv load_bconv(const Loader &L, const std::string &p, bool relu)
+template <class LoaderT>
+BConv load_bconv(const LoaderT &L, const std::string &p, bool relu)
 {
     BConv c;
     c.bn = load_bn(L, p + ".0");
@@ -185,7 +192,7 @@ BConv load_bconv(const Loader &L, const std::string &p, bool relu)
 
 at::Tensor run(const BConv &c, const at::Tensor &x)
 {
-    at::Tensor y = at::batch_norm(x, c.bn.w, c.bn.b, c.bn.mean, c.bn.var, false, 0.05, 1e-5, false);
+    at::Tensor y = at::batch_norm(x, c.bn.w, c.bn.b, c.bn.mean, c.bn.var, c.bn.train, 0.05, 1e-5, false);
     if (c.relu)
         y = at::relu_(y);
     return at::conv2d(y, c.w, c.b, 1, c.pad);
@@ -200,7 +207,8 @@ at::Tensor run_style(const Style &s, const at::Tensor &style, const at::Tensor &
     return run(s.conv, t);
 }
 
-void build_cpnet(cp_shim *s, const Loader &L)
+template <class LoaderT>
+void build_cpnet(cp_shim *s, const LoaderT &L)
 {
     int nl = s->info.nlevels - 1;
     for (int n = 0; n < nl; n++) {
@@ -484,5 +492,353 @@ extern "C" double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int 
         return std::chrono::duration<double>(t1 - t0).count() / reps;
     } catch (...) {
         return -1;
+    }
+}
+
+// ===========================================================================
+// Training (cptrain): a CPnet whose tensors live here, trained with autograd.
+// Everything below is separate from inference; the forward pass above is
+// reused with BN switched to batch statistics.
+// ===========================================================================
+
+namespace {
+
+enum Kind { K_CONV_W, K_CONV_B, K_LIN_W, K_LIN_B, K_BN_W, K_BN_B, K_BN_MEAN, K_BN_VAR, K_BN_NBT };
+
+struct Key {
+    std::string name;
+    std::vector<int64_t> shape;
+    Kind kind;
+    int64_t fan_in;
+};
+
+void key_bn(std::vector<Key> &k, const std::string &p, int64_t c)
+{
+    k.push_back({p + ".weight", {c}, K_BN_W, 0});
+    k.push_back({p + ".bias", {c}, K_BN_B, 0});
+    k.push_back({p + ".running_mean", {c}, K_BN_MEAN, 0});
+    k.push_back({p + ".running_var", {c}, K_BN_VAR, 0});
+    k.push_back({p + ".num_batches_tracked", {}, K_BN_NBT, 0});
+}
+
+void key_conv(std::vector<Key> &k, const std::string &p, int64_t cout, int64_t cin, int64_t ks)
+{
+    k.push_back({p + ".weight", {cout, cin, ks, ks}, K_CONV_W, cin * ks * ks});
+    k.push_back({p + ".bias", {cout}, K_CONV_B, cin * ks * ks});
+}
+
+// CPnet's state_dict keys in PyTorch's order (diam_mean/diam_labels kept apart).
+std::vector<Key> cpnet_keys(const int *nb, int nlevels, int nout)
+{
+    std::vector<Key> k;
+    int L = nlevels - 1;
+    for (int n = 0; n < L; n++) {
+        std::string p = "downsample.down.res_down_" + std::to_string(n);
+        for (int j = 0; j < 4; j++) {
+            std::string q = p + ".conv.conv_" + std::to_string(j);
+            key_bn(k, q + ".0", j ? nb[n + 1] : nb[n]);
+            key_conv(k, q + ".2", nb[n + 1], j ? nb[n + 1] : nb[n], 3);
+        }
+        key_bn(k, p + ".proj.0", nb[n]);
+        key_conv(k, p + ".proj.1", nb[n + 1], nb[n], 1);
+    }
+    for (int n = 0; n < L; n++) {
+        std::string p = "upsample.up.res_up_" + std::to_string(n);
+        int64_t uin = n + 2 <= L ? nb[n + 2] : nb[L], uout = nb[n + 1];
+        key_bn(k, p + ".conv.conv_0.0", uin);
+        key_conv(k, p + ".conv.conv_0.2", uout, uin, 3);
+        for (int j = 1; j < 4; j++) {
+            std::string q = p + ".conv.conv_" + std::to_string(j);
+            key_bn(k, q + ".conv.0", uout);
+            key_conv(k, q + ".conv.2", uout, uout, 3);
+            k.push_back({q + ".full.weight", {uout, nb[L]}, K_LIN_W, nb[L]});
+            k.push_back({q + ".full.bias", {uout}, K_LIN_B, nb[L]});
+        }
+        key_bn(k, p + ".proj.0", uin);
+        key_conv(k, p + ".proj.1", uout, uin, 1);
+    }
+    key_bn(k, "output.0", nb[1]);
+    key_conv(k, "output.2", nout, nb[1], 1);
+    return k;
+}
+
+struct MapLoader {
+    const std::map<std::string, at::Tensor> *m;
+    at::Tensor operator()(const std::string &name) const
+    {
+        auto it = m->find(name);
+        if (it == m->end())
+            throw std::runtime_error("missing key " + name);
+        return it->second;
+    }
+};
+
+}  // namespace
+
+struct cp_trainer {
+    cp_shim net;                       // the graph, aliasing the tensors below
+    std::vector<Key> keys;
+    std::map<std::string, at::Tensor> t;  // every state_dict tensor
+    std::vector<at::Tensor> params;    // trainable, in key order
+    std::vector<std::string> pnames;
+    std::vector<at::Tensor> m1, m2;    // AdamW moments or SGD momentum (m1)
+    int64_t step = 0;
+    int sgd = 0;
+    double wd = 0;
+};
+
+namespace {
+
+void set_train(cp_trainer *T, bool on)
+{
+    for (ResDown &r : T->net.down) {
+        for (BConv &c : r.c)
+            c.bn.train = on;
+        r.proj.bn.train = on;
+    }
+    for (ResUp &r : T->net.up) {
+        r.c0.bn.train = on;
+        for (Style &c : r.c)
+            c.conv.bn.train = on;
+        r.proj.bn.train = on;
+    }
+    T->net.head.bn.train = on;
+}
+
+// MSE(y[:, :2], 5 flows) / 2 + BCEWithLogits(y[:, 2], cellprob > 0.5), as
+// Cellpose 3's _loss_fn_seg; lbl is n x 3 x H x W (cellprob, flowY, flowX).
+at::Tensor seg_loss(const at::Tensor &y, const at::Tensor &lbl)
+{
+    using namespace at::indexing;
+    at::Tensor flows = 5.0 * lbl.index({Slice(), Slice(1, 3)});
+    at::Tensor loss = at::mse_loss(y.index({Slice(), Slice(0, 2)}), flows) / 2.0;
+    at::Tensor prob = (lbl.index({Slice(), 0}) > 0.5).to(y.scalar_type());
+    return loss + at::binary_cross_entropy_with_logits(y.index({Slice(), 2}), prob);
+}
+
+int fail(const char *what, const std::exception &e)
+{
+    return cp_error(CP_EMODEL, "training: %s: %s", what, oneline(e).c_str());
+}
+
+}  // namespace
+
+extern "C" int cp_trainer_create(const cp_weights *init, const int *nbase, int nlevels, int nout,
+                                 uint64_t seed, int threads, int sgd, double weight_decay,
+                                 cp_trainer **out)
+{
+    *out = nullptr;
+    cp_trainer *T = nullptr;
+    try {
+        if (nlevels < 2 || nlevels > 8 || nout < 3)
+            return cp_error(CP_EINVAL, "training: bad network shape (%d levels, %d outputs)", nlevels, nout);
+        T = new cp_trainer();
+        T->sgd = sgd;
+        T->wd = weight_decay;
+        T->net.threads = threads > 0 ? threads : nproc();
+        at::set_num_threads(T->net.threads);
+        T->net.path = "training";
+        cp_model_info &info = T->net.info;
+        info.arch = CP_ARCH_CPNET;
+        info.nchan = nbase[0];
+        info.nout = nout;
+        info.nlevels = nlevels;
+        for (int i = 0; i < nlevels; i++)
+            info.nbase[i] = nbase[i];
+        T->keys = cpnet_keys(nbase, nlevels, nout);
+        at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+        at::NoGradGuard ng;
+        for (const Key &k : T->keys) {
+            at::Tensor x;
+            if (init) {
+                const cp_wtensor *w = cp_weights_get(init, k.name.c_str());
+                if (!w && k.kind == K_BN_NBT) {
+                    x = at::zeros({}, at::kLong);
+                } else {
+                    if (!w)
+                        throw std::runtime_error("pretrained weights lack key " + k.name);
+                    bool shape_ok = w->ndim == (int)k.shape.size();
+                    for (int d = 0; shape_ok && d < w->ndim; d++)
+                        shape_ok = w->shape[d] == k.shape[d];
+                    if (!shape_ok)
+                        throw std::runtime_error("pretrained key " + k.name + " has another shape");
+                    bool is_int = k.kind == K_BN_NBT;
+                    if ((w->dtype == CP_W_I64) != is_int)
+                        throw std::runtime_error("pretrained key " + k.name + " has another type");
+                    x = at::from_blob(w->data, k.shape, is_int ? at::kLong : at::kFloat).clone();
+                }
+            } else {
+                double b = k.fan_in > 0 ? 1.0 / std::sqrt((double)k.fan_in) : 0.0;
+                switch (k.kind) {
+                case K_CONV_W: case K_CONV_B: case K_LIN_W: case K_LIN_B:
+                    x = at::empty(k.shape, at::kFloat).uniform_(-b, b, gen);
+                    break;
+                case K_BN_W: case K_BN_VAR: x = at::ones(k.shape, at::kFloat); break;
+                case K_BN_B: case K_BN_MEAN: x = at::zeros(k.shape, at::kFloat); break;
+                case K_BN_NBT: x = at::zeros({}, at::kLong); break;
+                }
+            }
+            bool trainable = k.kind != K_BN_MEAN && k.kind != K_BN_VAR && k.kind != K_BN_NBT;
+            if (trainable) {
+                x.set_requires_grad(true);
+                T->params.push_back(x);
+                T->pnames.push_back(k.name);
+                T->m1.push_back(at::zeros_like(x).set_requires_grad(false));
+                T->m2.push_back(sgd ? at::Tensor() : at::zeros_like(x).set_requires_grad(false));
+            }
+            T->t[k.name] = x;
+        }
+        build_cpnet(&T->net, MapLoader{&T->t});
+        *out = T;
+        return CP_OK;
+    } catch (const std::exception &e) {
+        delete T;
+        return fail("building the network", e);
+    }
+}
+
+extern "C" void cp_trainer_free(cp_trainer *T)
+{
+    try {
+        delete T;
+    } catch (...) {
+    }
+}
+
+extern "C" int cp_trainer_step(cp_trainer *T, const float *x, const float *lbl, int n, int h, int w,
+                               double lr, double *loss_out)
+{
+    try {
+        if (at::get_num_threads() != T->net.threads)
+            at::set_num_threads(T->net.threads);
+        int64_t nchan = T->net.info.nchan;
+        at::Tensor X = at::from_blob(const_cast<float *>(x), {n, nchan, h, w}, at::kFloat);
+        at::Tensor Y = at::from_blob(const_cast<float *>(lbl), {n, 3, h, w}, at::kFloat);
+        set_train(T, true);
+        for (at::Tensor &p : T->params)
+            if (p.grad().defined())
+                p.mutable_grad().zero_();
+        at::Tensor out = forward_cpnet(&T->net, X).first;
+        at::Tensor loss = seg_loss(out, Y);
+        loss.backward();
+        set_train(T, false);
+        at::NoGradGuard ng;
+        for (const Key &k : T->keys)
+            if (k.kind == K_BN_NBT)
+                T->t[k.name].add_(1);
+        T->step++;
+        const double b1 = 0.9, b2 = 0.999, eps = 1e-8, mom = 0.9;
+        for (size_t i = 0; i < T->params.size(); i++) {
+            at::Tensor &p = T->params[i];
+            at::Tensor g = p.grad();
+            if (!g.defined())
+                continue;
+            if (T->sgd) {  // torch.optim.SGD(momentum=0.9, weight_decay)
+                if (T->wd != 0)
+                    g = g.add(p, T->wd);
+                if (T->step == 1)
+                    T->m1[i].copy_(g);
+                else
+                    T->m1[i].mul_(mom).add_(g);
+                p.add_(T->m1[i], -lr);
+            } else {  // torch.optim.AdamW
+                p.mul_(1.0 - lr * T->wd);
+                T->m1[i].lerp_(g, 1.0 - b1);
+                T->m2[i].mul_(b2).addcmul_(g, g, 1.0 - b2);
+                double bc1 = 1.0 - std::pow(b1, (double)T->step);
+                double bc2 = 1.0 - std::pow(b2, (double)T->step);
+                at::Tensor denom = (T->m2[i].sqrt() / std::sqrt(bc2)).add_(eps);
+                p.addcdiv_(T->m1[i], denom, -lr / bc1);
+            }
+        }
+        *loss_out = loss.item<double>();
+        return CP_OK;
+    } catch (const std::exception &e) {
+        set_train(T, false);
+        return fail("train step", e);
+    }
+}
+
+extern "C" int cp_trainer_eval(cp_trainer *T, const float *x, const float *lbl, int n, int h, int w,
+                               double *loss_out)
+{
+    try {
+        if (at::get_num_threads() != T->net.threads)
+            at::set_num_threads(T->net.threads);
+        at::NoGradGuard ng;
+        int64_t nchan = T->net.info.nchan;
+        at::Tensor X = at::from_blob(const_cast<float *>(x), {n, nchan, h, w}, at::kFloat);
+        at::Tensor Y = at::from_blob(const_cast<float *>(lbl), {n, 3, h, w}, at::kFloat);
+        set_train(T, false);
+        *loss_out = seg_loss(forward_cpnet(&T->net, X).first, Y).item<double>();
+        return CP_OK;
+    } catch (const std::exception &e) {
+        return fail("evaluation", e);
+    }
+}
+
+namespace {
+
+int add_tensor(cp_weights *w, const std::string &name, const at::Tensor &x)
+{
+    at::Tensor c = x.detach().contiguous();
+    std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
+    bool is_int = c.scalar_type() == at::kLong;
+    return cp_weights_add(w, name.c_str(), (int)shape.size(), shape.data(), is_int ? CP_W_I64 : CP_W_F32,
+                          c.data_ptr());
+}
+
+}  // namespace
+
+extern "C" int cp_trainer_export(const cp_trainer *T, float diam_mean, float diam_labels, int with_optim,
+                                 cp_weights *w)
+{
+    try {
+        int64_t one = 1;
+        int rc;
+        if ((rc = cp_weights_add(w, "diam_mean", 1, &one, CP_W_F32, &diam_mean)) ||
+            (rc = cp_weights_add(w, "diam_labels", 1, &one, CP_W_F32, &diam_labels)))
+            return rc;
+        for (const Key &k : T->keys)
+            if ((rc = add_tensor(w, k.name, T->t.at(k.name))))
+                return rc;
+        if (!with_optim)
+            return CP_OK;
+        int64_t step = T->step;
+        if ((rc = cp_weights_add(w, "optim.step", 0, nullptr, CP_W_I64, &step)))
+            return rc;
+        for (size_t i = 0; i < T->params.size(); i++) {
+            if ((rc = add_tensor(w, "optim.m1." + T->pnames[i], T->m1[i])))
+                return rc;
+            if (!T->sgd && (rc = add_tensor(w, "optim.m2." + T->pnames[i], T->m2[i])))
+                return rc;
+        }
+        return CP_OK;
+    } catch (const std::exception &e) {
+        return fail("exporting the weights", e);
+    }
+}
+
+extern "C" int cp_trainer_import_optim(cp_trainer *T, const cp_weights *w, const char *path)
+{
+    try {
+        const cp_wtensor *s = cp_weights_get(w, "optim.step");
+        if (!s || s->dtype != CP_W_I64 || s->numel != 1)
+            return cp_error(CP_EFORMAT, "%s: checkpoint lacks optimizer key 'optim.step'", path);
+        at::NoGradGuard ng;
+        for (size_t i = 0; i < T->params.size(); i++) {
+            for (int j = 0; j < (T->sgd ? 1 : 2); j++) {
+                std::string name = (j ? "optim.m2." : "optim.m1.") + T->pnames[i];
+                const cp_wtensor *t = cp_weights_get(w, name.c_str());
+                if (!t || t->dtype != CP_W_F32 || (int64_t)t->numel != T->params[i].numel())
+                    return cp_error(CP_EFORMAT, "%s: checkpoint lacks or mismatches optimizer key '%s' "
+                                    "(was it written with the other optimizer?)", path, name.c_str());
+                (j ? T->m2[i] : T->m1[i]).copy_(at::from_blob(t->data, T->params[i].sizes(), at::kFloat));
+            }
+        }
+        T->step = *(const int64_t *)s->data;
+        return CP_OK;
+    } catch (const std::exception &e) {
+        return fail("reading the optimizer state", e);
     }
 }

@@ -17,6 +17,7 @@
 #include "cellpose/net.h"
 #include "core/internal.h"
 #include "core/sha256.h"
+#include "net/builtin.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the weight reader assumes a little-endian host"
@@ -1108,6 +1109,10 @@ int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights
 int cp_weights_load(const char *path, cp_weights **out)
 {
     *out = NULL;
+    size_t nb;
+    const void *bytes = cp_builtin_model_bytes(path, &nb);
+    if (bytes)  /* a model compiled into the library */
+        return cp_weights_load_mem(bytes, nb, path, out);
     mapped f = {0};
     int rc = map_file(path, &f);
     if (rc)
