@@ -5,6 +5,9 @@
 P=$CP_ROOT/scripts/pipelines
 W=$SHARED/golden/weights/cpnet_nucleilike_s2_legacy.pth
 TOOLS="CPSEG=$BIN/cpseg CPMETRICS=$BIN/cpmetrics CPCELLS=$BIN/cpcells"
+# The pipelines run as a user's top-level make would, not as a sub-make of
+# `make check` (no inherited jobserver, no "make[2]:" prefixes).
+unset MAKELEVEL MAKEFLAGS MFLAGS
 MK="make --no-print-directory -f $P/Makefile IN=in EXT=png MODEL=$W DIAMETER=30 $TOOLS"
 
 cd "$T" || exit 1
