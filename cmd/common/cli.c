@@ -16,12 +16,18 @@ volatile sig_atomic_t cli_interrupted;
 
 void cli_init(const char *prog) { cli_prog = prog; }
 
+/* "prog: message" without the newline. */
+static void vprefixed(const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: ", cli_prog);
+    vfprintf(stderr, fmt, ap);
+}
+
 void cli_err(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", cli_prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vprefixed(fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
 }
@@ -31,9 +37,8 @@ void cli_info(const char *fmt, ...)
     if (cli_verbosity < 2)
         return;
     va_list ap;
-    fprintf(stderr, "%s: ", cli_prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vprefixed(fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
 }
@@ -41,9 +46,8 @@ void cli_info(const char *fmt, ...)
 void cli_usage_error(const char *fmt, ...)
 {
     va_list ap;
-    fprintf(stderr, "%s: ", cli_prog);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vprefixed(fmt, ap);
     va_end(ap);
     fprintf(stderr, " (see '%s --help')\n", cli_prog);
     exit(CLI_EXIT_USAGE);
