@@ -63,4 +63,28 @@ static inline const char *test_tmp_dir(void)
     return s && *s ? s : "/tmp";
 }
 
+/* A whole file in memory with a NUL after it (free() it); NULL if it cannot
+ * be read. n (may be NULL) receives its size. void * so any byte type fits. */
+static inline void *test_slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    if (b && fread(b, 1, (size_t)len, f) != (size_t)len) {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    if (b) {
+        b[len] = 0;
+        if (n)
+            *n = (size_t)len;
+    }
+    return b;
+}
+
 #endif

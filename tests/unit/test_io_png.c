@@ -24,23 +24,6 @@ static int write_bytes(const char *path, const void *data, size_t n)
     return fclose(f);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*n ? *n : 1);
-    if (fread(b, 1, *n, f) != *n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    return b;
-}
-
 /* Stored value of sample c at (y, x) for a PNG of the given bit depth. */
 static unsigned value(int depth, int y, int x, int c)
 {
@@ -252,7 +235,7 @@ static void test_byte_order(void)
     CHECK_OK(cp_png_write(path, img));
     cp_image_free(img);
     size_t len;
-    unsigned char *f = slurp(path, &len);
+    unsigned char *f = test_slurp(path, &len);
     CHECK(f && len > 33 && f[24] == 16 && f[25] == 0); /* IHDR: depth 16, grey */
     unsigned char z[4096];
     size_t zn = 0;
@@ -322,7 +305,7 @@ static void test_bad_files(void)
     path = tmp("p_src.png");
     write_png(path, 64, 48, PNG_COLOR_TYPE_RGB, 16, 0);
     size_t len;
-    unsigned char *orig = slurp(path, &len);
+    unsigned char *orig = test_slurp(path, &len);
     CHECK(orig != NULL);
     if (!orig)
         return;

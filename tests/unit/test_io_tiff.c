@@ -550,23 +550,6 @@ static int write_bytes(const char *path, const void *data, size_t n)
     return fclose(f);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    *n = (size_t)ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = malloc(*n);
-    if (fread(b, 1, *n, f) != *n) {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    return b;
-}
-
 static void test_writer(void)
 {
     cp_image *img;
@@ -609,7 +592,7 @@ static void test_writer(void)
     void *mem = NULL;
     size_t mem_size = 0, file_size = 0;
     CHECK_OK(cp_tiff_write_mem(img, &o, "mem.tif", &mem, &mem_size));
-    unsigned char *file = slurp(path, &file_size);
+    unsigned char *file = test_slurp(path, &file_size);
     CHECK(file && mem && file_size == mem_size && memcmp(file, mem, mem_size) == 0);
     free(file);
     free(mem);
@@ -716,7 +699,7 @@ static void test_bad_files(void)
     path = tmp("b_src.tif");
     write_gen(path, &g);
     size_t len;
-    unsigned char *orig = slurp(path, &len);
+    unsigned char *orig = test_slurp(path, &len);
     CHECK(orig != NULL);
     if (!orig)
         return;
@@ -752,7 +735,7 @@ static void test_bad_files(void)
         g.photometric = g.spp == 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK;
         if (write_gen(path, &g) != 0)
             continue;
-        orig = slurp(path, &len);
+        orig = test_slurp(path, &len);
         if (!orig)
             continue;
         mut = realloc(mut, len);

@@ -23,22 +23,6 @@ static uint32_t *load_labels(const char *rel, int *h, int *w)
     return lab;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (fread(s, 1, (size_t)n, f) != (size_t)n)
-        n = 0;
-    s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static int rel_ok(double got, double want, double tol)
 {
     if (isnan(want))
@@ -81,7 +65,7 @@ static void check_props(const char *labels_rel, const char *csv_rel)
         return;
     cp_cell_table t;
     CHECK_OK(cp_measure_cells(lab, h, w, NULL, &t));
-    char *csv = slurp(shared_path(csv_rel));
+    char *csv = test_slurp(shared_path(csv_rel), NULL);
     CHECKF(csv != NULL, "%s", csv_rel);
     if (!csv) {
         free(lab);
@@ -147,7 +131,7 @@ static const char *true_files[3] = {
 
 static void check_match(const char *json_rel, int v3)
 {
-    char *txt = slurp(shared_path(json_rel));
+    char *txt = test_slurp(shared_path(json_rel), NULL);
     CHECKF(txt != NULL, "%s", json_rel);
     if (!txt)
         return;

@@ -14,27 +14,6 @@
 #include "net/shim.h"
 #include "test.h"
 
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *p = malloc((size_t)sz + 1);
-    if (p && fread(p, 1, (size_t)sz, f) != (size_t)sz) {
-        free(p);
-        p = NULL;
-    }
-    if (p)
-        p[sz] = 0;
-    fclose(f);
-    if (n)
-        *n = (size_t)sz;
-    return p;
-}
-
 static int spit(const char *path, const void *p, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -101,7 +80,7 @@ static void check_against_json(const char *wname)
     char path[4096];
     snprintf(path, sizeof path, "%s", shared_path(rel));
     snprintf(rel, sizeof rel, "golden/weights/%s_tensors.json", wname);
-    char *js = slurp(shared_path(rel), NULL);
+    char *js = test_slurp(shared_path(rel), NULL);
     CHECKF(js != NULL, "%s", rel);
     if (!js)
         return;
@@ -176,7 +155,7 @@ static void test_save_roundtrip(void)
         CHECK(same);
         /* zip data offsets are 64-byte aligned and the pickle is found under archive/ */
         size_t n;
-        char *p = slurp(out, &n);
+        char *p = test_slurp(out, &n);
         CHECK(p && n > 64 && !memcmp(p, "PK\3\4", 4));
         free(p);
     }
@@ -201,10 +180,10 @@ static void expect_fail(const char *path, const char *what, const char *needle)
 static void test_bad_files(void)
 {
     size_t n;
-    char *zipb = slurp(shared_path("golden/weights/cpsam_tiny_s3.pth"), &n);
+    char *zipb = test_slurp(shared_path("golden/weights/cpsam_tiny_s3.pth"), &n);
     char *leg = NULL;
     size_t nl = 0;
-    leg = slurp(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), &nl);
+    leg = test_slurp(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), &nl);
     CHECK(zipb && leg);
     if (!zipb || !leg)
         return;
@@ -254,7 +233,7 @@ static void test_bad_files(void)
     CHECK_OK(cp_weights_save(sm, sp));
     cp_weights_free(sm);
     size_t ns;
-    char *small = slurp(sp, &ns);
+    char *small = test_slurp(sp, &ns);
     CHECK_OK(cp_weights_load(sp, &w));
     CHECK(w && w->n == 3 && !strcmp(w->t[0].name, "a.weight") && w->t[1].dtype == CP_W_I64 &&
           w->t[1].ndim == 0 && ((int64_t *)w->t[1].data)[0] == 7 && ((float *)w->t[2].data)[7] == 8);
@@ -308,7 +287,7 @@ static void test_bad_files(void)
     }
     /* the same archive with a zip64 end record (torch writes one past 4 GB) */
     free(small);
-    small = slurp(sp, &ns);
+    small = test_slurp(sp, &ns);
     if (small && ns > 22) {
         const unsigned char *eo = (const unsigned char *)small + ns - 22;
         CHECK(eo[0] == 'P' && eo[1] == 'K' && eo[2] == 5 && eo[3] == 6);
@@ -344,7 +323,7 @@ static void test_bad_files(void)
     }
     /* a damaged tensor byte */
     free(small);
-    small = slurp(sp, &ns);
+    small = test_slurp(sp, &ns);
     if (small) {
         char *d8 = memmem(small, ns, f6, sizeof f6); /* tensor "c" (a.weight holds 6 floats) */
         CHECK(d8 != NULL);

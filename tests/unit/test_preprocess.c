@@ -24,25 +24,6 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *s = malloc((size_t)n + 1);
-    if (s && fread(s, 1, (size_t)n, f) != (size_t)n) {
-        free(s);
-        s = NULL;
-    }
-    if (s)
-        s[n] = 0;
-    fclose(f);
-    return s;
-}
-
 static int64_t ordered(float f)
 {
     int32_t i;
@@ -184,7 +165,7 @@ static int load_run(const char *name, golden_run *r)
         return -1;
     char path[1100];
     snprintf(path, sizeof path, "%s/run.json", r->dir);
-    char *txt = slurp(path);
+    char *txt = test_slurp(path, NULL);
     if (!txt)
         return -1;
     r->js = cJSON_Parse(txt);

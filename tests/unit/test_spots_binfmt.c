@@ -19,20 +19,6 @@ static const char *testdata(const char *rel)
     return buf;
 }
 
-static uint8_t *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    uint8_t *b = malloc((size_t)len + 1);
-    *n = fread(b, 1, (size_t)len, f);
-    fclose(f);
-    return b;
-}
-
 static void spit(const char *path, const uint8_t *b, size_t n)
 {
     FILE *f = fopen(path, "wb");
@@ -60,7 +46,7 @@ static int try_read(const char *path, size_t *rows)
 static void truncations(const char *rel, const char *ext)
 {
     size_t n;
-    uint8_t *b = slurp(testdata(rel), &n);
+    uint8_t *b = test_slurp(testdata(rel), &n);
     CHECKF(b != NULL, "%s", rel);
     if (!b)
         return;
@@ -80,7 +66,7 @@ static void truncations(const char *rel, const char *ext)
 static void flips(const char *rel, const char *ext, uint64_t seed)
 {
     size_t n;
-    uint8_t *b = slurp(testdata(rel), &n);
+    uint8_t *b = test_slurp(testdata(rel), &n);
     if (!b)
         return;
     char path[4096];
@@ -165,7 +151,7 @@ static void hostile_pickles(void)
 static void numpy2_variant(void)
 {
     size_t n;
-    uint8_t *b = slurp(testdata("spots/pkl_dataset/unmixed_spots_R2_minDist_3.pkl"), &n);
+    uint8_t *b = test_slurp(testdata("spots/pkl_dataset/unmixed_spots_R2_minDist_3.pkl"), &n);
     if (!b) {
         CHECK(!"fixture");
         return;
