@@ -63,6 +63,16 @@ static inline const char *test_tmp_dir(void)
     return s && *s ? s : "/tmp";
 }
 
+/* Write n bytes to path (0 on success). */
+static inline int test_write_bytes(const char *path, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f)
+        return -1;
+    size_t w = fwrite(data, 1, n, f);
+    return fclose(f) == 0 && w == n ? 0 : -1;
+}
+
 /* A whole file in memory with a NUL after it (free() it); NULL if it cannot
  * be read. n (may be NULL) receives its size. void * so any byte type fits. */
 static inline void *test_slurp(const char *path, size_t *n)

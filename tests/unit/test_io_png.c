@@ -15,15 +15,6 @@ static const char *tmp(const char *name)
     return buf;
 }
 
-static int write_bytes(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    fwrite(data, 1, n, f);
-    return fclose(f);
-}
-
 /* Stored value of sample c at (y, x) for a PNG of the given bit depth. */
 static unsigned value(int depth, int y, int x, int c)
 {
@@ -223,7 +214,7 @@ static void test_byte_order(void)
     unsigned char buf[512];
     size_t n = handmade_png(buf, 3, 1, raw, sizeof raw);
     const char *path = tmp("p_hand16.png");
-    write_bytes(path, buf, n);
+    test_write_bytes(path, buf, n);
     cp_image *img;
     CHECK_OK(cp_image_read(path, NULL, &img));
     CHECK(img->dtype == CP_U16 && img->width == 3 && img->channels == 1);
@@ -286,18 +277,18 @@ static void test_bad_files(void)
     /* IHDR claiming 100000 x 100000 must fail on the limit, not allocate */
     size_t n = handmade_png(buf, 100000, 100000, raw, sizeof raw);
     const char *path = tmp("p_huge.png");
-    write_bytes(path, buf, n);
+    test_write_bytes(path, buf, n);
     CHECK(cp_image_read(path, NULL, &img) == CP_ELIMIT && strstr(cp_errmsg(), "p_huge.png"));
     /* too little data for the image */
     n = handmade_png(buf, 3, 5, raw, sizeof raw);
     path = tmp("p_short.png");
-    write_bytes(path, buf, n);
+    test_write_bytes(path, buf, n);
     CHECK(cp_image_read(path, NULL, &img) == CP_EFORMAT && strstr(cp_errmsg(), "p_short.png"));
     /* bad CRC */
     n = handmade_png(buf, 3, 1, raw, sizeof raw);
     buf[44] ^= 0x55; /* inside the IDAT data */
     path = tmp("p_crc.png");
-    write_bytes(path, buf, n);
+    test_write_bytes(path, buf, n);
     CHECK(cp_image_read(path, NULL, &img) == CP_EFORMAT && strstr(cp_errmsg(), "p_crc.png"));
     CHECKF(!strchr(cp_errmsg(), '\n'), "%s", cp_errmsg());
 
@@ -312,7 +303,7 @@ static void test_bad_files(void)
     const char *cut = tmp("p_cut.png");
     int failed = 0;
     for (int k = 1; k < 8; k++) {
-        write_bytes(cut, orig, len * k / 8);
+        test_write_bytes(cut, orig, len * k / 8);
         int rc = cp_image_read(cut, NULL, &img);
         failed += rc == CP_EFORMAT && strstr(cp_errmsg(), "p_cut.png") != NULL;
         if (rc == CP_OK)
@@ -325,7 +316,7 @@ static void test_bad_files(void)
         memcpy(mut, orig, len);
         seed = seed * 1103515245u + 12345u;
         mut[(seed >> 8) % (k < 100 ? 64 : len)] ^= (unsigned char)(1u << ((seed >> 4) & 7));
-        write_bytes(cut, mut, len);
+        test_write_bytes(cut, mut, len);
         if (cp_image_read(cut, NULL, &img) == CP_OK)
             cp_image_free(img);
     }

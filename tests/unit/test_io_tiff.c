@@ -541,15 +541,6 @@ static void test_mixed_pages(void)
     }
 }
 
-static int write_bytes(const char *path, const void *data, size_t n)
-{
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return -1;
-    fwrite(data, 1, n, f);
-    return fclose(f);
-}
-
 static void test_writer(void)
 {
     cp_image *img;
@@ -586,7 +577,7 @@ static void test_writer(void)
     /* the in-memory encoder gives the very bytes of the file, even right
      * after a failed read left a libtiff message behind */
     cp_image *junk = NULL;
-    write_bytes(tmp("w_junk.tif"), "II*\0\x08\0\0\0\xff\xff", 10);
+    test_write_bytes(tmp("w_junk.tif"), "II*\0\x08\0\0\0\xff\xff", 10);
     CHECK(cp_image_read(tmp("w_junk.tif"), NULL, &junk) == CP_EFORMAT);
     path = tmp("w_hyper.tif"); /* tmp() reuses its buffer */
     void *mem = NULL;
@@ -657,14 +648,14 @@ static void test_bad_files(void)
     CHECKF(strstr(cp_errmsg(), "no_such.tif") != NULL, "%s", cp_errmsg());
     /* empty and not an image */
     const char *path = tmp("b_empty.tif");
-    write_bytes(path, "", 0);
+    test_write_bytes(path, "", 0);
     CHECK(cp_image_read(path, NULL, &img) == CP_EFORMAT && strstr(cp_errmsg(), "b_empty.tif"));
     path = tmp("b_text.tif");
-    write_bytes(path, "hello world\n", 12);
+    test_write_bytes(path, "hello world\n", 12);
     CHECK(cp_image_read(path, NULL, &img) == CP_EFORMAT && strstr(cp_errmsg(), "b_text.tif"));
     /* TIFF magic followed by garbage */
     path = tmp("b_garbage.tif");
-    write_bytes(path, "II*\0\xff\xff\xff\x7f garbage", 16);
+    test_write_bytes(path, "II*\0\xff\xff\xff\x7f garbage", 16);
     CHECK(cp_image_read(path, NULL, &img) == CP_EFORMAT && strstr(cp_errmsg(), "b_garbage.tif"));
     CHECKF(strchr(cp_errmsg(), '\n') == NULL, "%s", cp_errmsg());
 
@@ -672,12 +663,12 @@ static void test_bad_files(void)
     unsigned char buf[512];
     size_t n = handmade_tiff(buf, 100000, 100000, 64, 1);
     path = tmp("b_huge.tif");
-    write_bytes(path, buf, n);
+    test_write_bytes(path, buf, n);
     CHECK(cp_image_read(path, NULL, &img) == CP_ELIMIT && strstr(cp_errmsg(), "b_huge.tif"));
     /* the handmade file itself is sound at a size its data covers */
     n = handmade_tiff(buf, 8, 8, 64, 1);
     path = tmp("b_small.tif");
-    write_bytes(path, buf, n);
+    test_write_bytes(path, buf, n);
     CHECK_OK(cp_image_read(path, NULL, &img));
     CHECK(img && img->width == 8 && cp_image_get(img, 0, 7, 7, 0) == 7);
     cp_image_free(img);
@@ -685,7 +676,7 @@ static void test_bad_files(void)
     /* the file ends inside the only strip */
     n = handmade_tiff(buf, 8, 8, 64, 1);
     path = tmp("b_short.tif");
-    write_bytes(path, buf, 200 + 10);
+    test_write_bytes(path, buf, 200 + 10);
     CHECK(cp_image_read(path, NULL, &img) != CP_OK && strstr(cp_errmsg(), "b_short.tif"));
     /* limit applies to real files too */
     cp_set_max_pixels(1000);
@@ -706,7 +697,7 @@ static void test_bad_files(void)
     const char *cut = tmp("b_cut.tif");
     int failed = 0;
     for (int k = 1; k < 8; k++) {
-        write_bytes(cut, orig, len * k / 8);
+        test_write_bytes(cut, orig, len * k / 8);
         int rc = cp_image_read(cut, NULL, &img);
         failed += rc != CP_OK;
         if (rc == CP_OK)
@@ -748,7 +739,7 @@ static void test_bad_files(void)
                     at = k % 4 == 0 ? (seed >> 8) % (len < 256 ? len : 256) : len - 1 - (seed >> 8) % (len < 512 ? len : 512);
                 mut[at] ^= (unsigned char)(1u << ((seed >> 4) & 7));
             }
-            write_bytes(cut, mut, k % 5 == 4 ? len - (seed >> 8) % len : len);
+            test_write_bytes(cut, mut, k % 5 == 4 ? len - (seed >> 8) % len : len);
             if (cp_image_read(cut, NULL, &img) == CP_OK)
                 cp_image_free(img);
             else
