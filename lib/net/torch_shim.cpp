@@ -12,6 +12,7 @@
 #include <torch/cuda.h>
 
 #include <c10/core/CPUAllocator.h>
+#include <dlfcn.h>
 #include <omp.h>
 #include <sched.h>
 
@@ -364,6 +365,23 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
     return at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
 }
 
+// The BLAS behind libtorch's Linear layers keeps its own thread pool (Debian
+// installs OpenBLAS's pthread build), sized to every core and spinning in
+// sched_yield between calls. Its size follows the model's thread count, so
+// that `cpseg -j 2 --threads 1` runs two single-threaded images rather than
+// two images fighting spinning BLAS workers (measured: 1.6 s of sys time on
+// one 256x256 image). Looked up at run time: netlib BLAS has no pool.
+void set_blas_threads(int n)
+{
+    using fn = void (*)(int);
+    static fn f = reinterpret_cast<fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    static int cur = 0;
+    if (f && n != cur) {
+        f(n);
+        cur = n;
+    }
+}
+
 // libtorch and libcellpose's own loops share one OpenMP runtime: the
 // model's thread count holds only while the network runs, and the caller's
 // OpenMP setting is restored afterwards.
@@ -373,6 +391,7 @@ struct ThreadScope {
     {
         if (at::get_num_threads() != n)
             at::set_num_threads(n);
+        set_blas_threads(n);
     }
     ~ThreadScope()
     {

@@ -6,6 +6,13 @@
 # Peer: Python Cellpose 3 on this machine type takes 2.1 s for the network
 # alone on a 512x512 image with 2 threads (spec section 11), plus ~0.3 s of
 # dynamics (issue 7) = 9.2 s/MP; the ratio is that peer over cpseg's total.
+# Peak memory peer: Python Cellpose cannot run here; the same libtorch forward
+# of this network on Cellpose's batch of 8 tiles held 1.05 GB (cpseg before it
+# ran tiles one at a time, measured with this script), a floor for Python,
+# which adds its interpreter and torch import on top.
+# Last, 16 DSB images with -j 1 (one image at a time, 2 threads) and -j 2
+# (two images at a time, 1 thread each): images per second and cores kept
+# busy ((user + sys) / wall).
 # Usage: scripts/bench.d/cpseg.sh BUILD_DIR
 set -eu
 BUILD=${1:-build}
@@ -30,7 +37,8 @@ s, mp = m["seconds"], m["width"] * m["height"] / 1e6
 print(f"cpseg {label}: {s['total']:.2f} s/image (read {s['read']:.3f}, network {s['network']:.2f}, "
       f"dynamics {s['dynamics']:.3f}, write {s['write']:.3f}), {s['total'] / mp:.2f} s/MP, "
       f"process wall {wall:.2f} s, peak RSS {rss_kb / 1024:.0f} MB; "
-      f"peer Python Cellpose 3 {peer:.2f} s/MP -> ratio {peer / (s['total'] / mp):.2f}x")
+      f"peer Python Cellpose 3 {peer:.2f} s/MP -> ratio {peer / (s['total'] / mp):.2f}x; "
+      f"peak RSS ratio to a batch-8 libtorch forward (1050 MB) {1050 / (rss_kb / 1024):.2f}x lower")
 PY
 }
 
@@ -38,4 +46,16 @@ bench_one "Speckles 1000x1200 (cellprofiler_speckles_1-162hrh2ax2.tif)" \
     "$SHARED/data/nogt/cellprofiler_speckles_1-162hrh2ax2.tif"
 dsb=$(awk -F'\t' '$2=="fluorescence" && $3==256 && $4==256 {print $1; exit}' "$SHARED/data/dsb2018/index.tsv")
 bench_one "DSB 256x256 ($dsb)" "$SHARED/data/dsb2018/${dsb}_img.png"
+mkdir -p "$T/many"
+awk -F'\t' '$2=="fluorescence" && $3==256 && $4==256 {print $1}' "$SHARED/data/dsb2018/index.tsv" |
+    head -16 | while read -r id; do ln -s "$SHARED/data/dsb2018/${id}_img.png" "$T/many/$id.png"; done
+for j in 1 2; do
+    rm -rf "$T/outj"
+    /usr/bin/time -f '%e %U %S' -o "$T/time" "$BIN/cpseg" -q --model "$W" --diameter 30 \
+        --threads 2 -j "$j" --savedir "$T/outj" "$T/many"
+    read -r wall user sys < "$T/time"
+    awk -v j="$j" -v w="$wall" -v u="$user" -v s="$sys" 'BEGIN {
+        printf "cpseg 16 DSB 256x256 images, -j %d --threads 2: %.2f s wall, %.2f images/s, %.2f of 2 cores busy\n",
+            j, w, 16 / w, (u + s) / w }'
+done
 echo "load average while measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
