@@ -1,8 +1,6 @@
 // The forward passes of CPnet (Cellpose 3) and the Cellpose-SAM transformer
 // (Cellpose 4) in libtorch's functional ops, behind a C interface. This is
 // the only C++ file of the project; no exception leaves it.
-#include <algorithm>
-
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -374,12 +372,9 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
 void set_blas_threads(int n)
 {
     using fn = void (*)(int);
-    static fn f = reinterpret_cast<fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-    static int cur = 0;
-    if (f && n != cur) {
+    static const fn f = reinterpret_cast<fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (f)
         f(n);
-        cur = n;
-    }
 }
 
 // libtorch and libcellpose's own loops share one OpenMP runtime: the

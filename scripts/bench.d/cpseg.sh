@@ -44,11 +44,12 @@ PY
 
 bench_one "Speckles 1000x1200 (cellprofiler_speckles_1-162hrh2ax2.tif)" \
     "$SHARED/data/nogt/cellprofiler_speckles_1-162hrh2ax2.tif"
-dsb=$(awk -F'\t' '$2=="fluorescence" && $3==256 && $4==256 {print $1; exit}' "$SHARED/data/dsb2018/index.tsv")
+awk -F'\t' '$2=="fluorescence" && $3==256 && $4==256 {print $1}' "$SHARED/data/dsb2018/index.tsv" |
+    head -16 > "$T/dsb.txt"
+dsb=$(head -1 "$T/dsb.txt")
 bench_one "DSB 256x256 ($dsb)" "$SHARED/data/dsb2018/${dsb}_img.png"
 mkdir -p "$T/many"
-awk -F'\t' '$2=="fluorescence" && $3==256 && $4==256 {print $1}' "$SHARED/data/dsb2018/index.tsv" |
-    head -16 | while read -r id; do ln -s "$SHARED/data/dsb2018/${id}_img.png" "$T/many/$id.png"; done
+while read -r id; do ln -s "$SHARED/data/dsb2018/${id}_img.png" "$T/many/$id.png"; done < "$T/dsb.txt"
 for j in 1 2; do
     rm -rf "$T/outj"
     /usr/bin/time -f '%e %U %S' -o "$T/time" "$BIN/cpseg" -q --model "$W" --diameter 30 \
