@@ -130,7 +130,6 @@ typedef struct job {
     cli_progress progress;
 } job;
 
-static double now(void) { return cli_now(); }
 
 static cJSON *params_json(const job *J)
 {
@@ -238,7 +237,7 @@ static const cp_read_opts read_opts = {.pages = CP_PAGES_AUTO, .drop_alpha = 1};
 
 static int process_one(job *J, const char *input, image_log *L)
 {
-    double t0 = now();
+    double t0 = cp_seconds();
     int rc = CP_OK;
     cp_image *img = NULL;
     cp_array *flows = NULL;
@@ -274,14 +273,14 @@ static int process_one(job *J, const char *input, image_log *L)
         }
         if (rc != CP_OK)
             goto fail;
-        L->t_read = now() - t0;
+        L->t_read = cp_seconds() - t0;
         rc = cp_segment_from_flows(flows->data, (int)flows->shape[1], (int)flows->shape[2], J->arch, J->diam_mean,
                                    &J->params, &res);
     } else {
         rc = cp_image_read(input, &read_opts, &img);
         if (rc != CP_OK)
             goto fail;
-        L->t_read = now() - t0;
+        L->t_read = cp_seconds() - t0;
         rc = cp_segment(J->model, img, &J->params, &res);
     }
     if (rc != CP_OK)
@@ -293,15 +292,15 @@ static int process_one(job *J, const char *input, image_log *L)
     L->height = res.height;
     L->niter = res.niter;
 
-    double tw = now();
+    double tw = cp_seconds();
     /* masks last: its presence marks the image finished for a rerun */
     for (int k = CP_SEG_OUTPUT_KINDS - 1; k >= 0 && rc == CP_OK; k--)
         if (L->outputs[k])
             rc = cp_seg_write_output((cp_seg_output)(1u << k), L->outputs[k], &res, img);
-    L->t_write = now() - tw;
+    L->t_write = cp_seconds() - tw;
     if (rc != CP_OK)
         goto fail;
-    L->t_total = now() - t0;
+    L->t_total = cp_seconds() - t0;
     cp_seg_result_free(&res);
     cp_image_free(img);
     cp_array_free(flows);
@@ -310,7 +309,7 @@ static int process_one(job *J, const char *input, image_log *L)
 fail:
     L->status = "error";
     snprintf(L->error, sizeof L->error, "%s", cp_errmsg());
-    L->t_total = now() - t0;
+    L->t_total = cp_seconds() - t0;
     cp_seg_result_free(&res);
     cp_image_free(img);
     cp_array_free(flows);

@@ -336,11 +336,11 @@ static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_s
     lo.rounds = a->rounds;
     lo.nrounds = a->nrounds;
     lo.threads = a->threads;
-    double t0 = cli_now();
+    double t0 = cp_seconds();
     int rc = cp_spot_load(d, &lo, t);
     cp_strlist_free(&need);
     if (!rc) {
-        cli_info("loaded %zu spots in %.2f s", t->nrows, cli_now() - t0);
+        cli_info("loaded %zu spots in %.2f s", t->nrows, cp_seconds() - t0);
         rc = cp_spot_channels(d, t);
     }
     return rc;

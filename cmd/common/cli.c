@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "cellpose/core.h"
@@ -98,20 +97,13 @@ void cli_install_signal_handlers(void)
     sigaction(SIGTERM, &sa, NULL);
 }
 
-double cli_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 void cli_progress_start(cli_progress *p, size_t total, const char *unit)
 {
     memset(p, 0, sizeof *p);
     p->enabled = cli_verbosity >= 1 && isatty(STDERR_FILENO);
     p->total = total;
     p->unit = unit;
-    p->t0 = p->last = cli_now();
+    p->t0 = p->last = cp_seconds();
 }
 
 void cli_progress_update(cli_progress *p, size_t done, const char *extra)
@@ -119,7 +111,7 @@ void cli_progress_update(cli_progress *p, size_t done, const char *extra)
     p->done = done;
     if (!p->enabled)
         return;
-    double now = cli_now();
+    double now = cp_seconds();
     if (now - p->last < 0.2 && done < p->total)
         return;
     p->last = now;

@@ -48,6 +48,5 @@ typedef struct cli_progress {
 void cli_progress_start(cli_progress *p, size_t total, const char *unit);
 void cli_progress_update(cli_progress *p, size_t done, const char *extra);
 void cli_progress_end(cli_progress *p);
-double cli_now(void);
 
 #endif

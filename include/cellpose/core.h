@@ -46,6 +46,8 @@ int cp_error(int code, const char *fmt, ...)
 const char *cp_strstatus(int status);
 /* Library version string, e.g. "0.1.0". */
 const char *cp_version(void);
+/* Seconds on a monotonic clock, for timing stages. */
+double cp_seconds(void);
 
 /* Upper bound on the pixels (width*height*channels*planes) any reader will
  * allocate; protects against absurd header sizes. Default 2^31 samples

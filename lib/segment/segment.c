@@ -3,7 +3,6 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cellpose/cellpose.h"
 #include "core/internal.h"
@@ -22,13 +21,6 @@ void cp_seg_params_default(cp_seg_params *p)
     p->flow_threshold = 0.4f;
     p->min_size = 15;
     p->max_size_fraction = 0.4f;
-}
-
-static double seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static double effective_diameter(const cp_seg_params *p, cp_arch arch)
@@ -81,9 +73,9 @@ static int run_dynamics(const float *dP, const float *cellprob, int H, int W, cp
     if (!out->masks)
         return CP_ENOMEM;
     cp_dyn_stats st;
-    double t0 = seconds();
+    double t0 = cp_seconds();
     int rc = cp_dynamics(dP, cellprob, H, W, &dp, out->masks, &st);
-    out->t_dynamics = seconds() - t0;
+    out->t_dynamics = cp_seconds() - t0;
     if (rc != CP_OK)
         return rc;
     out->ncells = (uint32_t)st.cells;
@@ -112,9 +104,9 @@ int cp_segment(cp_model *m, const cp_image *img, const cp_seg_params *p, cp_seg_
     ep.augment = p->augment;
     ep.diam_mean = p->diam_mean;
     cp_flows *f;
-    double t0 = seconds();
+    double t0 = cp_seconds();
     int rc = cp_eval_flows(m, img, 0, &ep, &f, NULL);
-    out->t_network = seconds() - t0;
+    out->t_network = cp_seconds() - t0;
     if (rc != CP_OK)
         return rc;
     out->height = f->height;

@@ -3,7 +3,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cellpose/cellpose.h"
 #include "core/internal.h"
@@ -37,13 +36,6 @@ double cp_train_lr(double lr, int epoch, int nepochs)
         v = ldexp(base, -k);
     }
     return v;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 /* Per-epoch history kept in the checkpoint so the log survives a resume. */
@@ -323,9 +315,9 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
     if (!o->checkpoint)
         sprintf(ckpath, "%s.ckpt", o->out);
     res->epochs_done = start;
-    double t_run = now();
+    double t_run = cp_seconds();
     for (int e = start; e < o->epochs; e++) {
-        double t0 = now();
+        double t0 = cp_seconds();
         cp_xoshiro rng;
         cp_xoshiro_seed(&rng, epoch_seed(o->seed, e, 0));
         if (nper != train->n) {  /* Cellpose: random choice with replacement */
@@ -364,7 +356,7 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
         if (val && (e % (o->val_every > 0 ? o->val_every : 1) == 0 || e == o->epochs - 1) &&
             (rc = val_loss(&c, val, &h[e].val)))
             goto done;
-        h[e].sec = now() - t0;
+        h[e].sec = cp_seconds() - t0;
         res->epochs_done = e + 1;
         res->train_loss = h[e].train;
         res->val_loss = h[e].val;
@@ -378,7 +370,7 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
     }
     if (start >= o->epochs && (rc = save_model(&c, o->out, 0, start, h)))
         goto done;
-    res->seconds = now() - t_run;
+    res->seconds = cp_seconds() - t_run;
 done:
     cp_model_free(pre);
     cp_weights_free(init);
