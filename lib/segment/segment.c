@@ -10,17 +10,23 @@
 /* Cellpose's CLI gives CPnet models a diameter of 30 when none is given. */
 #define CP_V3_DEFAULT_DIAMETER 30.0
 
+/* The defaults of the two stages, so that each is written once. */
 void cp_seg_params_default(cp_seg_params *p)
 {
+    cp_eval_params e;
+    cp_dyn_params d;
+    cp_eval_params_init(&e);
+    cp_dyn_params_default(&d, CP_DYN_V3);
     memset(p, 0, sizeof *p);
-    p->normalize = 1;
-    p->norm_lo = 1.0f;
-    p->norm_hi = 99.0f;
-    p->tile_overlap = 0.1f;
-    p->batch_size = 8;
-    p->flow_threshold = 0.4f;
-    p->min_size = 15;
-    p->max_size_fraction = 0.4f;
+    p->normalize = e.normalize;
+    p->norm_lo = (float)e.norm_lower;
+    p->norm_hi = (float)e.norm_upper;
+    p->tile_overlap = (float)e.tile_overlap;
+    p->batch_size = e.batch_size;
+    p->cellprob_threshold = d.cellprob_threshold;
+    p->flow_threshold = (float)d.flow_threshold;
+    p->min_size = d.min_size;
+    p->max_size_fraction = (float)d.max_size_fraction;
 }
 
 static double effective_diameter(const cp_seg_params *p, cp_arch arch)
