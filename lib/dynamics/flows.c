@@ -106,20 +106,31 @@ static double *diffuse(const double *mask, const int *rlo, const int *rhi, int g
     return T;
 }
 
+/* Pixel count of label l in box b and the sums of its 0-based box coordinates. */
+static size_t label_sums(const uint32_t *labels, int Lx, const dyn_bbox *b, uint32_t l,
+                         long long *sy, long long *sx)
+{
+    size_t n = 0;
+    *sy = *sx = 0;
+    for (int y = b->r0; y < b->r1; y++)
+        for (int x = b->c0; x < b->c1; x++)
+            if (labels[(size_t)y * Lx + x] == l) {
+                *sy += y - b->r0;
+                *sx += x - b->c0;
+                n++;
+            }
+    return n;
+}
+
 /* Centre of one label, in box coordinates (box origin = bbox origin - 1). */
 static void centre_v3(const uint32_t *labels, int Lx, const dyn_bbox *b, uint32_t l, int *cy,
                       int *cx)
 {
     /* y, x are 1-based in the padded box as in Cellpose; mean in double. */
-    long long sy = 0, sx = 0;
-    size_t n = 0;
-    for (int y = b->r0; y < b->r1; y++)
-        for (int x = b->c0; x < b->c1; x++)
-            if (labels[(size_t)y * Lx + x] == l) {
-                sy += y - b->r0 + 1;
-                sx += x - b->c0 + 1;
-                n++;
-            }
+    long long sy, sx;
+    size_t n = label_sums(labels, Lx, b, l, &sy, &sx);
+    sy += (long long)n;
+    sx += (long long)n;
     double ym = (double)sy / (double)n, xm = (double)sx / (double)n;
     double best = INFINITY;
     for (int y = b->r0; y < b->r1; y++)
@@ -138,15 +149,8 @@ static void centre_v3(const uint32_t *labels, int Lx, const dyn_bbox *b, uint32_
 static void centre_v4(const uint32_t *labels, int Lx, const dyn_bbox *b, uint32_t l, int *cy,
                       int *cx)
 {
-    long long sy = 0, sx = 0;
-    size_t n = 0;
-    for (int y = b->r0; y < b->r1; y++)
-        for (int x = b->c0; x < b->c1; x++)
-            if (labels[(size_t)y * Lx + x] == l) {
-                sy += y - b->r0;
-                sx += x - b->c0;
-                n++;
-            }
+    long long sy, sx;
+    size_t n = label_sums(labels, Lx, b, l, &sy, &sx);
     long long ym = (long long)nearbyint((double)sy / (double)n);
     long long xm = (long long)nearbyint((double)sx / (double)n);
     if (ym >= 0 && ym < b->r1 - b->r0 && xm >= 0 && xm < b->c1 - b->c0 &&
