@@ -63,21 +63,18 @@ static inline uint32_t fbits(float f)
 }
 
 /* ---- v3: numba map_coordinates + clamp (spec 5.2b) ----
- * F is interleaved (y, x) per pixel. */
-static inline void step_v3(const float *F, int Ly, int Lx, float *py, float *px)
+ * P is the padded field (flowgrid, v3 layout: (y, x) per pixel, rs floats a
+ * row, last row and column repeated, so min(yf + 1, Ly - 1) is row yf + 1). */
+static inline void step_v3(const float *P, size_t rs, int Ly, int Lx, float *py, float *px)
 {
     float y = *py, x = *px;
     int y0 = (int)y, x0 = (int)x;
     float a = y - (float)y0, b = x - (float)x0;
     int yf = y0 < 0 ? 0 : (y0 > Ly - 1 ? Ly - 1 : y0);
     int xf = x0 < 0 ? 0 : (x0 > Lx - 1 ? Lx - 1 : x0);
-    int yf1 = yf + 1 > Ly - 1 ? Ly - 1 : yf + 1;
-    int xf1 = xf + 1 > Lx - 1 ? Lx - 1 : xf + 1;
     double oma = 1.0 - (double)a, omb = 1.0 - (double)b, bd = (double)b;
-    const float *f00 = F + 2 * ((size_t)yf * Lx + xf);
-    const float *f01 = F + 2 * ((size_t)yf * Lx + xf1);
-    const float *f10 = F + 2 * ((size_t)yf1 * Lx + xf);
-    const float *f11 = F + 2 * ((size_t)yf1 * Lx + xf1);
+    const float *f00 = P + (size_t)yf * rs + 2 * (size_t)xf;
+    const float *f01 = f00 + 2, *f10 = f00 + rs, *f11 = f10 + 2;
     float s[2];
     for (int c = 0; c < 2; c++) {
         double t0 = (double)f00[c] * oma * omb;
@@ -97,10 +94,10 @@ static inline void step_v3(const float *F, int Ly, int Lx, float *py, float *px)
 }
 
 /* ---- v4: torch grid_sample (align_corners=False, zeros padding), AVX2 FMA order ----
- * G is interleaved (fx, fy) per pixel, already scaled to normalised units. */
+ * P is the padded field (flowgrid, v4 layout: (fx, fy) per pixel in normalised
+ * units, zero border at offset 1, (Lx + 2) pixels a row). */
 typedef struct v4ctx {
-    const float *G;
-    const float *P4; /* AVX2 path: G zero-padded by one pixel */
+    const float *P;
     int Ly, Lx;
     float hx, hy; /* Lx/2, Ly/2 */
 } v4ctx;
@@ -115,15 +112,14 @@ static inline void step_v4(const v4ctx *c, float *pgx, float *pgy)
     float w = ix - fx0, e = 1.0f - w;
     float n = iy - fy0, s = 1.0f - n;
     float wnw = s * e, wne = s * w, wsw = n * e, wse = n * w;
-    int Lx = c->Lx, Ly = c->Ly;
-    int vx0 = x0 >= 0 && x0 < Lx, vx1 = x0 + 1 >= 0 && x0 + 1 < Lx;
-    int vy0 = y0 >= 0 && y0 < Ly, vy1 = y0 + 1 >= 0 && y0 + 1 < Ly;
-    float nw[2] = {0, 0}, ne[2] = {0, 0}, sw[2] = {0, 0}, se[2] = {0, 0};
-    const float *G = c->G;
-    if (vy0 && vx0) memcpy(nw, G + 2 * ((size_t)y0 * Lx + x0), sizeof nw);
-    if (vy0 && vx1) memcpy(ne, G + 2 * ((size_t)y0 * Lx + x0 + 1), sizeof ne);
-    if (vy1 && vx0) memcpy(sw, G + 2 * ((size_t)(y0 + 1) * Lx + x0), sizeof sw);
-    if (vy1 && vx1) memcpy(se, G + 2 * ((size_t)(y0 + 1) * Lx + x0 + 1), sizeof se);
+    /* states stay in [-1, 1], so x0 is in [-1, Lx - 1] and every corner
+     * (x0 + 1 in the padded grid) is in the border or the image; the clamps
+     * only guard that, as in step8_v4 */
+    x0 = x0 < -1 ? -1 : (x0 > c->Lx - 1 ? c->Lx - 1 : x0);
+    y0 = y0 < -1 ? -1 : (y0 > c->Ly - 1 ? c->Ly - 1 : y0);
+    size_t rs = 2 * ((size_t)c->Lx + 2);
+    const float *nw = c->P + (size_t)(y0 + 1) * rs + 2 * (size_t)(x0 + 1);
+    const float *ne = nw + 2, *sw = nw + rs, *se = sw + 2;
     float v[2];
     for (int k = 0; k < 2; k++) {
         float acc = wnw * nw[k];
@@ -296,7 +292,7 @@ __attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, 
     __m256i base = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_add_epi32(y0, ione), vW),
                                     _mm256_add_epi32(x0, ione));
     __m256 v[2], q[8];
-    load_quads(c->P4, 2 * ((size_t)c->Lx + 2), _mm256_slli_epi32(base, 1), q);
+    load_quads(c->P, 2 * ((size_t)c->Lx + 2), _mm256_slli_epi32(base, 1), q);
     __m256 gnw[2] = {q[0], q[1]}, gne[2] = {q[2], q[3]}, gsw[2] = {q[4], q[5]}, gse[2] = {q[6], q[7]};
     for (int k = 0; k < 2; k++) {
         __m256 vnw = gnw[k], vne = gne[k], vsw = gsw[k], vse = gse[k];
@@ -315,13 +311,69 @@ __attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, 
     *pgy = ny;
 }
 
-/* Follow pixels idx[j0..j1) with 2 groups of 8 lanes (two independent
+#define FOLLOW_CHUNK 2048
+
+static inline void store_pos(int v3, float a, float b, size_t j, float Wn, float Hn, float *py,
+                             float *px)
+{
+    if (v3) {
+        py[j] = a;
+        px[j] = b;
+    } else {
+        px[j] = ((a + 1.0f) * 0.5f) * Wn;
+        py[j] = ((b + 1.0f) * 0.5f) * Hn;
+    }
+}
+
+/* A pixel in a cycle longer than 2 that still has rem < period steps to go. */
+typedef struct tail {
+    uint32_t j;
+    int32_t rem;
+    float a, b;
+} tail;
+
+/* The remaining steps of cycling pixels, 8 lanes at a time: a lane stops
+ * moving once it has made its own number of steps. */
+__attribute__((target("avx2,fma"))) static void follow_tails(int v3, const v4ctx *c, int Ly,
+                                                             int Lx, const tail *t, size_t n,
+                                                             float *py, float *px)
+{
+    float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
+    for (size_t i = 0; i < n; i += 8) {
+        float A[8] = {0}, B[8] = {0};
+        int32_t R[8] = {0};
+        int maxr = 0, m = n - i < 8 ? (int)(n - i) : 8;
+        for (int k = 0; k < m; k++) {
+            A[k] = t[i + k].a;
+            B[k] = t[i + k].b;
+            R[k] = t[i + k].rem;
+            maxr = R[k] > maxr ? R[k] : maxr;
+        }
+        __m256 va = _mm256_loadu_ps(A), vb = _mm256_loadu_ps(B);
+        __m256i vr = _mm256_loadu_si256((const __m256i *)R);
+        for (int r = 0; r < maxr; r++) {
+            __m256 na = va, nb = vb;
+            if (v3)
+                step8_v3(c->P, Ly, Lx, &na, &nb);
+            else
+                step8_v4(c, &na, &nb);
+            __m256 go = _mm256_castsi256_ps(_mm256_cmpgt_epi32(vr, _mm256_set1_epi32(r)));
+            va = _mm256_blendv_ps(va, na, go);
+            vb = _mm256_blendv_ps(vb, nb, go);
+        }
+        _mm256_storeu_ps(A, va);
+        _mm256_storeu_ps(B, vb);
+        for (int k = 0; k < m; k++)
+            store_pos(v3, A[k], B[k], t[i + k].j, Wn, Hn, py, px);
+    }
+}
+
+/* Follow pixels idx[j0..j1) (at most FOLLOW_CHUNK) with 2 groups of 8 lanes (two independent
  * dependency chains keep the core busy; one step is a long latency chain);
  * niter > 0. State (A, B) is (y, x) for v3 and (gx, gy) for v4. */
 #define NG 2
 #define NL (8 * NG)
-__attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, const float *P3,
-                                                        const v4ctx *c, int Ly, int Lx,
+__attribute__((target("avx2,fma"))) static void follow8(int v3, const v4ctx *c, int Ly, int Lx,
                                                         const uint32_t *idx, size_t j0,
                                                         size_t j1, int niter, float *py,
                                                         float *px)
@@ -331,6 +383,8 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, 
     int32_t T[NL], TS[NL], NS[NL], ACT[NL], PER[NL];
     uint32_t A1[NL], B1[NL], A2[NL], B2[NL], SA[NL], SB[NL];
     size_t J[NL];
+    tail tails[FOLLOW_CHUNK];
+    size_t ntail = 0;
     size_t next = j0;
     int nact = 0;
     for (int k = 0; k < NL; k++) {
@@ -385,7 +439,7 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, 
     while (nact > 0) {
         if (v3) {
             for (int g = 0; g < NG; g++)
-                step8_v3(P3, Ly, Lx, &va[g], &vb[g]);
+                step8_v3(c->P, Ly, Lx, &va[g], &vb[g]);
         } else {
             for (int g = 0; g < NG; g++)
                 step8_v4(c, &va[g], &vb[g]);
@@ -443,19 +497,15 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, 
             if (!(m >> k & 1))
                 continue;
             int rem = PER[k] ? (niter - T[k]) % PER[k] : 0;
-            for (int r = 0; r < rem; r++) {
-                if (v3)
-                    step_v3(F, Ly, Lx, &A[k], &B[k]);
-                else
-                    step_v4(c, &A[k], &B[k]);
+            if (rem && PER[k] == 2) {
+                /* two-cycle: the state at niter is the one before this */
+                memcpy(&A[k], &A2[k], sizeof A[k]);
+                memcpy(&B[k], &B2[k], sizeof B[k]);
+            } else if (rem) {
+                tails[ntail++] = (tail){(uint32_t)J[k], rem, A[k], B[k]};
             }
-            if (v3) {
-                py[J[k]] = A[k];
-                px[J[k]] = B[k];
-            } else {
-                px[J[k]] = ((A[k] + 1.0f) * 0.5f) * Wn;
-                py[J[k]] = ((B[k] + 1.0f) * 0.5f) * Hn;
-            }
+            if (!(rem && PER[k] > 2))
+                store_pos(v3, A[k], B[k], J[k], Wn, Hn, py, px);
             if (next < j1) {
                 LANE_START(k);
             } else {
@@ -465,6 +515,7 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, 
         }
         RELOAD();
     }
+    follow_tails(v3, c, Ly, Lx, tails, ntail, py, px);
 #undef RELOAD
 #undef LD
 #undef ST
@@ -473,6 +524,107 @@ __attribute__((target("avx2,fma"))) static void follow8(int v3, const float *F, 
 #undef NG
 #undef NL
 #endif
+
+/* The flow field the steps read, F = dP * [cellprob > thr] / 5 in float32 as
+ * numpy computes it (v4 also scaled to normalised units), interleaved per pixel
+ * and padded so that corner reads need no bounds tests: v3 repeats the last row
+ * and column (its clamped corners), v4 has a zero border at offset 1
+ * (grid_sample's zero padding). */
+typedef struct flowgrid {
+    float *P;
+    size_t rs; /* floats per padded row */
+    int pad;   /* 0 (v3) or 1 (v4): offset of pixel (0, 0) */
+} flowgrid;
+
+static inline void flow_at(const float *dY, const float *dX, const float *cellprob, size_t i,
+                           float threshold, int v3, float sy, float sx, float out[2])
+{
+    float m = cellprob[i] > threshold ? 1.0f : 0.0f;
+    float fy = (dY[i] * m) / 5.0f, fx = (dX[i] * m) / 5.0f;
+    if (!v3) {
+        fx *= sx;
+        fy *= sy;
+    }
+    /* non-finite flows (a broken network) count as 0: states stay finite */
+    if (!isfinite(fy))
+        fy = 0.0f;
+    if (!isfinite(fx))
+        fx = 0.0f;
+    out[0] = v3 ? fy : fx;
+    out[1] = v3 ? fx : fy;
+}
+
+/* Builds the padded field and the raster list of followed pixels in two
+ * parallel passes over rows (count, then fill at each row's prefix offset),
+ * so the first touch of the ~8 bytes/pixel is spread over the threads too. */
+static int flowgrid_build(const float *dP, const float *cellprob, int Ly, int Lx,
+                          float threshold, int v3, int nt, flowgrid *g, uint32_t **pidx,
+                          size_t *pn)
+{
+    size_t npix = (size_t)Ly * Lx;
+    size_t PH = (size_t)Ly + (v3 ? 1 : 2), PW = (size_t)Lx + (v3 ? 1 : 2);
+    size_t *rowoff = cp_malloc_array((size_t)Ly + 1, sizeof *rowoff, "dynamics row offsets");
+    g->P = cp_malloc_array(PH * PW, 2 * sizeof(float), "dynamics flow field");
+    g->rs = 2 * PW;
+    g->pad = v3 ? 0 : 1;
+    *pidx = NULL;
+    if (!rowoff || !g->P)
+        goto oom;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int y = 0; y < Ly; y++) {
+        const float *c = cellprob + (size_t)y * Lx;
+        size_t k = 0;
+        for (int x = 0; x < Lx; x++)
+            k += c[x] > threshold;
+        rowoff[y + 1] = k;
+    }
+    rowoff[0] = 0;
+    for (int y = 0; y < Ly; y++)
+        rowoff[y + 1] += rowoff[y];
+    *pn = rowoff[Ly];
+    *pidx = cp_malloc_array(*pn ? *pn : 1, sizeof(uint32_t), "dynamics followed pixels");
+    if (!*pidx)
+        goto oom;
+    float sy = v3 ? 1.0f : (float)(2.0 / (double)(Ly - 1));
+    float sx = v3 ? 1.0f : (float)(2.0 / (double)(Lx - 1));
+    const float *dY = dP, *dX = dP + npix;
+    uint32_t *idx = *pidx;
+    int pad = g->pad;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (size_t py = 0; py < PH; py++) {
+        float *row = g->P + py * g->rs;
+        long y = (long)py - pad;
+        if (!v3 && (y < 0 || y >= Ly)) {
+            memset(row, 0, g->rs * sizeof *row);
+            continue;
+        }
+        if (v3 && y == Ly)
+            y = Ly - 1;
+        size_t k = rowoff[y];
+        int own = v3 ? py < (size_t)Ly : 1; /* v3's repeated last row lists nothing */
+        for (int x = 0; x < Lx; x++) {
+            size_t i = (size_t)y * Lx + x;
+            flow_at(dY, dX, cellprob, i, threshold, v3, sy, sx, row + 2 * (x + pad));
+            if (own && cellprob[i] > threshold)
+                idx[k++] = (uint32_t)i;
+        }
+        if (v3) {
+            memcpy(row + 2 * Lx, row + 2 * (Lx - 1), 2 * sizeof *row);
+        } else {
+            row[0] = row[1] = 0.0f;
+            row[2 * (Lx + 1)] = row[2 * (Lx + 1) + 1] = 0.0f;
+        }
+    }
+    free(rowoff);
+    return CP_OK;
+oom:
+    free(rowoff);
+    free(g->P);
+    free(*pidx);
+    g->P = NULL;
+    *pidx = NULL;
+    return CP_ENOMEM;
+}
 
 int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float threshold,
                  cp_dyn_variant variant, int niter, int threads, float *p)
@@ -485,99 +637,45 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
         return cp_error(CP_EINVAL, "dynamics: v4 needs an image at least 2x2, got %dx%d", Lx, Ly);
     if (niter < 0)
         return cp_error(CP_EINVAL, "dynamics: negative niter %d", niter);
-    size_t npix = (size_t)Ly * Lx;
-    size_t n = cp_dyn_count_followed(cellprob, npix, threshold);
-    if (n == 0)
-        return CP_OK;
-    float *F = cp_malloc_array(npix, 2 * sizeof(float), "dynamics flow field");
-    uint32_t *idx = cp_malloc_array(n, sizeof(uint32_t), "dynamics followed pixels");
-    if (!F || !idx) {
-        free(F);
-        free(idx);
+    int v3 = variant == CP_DYN_V3;
+    int nt = dyn_threads(threads);
+    flowgrid g;
+    uint32_t *idx;
+    size_t n;
+    if (flowgrid_build(dP, cellprob, Ly, Lx, threshold, v3, nt, &g, &idx, &n) != CP_OK)
         return CP_ENOMEM;
-    }
-    /* F = dP * [cellprob > thr] / 5 in float32, as numpy does it. */
-    float sy = 1.0f, sx = 1.0f;
-    if (variant == CP_DYN_V4) {
-        sx = (float)(2.0 / (double)(Lx - 1));
-        sy = (float)(2.0 / (double)(Ly - 1));
-    }
-    const float *dY = dP, *dX = dP + npix;
-    size_t k = 0;
-    for (size_t i = 0; i < npix; i++) {
-        float m = cellprob[i] > threshold ? 1.0f : 0.0f;
-        float fy = (dY[i] * m) / 5.0f, fx = (dX[i] * m) / 5.0f;
-        if (variant == CP_DYN_V4) {
-            fx *= sx;
-            fy *= sy;
-        }
-        /* non-finite flows (a broken network) count as 0: states stay finite */
-        if (!isfinite(fy))
-            fy = 0.0f;
-        if (!isfinite(fx))
-            fx = 0.0f;
-        if (variant == CP_DYN_V3) {
-            F[2 * i] = fy;
-            F[2 * i + 1] = fx;
-        } else {
-            F[2 * i] = fx;
-            F[2 * i + 1] = fy;
-        }
-        if (m != 0.0f)
-            idx[k++] = (uint32_t)i;
+    if (n == 0) {
+        free(g.P);
+        free(idx);
+        return CP_OK;
     }
     float *py = p, *px = p + n;
-    int nt = dyn_threads(threads);
+    v4ctx c = {g.P, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
 #ifdef DYN_HAVE_AVX2
     /* gathers take int32 indices: 2*npix must fit */
-    if (niter > 0 && !getenv("CP_DYN_SCALAR") && npix < (size_t)1 << 29 && __builtin_cpu_supports("avx2") &&
-        __builtin_cpu_supports("fma")) {
-        /* padded copy of F: v3 repeats the last row and column (clamped
-         * corners), v4 adds a zero border (zero padding) */
-        int v3 = variant == CP_DYN_V3;
-        size_t PH = (size_t)Ly + (v3 ? 1 : 2), PW = (size_t)Lx + (v3 ? 1 : 2);
-        float *P = cp_malloc_array(PH * PW, 2 * sizeof(float), "dynamics padded flow field");
-        if (!P) {
-            free(F);
-            free(idx);
-            return CP_ENOMEM;
-        }
-        if (v3) {
-            for (size_t y = 0; y < PH; y++)
-                for (size_t x = 0; x < PW; x++) {
-                    size_t sy_ = y < (size_t)Ly ? y : (size_t)Ly - 1;
-                    size_t sx_ = x < (size_t)Lx ? x : (size_t)Lx - 1;
-                    memcpy(P + 2 * (y * PW + x), F + 2 * (sy_ * Lx + sx_), 2 * sizeof(float));
-                }
-        } else {
-            memset(P, 0, PH * PW * 2 * sizeof(float));
-            for (size_t y = 0; y < (size_t)Ly; y++)
-                memcpy(P + 2 * ((y + 1) * PW + 1), F + 2 * y * Lx, 2 * (size_t)Lx * sizeof(float));
-        }
-        const size_t chunk = 2048;
+    if (niter > 0 && !getenv("CP_DYN_SCALAR") && (size_t)Ly * Lx < (size_t)1 << 29 &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        const size_t chunk = FOLLOW_CHUNK;
         size_t nchunk = (n + chunk - 1) / chunk;
-        v4ctx c = {F, v3 ? NULL : P, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (size_t ch = 0; ch < nchunk; ch++) {
             size_t j0 = ch * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
-            follow8(v3, F, P, &c, Ly, Lx, idx, j0, j1, niter, py, px);
+            follow8(v3, &c, Ly, Lx, idx, j0, j1, niter, py, px);
         }
-        free(P);
-        free(F);
+        free(g.P);
         free(idx);
         return CP_OK;
     }
 #endif
-    if (variant == CP_DYN_V3) {
+    if (v3) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
         for (size_t j = 0; j < n; j++) {
             float y = (float)(idx[j] / (uint32_t)Lx), x = (float)(idx[j] % (uint32_t)Lx);
-            FOLLOW(step_v3(F, Ly, Lx, &y, &x), y, x);
+            FOLLOW(step_v3(g.P, g.rs, Ly, Lx, &y, &x), y, x);
             py[j] = y;
             px[j] = x;
         }
     } else {
-        v4ctx c = {F, NULL, Ly, Lx, (float)Lx / 2.0f, (float)Ly / 2.0f};
         float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
         for (size_t j = 0; j < n; j++) {
@@ -589,7 +687,7 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
             py[j] = ((gy + 1.0f) * 0.5f) * Hn;
         }
     }
-    free(F);
+    free(g.P);
     free(idx);
     return CP_OK;
 }
