@@ -225,7 +225,7 @@ __attribute__((target("avx2,fma"))) static inline __m256d v3_half(__m128 f00, __
     return _mm256_add_pd(_mm256_add_pd(_mm256_add_pd(t0, t1), t2), _mm256_cvtps_pd(t3));
 }
 
-__attribute__((target("avx2,fma"))) static inline void step8_v3(const float *P, int Ly, int Lx,
+__attribute__((target("avx2,fma"), always_inline)) static inline void step8_v3(const float *P, int Ly, int Lx,
                                                                  __m256 *py, __m256 *px)
 {
     const __m256i zero = _mm256_setzero_si256();
@@ -269,7 +269,7 @@ __attribute__((target("avx2,fma"))) static inline void step8_v3(const float *P, 
     *px = _mm256_blendv_ps(fLx1, nx, _mm256_cmp_ps(nx, fLx1, _CMP_LT_OQ));
 }
 
-__attribute__((target("avx2,fma"))) static inline void step8_v4(const v4ctx *c, __m256 *pgx,
+__attribute__((target("avx2,fma"), always_inline)) static inline void step8_v4(const v4ctx *c, __m256 *pgx,
                                                                  __m256 *pgy)
 {
     const __m256 one = _mm256_set1_ps(1.0f), mhalf = _mm256_set1_ps(-0.5f);

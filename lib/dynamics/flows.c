@@ -17,8 +17,8 @@
 
 /* One row of a diffusion step: out[x] = (sum of the 3x3 heat, in Cellpose's
  * order) * (1/9) (v3) or / 9 (v4), times the label mask (1 or 0). */
-static void diffuse_row(const double *up, const double *md, const double *dn, const double *m,
-                        double *out, int x0, int x1, int v3)
+static inline void diffuse_row(const double *up, const double *md, const double *dn,
+                               const double *m, double *out, int x0, int x1, int v3)
 {
     const double ninth = 1.0 / 9.;
     for (int x = x0; x <= x1; x++) {
@@ -31,14 +31,16 @@ static void diffuse_row(const double *up, const double *md, const double *dn, co
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define FLOWS_HAVE_AVX2 1
-/* The same per-element operations on 4 cells at once (bit-identical). */
-__attribute__((target("avx2"))) static void diffuse_row_avx2(const double *up, const double *md,
-                                                             const double *dn, const double *m,
-                                                             double *out, int x0, int x1, int v3)
+/* The same per-element operations on 4 cells at once (bit-identical); x1 - x0
+ * + 1 is a multiple of 4. */
+__attribute__((target("avx2"))) static inline void diffuse_row_avx2(const double *up,
+                                                                    const double *md,
+                                                                    const double *dn,
+                                                                    const double *m, double *out,
+                                                                    int x0, int x1, int v3)
 {
     const __m256d ninth = _mm256_set1_pd(1.0 / 9.), nine = _mm256_set1_pd(9.0);
-    int x = x0;
-    for (; x + 3 <= x1; x += 4) {
+    for (int x = x0; x + 3 <= x1; x += 4) {
         __m256d s = _mm256_add_pd(_mm256_loadu_pd(md + x), _mm256_loadu_pd(up + x));
         s = _mm256_add_pd(s, _mm256_loadu_pd(dn + x));
         s = _mm256_add_pd(s, _mm256_loadu_pd(md + x - 1));
@@ -50,46 +52,48 @@ __attribute__((target("avx2"))) static void diffuse_row_avx2(const double *up, c
         s = v3 ? _mm256_mul_pd(ninth, s) : _mm256_div_pd(s, nine);
         _mm256_storeu_pd(out + x, _mm256_mul_pd(s, _mm256_loadu_pd(m + x)));
     }
-    diffuse_row(up, md, dn, m, out, x, x1, v3);
 }
 #endif
 
-/* Diffuse in a (gh x gw) box (label pixels have mask 1, others 0; the box has a
- * 0 border of at least one cell) from centre (cy, cx) for niter steps. Row y
- * has label pixels only in columns [rlo[y], rhi[y]] (cells outside stay 0).
- * T and T2 are gh*gw scratch; the result is in the returned buffer. */
-static double *diffuse(const double *mask, const int *rlo, const int *rhi, int gh, int gw,
-                       int cy, int cx, long niter, int v3, double *T, double *T2)
+/* Row stride of a diffusion box gw cells wide: room for whole 4-cell vectors
+ * from any start column (the extra cells are outside the label: mask 0). */
+static inline int box_stride(int gw)
 {
-    size_t gn = (size_t)gh * gw;
+    return (gw + 3 + 3) & ~3;
+}
+
+/* Diffuse in a box of gh rows (gw cells wide, row stride box_stride(gw);
+ * label cells have mask 1, others 0; a 0 border of at least one cell) from
+ * centre (cy, cx) for niter steps. Row y has label cells only in columns
+ * [rlo[y], rhi[y]] (cells outside stay 0). T and T2 are scratch of gh rows;
+ * the result is in the returned buffer. One body for both instruction sets,
+ * so the row kernel inlines into the step loop. */
+__attribute__((always_inline)) static inline double *
+diffuse_impl(const double *mask, const int *rlo, const int *rhi, int gh, int gw, int cy, int cx,
+             long niter, int v3, double *T, double *T2, int avx2)
+{
+    int S = box_stride(gw);
+    size_t gn = (size_t)gh * S;
     memset(T, 0, gn * sizeof *T);
     memset(T2, 0, gn * sizeof *T2);
-    int avx2 = 0;
-#ifdef FLOWS_HAVE_AVX2
-    avx2 = __builtin_cpu_supports("avx2");
-#endif
     for (long t = 1; t <= niter; t++) {
-        T[(size_t)cy * gw + cx] += 1.0;
+        T[(size_t)cy * S + cx] += 1.0;
         /* after this step heat reaches at most t cells (Chebyshev) from the
          * centre; update that square only (the rest stays exactly 0) */
         long r = t;
         int y0 = cy - r < 1 ? 1 : (int)(cy - r), y1 = cy + r > gh - 2 ? gh - 2 : (int)(cy + r);
         int x0 = cx - r < 1 ? 1 : (int)(cx - r), x1 = cx + r > gw - 2 ? gw - 2 : (int)(cx + r);
         for (int y = y0; y <= y1; y++) {
-            const double *up = T + (size_t)(y - 1) * gw, *md = T + (size_t)y * gw,
-                         *dn = T + (size_t)(y + 1) * gw;
-            const double *m = mask + (size_t)y * gw;
-            double *out = T2 + (size_t)y * gw;
+            const double *up = T + (size_t)(y - 1) * S, *md = T + (size_t)y * S,
+                         *dn = T + (size_t)(y + 1) * S;
+            const double *m = mask + (size_t)y * S;
+            double *out = T2 + (size_t)y * S;
             int lo = rlo[y] > x0 ? rlo[y] : x0, hi = rhi[y] < x1 ? rhi[y] : x1;
             if (lo > hi)
                 continue;
             /* round the run up to whole vectors: extra cells are either
              * outside the label (mask 0 -> 0) or beyond the heat front (0) */
-            int n4 = (hi - lo + 4) & ~3;
-            if (lo + n4 - 1 <= gw - 2)
-                hi = lo + n4 - 1;
-            else if (gw - 1 - n4 >= 1)
-                lo = gw - 1 - n4, hi = gw - 2;
+            hi = lo + ((hi - lo + 4) & ~3) - 1;
 #ifdef FLOWS_HAVE_AVX2
             if (avx2)
                 diffuse_row_avx2(up, md, dn, m, out, lo, hi, v3);
@@ -103,7 +107,34 @@ static double *diffuse(const double *mask, const int *rlo, const int *rhi, int g
         /* T2 (the old buffer) still holds values inside the square that the next
          * step overwrites, and zeros outside it: consistent. */
     }
+    (void)avx2;
     return T;
+}
+
+static double *diffuse_plain(const double *mask, const int *rlo, const int *rhi, int gh, int gw,
+                             int cy, int cx, long niter, int v3, double *T, double *T2)
+{
+    return diffuse_impl(mask, rlo, rhi, gh, gw, cy, cx, niter, v3, T, T2, 0);
+}
+
+#ifdef FLOWS_HAVE_AVX2
+__attribute__((target("avx2"))) static double *diffuse_avx2(const double *mask, const int *rlo,
+                                                            const int *rhi, int gh, int gw,
+                                                            int cy, int cx, long niter, int v3,
+                                                            double *T, double *T2)
+{
+    return diffuse_impl(mask, rlo, rhi, gh, gw, cy, cx, niter, v3, T, T2, 1);
+}
+#endif
+
+static double *diffuse(const double *mask, const int *rlo, const int *rhi, int gh, int gw,
+                       int cy, int cx, long niter, int v3, double *T, double *T2)
+{
+#ifdef FLOWS_HAVE_AVX2
+    if (__builtin_cpu_supports("avx2"))
+        return diffuse_avx2(mask, rlo, rhi, gh, gw, cy, cx, niter, v3, T, T2);
+#endif
+    return diffuse_plain(mask, rlo, rhi, gh, gw, cy, cx, niter, v3, T, T2);
 }
 
 /* Pixel count of label l in box b and the sums of its 0-based box coordinates. */
@@ -219,7 +250,7 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
         if (!bb[l].npix)
             continue;
         int h = bb[l].r1 - bb[l].r0, w = bb[l].c1 - bb[l].c0;
-        size_t box = (size_t)(h + 2) * (w + 2);
+        size_t box = (size_t)(h + 2) * box_stride(w + 2);
         if (box > maxbox)
             maxbox = box;
         if (h + w + 2 > gext)
@@ -252,9 +283,9 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
             if (!b->npix || !buf)
                 continue;
             int h = b->r1 - b->r0, w = b->c1 - b->c0;
-            int gh = h + 2, gw = w + 2;
+            int gh = h + 2, gw = w + 2, S = box_stride(gw);
             double *mask = buf, *T = buf + maxbox, *T2 = buf + 2 * maxbox;
-            memset(mask, 0, (size_t)gh * gw * sizeof *mask);
+            memset(mask, 0, (size_t)gh * S * sizeof *mask);
             for (int y = 0; y < gh; y++) {
                 rlo[y] = gw;
                 rhi[y] = -1;
@@ -262,7 +293,7 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
             for (int y = 0; y < h; y++)
                 for (int x = 0; x < w; x++)
                     if (labels[(size_t)(b->r0 + y) * Lx + b->c0 + x] == l) {
-                        mask[(size_t)(y + 1) * gw + x + 1] = 1.0;
+                        mask[(size_t)(y + 1) * S + x + 1] = 1.0;
                         if (x + 1 < rlo[y + 1])
                             rlo[y + 1] = x + 1;
                         rhi[y + 1] = x + 1;
@@ -279,15 +310,15 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
             double *R = diffuse(mask, rlo, rhi, gh, gw, cy, cx, niter, v3, T, T2);
             for (int y = 1; y <= h; y++)
                 for (int x = 1; x <= w; x++) {
-                    if (mask[(size_t)y * gw + x] == 0.0)
+                    if (mask[(size_t)y * S + x] == 0.0)
                         continue;
                     size_t i = (size_t)(b->r0 + y - 1) * Lx + (b->c0 + x - 1);
                     if (v3) {
-                        double dy = R[(size_t)(y + 1) * gw + x] - R[(size_t)(y - 1) * gw + x];
-                        double dx = R[(size_t)y * gw + x + 1] - R[(size_t)y * gw + x - 1];
+                        double dy = R[(size_t)(y + 1) * S + x] - R[(size_t)(y - 1) * S + x];
+                        double dx = R[(size_t)y * S + x + 1] - R[(size_t)y * S + x - 1];
                         unit_flow(dy, dx, i, npix, l, mu, dP, sum, cnt);
                     } else {
-                        H[i] = R[(size_t)y * gw + x];
+                        H[i] = R[(size_t)y * S + x];
                     }
                 }
         }
