@@ -368,161 +368,200 @@ __attribute__((target("avx2,fma"))) static void follow_tails(int v3, const v4ctx
     }
 }
 
-/* Follow pixels idx[j0..j1) (at most FOLLOW_CHUNK) with 2 groups of 8 lanes (two independent
- * dependency chains keep the core busy; one step is a long latency chain);
- * niter > 0. State (A, B) is (y, x) for v3 and (gx, gy) for v4. */
-#define NG 2
-#define NL (8 * NG)
-__attribute__((target("avx2,fma"))) static void follow8(int v3, const v4ctx *c, int Ly, int Lx,
-                                                        const uint32_t *idx, size_t j0,
-                                                        size_t j1, int niter, float *py,
-                                                        float *px)
+/* One group of 8 lanes, each following its own pixel: the state (a, b), steps
+ * made t, the previous two states (bits) a1 b1 a2 b2, and for cycles longer
+ * than 2 a saved state sa sb made at step ts, with the next save at step ns.
+ * act marks lanes that hold a pixel; J their pixel numbers. */
+typedef struct lanes8 {
+    __m256 a, b;
+    __m256i t, act, a1, b1, a2, b2, sa, sb, ts, ns;
+    size_t J[8];
+} lanes8;
+
+/* The first state of pixel idx[j]: (y, x) for v3, (gx, gy) for v4. */
+static inline void start_state(int v3, uint32_t i, int Lx, float Wn, float Hn, float *a,
+                               float *b)
+{
+    float y = (float)(i / (uint32_t)Lx), x = (float)(i % (uint32_t)Lx);
+    if (v3) {
+        *a = y;
+        *b = x;
+    } else {
+        *a = (x / Wn) * 2.0f - 1.0f;
+        *b = (y / Hn) * 2.0f - 1.0f;
+    }
+}
+
+/* Ends the lanes in mask fin (their results written or queued as tails) and
+ * gives them the next pixels of [*next, j1); returns how many lanes went idle. */
+__attribute__((target("avx2,fma"), always_inline)) static inline int
+lanes_refill(int v3, lanes8 *L, __m256i fin, __m256i per, const uint32_t *idx, size_t *next,
+             size_t j1, int niter, int Lx, float Wn, float Hn, tail *tails, size_t *ntail,
+             float *py, float *px)
+{
+    float A[8], B[8], NA[8], NB[8];
+    int32_t T[8], PER[8], NACT[8];
+    uint32_t A2[8], B2[8];
+    _mm256_storeu_ps(A, L->a);
+    _mm256_storeu_ps(B, L->b);
+    _mm256_storeu_si256((__m256i *)T, L->t);
+    _mm256_storeu_si256((__m256i *)PER, per);
+    _mm256_storeu_si256((__m256i *)A2, L->a2);
+    _mm256_storeu_si256((__m256i *)B2, L->b2);
+    int idle = 0;
+    unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(fin));
+    for (int k = 0; k < 8; k++) {
+        NA[k] = NB[k] = 0.0f;
+        NACT[k] = 0;
+    }
+    while (m) {
+        int k = __builtin_ctz(m);
+        m &= m - 1;
+        int rem = PER[k] ? (niter - T[k]) % PER[k] : 0;
+        if (rem && PER[k] == 2) {
+            /* two-cycle: the state at niter is the one before this */
+            memcpy(&A[k], &A2[k], sizeof A[k]);
+            memcpy(&B[k], &B2[k], sizeof B[k]);
+        }
+        if (rem && PER[k] > 2)
+            tails[(*ntail)++] = (tail){(uint32_t)L->J[k], rem, A[k], B[k]};
+        else
+            store_pos(v3, A[k], B[k], L->J[k], Wn, Hn, py, px);
+        if (*next < j1) {
+            start_state(v3, idx[*next], Lx, Wn, Hn, &NA[k], &NB[k]);
+            L->J[k] = (*next)++;
+            NACT[k] = -1;
+        } else {
+            idle++;
+        }
+    }
+    __m256 na = _mm256_loadu_ps(NA), nb = _mm256_loadu_ps(NB);
+    __m256 f = _mm256_castsi256_ps(fin);
+    L->a = _mm256_blendv_ps(L->a, na, f);
+    L->b = _mm256_blendv_ps(L->b, nb, f);
+    L->act = _mm256_blendv_epi8(L->act, _mm256_loadu_si256((const __m256i *)NACT), fin);
+    L->t = _mm256_andnot_si256(fin, L->t);
+    L->a1 = _mm256_blendv_epi8(L->a1, _mm256_castps_si256(na), fin);
+    L->b1 = _mm256_blendv_epi8(L->b1, _mm256_castps_si256(nb), fin);
+    if (!v3) {
+        L->sa = _mm256_blendv_epi8(L->sa, _mm256_castps_si256(na), fin);
+        L->sb = _mm256_blendv_epi8(L->sb, _mm256_castps_si256(nb), fin);
+        L->ts = _mm256_andnot_si256(fin, L->ts);
+        L->ns = _mm256_blendv_epi8(L->ns, _mm256_set1_epi32(1), fin);
+    }
+    return idle;
+}
+
+/* One step of a group and its cycle bookkeeping; returns the lanes that are
+ * done (cycle found or niter reached) and their periods (0: none). */
+__attribute__((target("avx2,fma"), always_inline)) static inline __m256i
+lanes_step(int v3, lanes8 *L, const v4ctx *c, int Ly, int Lx, __m256i nm1, __m256i *per)
+{
+    const __m256i ione = _mm256_set1_epi32(1), itwo = _mm256_set1_epi32(2);
+    if (v3)
+        step8_v3(c->P, Ly, Lx, &L->a, &L->b);
+    else
+        step8_v4(c, &L->a, &L->b);
+    L->t = _mm256_add_epi32(L->t, ione);
+    __m256i ua = _mm256_castps_si256(L->a), ub = _mm256_castps_si256(L->b);
+    __m256i eq1 = _mm256_and_si256(_mm256_cmpeq_epi32(ua, L->a1), _mm256_cmpeq_epi32(ub, L->b1));
+    __m256i eq2 = _mm256_and_si256(_mm256_cmpgt_epi32(L->t, ione),
+                                   _mm256_and_si256(_mm256_cmpeq_epi32(ua, L->a2),
+                                                    _mm256_cmpeq_epi32(ub, L->b2)));
+    __m256i any = _mm256_or_si256(_mm256_or_si256(eq1, eq2), _mm256_cmpgt_epi32(L->t, nm1));
+    /* period: 1, else 2, else t - ts, else 0 (niter reached) */
+    __m256i p = itwo;
+    if (!v3) {
+        /* v3 trajectories end in fixed points and 2-cycles; longer v4 cycles
+         * are found against the saved state */
+        __m256i eqs = _mm256_and_si256(_mm256_cmpeq_epi32(ua, L->sa),
+                                       _mm256_cmpeq_epi32(ub, L->sb));
+        any = _mm256_or_si256(any, eqs);
+        p = _mm256_and_si256(eqs, _mm256_sub_epi32(L->t, L->ts));
+        p = _mm256_blendv_epi8(p, itwo, eq2);
+        __m256i sv = _mm256_cmpeq_epi32(L->t, L->ns);
+        L->sa = _mm256_blendv_epi8(L->sa, ua, sv);
+        L->sb = _mm256_blendv_epi8(L->sb, ub, sv);
+        L->ts = _mm256_blendv_epi8(L->ts, L->t, sv);
+        const __m256i i32 = _mm256_set1_epi32(32);
+        __m256i nxt = _mm256_blendv_epi8(_mm256_add_epi32(L->t, i32),
+                                         _mm256_add_epi32(L->t, L->t),
+                                         _mm256_cmpgt_epi32(i32, L->t));
+        L->ns = _mm256_blendv_epi8(L->ns, nxt, sv);
+    } else {
+        p = _mm256_and_si256(eq2, itwo);
+    }
+    *per = _mm256_blendv_epi8(p, ione, eq1);
+    L->a2 = L->a1;
+    L->b2 = L->b1;
+    L->a1 = ua;
+    L->b1 = ub;
+    return _mm256_and_si256(L->act, any);
+}
+
+/* Follow pixels idx[j0..j1) (at most FOLLOW_CHUNK, niter > 0) with two groups
+ * of 8 lanes: two independent dependency chains keep the core busy, as one
+ * step is a long latency chain. A finished lane takes the next pixel. */
+__attribute__((target("avx2,fma"), always_inline)) static inline void
+follow_impl(int v3, const v4ctx *c, int Ly, int Lx, const uint32_t *idx, size_t j0, size_t j1,
+            int niter, float *py, float *px)
 {
     float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
-    float A[NL], B[NL];
-    int32_t T[NL], TS[NL], NS[NL], ACT[NL], PER[NL];
-    uint32_t A1[NL], B1[NL], A2[NL], B2[NL], SA[NL], SB[NL];
-    size_t J[NL];
     tail tails[FOLLOW_CHUNK];
-    size_t ntail = 0;
-    size_t next = j0;
+    size_t ntail = 0, next = j0;
+    lanes8 L[2];
     int nact = 0;
-    for (int k = 0; k < NL; k++) {
-        A[k] = B[k] = 0.0f;
-        T[k] = TS[k] = 0;
-        NS[k] = 1;
-        ACT[k] = 0;
-        A1[k] = B1[k] = A2[k] = B2[k] = SA[k] = SB[k] = 0;
-    }
-#define LANE_START(k)                                                                \
-    do {                                                                             \
-        float y_ = (float)(idx[next] / (uint32_t)Lx), x_ = (float)(idx[next] % (uint32_t)Lx); \
-        if (v3) {                                                                    \
-            A[k] = y_;                                                               \
-            B[k] = x_;                                                               \
-        } else {                                                                     \
-            A[k] = (x_ / Wn) * 2.0f - 1.0f;                                          \
-            B[k] = (y_ / Hn) * 2.0f - 1.0f;                                          \
-        }                                                                            \
-        J[k] = next++;                                                               \
-        T[k] = TS[k] = 0;                                                            \
-        NS[k] = 1;                                                                   \
-        ACT[k] = -1;                                                                 \
-        A1[k] = SA[k] = fbits(A[k]);                                                 \
-        B1[k] = SB[k] = fbits(B[k]);                                                 \
-    } while (0)
-#define LD(arr, g) _mm256_loadu_si256((const __m256i *)((arr) + 8 * (g)))
-#define ST(arr, g, v) _mm256_storeu_si256((__m256i *)((arr) + 8 * (g)), v)
-    for (int k = 0; k < NL && next < j1; k++, nact++)
-        LANE_START(k);
-    __m256 va[NG], vb[NG];
-    __m256i vt[NG], vts[NG], vns[NG], vact[NG], va1[NG], vb1[NG], va2[NG], vb2[NG], vsa[NG],
-        vsb[NG], per[NG];
-#define RELOAD()                                                                     \
-    for (int g = 0; g < NG; g++) {                                                   \
-        va[g] = _mm256_loadu_ps(A + 8 * g);                                          \
-        vb[g] = _mm256_loadu_ps(B + 8 * g);                                          \
-        vt[g] = LD(T, g);                                                            \
-        vts[g] = LD(TS, g);                                                          \
-        vns[g] = LD(NS, g);                                                          \
-        vact[g] = LD(ACT, g);                                                        \
-        va1[g] = LD(A1, g);                                                          \
-        vb1[g] = LD(B1, g);                                                          \
-        va2[g] = LD(A2, g);                                                          \
-        vb2[g] = LD(B2, g);                                                          \
-        vsa[g] = LD(SA, g);                                                          \
-        vsb[g] = LD(SB, g);                                                          \
-    }
-    RELOAD();
-    const __m256i ione = _mm256_set1_epi32(1), itwo = _mm256_set1_epi32(2);
-    const __m256i i32 = _mm256_set1_epi32(32), nm1 = _mm256_set1_epi32(niter - 1);
-    while (nact > 0) {
-        if (v3) {
-            for (int g = 0; g < NG; g++)
-                step8_v3(c->P, Ly, Lx, &va[g], &vb[g]);
-        } else {
-            for (int g = 0; g < NG; g++)
-                step8_v4(c, &va[g], &vb[g]);
-        }
-        int m = 0;
-        for (int g = 0; g < NG; g++) {
-            vt[g] = _mm256_add_epi32(vt[g], ione);
-            __m256i ua = _mm256_castps_si256(va[g]), ub = _mm256_castps_si256(vb[g]);
-            __m256i eq1 = _mm256_and_si256(_mm256_cmpeq_epi32(ua, va1[g]),
-                                           _mm256_cmpeq_epi32(ub, vb1[g]));
-            __m256i eq2 = _mm256_and_si256(_mm256_cmpgt_epi32(vt[g], ione),
-                                           _mm256_and_si256(_mm256_cmpeq_epi32(ua, va2[g]),
-                                                            _mm256_cmpeq_epi32(ub, vb2[g])));
-            __m256i eqs = _mm256_and_si256(_mm256_cmpeq_epi32(ua, vsa[g]),
-                                           _mm256_cmpeq_epi32(ub, vsb[g]));
-            __m256i end = _mm256_cmpgt_epi32(vt[g], nm1);
-            __m256i fin = _mm256_and_si256(
-                vact[g], _mm256_or_si256(_mm256_or_si256(eq1, eq2), _mm256_or_si256(eqs, end)));
-            /* period: 1, else 2, else t - tsave, else 0 (niter reached) */
-            __m256i p = _mm256_and_si256(eqs, _mm256_sub_epi32(vt[g], vts[g]));
-            p = _mm256_blendv_epi8(p, itwo, eq2);
-            per[g] = _mm256_blendv_epi8(p, ione, eq1);
-            va2[g] = va1[g];
-            vb2[g] = vb1[g];
-            va1[g] = ua;
-            vb1[g] = ub;
-            __m256i sv = _mm256_cmpeq_epi32(vt[g], vns[g]);
-            vsa[g] = _mm256_blendv_epi8(vsa[g], ua, sv);
-            vsb[g] = _mm256_blendv_epi8(vsb[g], ub, sv);
-            vts[g] = _mm256_blendv_epi8(vts[g], vt[g], sv);
-            __m256i nxt = _mm256_blendv_epi8(_mm256_add_epi32(vt[g], i32),
-                                             _mm256_add_epi32(vt[g], vt[g]),
-                                             _mm256_cmpgt_epi32(i32, vt[g]));
-            vns[g] = _mm256_blendv_epi8(vns[g], nxt, sv);
-            m |= _mm256_movemask_ps(_mm256_castsi256_ps(fin)) << (8 * g);
-        }
-        if (!m)
-            continue;
-        for (int g = 0; g < NG; g++) {
-            _mm256_storeu_ps(A + 8 * g, va[g]);
-            _mm256_storeu_ps(B + 8 * g, vb[g]);
-            ST(T, g, vt[g]);
-            ST(TS, g, vts[g]);
-            ST(NS, g, vns[g]);
-            ST(ACT, g, vact[g]);
-            ST(PER, g, per[g]);
-            ST(A1, g, va1[g]);
-            ST(B1, g, vb1[g]);
-            ST(A2, g, va2[g]);
-            ST(B2, g, vb2[g]);
-            ST(SA, g, vsa[g]);
-            ST(SB, g, vsb[g]);
-        }
-        for (int k = 0; k < NL; k++) {
-            if (!(m >> k & 1))
-                continue;
-            int rem = PER[k] ? (niter - T[k]) % PER[k] : 0;
-            if (rem && PER[k] == 2) {
-                /* two-cycle: the state at niter is the one before this */
-                memcpy(&A[k], &A2[k], sizeof A[k]);
-                memcpy(&B[k], &B2[k], sizeof B[k]);
-            } else if (rem) {
-                tails[ntail++] = (tail){(uint32_t)J[k], rem, A[k], B[k]};
-            }
-            if (!(rem && PER[k] > 2))
-                store_pos(v3, A[k], B[k], J[k], Wn, Hn, py, px);
+    for (int g = 0; g < 2; g++) {
+        float A[8] = {0}, B[8] = {0};
+        int32_t ACT[8] = {0};
+        for (int k = 0; k < 8; k++) {
+            L[g].J[k] = 0;
             if (next < j1) {
-                LANE_START(k);
-            } else {
-                ACT[k] = 0;
-                nact--;
+                start_state(v3, idx[next], Lx, Wn, Hn, &A[k], &B[k]);
+                L[g].J[k] = next++;
+                ACT[k] = -1;
+                nact++;
             }
         }
-        RELOAD();
+        L[g].a = _mm256_loadu_ps(A);
+        L[g].b = _mm256_loadu_ps(B);
+        L[g].act = _mm256_loadu_si256((const __m256i *)ACT);
+        L[g].t = L[g].ts = _mm256_setzero_si256();
+        L[g].ns = _mm256_set1_epi32(1);
+        L[g].a1 = L[g].sa = _mm256_castps_si256(L[g].a);
+        L[g].b1 = L[g].sb = _mm256_castps_si256(L[g].b);
+        L[g].a2 = L[g].b2 = _mm256_setzero_si256();
+    }
+    const __m256i nm1 = _mm256_set1_epi32(niter - 1);
+    while (nact > 0) {
+        __m256i per0, per1;
+        __m256i fin0 = lanes_step(v3, &L[0], c, Ly, Lx, nm1, &per0);
+        __m256i fin1 = lanes_step(v3, &L[1], c, Ly, Lx, nm1, &per1);
+        if (!_mm256_testz_si256(fin0, fin0))
+            nact -= lanes_refill(v3, &L[0], fin0, per0, idx, &next, j1, niter, Lx, Wn, Hn,
+                                 tails, &ntail, py, px);
+        if (!_mm256_testz_si256(fin1, fin1))
+            nact -= lanes_refill(v3, &L[1], fin1, per1, idx, &next, j1, niter, Lx, Wn, Hn,
+                                 tails, &ntail, py, px);
     }
     follow_tails(v3, c, Ly, Lx, tails, ntail, py, px);
-#undef RELOAD
-#undef LD
-#undef ST
-#undef LANE_START
 }
-#undef NG
-#undef NL
+
+__attribute__((target("avx2,fma"))) static void follow8_v3(const v4ctx *c, int Ly, int Lx,
+                                                           const uint32_t *idx, size_t j0,
+                                                           size_t j1, int niter, float *py,
+                                                           float *px)
+{
+    follow_impl(1, c, Ly, Lx, idx, j0, j1, niter, py, px);
+}
+
+__attribute__((target("avx2,fma"))) static void follow8_v4(const v4ctx *c, int Ly, int Lx,
+                                                           const uint32_t *idx, size_t j0,
+                                                           size_t j1, int niter, float *py,
+                                                           float *px)
+{
+    follow_impl(0, c, Ly, Lx, idx, j0, j1, niter, py, px);
+}
 #endif
 
 /* The flow field the steps read, F = dP * [cellprob > thr] / 5 in float32 as
@@ -660,7 +699,10 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (size_t ch = 0; ch < nchunk; ch++) {
             size_t j0 = ch * chunk, j1 = j0 + chunk < n ? j0 + chunk : n;
-            follow8(v3, &c, Ly, Lx, idx, j0, j1, niter, py, px);
+            if (v3)
+                follow8_v3(&c, Ly, Lx, idx, j0, j1, niter, py, px);
+            else
+                follow8_v4(&c, Ly, Lx, idx, j0, j1, niter, py, px);
         }
         free(g.P);
         free(idx);
