@@ -181,10 +181,10 @@ static inline int next_save(int t)
 /* ---- AVX2: 8 pixels at once (lanes), the same float/double operations as
  * the scalar steps, so lane results are bit-identical to them (no contraction:
  * -ffp-contract=off; FMAs only where torch has them). Each lane follows its own
- * pixel; period detection is vectorised (previous two states and a saved state
- * per lane, as in FOLLOW); a finished lane takes the next pixel of the chunk.
- * The flow field is read from a padded copy whose border reproduces the
- * clamping (v3) or zero padding (v4), so no per-corner bounds tests remain. */
+ * pixel; period detection is vectorised (previous two states, and for v4 a
+ * saved state per lane, as in FOLLOW); a finished lane takes the next pixel of
+ * the chunk. The flow field's padding (flowgrid) reproduces the clamping (v3)
+ * or zero padding (v4), so no per-corner bounds tests remain. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define DYN_HAVE_AVX2 1
