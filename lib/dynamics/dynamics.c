@@ -43,8 +43,8 @@ int cp_dynamics(const float *dP, const float *cellprob, int Ly, int Lx,
     if (rc != CP_OK)
         goto done;
     t = omp_get_wtime();
-    rc = cp_dyn_get_masks(p, cellprob, Ly, Lx, prm->cellprob_threshold,
-                          prm->max_size_fraction, labels, &st.masks_seeded, &st.seeds);
+    rc = dyn_get_masks(p, cellprob, Ly, Lx, prm->cellprob_threshold, prm->max_size_fraction,
+                       prm->threads, labels, &st.masks_seeded, &st.seeds);
     st.ms_seeds = 1e3 * (omp_get_wtime() - t);
     free(p);
     p = NULL;
@@ -59,10 +59,11 @@ int cp_dynamics(const float *dP, const float *cellprob, int Ly, int Lx,
             goto done;
     }
     t = omp_get_wtime();
-    rc = cp_dyn_fill_holes_and_remove_small(labels, Ly, Lx, prm->min_size, prm->v3_label_bug);
+    uint32_t cells = 0;
+    rc = dyn_fill_holes_and_remove_small(labels, Ly, Lx, prm->min_size, prm->v3_label_bug,
+                                         prm->threads, &cells);
     st.ms_fill = 1e3 * (omp_get_wtime() - t);
-    if (rc == CP_OK)
-        st.cells = (int)dyn_max_label(labels, npix);
+    st.cells = (int)cells;
 done:
     free(p);
     if (rc != CP_OK)

@@ -31,5 +31,30 @@ typedef struct dyn_bbox {
 dyn_bbox *dyn_bboxes(const uint32_t *labels, int Ly, int Lx, uint32_t nlab);
 
 uint32_t dyn_max_label(const uint32_t *labels, size_t npix);
+uint32_t dyn_max_label_par(const uint32_t *labels, size_t npix, int threads);
+
+/* One pass over a label image (values <= nlab) in `threads` contiguous
+ * chunks: per-label pixel counts (box[l].npix; box[0].npix = background),
+ * boxes when Lx > 0, and the labels present in raster first-appearance order
+ * (chunks merged in order, so the result does not depend on the threads). */
+typedef struct dyn_census {
+    dyn_bbox *box;   /* nlab + 1 entries */
+    uint32_t *order; /* norder labels (never 0) */
+    uint32_t norder;
+} dyn_census;
+int dyn_census_make(dyn_census *c, const uint32_t *labels, size_t npix, int Lx, uint32_t nlab,
+                    int threads);
+void dyn_census_free(dyn_census *c);
+
+/* labels[i] = map[labels[i]] */
+void dyn_apply_map(uint32_t *labels, size_t npix, const uint32_t *map, int threads);
+
+/* cp_dyn_get_masks / cp_dyn_fill_holes_and_remove_small with a thread count
+ * (0 = OpenMP default); fill also returns the final label count (may be NULL). */
+int dyn_get_masks(const float *p, const float *cellprob, int Ly, int Lx, float threshold,
+                  double max_size_fraction, int threads, uint32_t *labels, int *nlabels,
+                  int *nseeds);
+int dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min_size,
+                                    int v3_label_bug, int threads, uint32_t *ncells);
 
 #endif

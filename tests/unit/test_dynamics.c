@@ -616,6 +616,164 @@ static void unit_cases(void)
     free(dP), free(cp), free(lab);
 }
 
+/* ---- reference: the plain serial fill/remove_small/renumber ---- */
+
+static void ref_renumber(uint32_t *lab, size_t npix)
+{
+    uint32_t maxl = 0, next = 0;
+    for (size_t i = 0; i < npix; i++) if (lab[i] > maxl) maxl = lab[i];
+    uint32_t *map = calloc((size_t)maxl + 1, sizeof *map);
+    for (size_t i = 0; i < npix; i++)
+        if (lab[i]) {
+            if (!map[lab[i]]) map[lab[i]] = ++next;
+            lab[i] = map[lab[i]];
+        }
+    free(map);
+}
+
+static void ref_remove_small(uint32_t *lab, size_t npix, int min_size, int bug)
+{
+    uint32_t maxl = 0;
+    for (size_t i = 0; i < npix; i++) if (lab[i] > maxl) maxl = lab[i];
+    size_t *cnt = calloc((size_t)maxl + 1, sizeof *cnt);
+    unsigned char *rm = calloc((size_t)maxl + 1, 1);
+    for (size_t i = 0; i < npix; i++) cnt[lab[i]]++;
+    int first = 1;
+    size_t pos = 0;
+    for (uint32_t v = 0; v <= maxl; v++) {
+        if (!cnt[v]) continue;
+        if (first) { first = 0; continue; }
+        if (!bug && cnt[v] < (size_t)min_size) rm[v] = 1;
+        if (bug && cnt[v] < (size_t)min_size && pos + 1 <= maxl) rm[pos + 1] = 1;
+        pos++;
+    }
+    for (size_t i = 0; i < npix; i++) if (rm[lab[i]]) lab[i] = 0;
+    free(cnt), free(rm);
+    ref_renumber(lab, npix);
+}
+
+/* label l's box: outside = flood of non-l from the border; the rest -> val */
+static void ref_fill(uint32_t *lab, int Ly, int Lx, int min_size, int bug)
+{
+    size_t npix = (size_t)Ly * Lx;
+    if (min_size > 0) ref_remove_small(lab, npix, min_size, bug);
+    uint32_t maxl = 0, j = 0;
+    for (size_t i = 0; i < npix; i++) if (lab[i] > maxl) maxl = lab[i];
+    int *r0 = malloc(((size_t)maxl + 1) * 4 * sizeof(int));
+    int *r1 = r0 + maxl + 1, *c0 = r1 + maxl + 1, *c1 = c0 + maxl + 1;
+    for (uint32_t l = 0; l <= maxl; l++) r0[l] = Ly, r1[l] = -1, c0[l] = Lx, c1[l] = -1;
+    for (int y = 0; y < Ly; y++)
+        for (int x = 0; x < Lx; x++) {
+            uint32_t l = lab[(size_t)y * Lx + x];
+            if (y < r0[l]) r0[l] = y;
+            if (y > r1[l]) r1[l] = y;
+            if (x < c0[l]) c0[l] = x;
+            if (x > c1[l]) c1[l] = x;
+        }
+    unsigned char *out = malloc(npix);
+    int *st = malloc(npix * sizeof *st);
+    for (uint32_t l = 1; l <= maxl; l++) {
+        if (r1[l] < 0) continue;
+        ++j;
+        int any = 0;
+        for (int y = r0[l]; y <= r1[l]; y++)
+            for (int x = c0[l]; x <= c1[l]; x++) any |= lab[(size_t)y * Lx + x] == l;
+        if (!any) continue;
+        memset(out, 0, npix);
+        size_t ns = 0;
+        for (int y = r0[l]; y <= r1[l]; y++)
+            for (int x = c0[l]; x <= c1[l]; x++) {
+                size_t i = (size_t)y * Lx + x;
+                if ((y == r0[l] || y == r1[l] || x == c0[l] || x == c1[l]) && lab[i] != l)
+                    out[i] = 1, st[ns++] = (int)i;
+            }
+        while (ns) {
+            int i = st[--ns], y = i / Lx, x = i % Lx;
+            int nb[4][2] = {{y - 1, x}, {y + 1, x}, {y, x - 1}, {y, x + 1}};
+            for (int k = 0; k < 4; k++) {
+                int yy = nb[k][0], xx = nb[k][1];
+                if (yy < r0[l] || yy > r1[l] || xx < c0[l] || xx > c1[l]) continue;
+                size_t q = (size_t)yy * Lx + xx;
+                if (!out[q] && lab[q] != l) out[q] = 1, st[ns++] = (int)q;
+            }
+        }
+        for (int y = r0[l]; y <= r1[l]; y++)
+            for (int x = c0[l]; x <= c1[l]; x++)
+                if (!out[(size_t)y * Lx + x]) lab[(size_t)y * Lx + x] = j;
+    }
+    free(r0), free(out), free(st);
+    if (min_size > 0) ref_remove_small(lab, npix, min_size, bug);
+}
+
+static uint32_t rng_next(uint32_t *s)
+{
+    *s ^= *s << 13, *s ^= *s >> 17, *s ^= *s << 5;
+    return *s;
+}
+
+/* Random square rings (some holding other labels when nest), blobs, specks. */
+static void random_labels(uint32_t *lab, int Ly, int Lx, uint32_t seed, int nest)
+{
+    memset(lab, 0, (size_t)Ly * Lx * sizeof *lab);
+    uint32_t s = seed;
+    for (int k = 0; k < 400; k++) {
+        uint32_t l = 1 + rng_next(&s) % 900; /* gaps and repeats, as after QC */
+        int sz = 2 + (int)(rng_next(&s) % 14), y0 = (int)(rng_next(&s) % (uint32_t)(Ly - sz));
+        int x0 = (int)(rng_next(&s) % (uint32_t)(Lx - sz)), kind = (int)(rng_next(&s) % 3);
+        for (int y = y0; y < y0 + sz; y++)
+            for (int x = x0; x < x0 + sz; x++) {
+                int edge = y == y0 || y == y0 + sz - 1 || x == x0 || x == x0 + sz - 1;
+                if (kind == 0 && !edge) continue;   /* ring: leaves what was inside */
+                if (kind == 0 && !nest) lab[(size_t)y * Lx + x] = 0;
+                if (kind != 0 || edge) lab[(size_t)y * Lx + x] = l;
+            }
+        if (kind == 0 && !nest) /* clear the hole */
+            for (int y = y0 + 1; y < y0 + sz - 1; y++)
+                for (int x = x0 + 1; x < x0 + sz - 1; x++) lab[(size_t)y * Lx + x] = 0;
+    }
+}
+
+/* Parallel fill/renumber against the serial reference, 1 and 2 threads. */
+static void fill_vs_reference(void)
+{
+    int Ly = 300, Lx = 331; /* > 65536 px: the parallel passes run */
+    size_t npix = (size_t)Ly * Lx;
+    uint32_t *in = malloc(npix * 4), *ref = malloc(npix * 4), *got = malloc(npix * 4);
+    int saved = omp_get_max_threads();
+    for (int c = 0; c < 8; c++) {
+        int nest = c & 1;
+        random_labels(in, Ly, Lx, 12345u + 977u * (uint32_t)c, nest);
+        if (c == 6) /* no background */
+            for (size_t i = 0; i < npix; i++) if (!in[i]) in[i] = 901;
+        for (int ms = 0; ms <= 15; ms += 15)
+            for (int bug = 0; bug <= (ms ? 1 : 0); bug++) {
+                memcpy(ref, in, npix * 4);
+                ref_fill(ref, Ly, Lx, ms, bug);
+                for (int t = 1; t <= 2; t++) {
+                    omp_set_num_threads(t);
+                    memcpy(got, in, npix * 4);
+                    CHECK_OK(cp_dyn_fill_holes_and_remove_small(got, Ly, Lx, ms, bug));
+                    CHECKF(count_diff_u32(got, ref, npix) == 0,
+                           "fill case %d min_size %d bug %d threads %d: %zu px differ", c, ms,
+                           bug, t, count_diff_u32(got, ref, npix));
+                }
+            }
+        memcpy(ref, in, npix * 4);
+        ref_renumber(ref, npix);
+        for (int t = 1; t <= 2; t++) {
+            omp_set_num_threads(t);
+            memcpy(got, in, npix * 4);
+            uint32_t k = 0, kr = 0;
+            CHECK_OK(cp_dyn_renumber(got, npix, &k));
+            for (size_t i = 0; i < npix; i++) if (ref[i] > kr) kr = ref[i];
+            CHECKF(k == kr && count_diff_u32(got, ref, npix) == 0, "renumber case %d threads %d",
+                   c, t);
+        }
+    }
+    omp_set_num_threads(saved);
+    free(in), free(ref), free(got);
+}
+
 /* ---- benchmark mode (CP_BENCH=1) ---- */
 
 /* A 2048x2048 label image tiled from real GT images (several, flipped). */
@@ -751,6 +909,7 @@ int main(void)
     int nn = golden_net();
     CHECKF(nn > 0, "no golden net runs with dynamics found");
     thread_invariance();
+    fill_vs_reference();
     static const char *const rt[] = {
         "nuclei-extra/stardist_img2d_masks.tif",
         "dsb2018/4d4ebfcae4374165ea6ae7c7e18fd0ba5014c3c860ee2489c59e25ddd45e7a32_masks.tif",
