@@ -62,7 +62,7 @@ static int remove_small(uint32_t *labels, size_t npix, int min_size, int v3_bug,
                         uint32_t *K)
 {
     *K = 0;
-    uint32_t maxl = dyn_max_label_par(labels, npix, threads);
+    uint32_t maxl = dyn_max_label(labels, npix, threads);
     if (!maxl)
         return CP_OK;
     dyn_census c;
@@ -213,7 +213,7 @@ static int fill_serial(uint32_t *labels, size_t npix, int Lx, const fill_plan *f
     free(out), free(queue);
     if (min_size > 0)
         return remove_small(labels, npix, min_size, v3_bug, threads, K);
-    *K = dyn_max_label_par(labels, npix, threads);
+    *K = dyn_max_label(labels, npix, threads);
     return CP_OK;
 }
 
@@ -372,7 +372,7 @@ int dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min_si
     if (Ly <= 0 || Lx <= 0)
         return cp_error(CP_EINVAL, "fill_holes: bad image size %dx%d", Lx, Ly);
     size_t npix = (size_t)Ly * Lx;
-    uint32_t maxl = dyn_max_label_par(labels, npix, threads);
+    uint32_t maxl = dyn_max_label(labels, npix, threads);
     if (!maxl)
         return CP_OK;
     dyn_census c;

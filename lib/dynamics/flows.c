@@ -237,12 +237,14 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
     size_t npix = (size_t)Ly * Lx;
     if (mu)
         memset(mu, 0, 2 * npix * sizeof *mu);
-    uint32_t nlab = dyn_max_label(labels, npix);
+    int nt = dyn_threads(threads);
+    uint32_t nlab = dyn_max_label(labels, npix, nt);
     if (nlab == 0)
         return CP_OK;
-    dyn_bbox *bb = dyn_bboxes(labels, Ly, Lx, nlab);
-    if (!bb)
+    dyn_census census;
+    if (dyn_census_make(&census, labels, npix, Lx, nlab, nt) != CP_OK)
         return CP_ENOMEM;
+    const dyn_bbox *bb = census.box;
     int v3 = variant == CP_DYN_V3;
     size_t maxbox = 0;
     long gext = 0;
@@ -261,11 +263,10 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
     if (!v3) {
         H = cp_calloc(npix, sizeof *H, "heat map");
         if (!H) {
-            free(bb);
+            dyn_census_free(&census);
             return CP_ENOMEM;
         }
     }
-    int nt = dyn_threads(threads);
     int fail = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -326,7 +327,7 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
         free(rlo);
     }
     if (fail) {
-        free(bb);
+        dyn_census_free(&census);
         free(H);
         return cp_error(CP_ENOMEM, "out of memory: diffusion boxes");
     }
@@ -347,7 +348,7 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
         }
     }
     free(H);
-    free(bb);
+    dyn_census_free(&census);
     return CP_OK;
 }
 
@@ -363,7 +364,7 @@ int cp_dyn_flow_errors(const uint32_t *labels, int Ly, int Lx, const float *dP,
     *err = NULL;
     *nerr = 0;
     size_t npix = (size_t)Ly * Lx;
-    uint32_t nlab = dyn_max_label(labels, npix);
+    uint32_t nlab = dyn_max_label(labels, npix, threads);
     if (nlab == 0)
         return CP_OK;
     double *sum = cp_calloc((size_t)nlab + 1, 2 * sizeof *sum, "flow errors");

@@ -22,16 +22,15 @@ typedef struct dyn_seed {
  * torch 1.13's unstable CPU argsort gives to tied counts. */
 void dyn_stdsort_seeds(dyn_seed *a, size_t n);
 
-/* Bounding boxes of labels 1..nlab: rows [r0, r1), columns [c0, c1); r1 == 0
- * for labels without pixels. Returned array has nlab+1 entries (index 0 unused). */
+/* Bounding box of a label: rows [r0, r1), columns [c0, c1), npix pixels
+ * (all 0 for a label without pixels). */
 typedef struct dyn_bbox {
     int r0, r1, c0, c1;
     size_t npix;
 } dyn_bbox;
-dyn_bbox *dyn_bboxes(const uint32_t *labels, int Ly, int Lx, uint32_t nlab);
 
-uint32_t dyn_max_label(const uint32_t *labels, size_t npix);
-uint32_t dyn_max_label_par(const uint32_t *labels, size_t npix, int threads);
+/* Largest label value (0 for an empty image); threads 0 = OpenMP default. */
+uint32_t dyn_max_label(const uint32_t *labels, size_t npix, int threads);
 
 /* One pass over a label image (values <= nlab) in `threads` contiguous
  * chunks: per-label pixel counts (box[l].npix; box[0].npix = background),

@@ -19,16 +19,7 @@ static size_t chunk_at(size_t n, int P, int c)
     return n / (size_t)P * (size_t)c + n % (size_t)P * (size_t)c / (size_t)P;
 }
 
-uint32_t dyn_max_label(const uint32_t *labels, size_t npix)
-{
-    uint32_t m = 0;
-    for (size_t i = 0; i < npix; i++)
-        if (labels[i] > m)
-            m = labels[i];
-    return m;
-}
-
-uint32_t dyn_max_label_par(const uint32_t *labels, size_t npix, int threads)
+uint32_t dyn_max_label(const uint32_t *labels, size_t npix, int threads)
 {
     uint32_t m = 0;
 #pragma omp parallel for num_threads(dyn_threads(threads)) schedule(static) \
@@ -44,37 +35,6 @@ void dyn_apply_map(uint32_t *labels, size_t npix, const uint32_t *map, int threa
 #pragma omp parallel for num_threads(dyn_threads(threads)) schedule(static) if (npix >= PAR_MIN)
     for (size_t i = 0; i < npix; i++)
         labels[i] = map[labels[i]];
-}
-
-dyn_bbox *dyn_bboxes(const uint32_t *labels, int Ly, int Lx, uint32_t nlab)
-{
-    dyn_bbox *b = cp_calloc((size_t)nlab + 1, sizeof *b, "label boxes");
-    if (!b)
-        return NULL;
-    for (int y = 0; y < Ly; y++) {
-        const uint32_t *row = labels + (size_t)y * Lx;
-        for (int x = 0; x < Lx; x++) {
-            uint32_t l = row[x];
-            if (!l || l > nlab)
-                continue;
-            dyn_bbox *q = b + l;
-            if (q->npix == 0) {
-                q->r0 = y;
-                q->r1 = y + 1;
-                q->c0 = x;
-                q->c1 = x + 1;
-            } else {
-                if (y + 1 > q->r1)
-                    q->r1 = y + 1;
-                if (x < q->c0)
-                    q->c0 = x;
-                if (x + 1 > q->c1)
-                    q->c1 = x + 1;
-            }
-            q->npix++;
-        }
-    }
-    return b;
 }
 
 /* Tally a run of `run` pixels of label l in row y, columns [x0, x1) (boxes
@@ -224,7 +184,7 @@ static int renumber_serial(uint32_t *labels, size_t npix, uint32_t maxl, uint32_
 
 int cp_dyn_renumber(uint32_t *labels, size_t npix, uint32_t *nlabels)
 {
-    uint32_t maxl = dyn_max_label_par(labels, npix, 0);
+    uint32_t maxl = dyn_max_label(labels, npix, 0);
     if ((size_t)maxl > npix) /* sparse values: a census table would be mostly empty */
         return renumber_serial(labels, npix, maxl, nlabels);
     dyn_census c;
