@@ -45,6 +45,7 @@ static void usage(void)
            "      --norm-percentile LO HI  (1 99)\n"
            "      --exclude-on-edges    drop masks touching the border\n"
            "      --dynamics v3|v4      mask algorithm (default: follows the model)\n"
+           "      --cellpose-v3-compat  reproduce Cellpose 3.1's fill-holes label bug\n"
            "      --from-flows FILE     masks from saved NAME_flows.npy, no network (repeatable)\n"
            "\n"
            "Outputs (next to each image, or under --savedir):\n"
@@ -66,7 +67,7 @@ static void usage(void)
 
 enum {
     OPT_DIAMETER = 256, OPT_CHAN, OPT_CHAN2, OPT_FLOW, OPT_CELLPROB, OPT_MINSIZE, OPT_MAXFRAC, OPT_NITER,
-    OPT_OVERLAP, OPT_BATCH, OPT_AUGMENT, OPT_NONORM, OPT_NORMPCT, OPT_EDGES, OPT_DYNAMICS, OPT_FROMFLOWS,
+    OPT_OVERLAP, OPT_BATCH, OPT_AUGMENT, OPT_NONORM, OPT_NORMPCT, OPT_EDGES, OPT_DYNAMICS, OPT_V3COMPAT, OPT_FROMFLOWS,
     OPT_SAVEDIR, OPT_SAVE, OPT_NOMASKS, OPT_FORCE, OPT_MANIFEST, OPT_GLOB, OPT_SHARD, OPT_FAILFAST,
     OPT_DEVICE, OPT_THREADS, OPT_HELP, OPT_VERSION
 };
@@ -91,6 +92,7 @@ static const struct option long_opts[] = {
     {"norm-percentile", required_argument, 0, OPT_NORMPCT},
     {"exclude-on-edges", no_argument, 0, OPT_EDGES},
     {"dynamics", required_argument, 0, OPT_DYNAMICS},
+    {"cellpose-v3-compat", no_argument, 0, OPT_V3COMPAT},
     {"from-flows", required_argument, 0, OPT_FROMFLOWS},
     {"savedir", required_argument, 0, OPT_SAVEDIR},
     {"save", required_argument, 0, OPT_SAVE},
@@ -445,6 +447,7 @@ int main(int argc, char **argv)
             else
                 cli_usage_error("--dynamics: '%s' is not v3 or v4", optarg);
             break;
+        case OPT_V3COMPAT: J.params.v3_label_bug = 1; break;
         case OPT_FROMFLOWS:
             if (cp_strlist_push(&flows_inputs, optarg) != CP_OK)
                 { status = CLI_EXIT_FATAL; goto out; }

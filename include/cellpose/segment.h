@@ -30,6 +30,7 @@ typedef struct cp_seg_params {
     float max_size_fraction;  /* default 0.4 */
     int exclude_on_edges;     /* drop masks touching the image border */
     int dynamics;             /* 0 = follow the model (CPnet: v3, cpsam: v4), else CP_DYN_V3 / CP_DYN_V4 */
+    int v3_label_bug;         /* 1: reproduce Cellpose 3.1's fill-holes label bug (cp_dyn_params) */
     float diam_mean;          /* 0 = the model file's; Cellpose 3 built-in names use 30 (nuclei 17) */
     int threads;              /* OpenMP threads for this call; 0 = the caller's setting */
 } cp_seg_params;

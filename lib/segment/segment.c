@@ -74,6 +74,7 @@ static int run_dynamics(const float *dP, const float *cellprob, int H, int W, cp
     dp.flow_threshold = p->flow_threshold;
     dp.min_size = p->min_size;
     dp.max_size_fraction = p->max_size_fraction;
+    dp.v3_label_bug = p->v3_label_bug;
     dp.threads = p->threads;
     out->masks = cp_malloc_array((size_t)H * W, sizeof *out->masks, "masks");
     if (!out->masks)

@@ -7,6 +7,7 @@ mkdir -p "$T/in" && cp "$TESTDATA"/seg/*.png "$T/in/"
 
 # help, version, usage errors, missing model
 check "--help" sh -c "$BIN/cpseg --help | grep -q -- --from-flows"
+check "--help lists --cellpose-v3-compat" sh -c "$BIN/cpseg --help | grep -q -- --cellpose-v3-compat"
 check_eq "--version" "$($BIN/cpseg --version)" "cpseg (cptools) $(sed -n 's/^#define CP_VERSION_STRING "\(.*\)"/\1/p' "$CP_ROOT/include/cellpose/core.h")"
 check_fails "bad flag" 2 $BIN/cpseg --bogus "$T/in"
 check_fails "bad number" 2 $SEG --flow-threshold abc "$T/in"
@@ -75,6 +76,11 @@ check_same "masks --batch-size 1 vs 8" "$T/bs1/nuclei_cp_masks.tif" "$T/bs8/nucl
 mkdir -p "$T/ff" && cp "$T/t1/c_flows.npy" "$T/ff/"
 check "from flows" $BIN/cpseg -q --model $W --diameter 30 --from-flows "$T/ff/c_flows.npy"
 check_same "from-flows masks" "$T/ff/c_cp_masks.tif" "$T/t1/c_cp_masks.tif"
+# the v3 compat flag (its effect is in test_segment) changes nothing without flow-check gaps
+mkdir -p "$T/ffc" && cp "$T/t1/c_flows.npy" "$T/ffc/"
+check "from flows, v3 compat" $BIN/cpseg -q --model $W --diameter 30 --cellpose-v3-compat \
+    --from-flows "$T/ffc/c_flows.npy"
+check_same "v3 compat masks" "$T/ffc/c_cp_masks.tif" "$T/t1/c_cp_masks.tif"
 check "from flows, other threshold" $BIN/cpseg -q --model $W --diameter 30 --force --cellprob-threshold 1e9 \
     --save masks_npy --from-flows "$T/ff/c_flows.npy"
 check "high threshold gives no cells" python3 -c "

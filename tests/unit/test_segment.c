@@ -146,8 +146,55 @@ static void test_exclude_edges(void)
     free(flows);
 }
 
+/* Cellpose 3.1's label bug, on request only: flows of five squares, two of
+ * them (2 and 4) turned by 60 degrees, so the flow check removes them (error
+ * 1) and leaves gaps; square 5 is under min_size (20 here). Fixed: 5 goes
+ * (2 cells left). Bug: 5 is third among the labels present, so label 3 goes
+ * instead, and 5 in the second pass (1 cell left). */
+static void test_v3_label_bug(void)
+{
+    enum { H = 64, W = 64 };
+    static uint32_t lab[H * W];
+    static const int box[5][4] = {{4, 10, 4, 10}, /* rows [r0, r1), columns: 36 px */
+                                  {4, 10, 30, 36},
+                                  {30, 37, 4, 11}, /* 49 px */
+                                  {30, 36, 30, 36},
+                                  {50, 54, 50, 54}}; /* 16 px */
+    for (int k = 0; k < 5; k++)
+        for (int y = box[k][0]; y < box[k][1]; y++)
+            for (int x = box[k][2]; x < box[k][3]; x++)
+                lab[y * W + x] = (uint32_t)k + 1;
+    double *mu = malloc(2 * H * W * sizeof *mu);
+    float *flows = malloc(3 * H * W * sizeof *flows);
+    CHECK_OK(cp_masks_to_flows(lab, H, W, CP_DYN_V3, 1, mu));
+    const double c = 0.5, s = sqrt(3.0) / 2;
+    for (int i = 0; i < H * W; i++) {
+        double my = mu[i], mx = mu[H * W + i];
+        int turn = lab[i] == 2 || lab[i] == 4;
+        flows[i] = (float)(5 * (turn ? c * my - s * mx : my));
+        flows[H * W + i] = (float)(5 * (turn ? s * my + c * mx : mx));
+        flows[2 * H * W + i] = lab[i] ? 4.0f : -4.0f;
+    }
+    cp_seg_params sp;
+    cp_seg_params_default(&sp);
+    sp.min_size = 20;
+    cp_seg_result r;
+    for (int bug = 0; bug <= 1; bug++) {
+        sp.v3_label_bug = bug;
+        CHECK_OK(cp_segment_from_flows(flows, H, W, CP_ARCH_CPNET, 30, &sp, &r));
+        int ok = r.ncells == (bug ? 1u : 2u);
+        for (int i = 0; i < H * W; i++)
+            ok &= r.masks[i] == (lab[i] == 1 ? 1u : lab[i] == 3 && !bug ? 2u : 0u);
+        CHECKF(ok, "v3 label bug %d: %u cells", bug, r.ncells);
+        cp_seg_result_free(&r);
+    }
+    free(mu);
+    free(flows);
+}
+
 int main(void)
 {
+    test_v3_label_bug();
     test_outputs();
     test_exclude_edges();
     test_golden_runs();
