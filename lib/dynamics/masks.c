@@ -312,6 +312,20 @@ done:
     return rc;
 }
 
+/* Histogram row or column of a final position: trunc(v) + RPAD, with v
+ * clamped to the image ([0, hi - RPAD]), as Euler's positions always are.
+ * Positions from a caller may be anything: NaN, huge or negative ones clamp
+ * too, so seeds stay RPAD bins from the edge and no conversion overflows. */
+static inline int pos_bin(float v, int hi)
+{
+    if (!(v > 0.0f))
+        return RPAD;
+    if (v >= (float)hi)
+        return hi;
+    int b = (int)v + RPAD;
+    return b > hi ? hi : b;
+}
+
 /* Histogram of the truncated final positions into the zeroed h. Neighbouring
  * pixels mostly end in the same bin, so equal bins are added as runs (fewer
  * atomic adds, no dependency chain on one counter). */
@@ -324,9 +338,7 @@ static void histogram(const float *p, size_t n, int H, int W, int P, int32_t *h,
         uint32_t cur = 0;
         int32_t run = 0;
         for (size_t j = j0; j < j1; j++) {
-            int yb = (int)py[j] + RPAD, xb = (int)px[j] + RPAD;
-            yb = yb < 0 ? 0 : (yb > H - RPAD - 1 ? H - RPAD - 1 : yb);
-            xb = xb < 0 ? 0 : (xb > W - RPAD - 1 ? W - RPAD - 1 : xb);
+            int yb = pos_bin(py[j], H - RPAD - 1), xb = pos_bin(px[j], W - RPAD - 1);
             uint32_t b = (uint32_t)yb * (uint32_t)W + (uint32_t)xb;
             bin[j] = b;
             if (b == cur && run) {

@@ -554,6 +554,25 @@ static void unit_cases(void)
     CHECK(cp_dynamics(dP, cp, Ly, Lx, &prm, lab, NULL) == CP_EINVAL);
     CHECK(cp_dynamics(dP, cp, 0, Lx, &prm, lab, NULL) == CP_EINVAL);
 
+    /* get_masks with a caller's bad positions (NaN, +-inf, huge, negative):
+     * they count as the nearest image pixel, so 12 of them seed a mask at the
+     * corner (0, 0) and 12 huge ones one at the far corner */
+    {
+        for (size_t i = 0; i < npix; i++) cp[i] = i < 24 ? 1.0f : -1.0f;
+        float bad[24 * 2];
+        static const float v[6] = {NAN, -INFINITY, -1e30f, -7.5f, -0.5f, 0.0f};
+        for (int j = 0; j < 12; j++) {
+            bad[j] = v[j % 6];
+            bad[24 + j] = v[(j + 1) % 6];
+            bad[12 + j] = j % 2 ? INFINITY : 3e38f;
+            bad[24 + 12 + j] = j % 3 ? 1e9f : (float)Lx;
+        }
+        int nl = -1, ns = -1;
+        CHECK_OK(cp_dyn_get_masks(bad, cp, Ly, Lx, 0.0f, 0.4, lab, &nl, &ns));
+        CHECK(ns == 2 && nl == 2);
+        CHECK(lab[0] == 1 && lab[12] == 2);
+    }
+
     /* broken flows (NaN, inf, huge) and NaN cellprob: no crash, a result */
     for (int v = 3; v <= 4; v++) {
         for (size_t i = 0; i < npix; i++) {
