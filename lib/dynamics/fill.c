@@ -1,6 +1,7 @@
 /* Fill holes and remove small masks (spec 5.6), Cellpose's
  * fill_holes_and_remove_small_masks: v4 behaviour by default, v3.1.1.3's
  * label-removal bug on request. */
+#include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -385,6 +386,10 @@ int dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min_si
     int rc = make_plan(&fp, &c, maxl, min_size, v3_label_bug);
     if (rc != CP_OK)
         goto done;
+    if (max_box(&fp) > (size_t)INT_MAX) { /* flood queues hold int offsets */
+        rc = cp_error(CP_ELIMIT, "fill_holes: a mask's bounding box exceeds %d pixels", INT_MAX);
+        goto done;
+    }
     rc = CP_ENOMEM;
     nhole = cp_calloc((size_t)fp.J + 1, sizeof *nhole, "hole sizes");
     hoff = cp_calloc((size_t)fp.J + 1, sizeof *hoff, "hole offsets");
