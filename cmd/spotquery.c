@@ -388,9 +388,63 @@ static int select_rows(const args *a, const cp_stable *t, long sample, uint32_t 
     return 0;
 }
 
-static int open_dataset(const args *a, cp_spot_dataset *d)
+/* What a command opens and loads, freed in one place: the dataset, its
+ * loaded table t, the command's output table o, the columns it needs beyond
+ * the filters' (extra) and the selected rows. */
+typedef struct query {
+    const args *a;
+    cp_spot_dataset d;
+    int opened;
+    cp_stable t, o;
+    cp_strlist extra;
+    uint32_t *rows;
+    size_t n;
+} query;
+
+static int query_open(const args *a, query *q)
 {
-    if (cp_spot_dataset_open(a->source, d))
+    memset(q, 0, sizeof *q);
+    q->a = a;
+    if (cp_spot_dataset_open(a->source, &q->d))
+        return fail();
+    q->opened = 1;
+    return 0;
+}
+
+static void query_free(query *q)
+{
+    free(q->rows);
+    cp_stable_free(&q->t);
+    cp_stable_free(&q->o);
+    cp_strlist_free(&q->extra);
+    if (q->opened)
+        cp_spot_dataset_free(&q->d);
+    memset(q, 0, sizeof *q);
+}
+
+/* Loads what the filters and q->extra need, checks the channel flags and
+ * selects the filtered rows (a sample of that many when sample >= 0). */
+static int query_rows(query *q, long sample)
+{
+    const args *a = q->a;
+    if (load(a, &q->d, &q->extra, &q->t))
+        return fail();
+    int rc;
+    if ((rc = check_channels(&q->d, &a->f.channels, "--channel")) ||
+        (rc = check_channels(&q->d, &a->f.unmixed_channels, "--unmixed-channel")))
+        return rc;
+    return select_rows(a, &q->t, sample, &q->rows, &q->n);
+}
+
+/* Columns cols of the selected rows into q->o (non-filter columns are read now). */
+static int query_select(query *q, const cp_strlist *cols)
+{
+    cp_spot_load_opts lo = {0};
+    lo.rounds = q->a->rounds;
+    lo.nrounds = q->a->nrounds;
+    lo.threads = q->a->threads;
+    if (cp_spot_select(&q->d, &lo, &q->t, q->rows, q->n, (const char *const *)cols->items, (int)cols->n,
+                       &q->o))
         return fail();
     return 0;
 }
@@ -399,15 +453,12 @@ static int open_dataset(const args *a, cp_spot_dataset *d)
 
 static int cmd_spots(args *a)
 {
-    cp_spot_dataset d;
-    cp_stable t = {0}, o = {0};
-    cp_strlist all = {0}, cols = {0}, extra = {0};
-    uint32_t *rows = NULL;
-    size_t n = 0;
-    int rc = open_dataset(a, &d);
+    query q;
+    cp_strlist all = {0}, cols = {0};
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
-    if (cp_spot_columns(&d, &all)) {
+    if (cp_spot_columns(&q.d, &all)) {
         rc = fail();
         goto done;
     }
@@ -423,33 +474,13 @@ static int cmd_spots(args *a)
         }
         push_unique(&cols, want->items[i]);
     }
-    push_unique(&extra, a->display_unmixed ? "unmixed_chan" : "chan");
-    if (load(a, &d, &extra, &t)) {
-        rc = fail();
-        goto done;
-    }
-    if ((rc = check_channels(&d, &a->f.channels, "--channel")) ||
-        (rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")))
-        goto done;
-    if ((rc = select_rows(a, &t, a->sample, &rows, &n)))
-        goto done;
-    cp_spot_load_opts lo = {0};
-    lo.rounds = a->rounds;
-    lo.nrounds = a->nrounds;
-    lo.threads = a->threads;
-    if (cp_spot_select(&d, &lo, &t, rows, n, (const char *const *)cols.items, (int)cols.n, &o)) {
-        rc = fail();
-        goto done;
-    }
-    rc = write_table(a, &o);
+    push_unique(&q.extra, a->display_unmixed ? "unmixed_chan" : "chan");
+    if (!(rc = query_rows(&q, a->sample)) && !(rc = query_select(&q, &cols)))
+        rc = write_table(a, &q.o);
 done:
-    free(rows);
-    cp_stable_free(&t);
-    cp_stable_free(&o);
     cp_strlist_free(&all);
     cp_strlist_free(&cols);
-    cp_strlist_free(&extra);
-    cp_spot_dataset_free(&d);
+    query_free(&q);
     return rc;
 }
 
@@ -486,9 +517,12 @@ static cJSON *table_json(const cp_stable *t)
     return arr;
 }
 
-static cJSON *ratios_json(const cp_spot_dataset *d, const args *a, int *status)
+/* The unmixing matrix of the first selected round that has one (*m rows x
+ * cols, to free; NULL if no round has one); returns an exit status. */
+static int ratios_matrix(const cp_spot_dataset *d, const args *a, double **m, int *rows, int *cols)
 {
-    *status = 0;
+    *m = NULL;
+    *rows = *cols = 0;
     for (int i = 0; i < d->nparts; i++) {
         const cp_spot_part *p = &d->parts[i];
         int ok = !a->rounds;
@@ -496,26 +530,39 @@ static cJSON *ratios_json(const cp_spot_dataset *d, const args *a, int *status)
             ok = a->rounds[k] == p->round;
         if (!ok || !p->ratios)
             continue;
-        double *m;
-        int rows, cols;
-        if (cp_spot_read_ratios(p->ratios, &m, &rows, &cols)) {
-            *status = fail();
-            return NULL;
-        }
-        cJSON *arr = cJSON_CreateArray();
-        char buf[40];
-        for (int r = 0; r < rows; r++) {
-            cJSON *row = cJSON_CreateArray();
-            for (int c = 0; c < cols; c++) {
-                cp_format_f64(buf, sizeof buf, m[r * cols + c]);
-                cJSON_AddItemToArray(row, cJSON_CreateRaw(buf));
-            }
-            cJSON_AddItemToArray(arr, row);
-        }
-        free(m);
-        return arr;
+        if (cp_spot_read_ratios(p->ratios, m, rows, cols))
+            return fail();
+        return 0;
     }
-    return NULL;
+    return 0;
+}
+
+static cJSON *ratios_json(const double *m, int rows, int cols)
+{
+    cJSON *arr = cJSON_CreateArray();
+    char buf[40];
+    for (int r = 0; r < rows; r++) {
+        cJSON *row = cJSON_CreateArray();
+        for (int c = 0; c < cols; c++) {
+            cp_format_f64(buf, sizeof buf, m[r * cols + c]);
+            cJSON_AddItemToArray(row, cJSON_CreateRaw(buf));
+        }
+        cJSON_AddItemToArray(arr, row);
+    }
+    return arr;
+}
+
+/* Channel pairs as [[a, b], ...]. */
+static cJSON *pairs_json(const cp_stable *p)
+{
+    cJSON *arr = cJSON_CreateArray();
+    for (size_t i = 0; i < p->nrows; i++) {
+        cJSON *q = cJSON_CreateArray();
+        cJSON_AddItemToArray(q, cJSON_CreateString(cp_scol_str(&p->cols[0], i)));
+        cJSON_AddItemToArray(q, cJSON_CreateString(cp_scol_str(&p->cols[1], i)));
+        cJSON_AddItemToArray(arr, q);
+    }
+    return arr;
 }
 
 static cJSON *sankey_json(const cp_sankey *s)
@@ -570,34 +617,27 @@ static int emit_json(const args *a, cJSON *doc)
 
 static int cmd_api(args *a)
 {
-    cp_spot_dataset d;
-    cp_stable t = {0}, o = {0}, pairs = {0}, sum = {0};
-    cp_strlist extra = {0}, cols = {0};
-    uint32_t *rows = NULL;
-    size_t n = 0;
+    query q;
+    cp_stable pairs = {0}, sum = {0};
+    cp_strlist cols = {0}, sorted = {0}, fp = {0};
     cp_sankey sk = {0};
-    int rc = open_dataset(a, &d);
+    double *ratios = NULL;
+    int nr, nc;
+    cJSON *doc = NULL;
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
-    push_unique(&extra, "unmixed_chan");
-    if (load(a, &d, &extra, &t)) {
+    push_unique(&q.extra, "unmixed_chan");
+    if ((rc = query_rows(&q, a->sample < 0 ? 5000 : a->sample)))
+        goto done;
+    if (cp_spot_sankey(&q.t, &sk) || cp_spot_pairs(&q.d.channels, &pairs)) {
         rc = fail();
         goto done;
     }
-    if ((rc = check_channels(&d, &a->f.channels, "--channel")) ||
-        (rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")))
-        goto done;
-    if (cp_spot_sankey(&t, &sk) || cp_spot_pairs(&d.channels, &pairs)) {
-        rc = fail();
-        goto done;
-    }
-    if ((rc = select_rows(a, &t, a->sample < 0 ? 5000 : a->sample, &rows, &n)))
-        goto done;
     static const char *base[] = {"spot_id", "chan", "r", "dist", "unmixed_chan", "reassigned", "unmixed_removed",
                                  "cell_id", "round", "z", "y", "x"};
     for (int i = 0; i < 12; i++)
         push_unique(&cols, base[i]);
-    cp_strlist sorted = {0};
     for (size_t i = 0; i < pairs.nrows; i++)
         for (int k = 0; k < 2; k++) {
             char buf[160];
@@ -606,43 +646,30 @@ static int cmd_api(args *a)
         }
     for (size_t i = 0; i < sorted.n; i++)
         push_unique(&cols, sorted.items[i]);
-    cp_spot_load_opts lo = {0};
-    lo.rounds = a->rounds;
-    lo.nrounds = a->nrounds;
-    lo.threads = a->threads;
-    rc = cp_spot_select(&d, &lo, &t, rows, n, (const char *const *)cols.items, (int)cols.n, &o);
-    if (rc) {
-        cp_strlist_free(&sorted);
-        rc = fail();
+    if ((rc = query_select(&q, &cols)) || (rc = ratios_matrix(&q.d, a, &ratios, &nr, &nc)))
         goto done;
-    }
-    cJSON *doc = cJSON_CreateObject();
-    cJSON *cp = cJSON_AddArrayToObject(doc, "channel_pairs");
-    for (size_t i = 0; i < pairs.nrows; i++) {
-        cJSON *p = cJSON_CreateArray();
-        cJSON_AddItemToArray(p, cJSON_CreateString(cp_scol_str(&pairs.cols[0], i)));
-        cJSON_AddItemToArray(p, cJSON_CreateString(cp_scol_str(&pairs.cols[1], i)));
-        cJSON_AddItemToArray(cp, p);
-    }
+    const cp_stable *o = &q.o;
+    doc = cJSON_CreateObject();
+    cJSON_AddItemToObject(doc, "channel_pairs", pairs_json(&pairs));
     cJSON *sd = cJSON_AddArrayToObject(doc, "spots_data");
     cJSON *det = cJSON_AddObjectToObject(doc, "spot_details");
-    int dcol[5] = {cp_stable_find(&o, "cell_id"), cp_stable_find(&o, "round"), cp_stable_find(&o, "z"),
-                   cp_stable_find(&o, "y"), cp_stable_find(&o, "x")};
-    for (size_t r = 0; r < o.nrows; r++) {
+    int dcol[5] = {cp_stable_find(o, "cell_id"), cp_stable_find(o, "round"), cp_stable_find(o, "z"),
+                   cp_stable_find(o, "y"), cp_stable_find(o, "x")};
+    for (size_t r = 0; r < o->nrows; r++) {
         cJSON *rec = cJSON_CreateObject();
-        for (int k = 0; k < o.ncols; k++) {
-            const char *nm = o.cols[k].name;
+        for (int k = 0; k < o->ncols; k++) {
+            const char *nm = o->cols[k].name;
             if (!strcmp(nm, "cell_id") || !strcmp(nm, "round") || !strcmp(nm, "z") || !strcmp(nm, "y") ||
                 !strcmp(nm, "x"))
                 continue;
-            cJSON_AddItemToObject(rec, nm, cell_json(&o.cols[k], r));
+            cJSON_AddItemToObject(rec, nm, cell_json(&o->cols[k], r));
         }
         cJSON_AddItemToArray(sd, rec);
         char id[32];
-        cp_scol_format(&o.cols[0], r, 0, id, sizeof id);
+        cp_scol_format(&o->cols[0], r, 0, id, sizeof id);
         cJSON *dd = cJSON_CreateObject();
         for (int k = 0; k < 5; k++) {
-            const cp_scol *c = &o.cols[dcol[k]];
+            const cp_scol *c = &o->cols[dcol[k]];
             if (k == 1 && !cp_scol_is_null(c, r)) { /* SeeSpot keeps round as a string */
                 char buf[16];
                 cp_scol_format(c, r, 0, buf, sizeof buf);
@@ -653,215 +680,144 @@ static int cmd_api(args *a)
         }
         cJSON_AddItemToObject(det, id, dd);
     }
-    cp_strlist fp = {0};
-    cp_spot_fused_paths(&d, a->bucket, &fp);
+    cp_spot_fused_paths(&q.d, a->bucket, &fp);
     cJSON *fa = cJSON_AddArrayToObject(doc, "fused_s3_paths");
     for (size_t i = 0; i < fp.n; i++)
         cJSON_AddItemToArray(fa, cJSON_CreateString(fp.items[i]));
-    cp_strlist_free(&fp);
-    int st;
-    cJSON *rat = ratios_json(&d, a, &st);
-    if (st) {
-        cJSON_Delete(doc);
-        cp_strlist_free(&sorted);
-        rc = st;
-        goto done;
-    }
-    if (rat)
-        cJSON_AddItemToObject(doc, "ratios", rat);
-    if (cp_spot_summary_files(&d, a->rounds, a->nrounds, &sum) == 0)
+    if (ratios)
+        cJSON_AddItemToObject(doc, "ratios", ratios_json(ratios, nr, nc));
+    if (cp_spot_summary_files(&q.d, a->rounds, a->nrounds, &sum) == 0)
         cJSON_AddItemToObject(doc, "summary_stats", table_json(&sum));
     cJSON_AddItemToObject(doc, "sankey_data", sankey_json(&sk));
-    cp_strlist_free(&sorted);
     rc = emit_json(a, doc);
+    doc = NULL;
 done:
-    free(rows);
+    cJSON_Delete(doc);
+    free(ratios);
     cp_sankey_free(&sk);
-    cp_stable_free(&t);
-    cp_stable_free(&o);
     cp_stable_free(&pairs);
     cp_stable_free(&sum);
-    cp_strlist_free(&extra);
     cp_strlist_free(&cols);
-    cp_spot_dataset_free(&d);
+    cp_strlist_free(&sorted);
+    cp_strlist_free(&fp);
+    query_free(&q);
     return rc;
 }
 
 static int cmd_summary(args *a)
 {
-    cp_spot_dataset d;
-    cp_stable s = {0}, t = {0};
-    int rc = open_dataset(a, &d);
+    query q;
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
     int have = 0;
-    for (int i = 0; i < d.nparts; i++)
-        have |= d.parts[i].summary != NULL;
+    for (int i = 0; i < q.d.nparts; i++)
+        have |= q.d.parts[i].summary != NULL;
     if (a->recompute || !have) {
-        cp_strlist extra = {0};
-        push_unique(&extra, "round");
-        push_unique(&extra, "unmixed_chan");
-        rc = load(a, &d, &extra, &t) || cp_spot_summary_compute(&d, &t, &s);
-        cp_strlist_free(&extra);
+        push_unique(&q.extra, "round");
+        push_unique(&q.extra, "unmixed_chan");
+        rc = load(a, &q.d, &q.extra, &q.t) || cp_spot_summary_compute(&q.d, &q.t, &q.o);
     } else {
-        rc = cp_spot_summary_files(&d, a->rounds, a->nrounds, &s);
+        rc = cp_spot_summary_files(&q.d, a->rounds, a->nrounds, &q.o);
     }
-    rc = rc ? fail() : write_table(a, &s);
-    cp_stable_free(&s);
-    cp_stable_free(&t);
-    cp_spot_dataset_free(&d);
+    rc = rc ? fail() : write_table(a, &q.o);
+    query_free(&q);
     return rc;
 }
 
 static int cmd_pairs(args *a)
 {
-    cp_spot_dataset d;
-    cp_stable p = {0}, t = {0};
-    int rc = open_dataset(a, &d);
+    query q;
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
-    if (!d.channels.n && (load(a, &d, NULL, &t)))
+    if ((!q.d.channels.n && load(a, &q.d, NULL, &q.t)) || cp_spot_pairs(&q.d.channels, &q.o))
         rc = fail();
-    if (!rc && cp_spot_pairs(&d.channels, &p))
-        rc = fail();
-    if (!rc) {
-        if (a->format == CP_FMT_JSON) {
-            cJSON *arr = cJSON_CreateArray();
-            for (size_t i = 0; i < p.nrows; i++) {
-                cJSON *q = cJSON_CreateArray();
-                cJSON_AddItemToArray(q, cJSON_CreateString(cp_scol_str(&p.cols[0], i)));
-                cJSON_AddItemToArray(q, cJSON_CreateString(cp_scol_str(&p.cols[1], i)));
-                cJSON_AddItemToArray(arr, q);
-            }
-            rc = emit_json(a, arr);
-        } else {
-            rc = write_table(a, &p);
-        }
-    }
-    cp_stable_free(&p);
-    cp_stable_free(&t);
-    cp_spot_dataset_free(&d);
+    else if (a->format == CP_FMT_JSON)
+        rc = emit_json(a, pairs_json(&q.o));
+    else
+        rc = write_table(a, &q.o);
+    query_free(&q);
     return rc;
 }
 
 static int cmd_ratios(args *a)
 {
-    cp_spot_dataset d;
-    int rc = open_dataset(a, &d);
+    query q;
+    double *m = NULL;
+    int nr, nc;
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
-    int st;
-    cJSON *m = ratios_json(&d, a, &st);
-    if (st) {
-        cp_spot_dataset_free(&d);
-        return st;
-    }
+    if ((rc = ratios_matrix(&q.d, a, &m, &nr, &nc)))
+        goto done;
     if (!m) {
         cli_err("%s: no r<N>_ratios.txt", a->source);
-        cp_spot_dataset_free(&d);
-        return CLI_EXIT_FATAL;
-    }
-    if (a->format == CP_FMT_JSON || a->format == CP_FMT_NDJSON) {
-        rc = emit_json(a, m);
+        rc = CLI_EXIT_FATAL;
+    } else if (a->format == CP_FMT_JSON || a->format == CP_FMT_NDJSON) {
+        rc = emit_json(a, ratios_json(m, nr, nc));
     } else {
         /* one row per dye, columns = channels when they match */
-        cp_stable t = {0};
-        int nr = cJSON_GetArraySize(m), nc = nr ? cJSON_GetArraySize(cJSON_GetArrayItem(m, 0)) : 0;
+        cp_stable *t = &q.o;
         for (int c = 0; c < nc && !rc; c++) {
             char nm[64];
-            if ((size_t)nc == d.channels.n)
-                snprintf(nm, sizeof nm, "%s", d.channels.items[c]);
+            if ((size_t)nc == q.d.channels.n)
+                snprintf(nm, sizeof nm, "%s", q.d.channels.items[c]);
             else
                 snprintf(nm, sizeof nm, "c%d", c + 1);
-            rc = cp_stable_add_col(&t, nm, CP_SCOL_F64);
+            rc = cp_stable_add_col(t, nm, CP_SCOL_F64);
         }
         if (!rc)
-            rc = cp_stable_reserve(&t, (size_t)nr);
+            rc = cp_stable_reserve(t, (size_t)nr);
         for (int r = 0; r < nr && !rc; r++)
             for (int c = 0; c < nc; c++)
-                ((double *)t.cols[c].v)[r] = strtod(cJSON_GetArrayItem(cJSON_GetArrayItem(m, r), c)->valuestring, NULL);
-        t.nrows = (size_t)nr;
-        cJSON_Delete(m);
-        rc = rc ? fail() : write_table(a, &t);
-        cp_stable_free(&t);
+                ((double *)t->cols[c].v)[r] = m[r * nc + c];
+        t->nrows = (size_t)nr;
+        rc = rc ? fail() : write_table(a, t);
     }
-    cp_spot_dataset_free(&d);
+done:
+    free(m);
+    query_free(&q);
     return rc;
 }
 
 static int cmd_sankey(args *a)
 {
-    cp_spot_dataset d;
-    cp_stable t = {0}, o = {0};
+    query q;
     cp_sankey sk = {0};
-    cp_strlist extra = {0};
-    int rc = open_dataset(a, &d);
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
-    push_unique(&extra, "unmixed_chan");
-    if (load(a, &d, &extra, &t) || cp_spot_sankey(&t, &sk)) {
+    push_unique(&q.extra, "unmixed_chan");
+    if (load(a, &q.d, &q.extra, &q.t) || cp_spot_sankey(&q.t, &sk))
         rc = fail();
-    } else if (a->format == CP_FMT_CSV || a->format == CP_FMT_TSV) {
-        static const char *names[] = {"source", "target", "value", "flow_type", "percentage"};
-        static const cp_scol_type types[] = {CP_SCOL_STR, CP_SCOL_STR, CP_SCOL_I64, CP_SCOL_STR, CP_SCOL_F64};
-        for (int k = 0; k < 5 && !rc; k++)
-            rc = cp_stable_add_col(&o, names[k], types[k]);
-        rc = rc ? rc : cp_stable_reserve(&o, (size_t)sk.nlinks);
-        for (int i = 0; i < sk.nlinks && !rc; i++) {
-            const cp_sankey_link *L = &sk.links[i];
-            int32_t c;
-            cp_sdict_intern(&o.cols[0].dict, L->source, strlen(L->source), &c);
-            ((int32_t *)o.cols[0].v)[i] = c;
-            cp_sdict_intern(&o.cols[1].dict, L->target, strlen(L->target), &c);
-            ((int32_t *)o.cols[1].v)[i] = c;
-            ((int64_t *)o.cols[2].v)[i] = L->value;
-            cp_sdict_intern(&o.cols[3].dict, L->flow_type, strlen(L->flow_type), &c);
-            ((int32_t *)o.cols[3].v)[i] = c;
-            ((double *)o.cols[4].v)[i] = L->percentage;
-        }
-        o.nrows = (size_t)sk.nlinks;
-        rc = rc ? fail() : write_table(a, &o);
-    } else {
+    else if (a->format == CP_FMT_CSV || a->format == CP_FMT_TSV)
+        rc = cp_sankey_table(&sk, &q.o) ? fail() : write_table(a, &q.o);
+    else
         rc = emit_json(a, sankey_json(&sk));
-    }
     cp_sankey_free(&sk);
-    cp_stable_free(&t);
-    cp_stable_free(&o);
-    cp_strlist_free(&extra);
-    cp_spot_dataset_free(&d);
+    query_free(&q);
     return rc;
 }
 
 static int cmd_counts(args *a)
 {
-    cp_spot_dataset d;
-    cp_stable t = {0}, o = {0};
-    cp_strlist extra = {0};
-    uint32_t *rows = NULL;
-    size_t n = 0;
-    int rc = open_dataset(a, &d);
+    query q;
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
     if (!a->all)
         a->f.valid_only = 1;
-    push_unique(&extra, "cell_id");
-    push_unique(&extra, a->by_mixed ? "chan" : "unmixed_chan");
-    if (load(a, &d, &extra, &t))
-        rc = fail();
-    else if (!(rc = check_channels(&d, &a->f.channels, "--channel")) &&
-             !(rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")) &&
-             !(rc = select_rows(a, &t, -1, &rows, &n))) {
-        if (cp_spot_counts(&d, &t, rows, n, a->by_mixed ? CP_COUNT_MIXED : CP_COUNT_UNMIXED, a->genes,
-                           a->background, &o))
+    push_unique(&q.extra, "cell_id");
+    push_unique(&q.extra, a->by_mixed ? "chan" : "unmixed_chan");
+    if (!(rc = query_rows(&q, -1))) {
+        if (cp_spot_counts(&q.d, &q.t, q.rows, q.n, a->by_mixed ? CP_COUNT_MIXED : CP_COUNT_UNMIXED, a->genes,
+                           a->background, &q.o))
             rc = fail();
         else
-            rc = write_table(a, &o);
+            rc = write_table(a, &q.o);
     }
-    free(rows);
-    cp_stable_free(&t);
-    cp_stable_free(&o);
-    cp_strlist_free(&extra);
-    cp_spot_dataset_free(&d);
+    query_free(&q);
     return rc;
 }
 
@@ -877,18 +833,14 @@ static int cmd_datasets(args *a)
 
 static int cmd_neuroglancer(args *a)
 {
-    cp_spot_dataset d;
-    cp_stable t = {0};
-    cp_strlist extra = {0};
-    uint32_t *rows = NULL;
-    size_t n = 0;
+    query q;
     char *json = NULL;
-    int rc = open_dataset(a, &d);
+    int rc = query_open(a, &q);
     if (rc)
         return rc;
-    push_unique(&extra, "z");
-    push_unique(&extra, "y");
-    push_unique(&extra, "x");
+    push_unique(&q.extra, "z");
+    push_unique(&q.extra, "y");
+    push_unique(&q.extra, "x");
     if (a->spot > 0) {
         char buf[32];
         snprintf(buf, sizeof buf, "spot_id = %ld", a->spot);
@@ -897,15 +849,9 @@ static int cmd_neuroglancer(args *a)
         a->f.where = realloc(a->f.where, (size_t)(a->f.nwhere + 1) * sizeof w);
         a->f.where[a->f.nwhere++] = w;
     }
-    if (load(a, &d, &extra, &t)) {
-        rc = fail();
+    if ((rc = query_rows(&q, -1)))
         goto done;
-    }
-    if ((rc = check_channels(&d, &a->f.channels, "--channel")) ||
-        (rc = check_channels(&d, &a->f.unmixed_channels, "--unmixed-channel")))
-        goto done;
-    if ((rc = select_rows(a, &t, -1, &rows, &n)))
-        goto done;
+    size_t n = q.n;
     if (n == 0) {
         cli_err(a->spot > 0 ? "no spot %ld in %s" : "no spot passes the filters%.0ld in %s", a->spot, a->source);
         rc = CLI_EXIT_FATAL;
@@ -921,7 +867,7 @@ static int cmd_neuroglancer(args *a)
         snprintf(lname, sizeof lname, "spot_%ld", a->spot);
         no.layer_name = lname;
     }
-    if (cp_spot_ng_state(&d, &t, rows, n, &no, &json)) {
+    if (cp_spot_ng_state(&q.d, &q.t, q.rows, n, &no, &json)) {
         rc = fail();
         goto done;
     }
@@ -942,10 +888,7 @@ static int cmd_neuroglancer(args *a)
     }
 done:
     free(json);
-    free(rows);
-    cp_stable_free(&t);
-    cp_strlist_free(&extra);
-    cp_spot_dataset_free(&d);
+    query_free(&q);
     return rc;
 }
 

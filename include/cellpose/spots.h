@@ -257,6 +257,8 @@ typedef struct cp_sankey {
 } cp_sankey;
 
 int cp_spot_sankey(const cp_stable *t, cp_sankey *s);
+/* The links as a table: source, target, value, flow_type, percentage. */
+int cp_sankey_table(const cp_sankey *s, cp_stable *out);
 void cp_sankey_free(cp_sankey *s);
 
 typedef enum { CP_COUNT_UNMIXED = 0, CP_COUNT_MIXED = 1 } cp_count_by;

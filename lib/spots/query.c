@@ -780,6 +780,36 @@ void cp_sankey_free(cp_sankey *s)
     memset(s, 0, sizeof *s);
 }
 
+int cp_sankey_table(const cp_sankey *s, cp_stable *out)
+{
+    static const char *names[] = {"source", "target", "value", "flow_type", "percentage"};
+    static const cp_scol_type types[] = {CP_SCOL_STR, CP_SCOL_STR, CP_SCOL_I64, CP_SCOL_STR, CP_SCOL_F64};
+    memset(out, 0, sizeof *out);
+    int rc = CP_OK;
+    for (int k = 0; k < 5 && !rc; k++)
+        rc = cp_stable_add_col(out, names[k], types[k]);
+    if (!rc)
+        rc = cp_stable_reserve(out, (size_t)s->nlinks);
+    for (int i = 0; i < s->nlinks && !rc; i++) {
+        const cp_sankey_link *L = &s->links[i];
+        const char *str[3] = {L->source, L->target, L->flow_type};
+        static const int strcol[3] = {0, 1, 3};
+        for (int k = 0; k < 3 && !rc; k++) {
+            int32_t c = -1;
+            rc = cp_sdict_intern(&out->cols[strcol[k]].dict, str[k], strlen(str[k]), &c);
+            ((int32_t *)out->cols[strcol[k]].v)[i] = c;
+        }
+        ((int64_t *)out->cols[2].v)[i] = L->value;
+        ((double *)out->cols[4].v)[i] = L->percentage;
+    }
+    if (rc) {
+        cp_stable_free(out);
+        return rc;
+    }
+    out->nrows = (size_t)s->nlinks;
+    return CP_OK;
+}
+
 static int removed_last_cmp(const void *a, const void *b)
 {
     const char *x = *(char *const *)a, *y = *(char *const *)b;

@@ -135,6 +135,21 @@ static void test_dataset(void)
     cp_sankey s;
     CHECK_OK(cp_spot_sankey(&t, &s));
     CHECK(s.total == 500 && s.threshold == 5 && !strcmp(s.final.items[s.final.n - 1], "Removed"));
+    /* the links as a table: one row a link, the same values */
+    cp_stable st;
+    CHECK_OK(cp_sankey_table(&s, &st));
+    CHECK(st.nrows == (size_t)s.nlinks && st.ncols == 5 && s.nlinks > 0);
+    int64_t links_total = 0;
+    for (int i = 0; i < s.nlinks && st.ncols == 5; i++) {
+        CHECK(!strcmp(cp_scol_str(&st.cols[0], i), s.links[i].source));
+        CHECK(!strcmp(cp_scol_str(&st.cols[1], i), s.links[i].target));
+        CHECK(!strcmp(cp_scol_str(&st.cols[3], i), s.links[i].flow_type));
+        CHECK(((const int64_t *)st.cols[2].v)[i] == s.links[i].value);
+        CHECK(((const double *)st.cols[4].v)[i] == s.links[i].percentage);
+        links_total += s.links[i].value;
+    }
+    CHECK(links_total > 0 && links_total <= s.total);
+    cp_stable_free(&st);
     cp_sankey_free(&s);
     char *json = NULL;
     uint32_t row = 4;
