@@ -298,6 +298,19 @@ int cp_cells_write_dir(const cp_image *img, const cp_image *masks, const char *m
     return cp_atomic_dir_commit(&d);
 }
 
+/* The cells into an open archive, which is closed (or dropped on failure). */
+static int write_cells_zip(cp_zip *z, const cp_image *img, const cp_image *masks, const char *masks_name,
+                           const cp_cells_opts *o, cp_cells_result *res)
+{
+    sink s = {.add = zip_add, .zip = z};
+    int rc = write_cells(img, masks, masks_name, o, &s, res);
+    if (rc != CP_OK) {
+        cp_zip_abort(z);
+        return rc;
+    }
+    return cp_zip_close(z);
+}
+
 int cp_cells_write_zip_fp(const cp_image *img, const cp_image *masks, const char *masks_name, FILE *fp,
                           const char *name, const cp_cells_opts *o, cp_cells_result *res)
 {
@@ -309,13 +322,7 @@ int cp_cells_write_zip_fp(const cp_image *img, const cp_image *masks, const char
     int rc = cp_zip_open_fp(&z, fp, name, NULL);
     if (rc != CP_OK)
         return rc;
-    sink s = {.add = zip_add, .zip = z};
-    rc = write_cells(img, masks, masks_name, o, &s, res);
-    if (rc != CP_OK) {
-        cp_zip_abort(z);
-        return rc;
-    }
-    return cp_zip_close(z);
+    return write_cells_zip(z, img, masks, masks_name, o, res);
 }
 
 int cp_cells_write_zip(const cp_image *img, const cp_image *masks, const char *masks_name, const char *zip_path,
@@ -338,11 +345,5 @@ int cp_cells_write_zip(const cp_image *img, const cp_image *masks, const char *m
     rc = cp_zip_open(&z, zip_path, o && o->overwrite, NULL);
     if (rc != CP_OK)
         return rc;
-    sink s = {.add = zip_add, .zip = z};
-    rc = write_cells(img, masks, masks_name, o, &s, res);
-    if (rc != CP_OK) {
-        cp_zip_abort(z);
-        return rc;
-    }
-    return cp_zip_close(z);
+    return write_cells_zip(z, img, masks, masks_name, o, res);
 }
