@@ -1149,19 +1149,7 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
     free(alt);
     if (rc)
         goto done;
-    /* drop bitmaps that stayed empty */
-    for (int c = 0; c < out->ncols; c++) {
-        cp_scol *k = &out->cols[c];
-        if (!k->nulls)
-            continue;
-        size_t nb = (out->nrows + 7) / 8, i;
-        for (i = 0; i < nb && !k->nulls[i]; i++)
-            ;
-        if (i == nb) {
-            free(k->nulls);
-            k->nulls = NULL;
-        }
-    }
+    cp_stable_trim_nulls(out);
 done:
     free(L.out);
     free(L.next);
