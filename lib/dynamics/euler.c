@@ -178,6 +178,33 @@ static inline int next_save(int t)
         }                                                                       \
     } while (0)
 
+/* The first state of pixel i: (y, x) for v3, (gx, gy) for v4. */
+static inline void start_state(int v3, uint32_t i, int Lx, float Wn, float Hn, float *a,
+                               float *b)
+{
+    float y = (float)(i / (uint32_t)Lx), x = (float)(i % (uint32_t)Lx);
+    if (v3) {
+        *a = y;
+        *b = x;
+    } else {
+        *a = (x / Wn) * 2.0f - 1.0f;
+        *b = (y / Hn) * 2.0f - 1.0f;
+    }
+}
+
+/* The final state as a position: (y, x) for v3; v4 maps back to pixels. */
+static inline void store_pos(int v3, float a, float b, size_t j, float Wn, float Hn, float *py,
+                             float *px)
+{
+    if (v3) {
+        py[j] = a;
+        px[j] = b;
+    } else {
+        px[j] = ((a + 1.0f) * 0.5f) * Wn;
+        py[j] = ((b + 1.0f) * 0.5f) * Hn;
+    }
+}
+
 /* ---- AVX2: 8 pixels at once (lanes), the same float/double operations as
  * the scalar steps, so lane results are bit-identical to them (no contraction:
  * -ffp-contract=off; FMAs only where torch has them). Each lane follows its own
@@ -313,17 +340,6 @@ __attribute__((target("avx2,fma"), always_inline)) static inline void step8_v4(c
 
 #define FOLLOW_CHUNK 2048
 
-static inline void store_pos(int v3, float a, float b, size_t j, float Wn, float Hn, float *py,
-                             float *px)
-{
-    if (v3) {
-        py[j] = a;
-        px[j] = b;
-    } else {
-        px[j] = ((a + 1.0f) * 0.5f) * Wn;
-        py[j] = ((b + 1.0f) * 0.5f) * Hn;
-    }
-}
 
 /* A pixel in a cycle longer than 2 that still has rem < period steps to go. */
 typedef struct tail {
@@ -378,19 +394,6 @@ typedef struct lanes8 {
     size_t J[8];
 } lanes8;
 
-/* The first state of pixel idx[j]: (y, x) for v3, (gx, gy) for v4. */
-static inline void start_state(int v3, uint32_t i, int Lx, float Wn, float Hn, float *a,
-                               float *b)
-{
-    float y = (float)(i / (uint32_t)Lx), x = (float)(i % (uint32_t)Lx);
-    if (v3) {
-        *a = y;
-        *b = x;
-    } else {
-        *a = (x / Wn) * 2.0f - 1.0f;
-        *b = (y / Hn) * 2.0f - 1.0f;
-    }
-}
 
 /* Ends the lanes in mask fin (their results written or queued as tails) and
  * gives them the next pixels of [*next, j1); returns how many lanes went idle. */
@@ -709,25 +712,16 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
         return CP_OK;
     }
 #endif
-    if (v3) {
+    float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
-        for (size_t j = 0; j < n; j++) {
-            float y = (float)(idx[j] / (uint32_t)Lx), x = (float)(idx[j] % (uint32_t)Lx);
-            FOLLOW(step_v3(g.P, g.rs, Ly, Lx, &y, &x), y, x);
-            py[j] = y;
-            px[j] = x;
-        }
-    } else {
-        float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
-        for (size_t j = 0; j < n; j++) {
-            float gy = (float)(idx[j] / (uint32_t)Lx), gx = (float)(idx[j] % (uint32_t)Lx);
-            gx = (gx / Wn) * 2.0f - 1.0f;
-            gy = (gy / Hn) * 2.0f - 1.0f;
-            FOLLOW(step_v4(&c, &gx, &gy), gx, gy);
-            px[j] = ((gx + 1.0f) * 0.5f) * Wn;
-            py[j] = ((gy + 1.0f) * 0.5f) * Hn;
-        }
+    for (size_t j = 0; j < n; j++) {
+        float a, b;
+        start_state(v3, idx[j], Lx, Wn, Hn, &a, &b);
+        if (v3)
+            FOLLOW(step_v3(g.P, g.rs, Ly, Lx, &a, &b), a, b);
+        else
+            FOLLOW(step_v4(&c, &a, &b), a, b);
+        store_pos(v3, a, b, j, Wn, Hn, py, px);
     }
     free(g.P);
     free(idx);
