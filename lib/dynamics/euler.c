@@ -47,12 +47,26 @@ int cp_dyn_niter(cp_dyn_variant variant, double diameter, double diam_mean)
     return (int)n;
 }
 
+void dyn_count_followed(const float *cellprob, size_t npix, float threshold, size_t nchunks,
+                        int threads, size_t *first)
+{
+    first[0] = 0;
+#pragma omp parallel for num_threads(dyn_threads(threads)) schedule(static) if (npix >= 65536)
+    for (size_t k = 0; k < nchunks; k++) {
+        size_t c = 0;
+        for (size_t i = dyn_chunk_at(npix, nchunks, k); i < dyn_chunk_at(npix, nchunks, k + 1); i++)
+            c += cellprob[i] > threshold;
+        first[k + 1] = c;
+    }
+    for (size_t k = 0; k < nchunks; k++)
+        first[k + 1] += first[k];
+}
+
 size_t cp_dyn_count_followed(const float *cellprob, size_t npix, float threshold)
 {
-    size_t n = 0;
-    for (size_t i = 0; i < npix; i++)
-        n += cellprob[i] > threshold;
-    return n;
+    size_t first[2];
+    dyn_count_followed(cellprob, npix, threshold, 1, 1, first);
+    return first[1];
 }
 
 static inline uint32_t fbits(float f)
@@ -612,17 +626,7 @@ static int flowgrid_build(const float *dP, const float *cellprob, int Ly, int Lx
     *pidx = NULL;
     if (!rowoff || !g->P)
         goto oom;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int y = 0; y < Ly; y++) {
-        const float *c = cellprob + (size_t)y * Lx;
-        size_t k = 0;
-        for (int x = 0; x < Lx; x++)
-            k += c[x] > threshold;
-        rowoff[y + 1] = k;
-    }
-    rowoff[0] = 0;
-    for (int y = 0; y < Ly; y++)
-        rowoff[y + 1] += rowoff[y];
+    dyn_count_followed(cellprob, npix, threshold, (size_t)Ly, nt, rowoff);
     *pn = rowoff[Ly];
     *pidx = cp_malloc_array(*pn ? *pn : 1, sizeof(uint32_t), "dynamics followed pixels");
     if (!*pidx)

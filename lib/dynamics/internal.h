@@ -12,6 +12,19 @@ static inline int dyn_threads(int threads)
     return threads > 0 ? threads : omp_get_max_threads();
 }
 
+/* Start of chunk c of n items cut in P contiguous chunks. */
+static inline size_t dyn_chunk_at(size_t n, size_t P, size_t c)
+{
+    return n / P * c + n % P * c / P;
+}
+
+/* Followed pixels (cellprob > threshold) counted in nchunks contiguous chunks
+ * of [0, npix) (chunk k starts at dyn_chunk_at(npix, nchunks, k); nchunks = Ly
+ * gives rows): first[k] = followed pixels before chunk k, first[nchunks] =
+ * all. first has nchunks + 1 entries. */
+void dyn_count_followed(const float *cellprob, size_t npix, float threshold, size_t nchunks,
+                        int threads, size_t *first);
+
 /* A seed: its histogram count and raster index in the histogram. */
 typedef struct dyn_seed {
     int32_t count;

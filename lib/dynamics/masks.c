@@ -13,10 +13,9 @@
 /* Below this many pixels a pass is not worth a thread team. */
 #define PAR_MIN 65536
 
-/* Start of chunk c of n items cut in P contiguous chunks. */
 static size_t chunk_at(size_t n, int P, int c)
 {
-    return n / (size_t)P * (size_t)c + n % (size_t)P * (size_t)c / (size_t)P;
+    return dyn_chunk_at(n, (size_t)P, (size_t)c);
 }
 
 uint32_t dyn_max_label(const uint32_t *labels, size_t npix, int threads)
@@ -366,22 +365,6 @@ int cp_dyn_get_masks(const float *p, const float *cellprob, int Ly, int Lx, floa
                          nseeds);
 }
 
-/* first[k + 1] = pixels followed (cellprob > threshold) in chunks 0..k. */
-static void count_followed(const float *cellprob, size_t npix, float threshold, int P,
-                           size_t *first)
-{
-    first[0] = 0;
-#pragma omp parallel for num_threads(P) schedule(static)
-    for (int k = 0; k < P; k++) {
-        size_t c = 0;
-        for (size_t i = chunk_at(npix, P, k); i < chunk_at(npix, P, k + 1); i++)
-            c += cellprob[i] > threshold;
-        first[k + 1] = c;
-    }
-    for (int k = 0; k < P; k++)
-        first[k + 1] += first[k];
-}
-
 /* Once every seed has grown, h is no longer needed as counts: store each
  * seed's label (k + 1) over its grown region as -label (counts are >= 0), in
  * seed order so later seeds overwrite earlier ones. This replaces a second
@@ -441,7 +424,7 @@ int dyn_get_masks(const float *p, const float *cellprob, int Ly, int Lx, float t
         memset(labels, 0, npix * sizeof *labels);
         return CP_ENOMEM;
     }
-    count_followed(cellprob, npix, threshold, P, first);
+    dyn_count_followed(cellprob, npix, threshold, (size_t)P, P, first);
     size_t n = first[P];
     int H = Ly + 2 * RPAD, W = Lx + 2 * RPAD;
     size_t nb = (size_t)H * W;
