@@ -792,13 +792,9 @@ int cp_sankey_table(const cp_sankey *s, cp_stable *out)
         rc = cp_stable_reserve(out, (size_t)s->nlinks);
     for (int i = 0; i < s->nlinks && !rc; i++) {
         const cp_sankey_link *L = &s->links[i];
-        const char *str[3] = {L->source, L->target, L->flow_type};
-        static const int strcol[3] = {0, 1, 3};
-        for (int k = 0; k < 3 && !rc; k++) {
-            int32_t c = -1;
-            rc = cp_sdict_intern(&out->cols[strcol[k]].dict, str[k], strlen(str[k]), &c);
-            ((int32_t *)out->cols[strcol[k]].v)[i] = c;
-        }
+        rc = set_str(&out->cols[0], (size_t)i, L->source);
+        rc = rc ? rc : set_str(&out->cols[1], (size_t)i, L->target);
+        rc = rc ? rc : set_str(&out->cols[3], (size_t)i, L->flow_type);
         ((int64_t *)out->cols[2].v)[i] = L->value;
         ((double *)out->cols[4].v)[i] = L->percentage;
     }
