@@ -324,18 +324,25 @@ static int push_unique(cp_strlist *l, const char *s)
     return cp_strlist_push(l, s);
 }
 
+/* The rounds and threads asked for, as load options. */
+static cp_spot_load_opts load_opts(const args *a)
+{
+    cp_spot_load_opts lo = {0};
+    lo.rounds = a->rounds;
+    lo.nrounds = a->nrounds;
+    lo.threads = a->threads;
+    return lo;
+}
+
 static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_stable *t)
 {
     cp_strlist need = {0};
     cp_spot_filter_columns(&a->f, &need);
     for (size_t i = 0; extra && i < extra->n; i++)
         push_unique(&need, extra->items[i]);
-    cp_spot_load_opts lo = {0};
+    cp_spot_load_opts lo = load_opts(a);
     lo.columns = (const char *const *)need.items;
     lo.ncolumns = (int)need.n;
-    lo.rounds = a->rounds;
-    lo.nrounds = a->nrounds;
-    lo.threads = a->threads;
     double t0 = cp_seconds();
     int rc = cp_spot_load(d, &lo, t);
     cp_strlist_free(&need);
@@ -439,10 +446,7 @@ static int query_rows(query *q, long sample)
 /* Columns cols of the selected rows into q->o (non-filter columns are read now). */
 static int query_select(query *q, const cp_strlist *cols)
 {
-    cp_spot_load_opts lo = {0};
-    lo.rounds = q->a->rounds;
-    lo.nrounds = q->a->nrounds;
-    lo.threads = q->a->threads;
+    cp_spot_load_opts lo = load_opts(q->a);
     if (cp_spot_select(&q->d, &lo, &q->t, q->rows, q->n, (const char *const *)cols->items, (int)cols->n,
                        &q->o))
         return fail();
