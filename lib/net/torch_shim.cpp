@@ -5,6 +5,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/TensorIndexing.h>
+#include <ATen/ops/mkldnn_convolution.h>
 #include <algorithm>
 #include <c10/core/InferenceMode.h>
 #include <torch/cuda.h>
@@ -192,12 +193,20 @@ BConv load_bconv(const LoaderT &L, const std::string &p, bool relu)
     return c;
 }
 
+at::Tensor conv(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &b,
+                int64_t stride, int64_t pad)
+{
+    if (x.is_cpu() && x.scalar_type() == at::kFloat)
+        return at::mkldnn_convolution(x, w, b, {pad, pad}, {stride, stride}, {1, 1}, 1);
+    return at::conv2d(x, w, b, stride, pad);
+}
+
 at::Tensor run(const BConv &c, const at::Tensor &x)
 {
     at::Tensor y = at::batch_norm(x, c.bn.w, c.bn.b, c.bn.mean, c.bn.var, c.bn.train, 0.05, 1e-5, false);
     if (c.relu)
         y = at::relu_(y);
-    return at::conv2d(y, c.w, c.b, 1, c.pad);
+    return conv(y, c.w, c.b, 1, c.pad);
 }
 
 at::Tensor run_style(const Style &s, const at::Tensor &style, const at::Tensor &x,
@@ -347,7 +356,7 @@ at::Tensor attention(const Block &b, const at::Tensor &x, int heads)
 at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
 {
     int64_t E = s->info.embed;
-    at::Tensor t = at::conv2d(x, s->pe_w, s->pe_b, s->info.patch).permute({0, 2, 3, 1});
+    at::Tensor t = conv(x, s->pe_w, s->pe_b, s->info.patch, 0).permute({0, 2, 3, 1});
     t = t + s->pos;
     for (const Block &b : s->blocks) {
         at::Tensor h = at::layer_norm(t, {E}, b.n1w, b.n1b, 1e-6);
@@ -355,11 +364,11 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
         h = at::layer_norm(t, {E}, b.n2w, b.n2b, 1e-6);
         t = t + at::linear(at::gelu(at::linear(h, b.l1w, b.l1b)), b.l2w, b.l2b);
     }
-    at::Tensor n = at::conv2d(t.permute({0, 3, 1, 2}), s->neck0);
+    at::Tensor n = conv(t.permute({0, 3, 1, 2}), s->neck0, {}, 1, 0);
     n = layernorm2d(n, s->n1w, s->n1b);
-    n = at::conv2d(n, s->neck2, {}, 1, 1);
+    n = conv(n, s->neck2, {}, 1, 1);
     n = layernorm2d(n, s->n3w, s->n3b);
-    at::Tensor x1 = at::conv2d(n, s->out_w, s->out_b);
+    at::Tensor x1 = conv(n, s->out_w, s->out_b, 1, 0);
     return at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
 }
 
@@ -378,20 +387,23 @@ void set_blas_threads(int n)
 }
 
 // libtorch and libcellpose's own loops share one OpenMP runtime: the
-// model's thread count holds only while the network runs, and the caller's
-// OpenMP setting is restored afterwards.
-struct ThreadScope {
-    int prev;
-    explicit ThreadScope(int n) : prev(omp_get_max_threads())
+// caller's OpenMP setting is restored when the network is done.
+struct OmpRestore {
+    int prev = omp_get_max_threads();
+    ~OmpRestore()
+    {
+        if (omp_get_max_threads() != prev)
+            omp_set_num_threads(prev);
+    }
+};
+
+// Intra-op threads (building, training, the GPU path, the bench helper).
+struct ThreadScope : OmpRestore {
+    explicit ThreadScope(int n)
     {
         if (at::get_num_threads() != n)
             at::set_num_threads(n);
         set_blas_threads(n);
-    }
-    ~ThreadScope()
-    {
-        if (omp_get_max_threads() != prev)
-            omp_set_num_threads(prev);
     }
 };
 
@@ -444,43 +456,89 @@ extern "C" int cp_shim_create(const cp_weights *w, const cp_model_info *info,
     }
 }
 
+namespace {
+
+// One tile (or, on a GPU, a batch) through the network, written straight
+// into the caller's buffers (and back to NCHW).
+void forward_tiles(const cp_shim *s, const float *in, int64_t m, int64_t ty, int64_t tx, float *out,
+                   float *style)
+{
+    int64_t nchan = s->info.nchan;
+    at::Tensor x = at::from_blob(const_cast<float *>(in), {m, nchan, ty, tx}, at::kFloat);
+    if (!s->dev.is_cpu())
+        x = x.to(s->dev);
+    at::Tensor y, st;
+    if (s->info.arch == CP_ARCH_CPNET) {
+        auto r = forward_cpnet(s, x.contiguous(at::MemoryFormat::ChannelsLast));
+        y = r.first;
+        st = r.second;
+    } else {
+        y = forward_cpsam(s, x);
+    }
+    at::from_blob(out, y.sizes(), at::kFloat).copy_(y);
+    if (style) {
+        if (st.defined())
+            at::from_blob(style, st.sizes(), at::kFloat).copy_(st);
+        else
+            std::memset(style, 0, (size_t)m * (size_t)s->info.nstyle * sizeof(float));
+    }
+}
+
+// Run on every thread of the tile team before its first tile: libtorch's
+// lazy per-thread set-up first (it would otherwise reset the thread count
+// later), then one thread for everything this thread calls (ATen, oneDNN,
+// OpenBLAS see a sequential caller, exactly as in a one-thread run).
+void one_thread_here()
+{
+    at::internal::lazy_init_num_threads();
+    omp_set_num_threads(1);
+}
+
+}  // namespace
+
+// On the CPU each tile is computed by one thread from start to end, and
+// `threads` tiles run at once. A tile's numbers therefore never depend on the
+// thread count: libtorch and its libraries pick kernels, and with them the
+// order of floating-point sums, by thread count (ATen runs 1x1 convolutions
+// through OpenBLAS on one thread and oneDNN on several; OpenBLAS's Haswell
+// and Zen kernels sum differently for each split of a GEMM across threads).
+// It also keeps flows independent of the batch size, and one tile at a time
+// per thread holds an eighth of a batch's activations.
 extern "C" int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int tx, float *out,
                                float *style)
 {
+    size_t in_sz = (size_t)s->info.nchan * ty * tx, out_sz = (size_t)s->info.nout * ty * tx;
+    int nstyle = s->info.nstyle;
     try {
-        ThreadScope ts(s->threads);
-        c10::InferenceMode guard;
-        int64_t nchan = s->info.nchan;
-        // On the CPU the tiles of a batch go through one at a time: oneDNN is
-        // no slower on one tile than on eight, the activations then take an
-        // eighth of the memory (cpseg on 1000x1200: 1.05 GB -> 0.37 GB peak),
-        // and the flows no longer depend on the batch size (oneDNN chooses
-        // other kernels, with another summation order, for 8 images).
-        int64_t step = s->dev.is_cpu() ? 1 : n;
-        for (int64_t i = 0; i < n; i += step) {
-            int64_t m = std::min<int64_t>(step, n - i);
-            float *src = const_cast<float *>(in) + i * nchan * ty * tx;
-            at::Tensor x = at::from_blob(src, {m, nchan, ty, tx}, at::kFloat);
-            if (!s->dev.is_cpu())
-                x = x.to(s->dev);
-            at::Tensor y, st;
-            if (s->info.arch == CP_ARCH_CPNET) {
-                auto r = forward_cpnet(s, x.contiguous(at::MemoryFormat::ChannelsLast));
-                y = r.first;
-                st = r.second;
-            } else {
-                y = forward_cpsam(s, x);
-            }
-            // one copy, straight into the caller's buffer (and back to NCHW)
-            at::from_blob(out + i * y.size(1) * y.size(2) * y.size(3), y.sizes(), at::kFloat).copy_(y);
-            if (style) {
-                float *dst = style + i * s->info.nstyle;
-                if (st.defined())
-                    at::from_blob(dst, st.sizes(), at::kFloat).copy_(st);
-                else
-                    std::memset(dst, 0, (size_t)m * (size_t)s->info.nstyle * sizeof(float));
+        if (!s->dev.is_cpu()) {
+            ThreadScope ts(s->threads);
+            c10::InferenceMode guard;
+            forward_tiles(s, in, n, ty, tx, out, style);
+            return CP_OK;
+        }
+        OmpRestore keep;
+        set_blas_threads(1);
+        int team = std::min(s->threads, n);
+        std::vector<std::string> err((size_t)n);
+#pragma omp parallel num_threads(team)
+        {
+            one_thread_here();
+            c10::InferenceMode guard;
+#pragma omp for schedule(dynamic, 1)
+            for (int i = 0; i < n; i++) {
+                try {
+                    forward_tiles(s, in + i * in_sz, 1, ty, tx, out + i * out_sz,
+                                  style ? style + (size_t)i * nstyle : nullptr);
+                } catch (const std::exception &e) {
+                    err[(size_t)i] = oneline(e);
+                } catch (...) {
+                    err[(size_t)i] = "failed";
+                }
             }
         }
+        for (const std::string &e : err)
+            if (!e.empty())
+                return cp_error(CP_EMODEL, "%s: forward pass: %s", s->path.c_str(), e.c_str());
         return CP_OK;
     } catch (const std::exception &e) {
         return cp_error(CP_EMODEL, "%s: forward pass: %s", s->path.c_str(), oneline(e).c_str());
