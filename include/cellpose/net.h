@@ -37,8 +37,8 @@ typedef enum cp_device { CP_DEVICE_CPU = 0, CP_DEVICE_CUDA = 1 } cp_device;
 
 typedef struct cp_model_opts {
     cp_device device;   /* CPU unless asked */
-    int threads;        /* intra-op threads; 0 = all cores. Applies while the
-                           network runs; the caller's OpenMP setting is restored */
+    int threads;        /* tiles computed at once, one thread each; 0 = all
+                           cores. The caller's OpenMP setting is restored */
 } cp_model_opts;
 
 typedef struct cp_model cp_model;
@@ -100,8 +100,10 @@ const cp_model_info *cp_model_get_info(const cp_model *m);
  * (C order), out: n × nout × ty × tx. style (n × nstyle, the L2-normalised
  * style vector of each tile; zeros for cpsam) may be NULL.
  * ty and tx must be multiples of 2^(nlevels-2) (8 for built-in CPnets) or
- * equal bsize (cpsam). Results do not depend on the batch size or threads
- * beyond float32 rounding in libtorch's kernels. */
+ * equal bsize (cpsam). On the CPU each tile is computed by one thread from
+ * start to end, so the output does not depend on n or the thread count, to
+ * the bit. Between CPU types it can differ in the last bits: libtorch's
+ * libraries (oneDNN, OpenBLAS) pick their kernels by instruction set. */
 int cp_model_forward(cp_model *m, const float *in, int n, int ty, int tx, float *out, float *style);
 
 #ifdef __cplusplus

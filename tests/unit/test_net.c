@@ -560,6 +560,58 @@ static void test_forward_legacy(void)
     cp_model_free(m);
 }
 
+/* The same bytes whatever the thread count: three tiles through each kind of
+ * network with 1, 2 and 3 threads (more threads than tiles included). Which
+ * kernels libtorch's libraries pick depends on the CPU, so tests/run also runs
+ * this binary with OpenBLAS's Haswell kernels (those of AMD Zen CPUs), under
+ * which a thread-count-dependent forward pass differs here too. */
+static void test_threads(const char *weights, int tile)
+{
+    char what[256];
+    const int n = 3, threads[] = {1, 2, 3};
+    float *ref = NULL, *ref_style = NULL;
+    size_t nin = 0, nout = 0;
+    float *in = NULL;
+    for (int k = 0; k < 3; k++) {
+        cp_model *m = NULL;
+        cp_model_opts o = {CP_DEVICE_CPU, threads[k]};
+        CHECK_OK(cp_model_load(shared_path(weights), &o, &m));
+        if (!m)
+            break;
+        const cp_model_info *i = cp_model_get_info(m);
+        if (!in) {
+            nin = (size_t)n * i->nchan * tile * tile;
+            nout = (size_t)n * i->nout * tile * tile;
+            in = malloc(nin * sizeof *in);
+            uint64_t r = 88172645463325252ULL;
+            for (size_t j = 0; j < nin; j++) {
+                r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+                in[j] = (float)(r >> 40) / (float)(1 << 24) * 4.0f - 1.0f;
+            }
+        }
+        float *out = malloc(nout * sizeof *out), *style = calloc((size_t)n * i->nstyle, sizeof *style);
+        CHECK_OK(cp_model_forward(m, in, n, tile, tile, out, style));
+        if (!ref) {
+            ref = out;
+            ref_style = style;
+        } else {
+            size_t nd = 0, ns = 0;
+            for (size_t j = 0; j < nout; j++)
+                nd += memcmp(&out[j], &ref[j], sizeof *out) != 0;
+            for (size_t j = 0; j < (size_t)n * i->nstyle; j++)
+                ns += memcmp(&style[j], &ref_style[j], sizeof *style) != 0;
+            snprintf(what, sizeof what, "%s: %d threads vs 1", weights, threads[k]);
+            CHECKF(nd == 0 && ns == 0, "%s: %zu outputs and %zu style values differ", what, nd, ns);
+            free(out);
+            free(style);
+        }
+        cp_model_free(m);
+    }
+    free(ref);
+    free(ref_style);
+    free(in);
+}
+
 static void test_device(void)
 {
     const char *w = shared_path("golden/weights/cpsam_tiny_s3.pth");
@@ -625,6 +677,8 @@ int main(void)
     T(test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1));
     T(test_forward("synth256_s0__cpsam_tiny__dnone", "cpsam_tiny_s3.pth", 1, 0));
     T(test_forward_legacy());
+    T(test_threads("golden/weights/cpnet_cyto3like_s1.pth", 224));
+    T(test_threads("golden/weights/cpsam_tiny_s3.pth", 256));
     T(test_device());
     T(check_against_json("cpnet_cyto3like_s1"));
     T(check_against_json("cpnet_nucleilike_s2_legacy"));
