@@ -67,6 +67,20 @@ grep -q "bad/z.png" "$T/last.err" && ok || bad "make's error names the image: $(
 check "no output for the bad image" test ! -e mkbad/masks/z_cp_masks.tif -a ! -e mkbad/cells.csv
 check "the good image was done" test -s mkbad/cells/$FIRST.zip
 
+# no IN: the images of the folder make runs in (same outputs as IN=in)
+if [ "${CP_SANITIZERS:-0}" != 1 ]; then
+    check "make in the image folder, no IN" sh -c \
+        "cd in && make --no-print-directory -f '$P/Makefile' EXT=png MODEL='$W' DIAMETER=30 $TOOLS OUT=../mkhere -j2 -s"
+    same_tree "make without IN vs IN=in" mk1 mkhere
+fi
+# no image: one message naming the folder, nothing written
+mkdir -p empty
+check_fails "make on a folder without images" 2 make --no-print-directory -f "$P/Makefile" IN=empty EXT=png \
+    $TOOLS OUT=mkempty
+check_eq "make's message names the folder" "$(head -1 "$T/last.err")" \
+    "make: no *.png image in $T/empty (set IN=folder, EXT=extension)"
+check "nothing written for no image" test ! -e mkempty
+
 # ---- Slurm array, every task index in a loop ----------------------------
 slurm() { env IN=in OUT=sl EXT=png MODEL="$W" DIAMETER=30 $TOOLS bash "$P/slurm/pipeline.sbatch" "$@"; }
 task() { env SLURM_ARRAY_TASK_ID="$1" SLURM_ARRAY_TASK_COUNT="$2" ${3:+NSHARDS=$3} IN=in OUT=sl EXT=png MODEL="$W" \
@@ -116,6 +130,10 @@ if command -v snakemake > /dev/null; then
     check "second snakemake does nothing" grep -q "Nothing to be done" sm.out
     snap sm > snap7
     check_same "second snakemake rewrote nothing" snap6 snap7
+    check_fails "snakemake on a folder without images" 1 snakemake -s "$P/Snakefile" --cores 1 \
+        --config in=empty out=smempty ext=png
+    grep -q "no \*.png image in $T/empty" "$T/last.err" && ok ||
+        bad "snakemake's message names the folder: $(head -c 300 "$T/last.err")"
 else
     bad "snakemake is not installed (scripts/install-deps installs it)"
 fi
