@@ -382,6 +382,11 @@ static int store(chunk *c, const layout *L, int f, size_t row, const char *s, si
     case CP_SCOL_STR: {
         int32_t code = -1, oc = L->out[f], lc = c->last[oc];
         cp_sdict *dd = &c->dicts[oc];
+        /* the dictionary holds C strings: a NUL would cut the value short */
+        if (memchr(s, '\0', n)) {
+            chunk_fail(c, CP_EFORMAT, L, line, col, f, "NUL byte in a text value%.*s", "", 0);
+            return -1;
+        }
         /* runs of the same value (tables are sorted by channel) */
         if (lc >= 0 && !strncmp(dd->s[lc], s, n) && dd->s[lc][n] == '\0') {
             ((int32_t *)k->v)[row] = lc;

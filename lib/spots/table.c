@@ -38,6 +38,7 @@ static int32_t dict_lookup(const cp_sdict *d, const char *s, size_t len, uint32_
 {
     if (!d->nslots)
         return -1;
+    len = strnlen(s, len); /* entries are C strings; see cp_sdict_intern */
     uint32_t h = hash_bytes(s, len) & (d->nslots - 1);
     for (;;) {
         int32_t c = d->slots[h];
@@ -54,6 +55,9 @@ static int32_t dict_lookup(const cp_sdict *d, const char *s, size_t len, uint32_
 
 int cp_sdict_intern(cp_sdict *d, const char *s, size_t len, int32_t *code)
 {
+    /* an embedded NUL ends the string, as everywhere the entry is used later
+       (and rehashing with strlen must find the same slot) */
+    len = strnlen(s, len);
     int32_t c = dict_lookup(d, s, len, NULL);
     if (c >= 0) {
         *code = c;

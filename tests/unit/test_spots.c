@@ -77,6 +77,30 @@ static void test_reader(void)
     CHECKF(strstr(cp_errmsg(), "bad.csv:3:5: column 'r': 'zz' is not a number") != NULL, "%s", cp_errmsg());
 }
 
+/* A NUL inside a text value once made the CSV reader compare past the end of
+   the shorter dictionary entry (found by a mutated spot table). */
+static void test_nul_bytes(void)
+{
+    static const char csv[] = "chan,note\n488,a\n488,a\0bcdefghijklmnop\n";
+    char path[4096];
+    snprintf(path, sizeof path, "%s/nul.csv", test_tmp_dir());
+    FILE *fp = fopen(path, "wb");
+    fwrite(csv, 1, sizeof csv - 1, fp);
+    fclose(fp);
+    cp_stable t;
+    CHECK(cp_stable_read(path, NULL, &t) == CP_EFORMAT);
+    CHECKF(strstr(cp_errmsg(), "nul.csv:3:5: column 'note': NUL byte in a text value") != NULL, "%s", cp_errmsg());
+
+    /* other readers intern raw bytes: a value is its text up to the NUL */
+    cp_sdict d = {0};
+    int32_t a, b, c;
+    CHECK_OK(cp_sdict_intern(&d, "a", 1, &a));
+    CHECK_OK(cp_sdict_intern(&d, "a\0bcdefghijklmnop", 17, &b));
+    CHECK_OK(cp_sdict_intern(&d, "ab", 2, &c));
+    CHECK(a == b && c != a && d.n == 2);
+    cp_sdict_free(&d);
+}
+
 static void test_sample(void)
 {
     cp_stable t = {0};
@@ -212,6 +236,7 @@ int main(void)
     test_blocks();
     test_format();
     test_reader();
+    test_nul_bytes();
     test_sample();
     test_dataset();
     return test_result();
