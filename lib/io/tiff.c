@@ -2,11 +2,13 @@
  * multi-page stacks as channels or planes, ImageJ hyperstacks. */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <tiffio.h>
 
@@ -534,6 +536,38 @@ static int list_pages(const char *path, TIFF *t, cp_pages mode, page_info **out,
     return CP_OK;
 }
 
+/* The most a codec can expand its input: a file cannot hold more pixel data
+ * than its size times this, so a header claiming more is corrupt, and we
+ * refuse it before allocating (libtiff invents strips for a lone one). */
+static uint64_t max_expansion(uint16_t compression)
+{
+    switch (compression) {
+    case COMPRESSION_NONE: return 1;
+    case COMPRESSION_PACKBITS: return 64;                         /* 2 bytes -> 128 */
+    case COMPRESSION_LZW: return 4096;                            /* one 9..12-bit code -> <= 4096 bytes */
+    case COMPRESSION_ADOBE_DEFLATE: case COMPRESSION_DEFLATE: return 1032;
+    default: return 1u << 16;
+    }
+}
+
+static int check_data_size(const char *path, TIFF *t, const page_info *pages, int n)
+{
+    struct stat st;
+    if (fstat(TIFFFileno(t), &st))
+        return cp_error(CP_EIO, "%s: cannot stat: %s", path, strerror(errno));
+    double fsize = (double)st.st_size, need = 0, ratio = 1;
+    for (int i = 0; i < n; i++) {
+        const page_info *p = &pages[i];
+        need += ceil((double)p->w * p->spp * p->bps / 8) * p->h;
+        if ((double)max_expansion(p->compression) > ratio)
+            ratio = (double)max_expansion(p->compression);
+    }
+    if (need > fsize * ratio)
+        return cp_error(CP_EFORMAT, "%s: TIFF header claims %.0f bytes of %s pixel data but the file has %.0f "
+                        "bytes: corrupt", path, need, ratio == 1 ? "uncompressed" : "compressed", fsize);
+    return CP_OK;
+}
+
 int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
 {
     *out = NULL;
@@ -567,7 +601,7 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
     if (p0->w > INT_MAX || p0->h > INT_MAX || total > cp_get_max_pixels()) {
         rc = cp_error(CP_ELIMIT, "%s: TIFF of %u x %u x %d channels x %d planes exceeds the limit of %llu samples",
                       path, p0->h, p0->w, L.channels, L.planes, (unsigned long long)cp_get_max_pixels());
-    } else {
+    } else if ((rc = check_data_size(path, t, pages, n)) == CP_OK) {
         cp_image *img = NULL;
         rc = cp_image_create(&img, (int)p0->w, (int)p0->h, L.channels, L.planes, p0->dtype);
         if (rc)

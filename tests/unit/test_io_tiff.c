@@ -665,6 +665,14 @@ static void test_bad_files(void)
     path = tmp("b_huge.tif");
     test_write_bytes(path, buf, n);
     CHECK(cp_image_read(path, NULL, &img) == CP_ELIMIT && strstr(cp_errmsg(), "b_huge.tif"));
+    /* under the limit, but more pixels than the file's bytes can hold: corrupt
+       (libtiff alone would read a lone strip as many and return garbage) */
+    n = handmade_tiff(buf, 4000, 3000, 64, 1);
+    path = tmp("b_short.tif");
+    test_write_bytes(path, buf, n);
+    CHECK(cp_image_read(path, NULL, &img) == CP_EFORMAT);
+    CHECKF(strstr(cp_errmsg(), "b_short.tif: TIFF header claims 12000000 bytes of uncompressed pixel data") != NULL,
+           "%s", cp_errmsg());
     /* the handmade file itself is sound at a size its data covers */
     n = handmade_tiff(buf, 8, 8, 64, 1);
     path = tmp("b_small.tif");
