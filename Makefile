@@ -85,6 +85,8 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TEST_SUPPORT) $(STATIC)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(TEST_SUPPORT) $(STATIC) $(LDLIBS)
 
+include tests/fuzz/fuzz.mk
+
 deps:
 	@scripts/install-deps
 
@@ -137,4 +139,4 @@ uninstall:
 	rm -f $(patsubst man/%,$(DESTDIR)$(PREFIX)/share/man/man1/%,$(wildcard man/*.1))
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

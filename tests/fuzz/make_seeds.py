@@ -1,0 +1,162 @@
+#!/usr/bin/python3
+"""Writes the fuzz seeds that testdata/ has no file for into tests/fuzz/corpus/
+(run once; the output is kept in git). Needs Debian's python3-numpy.
+
+weights: torch.save files written the way torch does (zip: data.pkl, data/N,
+version; legacy: five pickles then raw storages) for a small state dict, and
+the pickle part of ../shared/golden/weights/cpnet_nucleilike_s2_legacy.pth
+with its storages cut short. flows: NAME_flows.npy arrays. json: SeeSpot
+manifest, Neuroglancer state and OME-Zarr .zattrs of the shapes in
+../shared/spec/seespot.md."""
+import collections, io, json, os, pickle, pickletools, struct, sys, types, zipfile
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.path.join(HERE, "..", "..", "..", "shared")
+
+
+def out(target, name, data):
+    d = os.path.join(HERE, "corpus", target)
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(data)
+
+
+# ---- weights: stand-ins for torch's globals so pickle writes torch's names
+torch = types.ModuleType("torch")
+utils = types.ModuleType("torch._utils")
+sys.modules["torch"], sys.modules["torch._utils"] = torch, utils
+
+
+class FloatStorage:
+    pass
+
+
+FloatStorage.__module__ = "torch"
+torch.FloatStorage = FloatStorage
+
+
+def _rebuild_tensor_v2(*a):
+    pass
+
+
+_rebuild_tensor_v2.__module__ = "torch._utils"
+utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+
+
+class Storage:
+    def __init__(self, key, arr):
+        self.key, self.arr = key, arr
+
+
+class Tensor:
+    def __init__(self, storage, shape):
+        self.storage, self.shape = storage, shape
+
+    def __reduce__(self):
+        stride, s = [], 1
+        for n in reversed(self.shape):
+            stride.insert(0, s)
+            s *= n
+        return (_rebuild_tensor_v2, (self.storage, 0, tuple(self.shape), tuple(stride), False,
+                                     collections.OrderedDict()))
+
+
+class TorchPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, Storage):
+            return ("storage", FloatStorage, obj.key, "cpu", obj.arr.size)
+        return None
+
+
+def state():
+    rng = np.random.default_rng(7)
+    sd = collections.OrderedDict()
+    storages = []
+    for i, shape in enumerate([(2, 1, 3, 3), (2,), (1, 2, 1, 1), (3, 2)]):
+        st = Storage(str(i), rng.standard_normal(int(np.prod(shape))).astype("<f4"))
+        storages.append(st)
+        sd["layer%d.weight" % i] = Tensor(st, shape)
+    return sd, storages
+
+
+def dumps(obj, proto=2):
+    b = io.BytesIO()
+    TorchPickler(b, protocol=proto).dump(obj)
+    return b.getvalue()
+
+
+def weights():
+    sd, storages = state()
+    b = io.BytesIO()
+    with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", dumps(sd))
+        z.writestr("archive/byteorder", "little")
+        for s in storages:
+            z.writestr("archive/data/" + s.key, s.arr.tobytes())
+        z.writestr("archive/version", "3\n")
+    out("weights", "small_zip.pth", b.getvalue())
+
+    leg = io.BytesIO()
+    for obj in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True,
+                                               "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+        pickle.dump(obj, leg, protocol=2)
+    leg.write(dumps(sd))
+    pickle.dump([s.key for s in storages], leg, protocol=2)
+    for s in storages:
+        leg.write(struct.pack("<q", s.arr.size) + s.arr.tobytes())
+    out("weights", "small_legacy.pth", leg.getvalue())
+
+    # the real file's pickles, storages cut after 64 bytes
+    with open(os.path.join(SHARED, "golden/weights/cpnet_nucleilike_s2_legacy.pth"), "rb") as f:
+        data = f.read()
+    pos = 0
+    for _ in range(5):
+        for op, arg, p in pickletools.genops(io.BytesIO(data[pos:])):
+            if op.name == "STOP":
+                pos += p + 1
+                break
+    out("weights", "golden_legacy_cut.pth", data[:pos + 64])
+
+
+def flows():
+    def npy(a):
+        b = io.BytesIO()
+        np.save(b, a)
+        return b.getvalue()
+
+    yy, xx = np.mgrid[0:24, 0:32].astype(np.float32)
+    f = np.zeros((3, 24, 32), np.float32)
+    for cy, cx in ((8, 8), (14, 22)):
+        d = np.hypot(yy - cy, xx - cx) + 1e-3
+        inside = d < 6
+        f[0][inside] = ((cy - yy) / d)[inside]
+        f[1][inside] = ((cx - xx) / d)[inside]
+        f[2][inside] = 3.0
+    f[2][f[2] == 0] = -3.0
+    out("flows", "two_cells.npy", npy(f))
+    g = f.copy()
+    g[0, 3, 4], g[1, 10, 10], g[2, 12, 12] = np.nan, np.inf, np.nan
+    g[0, 8, 9] = 1e30
+    out("flows", "nan_inf.npy", npy(g))
+    out("flows", "empty.npy", npy(np.zeros((3, 0, 5), np.float32)))
+    out("flows", "float64.npy", npy(f.astype(np.float64)))
+
+
+def jsons():
+    out("json", "manifest.json", json.dumps({
+        "round": "R2", "spot_channels": ["488", "561", 638],
+        "gene_dict": {"488": {"gene": "Gad2"}, "561": {"name": "Sst"}, "638": "Vip"}}).encode())
+    out("json", "neuroglancer.json", json.dumps({
+        "dimensions": {"x": [1e-6, "m"], "y": [1e-6, "m"], "z": [1e-6, "m"]},
+        "layers": [{"type": "image", "name": "488", "source": "zarr://s3://b/d/fused/channel_488.zarr"},
+                   {"type": "annotation", "name": "spots", "annotations": []}]}).encode())
+    out("json", "zattrs.json", json.dumps({"multiscales": [{"version": "0.4", "axes": [
+        {"name": n, "type": "space" if n in "zyx" else "channel"} for n in "tczyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 1, 1.0, 0.748, 0.748]}]}]}]}).encode())
+
+
+weights()
+flows()
+jsons()
