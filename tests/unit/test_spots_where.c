@@ -52,10 +52,12 @@ static const char *sel(const cp_stable *t, const char *expr)
     return out;
 }
 
-#define WHERE(t, expr, want)                                                                   \
-    do {                                                                                       \
-        const char *got_ = sel(t, expr);                                                       \
-        CHECKF(!strcmp(got_, want), "'%s': got %s, want %s (%s)", expr, got_, want, cp_errmsg()); \
+#define WHERE(t, expr, want)                                                                         \
+    do {                                                                                             \
+        const char *got_ = sel(t, expr);                                                             \
+        int err_ = !strcmp(got_, "error");                                                           \
+        CHECKF(!strcmp(got_, want), "'%s': got %s, want %s%s%s", expr, got_, want, err_ ? ": " : "", \
+               err_ ? cp_errmsg() : "");                                                             \
     } while (0)
 
 static void test_f32(void)
