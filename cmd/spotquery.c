@@ -98,16 +98,30 @@ static int split_list(const char *flag, const char *s, cp_strlist *l)
     return 0;
 }
 
-static void parse_range(const char *flag, const char *s, double *lo, double *hi)
+static void add_where(cp_spot_filter *f, const char *col, cp_op op, const char *value)
 {
+    if (cp_spot_filter_where(f, col, op, value))
+        cli_usage_error("%s", cp_errmsg());
+}
+
+/* --z MIN:MAX is col >= MIN and col <= MAX: the ends keep their text, so they
+ * compare at the column's precision like any --where. */
+static void parse_range(cp_spot_filter *f, const char *col, const char *s)
+{
+    char flag[8];
+    snprintf(flag, sizeof flag, "--%s", col);
     const char *c = strchr(s, ':');
     if (!c)
         cli_usage_error("%s: '%s' is not MIN:MAX", flag, s);
     char *a = strndup(s, (size_t)(c - s));
-    if (*a)
-        *lo = cli_parse_double(flag, a, -INFINITY, INFINITY);
-    if (c[1])
-        *hi = cli_parse_double(flag, c + 1, -INFINITY, INFINITY);
+    if (*a) {
+        cli_parse_double(flag, a, -INFINITY, INFINITY);
+        add_where(f, col, CP_OP_GE, a);
+    }
+    if (c[1]) {
+        cli_parse_double(flag, c + 1, -INFINITY, INFINITY);
+        add_where(f, col, CP_OP_LE, c + 1);
+    }
     free(a);
 }
 
@@ -188,13 +202,14 @@ static void parse_args(int argc, char **argv, args *a)
             cp_spot_where w;
             if (cp_spot_where_parse(optarg, &w))
                 cli_usage_error("%s", cp_errmsg());
-            a->f.where = realloc(a->f.where, (size_t)(a->f.nwhere + 1) * sizeof w);
-            a->f.where[a->f.nwhere++] = w;
+            add_where(&a->f, w.col, w.op, w.value);
+            free(w.col);
+            free(w.value);
             break;
         }
-        case O_Z: parse_range("--z", optarg, &a->f.zmin, &a->f.zmax); break;
-        case O_Y: parse_range("--y", optarg, &a->f.ymin, &a->f.ymax); break;
-        case O_X: parse_range("--x", optarg, &a->f.xmin, &a->f.xmax); break;
+        case O_Z: parse_range(&a->f, "z", optarg); break;
+        case O_Y: parse_range(&a->f, "y", optarg); break;
+        case O_X: parse_range(&a->f, "x", optarg); break;
         case O_COLUMNS: split_list("--columns", optarg, &a->columns); break;
         case O_SAMPLE: a->sample = cli_parse_long("--sample", optarg, 0, 2000000000L); break;
         case O_SAMPLING:
@@ -847,11 +862,11 @@ static int cmd_neuroglancer(args *a)
     push_unique(&q.extra, "x");
     if (a->spot > 0) {
         char buf[32];
-        snprintf(buf, sizeof buf, "spot_id = %ld", a->spot);
-        cp_spot_where w;
-        cp_spot_where_parse(buf, &w);
-        a->f.where = realloc(a->f.where, (size_t)(a->f.nwhere + 1) * sizeof w);
-        a->f.where[a->f.nwhere++] = w;
+        snprintf(buf, sizeof buf, "%ld", a->spot);
+        if (cp_spot_filter_where(&a->f, "spot_id", CP_OP_EQ, buf)) {
+            rc = fail();
+            goto done;
+        }
     }
     if ((rc = query_rows(&q, -1)))
         goto done;

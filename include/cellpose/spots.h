@@ -206,8 +206,7 @@ typedef struct cp_spot_filter {
     int valid_only;
     cp_strlist channels, unmixed_channels, cells; /* empty = any */
     int reassigned, removed;   /* -1 any, 0 no, 1 yes */
-    double zmin, zmax, ymin, ymax, xmin, xmax; /* inclusive, +-inf = open */
-    cp_spot_where *where;
+    cp_spot_where *where;      /* all must hold (add with cp_spot_filter_where) */
     int nwhere;
 } cp_spot_filter;
 
@@ -215,6 +214,14 @@ void cp_spot_filter_init(cp_spot_filter *f);
 void cp_spot_filter_free(cp_spot_filter *f);
 /* Parse "COL OP VALUE" (OP one of = == != < <= > >=). */
 int cp_spot_where_parse(const char *s, cp_spot_where *w);
+/* Add the condition COL OP VALUE (strings copied; VALUE is text, read when
+ * the rows are filtered). Numbers compare as pandas compares a Series with a
+ * Python literal (numpy 1.x, as SeeSpot): a float literal against a float32
+ * column is rounded to float32 first, so 'r > 0.8' leaves out r = 0.8;
+ * integer and bool columns compare exactly with any literal (int8 < 300 holds
+ * for every row, 2 == 2.5 never). Strings compare by bytes. A null (NaN)
+ * passes only !=. A range "lo <= z <= hi" is two conditions. */
+int cp_spot_filter_where(cp_spot_filter *f, const char *col, cp_op op, const char *value);
 /* Columns the filter reads (appended to names). */
 int cp_spot_filter_columns(const cp_spot_filter *f, cp_strlist *names);
 /* Rows (0-based) passing every condition, ascending. */

@@ -1,4 +1,5 @@
 /* Filters, sampling, pairs, counts, sankey, summaries, dataset listing. */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -49,8 +50,6 @@ void cp_spot_filter_init(cp_spot_filter *f)
 {
     memset(f, 0, sizeof *f);
     f->reassigned = f->removed = -1;
-    f->zmin = f->ymin = f->xmin = -INFINITY;
-    f->zmax = f->ymax = f->xmax = INFINITY;
 }
 
 void cp_spot_filter_free(cp_spot_filter *f)
@@ -64,6 +63,34 @@ void cp_spot_filter_free(cp_spot_filter *f)
     }
     free(f->where);
     memset(f, 0, sizeof *f);
+}
+
+int cp_spot_filter_where(cp_spot_filter *f, const char *col, cp_op op, const char *value)
+{
+    cp_spot_where *nw = realloc(f->where, (size_t)(f->nwhere + 1) * sizeof *nw);
+    if (!nw)
+        return cp_error(CP_ENOMEM, "out of memory");
+    f->where = nw;
+    cp_spot_where *w = &f->where[f->nwhere];
+    while (*value == ' ' || *value == '\t')
+        value++;
+    size_t n = strlen(value);
+    while (n && (value[n - 1] == ' ' || value[n - 1] == '\t'))
+        n--;
+    w->col = cp_strdup(col);
+    w->value = cp_malloc(n + 1, "where");
+    if (w->value) {
+        memcpy(w->value, value, n);
+        w->value[n] = '\0';
+    }
+    w->op = op;
+    if (!w->col || !w->value) {
+        free(w->col);
+        free(w->value);
+        return cp_error(CP_ENOMEM, "out of memory");
+    }
+    f->nwhere++;
+    return CP_OK;
 }
 
 int cp_spot_where_parse(const char *s, cp_spot_where *w)
@@ -127,27 +154,139 @@ int cp_spot_filter_columns(const cp_spot_filter *f, cp_strlist *names)
         NEED("unmixed_chan");
     if (f->cells.n)
         NEED("cell_id");
-    if (f->zmin > -INFINITY || f->zmax < INFINITY)
-        NEED("z");
-    if (f->ymin > -INFINITY || f->ymax < INFINITY)
-        NEED("y");
-    if (f->xmin > -INFINITY || f->xmax < INFINITY)
-        NEED("x");
     for (int i = 0; i < f->nwhere; i++)
         NEED(f->where[i].col);
 #undef NEED
     return rc;
 }
 
-static int cmp_num(double a, cp_op op, double b)
+/* ---- where: literals at the column's precision --------------------------
+ * pandas compares a Series with a Python literal by numpy 1.x's value-based
+ * promotion (SeeSpot pins numpy 1.26): a float literal against float32 is
+ * rounded to float32 when |v| < 3.4e38 (numpy's min_scalar_type bound), so
+ * 'r > 0.8' skips r = 0.8f; an integer literal against float32 within
+ * int16/uint16 is exact in float32, any other literal compares in float64.
+ * Against integer and bool columns an integer literal compares exactly (numpy
+ * widens: int8 < 300 is true), a float literal in float64 (int64 values are
+ * rounded to double there, as numpy does; also for int literals in
+ * [2^63, 2^64), numpy's uint64 + int64 -> float64). Integers beyond 64 bits
+ * are Python objects: exact against any value. */
+
+typedef struct wlit {
+    int is_int;         /* integer text (or true/false), a Python int */
+    int range;          /* is_int: 0 fits int64, 1 in [2^63, 2^64), 2 beyond */
+    int64_t i;          /* range 0 */
+    double d;           /* the value as Python's float() gives it */
+    int f32;            /* float literal with |d| < 3.4e38: compares as f */
+    float f;
+    int neg;            /* range 2: the sign and the digits without leading zeros */
+    const char *digits;
+    size_t ndigits;
+} wlit;
+
+/* 0 = parsed, -1 = not a number. */
+static int wlit_parse(const char *s, wlit *L)
+{
+    memset(L, 0, sizeof *L);
+    size_t n = strlen(s);
+    int b;
+    if (n > 1 && cp_parse_bool(s, n, &b) == 0 && isalpha((unsigned char)s[0])) {
+        L->is_int = 1;
+        L->i = b;
+        L->d = b;
+        return 0;
+    }
+    const char *p = s + (s[0] == '+' || s[0] == '-');
+    if (*p && strspn(p, "0123456789") == strlen(p)) {
+        L->is_int = 1;
+        L->neg = s[0] == '-';
+        while (p[0] == '0' && p[1])
+            p++;
+        L->digits = p;
+        L->ndigits = strlen(p);
+        L->d = strtod(s, NULL); /* correctly rounded, inf past DBL_MAX */
+        /* compare magnitudes as digit strings: 2^63 and 2^64 - 1 */
+        const char *lim = L->neg ? "9223372036854775808" : "9223372036854775807";
+        if (L->ndigits < 19 || (L->ndigits == 19 && strcmp(p, lim) <= 0)) {
+            uint64_t u = 0;
+            for (const char *q = p; *q; q++)
+                u = u * 10 + (uint64_t)(*q - '0');
+            L->i = L->neg ? (int64_t)(0 - u) : (int64_t)u;
+        } else if (!L->neg && (L->ndigits < 20 || (L->ndigits == 20 && strcmp(p, "18446744073709551615") <= 0))) {
+            L->range = 1;
+        } else {
+            L->range = 2;
+        }
+        return 0;
+    }
+    if (cp_parse_f64(s, n, &L->d))
+        return -1;
+    L->f32 = fabs(L->d) < 3.4e38;
+    L->f = (float)L->d;
+    return 0;
+}
+
+/* Three-way: -1, 0, 1, or 2 when unordered (NaN). */
+static int cmp3(double a, double b) { return a < b ? -1 : a > b ? 1 : a == b ? 0 : 2; }
+
+/* x against an integer beyond 64 bits (|N| > 2^63), exactly: a double with
+ * |x| > 2^63 is a whole number, printed exactly by %.0f, compared as digits. */
+static int cmp_big(double x, const wlit *L)
+{
+    if (isnan(x))
+        return 2;
+    int sx = x < 0 ? -1 : 1, sl = L->neg ? -1 : 1;
+    if (sx != sl || fabs(x) <= 0x1p63)
+        return sx != sl ? sx : -sl;
+    if (isinf(x))
+        return sx;
+    char buf[400];
+    int nb = snprintf(buf, sizeof buf, "%.0f", fabs(x));
+    int m = (size_t)nb != L->ndigits ? ((size_t)nb < L->ndigits ? -1 : 1) : strcmp(buf, L->digits);
+    m = m < 0 ? -1 : m > 0;
+    return sx * m;
+}
+
+/* Row i of a numeric column against the literal, as pandas compares them. */
+static int where_number(const cp_scol *c, size_t i, const wlit *L)
+{
+    double x;
+    int64_t v;
+    switch (c->type) {
+    case CP_SCOL_F32: {
+        float xf = ((const float *)c->v)[i];
+        if (L->f32)
+            return cmp3(xf, L->f);
+        x = xf;
+        break;
+    }
+    case CP_SCOL_F64: x = ((const double *)c->v)[i]; break;
+    case CP_SCOL_I32: v = ((const int32_t *)c->v)[i]; goto integer;
+    case CP_SCOL_I8: v = ((const int8_t *)c->v)[i]; goto integer;
+    case CP_SCOL_I64: v = ((const int64_t *)c->v)[i]; goto integer;
+    case CP_SCOL_BOOL: v = cp_scol_get_bool(c, i); goto integer;
+    default: return 2;
+    }
+    return L->range == 2 ? cmp_big(x, L) : cmp3(x, L->d);
+integer:
+    if (L->is_int && L->range == 0)
+        return v < L->i ? -1 : v > L->i;
+    if (L->is_int && L->range == 2)
+        return L->neg ? 1 : -1;
+    return cmp3((double)v, L->d);
+}
+
+/* Whether a three-way result satisfies op; unordered (NaN, null) satisfies
+ * only !=, as in pandas. */
+static int op_holds(cp_op op, int c)
 {
     switch (op) {
-    case CP_OP_EQ: return a == b;
-    case CP_OP_NE: return a != b;
-    case CP_OP_LT: return a < b;
-    case CP_OP_LE: return a <= b;
-    case CP_OP_GT: return a > b;
-    case CP_OP_GE: return a >= b;
+    case CP_OP_EQ: return c == 0;
+    case CP_OP_NE: return c != 0;
+    case CP_OP_LT: return c == -1;
+    case CP_OP_LE: return c == -1 || c == 0;
+    case CP_OP_GT: return c == 1;
+    case CP_OP_GE: return c == 1 || c == 0;
     }
     return 0;
 }
@@ -183,7 +322,7 @@ static int list_has(const cp_strlist *l, const char *s)
 typedef struct wcond {
     const cp_scol *c;
     cp_op op;
-    double num;
+    wlit lit;
     const char *str;
     int32_t code; /* STR equality: dictionary code (-1 absent) */
 } wcond;
@@ -195,7 +334,7 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
     wcond *wc = NULL;
     int64_t *cells = NULL;
     size_t ncells = f->cells.n;
-    const cp_scol *V = NULL, *C = NULL, *U = NULL, *CE = NULL, *Z = NULL, *Y = NULL, *X = NULL, *RA = NULL;
+    const cp_scol *V = NULL, *C = NULL, *U = NULL, *CE = NULL, *RA = NULL;
 #define COL(var, name)                                                                                       \
     do {                                                                                                     \
         int k_ = cp_stable_find(t, name);                                                                    \
@@ -235,12 +374,6 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
             cells[i] = (int64_t)d;
         }
     }
-    if (f->zmin > -INFINITY || f->zmax < INFINITY)
-        COL(Z, "z");
-    if (f->ymin > -INFINITY || f->ymax < INFINITY)
-        COL(Y, "y");
-    if (f->xmin > -INFINITY || f->xmax < INFINITY)
-        COL(X, "x");
     if (f->reassigned >= 0)
         COL(RA, "reassigned");
     if (f->nwhere && !(wc = cp_calloc((size_t)f->nwhere, sizeof *wc, "filter"))) {
@@ -253,15 +386,9 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
         wc[i].str = f->where[i].value;
         if (wc[i].c->type == CP_SCOL_STR) {
             wc[i].code = cp_sdict_find(&wc[i].c->dict, wc[i].str);
-        } else if (wc[i].c->type == CP_SCOL_BOOL) {
-            int b;
-            if (cp_parse_bool(wc[i].str, strlen(wc[i].str), &b)) {
-                rc = cp_error(CP_EINVAL, "--where %s: '%s' is not true/false", f->where[i].col, wc[i].str);
-                goto done;
-            }
-            wc[i].num = b;
-        } else if (cp_parse_f64(wc[i].str, strlen(wc[i].str), &wc[i].num)) {
-            rc = cp_error(CP_EINVAL, "--where %s: '%s' is not a number", f->where[i].col, wc[i].str);
+        } else if (wlit_parse(wc[i].str, &wc[i].lit)) {
+            rc = cp_error(CP_EINVAL, "--where %s: '%s' is not a number%s", f->where[i].col, wc[i].str,
+                          wc[i].c->type == CP_SCOL_BOOL ? " or true/false" : "");
             goto done;
         }
     }
@@ -301,26 +428,11 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
             if (k == ncells)
                 continue;
         }
-        if (Z) {
-            double v = cp_scol_num(Z, i);
-            if (!(v >= f->zmin && v <= f->zmax))
-                continue;
-        }
-        if (Y) {
-            double v = cp_scol_num(Y, i);
-            if (!(v >= f->ymin && v <= f->ymax))
-                continue;
-        }
-        if (X) {
-            double v = cp_scol_num(X, i);
-            if (!(v >= f->xmin && v <= f->xmax))
-                continue;
-        }
         int ok = 1;
         for (int w = 0; w < f->nwhere && ok; w++) {
             const wcond *q = &wc[w];
             if (cp_scol_is_null(q->c, i)) {
-                ok = 0; /* null fails every comparison */
+                ok = op_holds(q->op, 2);
             } else if (q->c->type == CP_SCOL_STR) {
                 int32_t k = ((const int32_t *)q->c->v)[i];
                 if (q->op == CP_OP_EQ)
@@ -329,10 +441,10 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
                     ok = k != q->code;
                 else {
                     int s = strcmp(q->c->dict.s[k], q->str);
-                    ok = cmp_num(s, q->op, 0);
+                    ok = op_holds(q->op, s < 0 ? -1 : s > 0);
                 }
             } else {
-                ok = cmp_num(cp_scol_num(q->c, i), q->op, q->num);
+                ok = op_holds(q->op, where_number(q->c, i, &q->lit));
             }
         }
         if (ok)

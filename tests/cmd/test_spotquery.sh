@@ -146,6 +146,90 @@ check_eq "single TSV table" "$($SQ spots --columns spot_id,chan,r,unmixed_remove
 $SQ spots --columns spot_id -o out.csv hand; check_eq "-o" "$(wc -l < out.csv)" 5
 check_eq "no temp left" "$(ls -A | grep -c '^\.')" 0
 
+# --- --where at the column's precision: the rows pandas selects from the same
+# table loaded with SeeSpot's dtypes (float32 values, int32 ids, int8 round).
+# Literals sit on float32 boundaries: 0.8 is 0.800000012 as a float32, the
+# values one ulp either side, NaN, 2^24, FLT_MAX; integer columns get
+# fractional and out-of-range literals.
+PY=/usr/bin/python3
+cat > prec.csv <<'CSV'
+spot_id,chan,chan_spot_id,cell_id,round,z,x,r,valid_spot
+1,488,1,2,1,0.1,0.3,0.8,True
+2,488,2,3,2,0.10000001,0.3,0.8000001,False
+3,488,3,0,3,0.099999994,0.29999998,0.79999995,True
+4,561,1,2147483647,127,10,0.30000001,,False
+5,561,2,-5,-128,50,1,0.5,True
+6,561,3,2,2,50.000004,2,1,True
+7,638,1,3,1,49.999996,0.3,16777216,False
+8,638,2,7,2,0,0.3,3.4028235e38,True
+9,638,3,2,3,-0.1,0.3,0.80000001,False
+10,488,4,9,2,1,5,0.9,True
+11,561,4,9,1,2,5,0.90000004,True
+CSV
+cat > prec.q <<'Q'
+r > 0.8
+r >= 0.8
+r < 0.8
+r <= 0.8
+r == 0.8
+r = 0.8
+r != 0.8
+r > 0.80000001
+r <= 0.9
+r > 0.9
+r == 16777217
+r == 16777217.0
+r >= 16777216.5
+r == 3.4028235e38
+r < 1e39
+round < 300
+round > -200
+round == 2.5
+round >= 2.0001
+round != 2
+cell_id > 2.5
+cell_id < 3000000000
+cell_id == 2147483647
+valid_spot == True
+valid_spot != 1
+chan != 488
+chan > 5
+z <= 0.1
+z > 0.1
+Q
+# pandas: df[df[col] OP literal], the literal as Python reads it
+$PY - prec.csv prec.q > prec.log 2>&1 <<'PYEOF'
+import sys, re
+import numpy as np, pandas as pd
+df = pd.read_csv(sys.argv[1], dtype={"chan": str, "cell_id": np.int32, "round": np.int8, "z": np.float32,
+                                     "x": np.float32, "r": np.float32, "valid_spot": bool})
+def out(name, mask):
+    with open(name, "w") as f:
+        f.write("spot_id\n" + "".join("%d\n" % i for i in df.spot_id[mask]))
+for k, line in enumerate(open(sys.argv[2]).read().splitlines()):
+    col, op, lit = re.match(r"(\w+) *(==|!=|<=|>=|<|>|=) *(.*)", line).groups()
+    lit = repr(lit) if df[col].dtype == object else lit
+    out("prec.want%d" % k, eval("df[col] %s %s" % ("==" if op == "=" else op, lit)))
+out("prec.want_z", (df.z >= 0.1) & (df.z <= 50))
+out("prec.want_zx", (df.z <= 0.1) & (df.x >= 0.3) & (df.x <= 0.3))
+PYEOF
+check "pandas reference ($(tail -1 prec.log))" test -s prec.want_zx
+k=0
+while IFS= read -r q; do
+    # the sanitized build runs the first few (each start costs seconds there)
+    if [ $FULL = 1 ] || [ $k -lt 4 ]; then
+        $SQ spots --columns spot_id --where "$q" prec.csv > prec.got$k
+        check_same "--where '$q' = pandas" prec.got$k prec.want$k
+    fi
+    k=$((k + 1))
+done < prec.q
+$SQ spots --columns spot_id --z 0.1:50 prec.csv > prec.got_z
+check_same "--z 0.1:50 = pandas" prec.got_z prec.want_z
+$SQ spots --columns spot_id --z :0.1 --x 0.3:0.3 prec.csv > prec.got_zx
+check_same "--z :0.1 --x 0.3:0.3 = pandas" prec.got_zx prec.want_zx
+check_fails "--where not a number" 3 $SQ spots --where 'r > 0.8x' prec.csv
+check_eq "--where not a number message" "$(cat "$T/last.err")" "spotquery: --where r: '0.8x' is not a number"
+
 # --- bad input: one line naming file:line:column, exit 3
 B=bad/image_spot_spectral_unmixing; mkdir -p $B
 bad_input() { # name, mixed csv text, expected message part
