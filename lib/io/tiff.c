@@ -628,13 +628,17 @@ static int write_page_dir(TIFF *t, const char *path, const cp_image *img, int ns
     return TIFFDeferStrileArrayWriting(t) && TIFFWriteCheck(t, 0, path) && TIFFWriteDirectory(t) ? 0 : -1;
 }
 
-/* The strips of the directory at `dir_off`, appended at the end of the file,
- * then their offsets and counts written in place (TIFFFlush). */
-static int write_page_data(TIFF *t, toff_t dir_off, const cp_image *img, int plane, int chan0, int nsamp,
-                           unsigned char *strip)
+/* Directory i of a file being written, read back in page order: 0 is found
+ * from the header, the others follow the chain one step. */
+static int next_dir(TIFF *t, int i)
 {
-    if (!TIFFSetSubDirectory(t, dir_off))
-        return -1;
+    return i == 0 ? TIFFSetDirectory(t, 0) : TIFFReadDirectory(t);
+}
+
+/* The strips of the current directory, appended at the end of the file, then
+ * their offsets and counts written in place (TIFFFlush). */
+static int write_page_data(TIFF *t, const cp_image *img, int plane, int chan0, int nsamp, unsigned char *strip)
+{
     size_t es = cp_dtype_size(img->dtype), C = (size_t)img->channels;
     uint32_t w = (uint32_t)img->width, h = (uint32_t)img->height, rps = strip_rows(img, nsamp);
     size_t row_bytes = (size_t)w * nsamp * es;
@@ -664,10 +668,11 @@ static int write_page_data(TIFF *t, toff_t dir_off, const cp_image *img, int pla
  * back in page order. ImageJ (and tifffile, for ImageJ files) reads an
  * uncompressed stack as ONE block of images x page bytes from the first
  * strip, ignoring the other directories; pixels interleaved with directories
- * would be read as pixels. So all directories are written first, their strip
- * arrays reserved before any pixel data (TIFFForceStrileArrayWriting on
- * zeros), and only then the strips, each page appended after the previous,
- * with the arrays rewritten in place. */
+ * would be read as pixels. So all directories are written first, then the
+ * strips, each page appended after the previous, their offsets and counts
+ * written into the directories. Arrays of more than one strip live outside
+ * their directory: those are reserved (TIFFForceStrileArrayWriting on zeros)
+ * before any pixels and rewritten in place. */
 int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_write_opts *opts)
 {
     if (!img || !img->data || img->width <= 0 || img->height <= 0 || img->channels <= 0 || img->planes <= 0 ||
@@ -710,26 +715,24 @@ int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_writ
     const char *software = opts->software ? opts->software : soft;
 
     size_t es = cp_dtype_size(img->dtype);
-    unsigned char *strip = cp_malloc_array((size_t)img->width * nsamp * strip_rows(img, nsamp), es, "TIFF strip");
-    toff_t *dir_off = cp_malloc_array((size_t)npages, sizeof *dir_off, "TIFF directory offsets");
-    int rc = strip && dir_off ? CP_OK : CP_ENOMEM;
+    uint32_t rps = strip_rows(img, nsamp);
+    unsigned char *strip = cp_malloc_array((size_t)img->width * nsamp * rps, es, "TIFF strip");
+    if (!strip)
+        return CP_ENOMEM;
+    int rc = CP_OK;
     for (int i = 0; rc == CP_OK && i < npages; i++)
         if (write_page_dir(t, path, img, nsamp, descp, software, compression) != 0)
             rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
-    /* Reserve the strip arrays now, after the directories and before any pixels. */
-    for (int i = 0; rc == CP_OK && i < npages; i++) {
-        if (!(i == 0 ? TIFFSetDirectory(t, 0) : TIFFReadDirectory(t)) || !TIFFForceStrileArrayWriting(t))
-            rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
-        else
-            dir_off[i] = TIFFCurrentDirOffset(t);
-    }
+    if (rps < (uint32_t)img->height) /* more than one strip a page */
+        for (int i = 0; rc == CP_OK && i < npages; i++)
+            if (!next_dir(t, i) || !TIFFForceStrileArrayWriting(t))
+                rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
     for (int i = 0; rc == CP_OK && i < npages; i++)
-        if (write_page_data(t, dir_off[i], img, i / page_channels, i % page_channels, nsamp, strip) != 0)
+        if (!next_dir(t, i) || write_page_data(t, img, i / page_channels, i % page_channels, nsamp, strip) != 0)
             rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
     TIFFFlush(t);
     if (rc == CP_OK && tiff_msg[0])
         rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
-    free(dir_off);
     free(strip);
     return rc;
 }
