@@ -88,7 +88,9 @@ typedef struct cp_write_opts {
  *   which stays one interleaved RGB(A) page per plane unless opts->imagej.
  *   Output with more than one page always carries an ImageJ description
  *   (images=, channels=, slices=) so it reads back as written; BigTIFF is used
- *   beyond 3 GiB of pixel data.
+ *   beyond 3 GiB of pixel data. Every page's pixels are stored back to back in
+ *   page order after all directories, as ImageJ writes a stack, since ImageJ
+ *   and tifffile read an uncompressed ImageJ stack as one block.
  * .png: u8/u16, one plane of 1-4 channels.
  * .npy / .npy.gz: the shape cp_image_read maps back to the same image:
  *   (Y,X), (Y,X,C) for C <= 4, (Z,Y,X) for one channel when X > 4, else

@@ -628,15 +628,22 @@ static int sample_format(cp_dtype t)
     return cp_dtype_is_float(t) ? SAMPLEFORMAT_IEEEFP : cp_dtype_is_signed(t) ? SAMPLEFORMAT_INT : SAMPLEFORMAT_UINT;
 }
 
-static int write_page(TIFF *t, const cp_image *img, int plane, int chan0, int nsamp, int npages,
-                      const char *desc, const char *software, uint16_t compression, unsigned char *row)
+/* Rows per strip: strips of about 64 KiB. */
+static uint32_t strip_rows(const cp_image *img, int nsamp)
+{
+    size_t row_bytes = (size_t)img->width * nsamp * cp_dtype_size(img->dtype);
+    uint32_t rps = row_bytes >= 65536 ? 1 : (uint32_t)(65536 / row_bytes);
+    return rps > (uint32_t)img->height ? (uint32_t)img->height : rps;
+}
+
+/* One page's directory, without its pixels: the strip arrays are left empty
+ * (TIFFDeferStrileArrayWriting) and filled in by write_page_data. */
+static int write_page_dir(TIFF *t, const char *path, const cp_image *img, int nsamp, const char *desc,
+                          const char *software, uint16_t compression)
 {
     size_t es = cp_dtype_size(img->dtype);
-    uint32_t w = (uint32_t)img->width, h = (uint32_t)img->height;
-    size_t row_bytes = (size_t)w * nsamp * es;
-    uint32_t rps = row_bytes >= 65536 ? 1 : (uint32_t)(65536 / row_bytes);
-    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, w);
-    TIFFSetField(t, TIFFTAG_IMAGELENGTH, h);
+    TIFFSetField(t, TIFFTAG_IMAGEWIDTH, (uint32_t)img->width);
+    TIFFSetField(t, TIFFTAG_IMAGELENGTH, (uint32_t)img->height);
     TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)nsamp);
     TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)(es * 8));
     TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, (uint16_t)sample_format(img->dtype));
@@ -647,30 +654,59 @@ static int write_page(TIFF *t, const cp_image *img, int plane, int chan0, int ns
         TIFFSetField(t, TIFFTAG_EXTRASAMPLES, 1, &extra);
     }
     TIFFSetField(t, TIFFTAG_COMPRESSION, compression);
-    TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, rps > h ? h : rps);
+    TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, strip_rows(img, nsamp));
     if (software)
         TIFFSetField(t, TIFFTAG_SOFTWARE, software);
     if (desc)
         TIFFSetField(t, TIFFTAG_IMAGEDESCRIPTION, desc);
-    (void)npages;
+    return TIFFDeferStrileArrayWriting(t) && TIFFWriteCheck(t, 0, path) && TIFFWriteDirectory(t) ? 0 : -1;
+}
+
+/* Directory i of a file being written, read back in page order: 0 is found
+ * from the header, the others follow the chain one step. */
+static int next_dir(TIFF *t, int i)
+{
+    return i == 0 ? TIFFSetDirectory(t, 0) : TIFFReadDirectory(t);
+}
+
+/* The strips of the current directory, appended at the end of the file, then
+ * their offsets and counts written in place (TIFFFlush). */
+static int write_page_data(TIFF *t, const cp_image *img, int plane, int chan0, int nsamp, unsigned char *strip)
+{
+    size_t es = cp_dtype_size(img->dtype), C = (size_t)img->channels;
+    uint32_t w = (uint32_t)img->width, h = (uint32_t)img->height, rps = strip_rows(img, nsamp);
+    size_t row_bytes = (size_t)w * nsamp * es;
     const unsigned char *base = img->data;
-    size_t C = (size_t)img->channels;
-    for (uint32_t y = 0; y < h; y++) {
-        const unsigned char *src = base + (((size_t)plane * h + y) * w * C + (size_t)chan0) * es;
-        if ((size_t)nsamp == C) {
-            memcpy(row, src, row_bytes);
-        } else {
-            for (uint32_t x = 0; x < w; x++)
-                memcpy(row + (size_t)x * nsamp * es, src + (size_t)x * C * es, (size_t)nsamp * es);
+    for (uint32_t y0 = 0, s = 0; y0 < h; y0 += rps, s++) {
+        uint32_t rows = h - y0 < rps ? h - y0 : rps;
+        for (uint32_t r = 0; r < rows; r++) {
+            const unsigned char *src = base + (((size_t)plane * h + y0 + r) * w * C + (size_t)chan0) * es;
+            unsigned char *dst = strip + (size_t)r * row_bytes;
+            if ((size_t)nsamp == C) {
+                memcpy(dst, src, row_bytes);
+            } else {
+                for (uint32_t x = 0; x < w; x++)
+                    memcpy(dst + (size_t)x * nsamp * es, src + (size_t)x * C * es, (size_t)nsamp * es);
+            }
         }
-        if (TIFFWriteScanline(t, row, y, 0) < 0)
+        if (TIFFWriteEncodedStrip(t, s, strip, (tmsize_t)(rows * row_bytes)) < 0)
             return -1;
     }
-    return TIFFWriteDirectory(t) ? 0 : -1;
+    return TIFFFlush(t) ? 0 : -1;
 }
 
 /* Encode img as the pages of an open TIFF (a file or memory); `path` names it
- * in messages. Flushes but does not close t. */
+ * in messages. Flushes but does not close t.
+ *
+ * Layout: header, every page's directory, then every page's pixels back to
+ * back in page order. ImageJ (and tifffile, for ImageJ files) reads an
+ * uncompressed stack as ONE block of images x page bytes from the first
+ * strip, ignoring the other directories; pixels interleaved with directories
+ * would be read as pixels. So all directories are written first, then the
+ * strips, each page appended after the previous, their offsets and counts
+ * written into the directories. Arrays of more than one strip live outside
+ * their directory: those are reserved (TIFFForceStrileArrayWriting on zeros)
+ * before any pixels and rewritten in place. */
 int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_write_opts *opts)
 {
     if (!img || !img->data || img->width <= 0 || img->height <= 0 || img->channels <= 0 || img->planes <= 0 ||
@@ -713,18 +749,25 @@ int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_writ
     const char *software = opts->software ? opts->software : soft;
 
     size_t es = cp_dtype_size(img->dtype);
-    unsigned char *row = cp_malloc_array((size_t)img->width * nsamp, es, "TIFF row");
-    if (!row)
+    uint32_t rps = strip_rows(img, nsamp);
+    unsigned char *strip = cp_malloc_array((size_t)img->width * nsamp * rps, es, "TIFF strip");
+    if (!strip)
         return CP_ENOMEM;
     int rc = CP_OK;
-    for (int z = 0; rc == CP_OK && z < Z; z++)
-        for (int c = 0; rc == CP_OK && c < page_channels; c++)
-            if (write_page(t, img, z, c, nsamp, npages, descp, software, compression, row) != 0)
+    for (int i = 0; rc == CP_OK && i < npages; i++)
+        if (write_page_dir(t, path, img, nsamp, descp, software, compression) != 0)
+            rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+    if (rps < (uint32_t)img->height) /* more than one strip a page */
+        for (int i = 0; rc == CP_OK && i < npages; i++)
+            if (!next_dir(t, i) || !TIFFForceStrileArrayWriting(t))
                 rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
+    for (int i = 0; rc == CP_OK && i < npages; i++)
+        if (!next_dir(t, i) || write_page_data(t, img, i / page_channels, i % page_channels, nsamp, strip) != 0)
+            rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
     TIFFFlush(t);
     if (rc == CP_OK && tiff_msg[0])
         rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
-    free(row);
+    free(strip);
     return rc;
 }
 

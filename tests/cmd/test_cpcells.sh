@@ -1,6 +1,7 @@
 # cpcells on real images: folder and ZIP outputs, batch mode, selection,
 # refusals, and no leftovers after failures. (Pixel values of the crops are
-# checked against the source in tests/unit/test_cells.c.)
+# checked against the source in tests/unit/test_cells.c, and below, as
+# tifffile reads multi-channel cells, against crops computed in numpy.)
 . "$(dirname "$0")/lib.sh"
 C=$BIN/cpcells
 D=$SHARED/data
@@ -69,6 +70,103 @@ check_eq "stdout exit" $? 0
 check_same "stdout zip = file zip" stdout.zip dsb.zip
 "$C" -o - "${DSB}_img.png" "${DSB}_masks.tif" | cat > pipe.zip
 check_same "-o - alone streams the zip" pipe.zip dsb.zip
+
+# Multi-channel cells as Fiji and tifffile read them (issue 17): ImageJ takes
+# an uncompressed hyperstack's pixels as one block from the first page's
+# data, so pages interleaved with directories gave IFD bytes (256, 257, ...
+# the tag numbers) as channels 2 and up. Inputs: RGB u8 TIFF, 2-channel u16
+# NPY, 4-channel u8 and 5-channel u16 ImageJ TIFFs (C,Y,X), with cells of 1,
+# 2, 3 and 4 pixels, cells on the edges and cells inside others' boxes. Every
+# cell is compared with its crop computed here in numpy: the bounding box
+# grown by the pad and clipped at the edge, other labels' pixels 0, values
+# kept as u16, one page per channel.
+$PY - <<'EOF'
+import numpy as np, tifffile
+rng = np.random.default_rng(17)
+H, W = 23, 31
+lab = np.zeros((H, W), np.uint16)
+lab[0, 0] = 1                       # one pixel, in the corner
+lab[5:7, 4:6] = 2                   # 2 x 2
+lab[6, 6:9] = 3                     # a row of 3, next to 2
+lab[22, 30] = 4                     # one pixel, the other corner
+lab[10:20, 10:25] = 5               # large, with 6 and 7 inside its box
+lab[12:14, 12:14] = 6
+lab[15, 16] = 7
+lab[0:3, 28] = 8                    # a column on the top edge
+lab[18:23, 0:3] = 9                 # on the bottom-left edge
+lab[8, 20:22] = 10
+lab[9, 21] = 10                     # an L of 3 pixels touching 5's box
+tifffile.imwrite('mc_masks.tif', lab)
+rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+tifffile.imwrite('mc_rgb.tif', rgb, photometric='rgb')
+two = rng.integers(0, 65536, (H, W, 2), dtype=np.uint16)
+np.save('mc_two.npy', two)
+four = rng.integers(0, 256, (4, H, W), dtype=np.uint8)
+tifffile.imwrite('mc_four.tif', four, imagej=True, metadata={'axes': 'CYX'})
+five = rng.integers(0, 65536, (5, H, W), dtype=np.uint16)
+tifffile.imwrite('mc_five.tif', five, imagej=True, metadata={'axes': 'CYX'})
+for name, a in (('rgb', rgb), ('two', two), ('four', four.transpose(1, 2, 0)), ('five', five.transpose(1, 2, 0))):
+    np.save('mc_%s_truth.npy' % name, a)   # (Y, X, C), as generated
+EOF
+check "multi-channel inputs made" [ -f mc_five_truth.npy ]
+cat > mc_check.py <<'EOF'
+# mc_check.py MASKS.tif [TRUTH.npy OUT PAD]...: prints "OUT ok" when every
+# cell_*.tif of OUT (a folder or a .zip), as tifffile reads it, equals its
+# crop computed here, else "OUT bad" (the differences go to stderr).
+import io, os, sys, zipfile
+import numpy as np, tifffile
+lab = tifffile.imread(sys.argv[1])
+labels = [int(v) for v in np.unique(lab) if v]
+def check(img, out, pad):
+    H, W, C = img.shape
+    if out.endswith('.zip'):
+        z = zipfile.ZipFile(out)
+        files = {n: z.read(n) for n in z.namelist()}
+    else:
+        files = {n: open(os.path.join(out, n), 'rb').read() for n in os.listdir(out)}
+    bad = []
+    names = sorted(n for n in files if n.startswith('cell_'))
+    if names != ['cell_%04d.tif' % v for v in labels]:
+        bad.append('files %s' % names)
+    for v in labels:
+        rr, cc = np.nonzero(lab == v)
+        r0, r1 = max(rr.min() - pad, 0), min(rr.max() + 1 + pad, H)
+        c0, c1 = max(cc.min() - pad, 0), min(cc.max() + 1 + pad, W)
+        inside = (lab[r0:r1, c0:c1] == v)[..., None]
+        want = np.where(inside, img[r0:r1, c0:c1], 0).astype(np.uint16).transpose(2, 0, 1)
+        data = files.get('cell_%04d.tif' % v)
+        if data is None:
+            continue
+        with tifffile.TiffFile(io.BytesIO(data)) as t:
+            ij, series = t.imagej_metadata or {}, t.series[0]
+            got = series.asarray()
+        if ij.get('channels') != C or ij.get('images') != C or series.axes != 'CYX':
+            bad.append('label %d: imagej %s, axes %s; want channels=images=%d, CYX' % (v, ij, series.axes, C))
+        if not np.array_equal(tifffile.imread(io.BytesIO(data)), got):
+            bad.append('label %d: imread differs from the series' % v)
+        if got.dtype != np.uint16 or got.shape != want.shape or not np.array_equal(got, want):
+            bad.append('label %d: read %s %s\n%s\nwant %s\n%s' % (v, got.dtype, got.shape, got, want.shape, want))
+    for b in bad:
+        print(out + ': ' + b, file=sys.stderr)
+    print(out, 'bad' if bad else 'ok')
+for i in range(2, len(sys.argv), 3):
+    check(np.load(sys.argv[i]), sys.argv[i + 1], int(sys.argv[i + 2]))
+EOF
+runs= outs=
+for img in mc_rgb.tif mc_two.npy mc_four.tif mc_five.tif; do
+    n=${img%.*}
+    for pad in 0 2; do
+        check "$img pad $pad: folder" "$C" "$img" mc_masks.tif --pad $pad -o "${n}_p$pad"
+        check "$img pad $pad: zip" "$C" "$img" mc_masks.tif --pad $pad --zip "${n}_p$pad.zip"
+        runs="$runs ${n}_truth.npy ${n}_p$pad $pad ${n}_truth.npy ${n}_p$pad.zip $pad"
+        outs="$outs ${n}_p$pad ${n}_p$pad.zip"
+    done
+done
+# shellcheck disable=SC2086
+$PY mc_check.py mc_masks.tif $runs > mc_check.out
+for out in $outs; do
+    check_eq "$out: cells read by tifffile = numpy crops" "$(grep "^$out " mc_check.out)" "$out ok"
+done
 
 # 16-bit image, options.
 check "u16 + options" "$C" "${NI}_img.tif" "${NI}_masks.tif" -o ni --pad 4 --mask-too --min-area 70 --labels 3,7,10,11

@@ -612,6 +612,101 @@ static void test_writer(void)
     cp_image_free(img);
 }
 
+/* Pixels of a written TIFF as ImageJ reads an ImageJ stack: the strips of all
+ * pages back to back, page after page, the first at the first page's first
+ * strip (issue 17: directories between pages were read as pixels). Checks
+ * offset[k+1] == offset[k] + count[k] over every strip of every page, and,
+ * uncompressed, that the block from the first strip holds every page's
+ * samples in page order (page = plane x channels + channel). */
+static void check_contiguous(const char *what, const char *path, const cp_image *img, int one_page_rgb,
+                             int uncompressed)
+{
+    TIFF *t = TIFFOpen(path, "r");
+    CHECKF(t != NULL, "%s", what);
+    if (!t)
+        return;
+    int npages = one_page_rgb ? img->planes : img->planes * img->channels;
+    CHECKF(TIFFNumberOfDirectories(t) == (tdir_t)npages, "%s: %u pages", what, (unsigned)TIFFNumberOfDirectories(t));
+    uint64_t first = 0, next = 0, gaps = 0, strips = 0;
+    for (int p = 0; p < npages && TIFFSetDirectory(t, (tdir_t)p); p++) {
+        uint32_t ns = TIFFNumberOfStrips(t);
+        for (uint32_t k = 0; k < ns; k++, strips++) {
+            uint64_t off = TIFFGetStrileOffset(t, k), cnt = TIFFGetStrileByteCount(t, k);
+            if (strips == 0)
+                first = off;
+            else
+                gaps += off != next;
+            next = off + cnt;
+        }
+    }
+    TIFFClose(t);
+    CHECKF(gaps == 0 && strips >= (uint64_t)npages, "%s: %llu of %llu strips not right after the previous one", what,
+           (unsigned long long)gaps, (unsigned long long)strips);
+    if (!uncompressed)
+        return;
+    size_t n = 0, es = cp_dtype_size(img->dtype), page = (size_t)img->width * img->height * es;
+    unsigned char *file = test_slurp(path, &n);
+    size_t total = cp_image_samples(img) * es;
+    CHECKF(file && first + total == next && next <= n, "%s: block of %llu..%llu in %zu bytes", what,
+           (unsigned long long)first, (unsigned long long)next, n);
+    int bad = 0;
+    if (file && next <= n && first + total == next) {
+        const unsigned char *block = file + first, *src = img->data;
+        size_t C = (size_t)img->channels, px = (size_t)img->width * img->height;
+        for (int p = 0; p < npages && !one_page_rgb; p++)
+            for (size_t i = 0; i < px; i++) {
+                size_t z = (size_t)p / C, c = (size_t)p % C;
+                bad += memcmp(block + (size_t)p * page + i * es, src + ((z * px + i) * C + c) * es, es) != 0;
+            }
+        if (one_page_rgb)
+            bad += memcmp(block, src, total) != 0;
+    }
+    CHECKF(bad == 0, "%s: %d samples differ from ImageJ's reading", what, bad);
+    free(file);
+}
+
+static void test_contiguous_pages(void)
+{
+    /* cpcells' cells (u16, 1 to 5 channels, ImageJ), tiny and with several
+     * strips per page; stacks; RGB kept as one page; deflate too */
+    struct { int w, h, c, z; cp_dtype dt; int imagej; cp_compression comp; } cases[] = {
+        {2, 2, 3, 1, CP_U16, 1, CP_COMPRESS_NONE},   {1, 1, 2, 1, CP_U16, 1, CP_COMPRESS_NONE},
+        {3, 2, 5, 1, CP_U16, 1, CP_COMPRESS_NONE},   {300, 400, 4, 1, CP_U16, 1, CP_COMPRESS_NONE},
+        {17, 9, 1, 1, CP_U16, 0, CP_COMPRESS_NONE},  {40, 30, 2, 3, CP_F32, 0, CP_COMPRESS_NONE},
+        {200, 500, 3, 2, CP_U8, 0, CP_COMPRESS_NONE}, {300, 400, 3, 1, CP_U16, 1, CP_COMPRESS_DEFLATE},
+        {64, 50, 6, 2, CP_U8, 0, CP_COMPRESS_LZW},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        cp_image *img;
+        CHECK_OK(cp_image_create(&img, cases[k].w, cases[k].h, cases[k].c, cases[k].z, cases[k].dt));
+        unsigned char *d = img->data;
+        for (size_t i = 0; i < cp_image_samples(img) * cp_dtype_size(img->dtype); i++)
+            d[i] = (unsigned char)(i * 131 + i / 251); /* no two pages alike */
+        cp_write_opts o = {.compression = cases[k].comp, .imagej = cases[k].imagej};
+        int rgb = (img->channels == 3 || img->channels == 4) && !o.imagej &&
+                  (img->dtype == CP_U8 || img->dtype == CP_U16);
+        int raw = cases[k].comp == CP_COMPRESS_NONE;
+        char what[96];
+        snprintf(what, sizeof what, "case %zu file", k);
+        CHECK_OK(cp_tiff_write(tmp("w_contig.tif"), img, &o));
+        check_contiguous(what, tmp("w_contig.tif"), img, rgb, raw);
+        void *mem = NULL;
+        size_t size = 0;
+        CHECK_OK(cp_tiff_write_mem(img, &o, "mem.tif", &mem, &size));
+        CHECK(mem && test_write_bytes(tmp("w_contig_mem.tif"), mem, size) == 0);
+        snprintf(what, sizeof what, "case %zu memory", k);
+        check_contiguous(what, tmp("w_contig_mem.tif"), img, rgb, raw);
+        free(mem);
+        cp_image *back;
+        CHECK_OK(cp_image_read(tmp("w_contig.tif"), NULL, &back));
+        CHECKF(back && back->channels == img->channels && back->planes == img->planes &&
+                   memcmp(back->data, img->data, cp_image_samples(img) * cp_dtype_size(img->dtype)) == 0,
+               "case %zu reads back", k);
+        cp_image_free(back);
+        cp_image_free(img);
+    }
+}
+
 /* Minimal little-endian TIFF with one strip, built by hand so the header can lie. */
 static size_t handmade_tiff(unsigned char *buf, uint32_t w, uint32_t h, uint32_t bytecount, uint16_t spp)
 {
@@ -771,6 +866,7 @@ int main(void)
     test_photometric();
     test_mixed_pages();
     test_writer();
+    test_contiguous_pages();
     test_bad_files();
     return test_result();
 }
