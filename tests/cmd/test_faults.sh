@@ -1,0 +1,159 @@
+# Failing disks and killed processes, for every command that writes:
+#   full disk  - a file-size limit (ulimit -f) makes writes past it fail
+#                (EFBIG) partway through a file, as ENOSPC does;
+#   read-only  - the output folder is a read-only bind mount (skipped, and
+#                said so, where this process may not mount);
+#   SIGKILL    - a batch killed at several points.
+# Each time: no partial file under a final name (every output present equals
+# the clean run's byte for byte), no temporary left behind where the process
+# could clean up, inputs unchanged, and a rerun completes with the same bytes.
+. "$(dirname "$0")/lib.sh"
+W=$SHARED/golden/weights/cpnet_nucleilike_s2_legacy.pth
+SEG="$BIN/cpseg -q --model $W --diameter 30 --save flows,rois"
+
+mkdir -p "$T/in" && cp "$TESTDATA"/seg/*.png "$T/in/"
+inputs_sum() { (cd "$T/in" && sha256sum ./*); }
+IN_SUM=$(inputs_sum)
+
+# limited KB CMD...: CMD with a file-size limit of KB kilobytes. Its output
+# goes through a pipe, since the limit would also stop the test's own log.
+limited() {
+    local kb=$1; shift
+    (ulimit -f "$kb"; trap '' XFSZ; exec "$@") 2>&1 | cat > "$T/limited.err"
+    return "${PIPESTATUS[0]}"
+}
+# readonly DIR CMD...: CMD with DIR mounted read-only (exit 99: cannot mount)
+readonly_dir() {
+    local d=$1; shift
+    unshare -m sh -c 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 99; shift; exec "$@"' \
+        sh "$d" "$@" > "$T/ro.out" 2> "$T/ro.err"
+}
+# visible files of DIR, one a line, sorted (temporaries start with a dot)
+listing() { (cd "$1" && find . -type f ! -name '.*' ! -path '*/.*' | sort); }
+temps() { (cd "$1" && find . -name '.*' ! -name . | sort); }
+# complete DESC DIR REF: every visible file of DIR equals REF's
+complete() {
+    local f bad=0
+    while read -r f; do
+        cmp -s "$2/$f" "$3/$f" || { bad=1; echo "partial or wrong: $2/$f" >&2; }
+    done < <(listing "$2")
+    if [ $bad -eq 0 ]; then ok; else bad "$1: a file under a final name is not the finished output"; fi
+}
+# same_tree DESC DIR REF: same visible files, same bytes
+same_tree() {
+    check_eq "$1: file list" "$(listing "$2")" "$(listing "$3")"
+    complete "$1" "$2" "$3"
+}
+no_temps() { check_eq "$1: no temporary left" "$(temps "$2")" ""; }
+
+# ---- cpseg: a batch of four images, three outputs each ----------------------
+check "cpseg clean run" $SEG --savedir "$T/seg_ref" "$T/in"
+mkdir -p "$T/seg_full"
+limited 16 $SEG --savedir "$T/seg_full" "$T/in"
+check_eq "cpseg full disk: exit 1 (images failed)" $? 1
+check "cpseg full disk: the error names the file" grep -q "seg_full/a_flows.npy: write failed: File too large" \
+    "$T/limited.err"
+complete "cpseg full disk" "$T/seg_full" "$T/seg_ref"
+no_temps "cpseg full disk" "$T/seg_full"
+check "cpseg after the full disk" $SEG --savedir "$T/seg_full" "$T/in"
+same_tree "cpseg rerun after the full disk" "$T/seg_full" "$T/seg_ref"
+
+mkdir -p "$T/seg_ro"
+readonly_dir "$T/seg_ro" $SEG --savedir "$T/seg_ro" "$T/in"
+rc=$?
+if [ $rc -eq 99 ]; then
+    echo "SKIP read-only outputs: this process cannot make a read-only bind mount" >&2
+else
+    check_eq "cpseg read-only folder: exit 1" $rc 1
+    check "cpseg read-only folder: the error says so" grep -q "seg_ro/a_[a-z_]*\.[a-z]*: cannot create output: Read-only file system" \
+        "$T/ro.err"
+fi
+
+# killed again and again, each run resuming the last, until one finishes:
+# masks from 12 saved flow fields of the 512x512 demo image, so the kills
+# land among the writes and not only in start-up
+check "cpseg demo flows" $BIN/cpseg -q --model $W --diameter 17 --save flows --savedir "$T/demo" \
+    "$TESTDATA/demo/nuclei.tif"
+mkdir -p "$T/ff" "$T/ff_ref" "$T/ff_kill"
+FLOWS=()
+for i in $(seq -w 1 12); do
+    cp "$T/demo/nuclei_flows.npy" "$T/ff/n${i}_flows.npy"
+    FLOWS+=(--from-flows "$T/ff/n${i}_flows.npy")
+done
+FF="$BIN/cpseg -q --diameter 17 --save rois,png"
+check "cpseg from flows, clean run" $FF --savedir "$T/ff_ref" "${FLOWS[@]}"
+d=0.2 kills=0
+while [ $kills -lt 30 ]; do
+    $FF --savedir "$T/ff_kill" "${FLOWS[@]}" & pid=$!
+    sleep $d
+    kill -9 $pid 2> /dev/null || { wait $pid; break; }
+    wait $pid 2> /dev/null
+    kills=$((kills + 1))
+    complete "cpseg killed after ${d}s" "$T/ff_kill" "$T/ff_ref"
+    d=$(awk "BEGIN { print $d + 0.15 }")
+done
+echo "cpseg: killed $kills times, $(listing "$T/ff_kill" | wc -l) of $(listing "$T/ff_ref" | wc -l) files then" >&2
+check "cpseg after the kills" $FF --savedir "$T/ff_kill" "${FLOWS[@]}"
+same_tree "cpseg rerun after the kills" "$T/ff_kill" "$T/ff_ref"
+
+# ---- cpmetrics: one table --------------------------------------------------
+M="$BIN/cpmetrics -q"
+check "cpmetrics clean run" $M -o "$T/cells_ref.csv" "$T"/seg_ref/*_cp_masks.tif
+mkdir -p "$T/met"
+limited 0 $M -o "$T/met/cells.csv" "$T"/seg_ref/*_cp_masks.tif
+check_eq "cpmetrics full disk: exit 3" $? 3
+check_eq "cpmetrics full disk: no table" "$(listing "$T/met")" ""
+no_temps "cpmetrics full disk" "$T/met"
+readonly_dir "$T/met" $M -o "$T/met/cells.csv" "$T"/seg_ref/*_cp_masks.tif
+rc=$?
+[ $rc -eq 99 ] || check_eq "cpmetrics read-only folder: exit 3" $rc 3
+check "cpmetrics after the faults" $M -o "$T/met/cells.csv" "$T"/seg_ref/*_cp_masks.tif
+check_same "cpmetrics table after the faults" "$T/met/cells.csv" "$T/cells_ref.csv"
+
+# ---- cpcells: a folder and a ZIP of cells -----------------------------------
+C="$BIN/cpcells -q"
+check "cpcells clean run" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" -o "$T/cells_ref"
+check "cpcells clean ZIP" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" --zip "$T/cells_ref.zip"
+mkdir -p "$T/cc"
+limited 1 $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" -o "$T/cc/cells"
+check_eq "cpcells full disk: exit 3" $? 3
+limited 0 $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" --zip "$T/cc/cells.zip"
+check_eq "cpcells full disk, ZIP: exit 3" $? 3
+check_eq "cpcells full disk: nothing under a final name" "$(listing "$T/cc")" ""
+no_temps "cpcells full disk" "$T/cc"
+check "cpcells after the full disk" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" -o "$T/cc/cells"
+check "cpcells ZIP after the full disk" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" --zip "$T/cc/cells.zip"
+same_tree "cpcells rerun after the full disk" "$T/cc/cells" "$T/cells_ref"
+check_same "cpcells ZIP after the full disk" "$T/cc/cells.zip" "$T/cells_ref.zip"
+
+# ---- spotquery: a table ----------------------------------------------------
+S="$BIN/spotquery spots -q"
+check "spotquery clean run" $S -o "$T/spots_ref.csv" "$TESTDATA/spots/csv_dataset"
+mkdir -p "$T/sq"
+limited 2 $S -o "$T/sq/spots.csv" "$TESTDATA/spots/csv_dataset"
+rc=$?
+check "spotquery full disk: fails" test $rc -ne 0
+check_eq "spotquery full disk: no table" "$(listing "$T/sq")" ""
+no_temps "spotquery full disk" "$T/sq"
+check "spotquery after the full disk" $S -o "$T/sq/spots.csv" "$TESTDATA/spots/csv_dataset"
+check_same "spotquery table after the full disk" "$T/sq/spots.csv" "$T/spots_ref.csv"
+
+# ---- cptrain: checkpoints and model ----------------------------------------
+DSB=$SHARED/data/dsb2018
+mkdir -p "$T/tr"
+for id in $(ls "$DSB" | sed -n 's/_img\.png$//p' | head -n 3); do
+    ln -sf "$DSB/${id}_img.png" "$DSB/${id}_masks.tif" "$T/tr/"
+done
+TR="$BIN/cptrain -q --train $T/tr --nbase 2,8,16,32 --bsize 64 --batch-size 2 --epochs 4 --nimg-per-epoch 2
+    --lr 0.02 --seed 3 --threads 1 --diam-mean 17 --checkpoint-every 1 --min-masks 1"
+mkdir -p "$T/trref" "$T/trfull"
+check "cptrain clean run" $TR -o "$T/trref/m.pth"
+limited 8 $TR -o "$T/trfull/m.pth"
+check "cptrain full disk: fails" test $? -ne 0
+check_eq "cptrain full disk: nothing under a final name" "$(listing "$T/trfull")" ""
+no_temps "cptrain full disk" "$T/trfull"
+check "cptrain after the full disk" $TR -o "$T/trfull/m.pth"
+check_same "cptrain model after the full disk" "$T/trfull/m.pth" "$T/trref/m.pth"
+
+check_eq "inputs unchanged" "$(inputs_sum)" "$IN_SUM"
+finish
