@@ -90,11 +90,13 @@ def weights():
     sd, storages = state()
     b = io.BytesIO()
     with zipfile.ZipFile(b, "w", zipfile.ZIP_STORED) as z:
-        z.writestr("archive/data.pkl", dumps(sd))
-        z.writestr("archive/byteorder", "little")
+        def put(name, data):  # fixed dates: the same bytes on every run
+            z.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
+        put("archive/data.pkl", dumps(sd))
+        put("archive/byteorder", "little")
         for s in storages:
-            z.writestr("archive/data/" + s.key, s.arr.tobytes())
-        z.writestr("archive/version", "3\n")
+            put("archive/data/" + s.key, s.arr.tobytes())
+        put("archive/version", "3\n")
     out("weights", "small_zip.pth", b.getvalue())
 
     leg = io.BytesIO()
@@ -143,6 +145,27 @@ def flows():
     out("flows", "float64.npy", npy(f.astype(np.float64)))
 
 
+def images():
+    import gzip
+    import tifffile
+    rng = np.random.default_rng(5)
+    a = (rng.random((2, 3, 20, 24)) * 4000).astype(np.uint16)  # Z C Y X
+    b = io.BytesIO()
+    np.save(b, a[0, 0])
+    out("image", "u16.npy.gz", gzip.compress(b.getvalue(), mtime=0))
+    for name, kw in (("tiled_deflate.tif", dict(tile=(16, 16), compression="zlib")),
+                     ("bigtiff_planar.tif", dict(bigtiff=True, planarconfig="separate", photometric="minisblack")),
+                     ("imagej_zcyx.tif", dict(imagej=True, metadata={"axes": "ZCYX"})),
+                     ("ome_zcyx.ome.tif", dict(metadata={"axes": "ZCYX"})),
+                     ("rgb_strips.tif", dict(photometric="rgb", rowsperstrip=3))):
+        data = a[:, :, :, :] if "zcyx" in name else a[0]
+        if name.startswith("rgb"):
+            data = np.moveaxis(a[0], 0, -1).astype(np.uint8)
+        b = io.BytesIO()
+        tifffile.imwrite(b, data, **kw)
+        out("image", name, b.getvalue())
+
+
 def jsons():
     out("json", "manifest.json", json.dumps({
         "round": "R2", "spot_channels": ["488", "561", 638],
@@ -159,4 +182,5 @@ def jsons():
 
 weights()
 flows()
+images()
 jsons()
