@@ -155,5 +155,16 @@ no_temps "cptrain full disk" "$T/trfull"
 check "cptrain after the full disk" $TR -o "$T/trfull/m.pth"
 check_same "cptrain model after the full disk" "$T/trfull/m.pth" "$T/trref/m.pth"
 
+# killed by SIGKILL once a checkpoint exists, then resumed from it
+mkdir -p "$T/trkill"
+$TR -o "$T/trkill/m.pth" & pid=$!
+while [ ! -e "$T/trkill/m.pth.ckpt" ] && kill -0 $pid 2> /dev/null; do sleep 0.05; done
+kill -9 $pid 2> /dev/null
+wait $pid 2> /dev/null
+# the model saved with the checkpoint is an earlier epoch's, but whole
+check "cptrain killed: the saved model is a whole zip" unzip -tq "$T/trkill/m.pth"
+check "cptrain resumed after SIGKILL" $TR -o "$T/trkill/m.pth" --resume "$T/trkill/m.pth.ckpt"
+check_same "cptrain resumed model" "$T/trkill/m.pth" "$T/trref/m.pth"
+
 check_eq "inputs unchanged" "$(inputs_sum)" "$IN_SUM"
 finish
