@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -248,7 +249,7 @@ static int fortran_to_c(cp_array *a)
     return CP_OK;
 }
 
-static int read_npy_stream(const char *path, gzFile g, cp_array **out)
+static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **out)
 {
     unsigned char pre[10];
     int got = gzread(g, pre, 8);
@@ -292,11 +293,16 @@ static int read_npy_stream(const char *path, gzFile g, cp_array **out)
     if (n == (size_t)-1 || n > cp_get_max_pixels())
         return cp_error(CP_ELIMIT, "%s: NPY array of %s elements exceeds the limit of %llu samples", path,
                         n == (size_t)-1 ? "too many" : "so many", (unsigned long long)cp_get_max_pixels());
+    size_t es = cp_dtype_size(h.dtype);
+    /* deflate expands at most 1032-fold: a header claiming more data than the
+       file can hold is corrupt, and is refused before allocating */
+    if ((double)n * es > fsize * (gzdirect(g) ? 1 : 1032))
+        return cp_error(CP_EFORMAT, "%s: truncated NPY data (header claims %zu bytes, the file has %.0f)", path,
+                        n * es, fsize);
     cp_array *a;
     rc = cp_array_create(&a, h.ndim, h.shape, h.dtype);
     if (rc)
         return cp_error(rc, "%s: %s", path, cp_errmsg());
-    size_t es = cp_dtype_size(h.dtype);
     if (gz_read_all(g, a->data, n * es) != 0) {
         cp_array_free(a);
         return cp_error(CP_EFORMAT, "%s: truncated NPY data (expected %zu bytes)", path, n * es);
@@ -329,7 +335,9 @@ int cp_npy_read(const char *path, cp_array **out)
     if (!g)
         return cp_error(CP_EIO, "%s: cannot open: %s", path, strerror(errno ? errno : ENOENT));
     gzbuffer(g, 1 << 16);
-    int rc = read_npy_stream(path, g, out);
+    struct stat st;
+    int rc = stat(path, &st) ? cp_error(CP_EIO, "%s: cannot stat: %s", path, strerror(errno))
+                             : read_npy_stream(path, g, (double)st.st_size, out);
     gzclose(g);
     return rc;
 }

@@ -1,11 +1,13 @@
 /* PNG via libpng: 8/16-bit gray, gray+alpha, RGB, RGBA; palettes expand to
  * RGB, 1/2/4-bit gray unpacks to one byte per sample (values kept). */
 #include <errno.h>
+#include <math.h>
 #include <png.h>
 #include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/io_internal.h"
 
@@ -37,6 +39,7 @@ static int png_decode(png_ctx *c, FILE *f, png_structp png, png_infop info)
     png_uint_32 w, h;
     int depth, color, interlace;
     png_get_IHDR(png, info, &w, &h, &depth, &color, &interlace, NULL, NULL);
+    int native_channels = png_get_channels(png, info);
     if (color == PNG_COLOR_TYPE_PALETTE)
         png_set_palette_to_rgb(png);
     if (depth < 8 && color != PNG_COLOR_TYPE_PALETTE)
@@ -54,6 +57,13 @@ static int png_decode(png_ctx *c, FILE *f, png_structp png, png_infop info)
     if (total > cp_get_max_pixels())
         return cp_error(CP_ELIMIT, "%s: PNG of %u x %u x %d channels exceeds the limit of %llu samples", c->path, h,
                         w, channels, (unsigned long long)cp_get_max_pixels());
+    /* the filtered rows inflate from the file's IDAT, at most 1032-fold: a
+       header claiming more is corrupt, refused before allocating */
+    struct stat st;
+    double stored = (double)h * (1 + ceil((double)w * native_channels * depth / 8));
+    if (fstat(fileno(f), &st) == 0 && stored > (double)st.st_size * 1032)
+        return cp_error(CP_EFORMAT, "%s: PNG header claims %u x %u pixels, more than the file's %lld bytes can hold: "
+                        "corrupt", c->path, w, h, (long long)st.st_size);
     int rc = cp_image_create(&c->img, (int)w, (int)h, channels, 1, out_depth == 16 ? CP_U16 : CP_U8);
     if (rc)
         return cp_error(rc, "%s: %s", c->path, cp_errmsg());

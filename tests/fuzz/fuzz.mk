@@ -23,6 +23,7 @@ FUZZ_CFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover
 
 .PHONY: fuzz fuzz-build
 fuzz-build:
+	@scripts/install-deps fuzz
 	$(MAKE) BUILD=$(FUZZ_BUILD) CC=clang CXX=clang++ OPT='-O1 -g' \
 	  SAN_ON='$(FUZZ_CFLAGS)' SANITIZE=1 $(FUZZ_NAMES:%=$(FUZZ_BUILD)/fuzz/fuzz_%)
 

@@ -275,6 +275,13 @@ static void test_bad_files(void)
     expect_fail("n_trunc.npy.gz", CP_EFORMAT, "truncated");
     write_npy(tmp("n_huge.npy"), 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }", d, 8, 0);
     expect_fail("n_huge.npy", CP_ELIMIT, NULL);
+    /* under the sample limit but far more than the file holds: refused before
+       allocating 800 MB (plain), or more than deflate can expand to (gzip) */
+    write_npy(tmp("n_claims.npy"), 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (10000, 10000), }", d, 8, 0);
+    expect_fail("n_claims.npy", CP_EFORMAT, "header claims 800000000 bytes");
+    write_npy(tmp("n_claims.npy.gz"), 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (10000, 10000), }", d, 8,
+              1);
+    expect_fail("n_claims.npy.gz", CP_EFORMAT, "header claims 800000000 bytes");
     write_npy(tmp("n_overflow.npy"), 1,
               "{'descr': '<f8', 'fortran_order': False, 'shape': (4294967296, 4294967296, 4294967296), }", d, 8, 0);
     expect_fail("n_overflow.npy", CP_ELIMIT, NULL);

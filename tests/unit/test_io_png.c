@@ -279,6 +279,13 @@ static void test_bad_files(void)
     const char *path = tmp("p_huge.png");
     test_write_bytes(path, buf, n);
     CHECK(cp_image_read(path, NULL, &img) == CP_ELIMIT && strstr(cp_errmsg(), "p_huge.png"));
+    /* under the limit, but more than its bytes can inflate to: corrupt, and
+       refused before allocating */
+    n = handmade_png(buf, 20000, 20000, raw, sizeof raw);
+    path = tmp("p_claims.png");
+    test_write_bytes(path, buf, n);
+    CHECK(cp_image_read(path, NULL, &img) == CP_EFORMAT);
+    CHECKF(strstr(cp_errmsg(), "p_claims.png: PNG header claims 20000 x 20000 pixels") != NULL, "%s", cp_errmsg());
     /* too little data for the image */
     n = handmade_png(buf, 3, 5, raw, sizeof raw);
     path = tmp("p_short.png");
