@@ -105,6 +105,7 @@ typedef struct cp_table_reader {
 int cp_register_table_reader(const cp_table_reader *r);
 /* Read a table with the first reader that matches the name. */
 int cp_stable_read(const char *path, const cp_sread_opts *o, cp_stable *out);
+/* Column names in file order, appended to an empty list (left empty on failure). */
 int cp_stable_read_header(const char *path, cp_strlist *names);
 /* 1 if the name is a spot table some registered reader takes. */
 int cp_is_table_name(const char *path);

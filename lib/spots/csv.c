@@ -66,7 +66,10 @@ int cp_stable_read_header(const char *path, cp_strlist *names)
     const cp_table_reader *r = reader_for(path);
     if (!r)
         return cp_error(CP_EUNSUPPORTED, "%s: no reader for this kind of table", path);
-    return r->header(path, names);
+    int rc = r->header(path, names);
+    if (rc)
+        cp_strlist_free(names); /* the names read before the error */
+    return rc;
 }
 
 /* ---- schema ------------------------------------------------------------ */
