@@ -39,7 +39,8 @@ static int open_backend(const char *path, const char *origin)
 {
     void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!h) {
-        snprintf(failure, sizeof failure, "%s%s: cannot load the libtorch backend: %s", origin, path, dlerror());
+        snprintf(failure, sizeof failure, "%s%s: cannot load the libtorch backend: %s", origin, path,
+                 dlerror());
         return -1;
     }
     cp_torch_backend_init_fn *init = (cp_torch_backend_init_fn *)dlsym(h, CP_TORCH_BACKEND_INIT);
@@ -75,7 +76,8 @@ static int try_dir(const char *dir, const char *rel, char *looked, size_t cap)
         return 0;
     size_t used = strlen(looked);
     snprintf(looked + used, cap - used, "%s%s", used ? ", " : "", path);
-    if (snprintf(path + n, sizeof path - (size_t)n, "/%s", CP_TORCH_BACKEND_FILE) >= (int)(sizeof path - (size_t)n))
+    size_t room = sizeof path - (size_t)n;
+    if ((size_t)snprintf(path + n, room, "/%s", CP_TORCH_BACKEND_FILE) >= room)
         return 0;
     return access(path, F_OK) ? 0 : open_backend(path, "");
 }
