@@ -12,6 +12,11 @@ CC       ?= cc
 CXX      ?= c++
 VERSION  := $(shell sed -n 's/^\#define CP_VERSION_STRING "\(.*\)"/\1/p' include/cellpose/core.h)
 
+# libtorch: only lib/net/torch_shim.cpp uses it, built as the backend
+# $(BACKEND), a shared object that libcellpose dlopen()s the first time a
+# network is needed (lib/net/backend.c). libcellpose and the commands do not
+# link libtorch, so runs without a network (--version, --from-flows,
+# cpmetrics, ...) do not pay its start-up (~0.4 s, 160 MB).
 TORCH_INC := -isystem /usr/include/torch/csrc/api/include
 TORCH_LIBS := -ltorch -ltorch_cpu -lc10
 
@@ -25,14 +30,14 @@ CFLAGS   += -std=c11 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS)
             -D_GNU_SOURCE -Iinclude -Ilib -Icmd
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
             -Iinclude -Ilib $(TORCH_INC) -Wno-unused-parameter
-LDLIBS   := $(TORCH_LIBS) -ltiff -lpng -lz -lsnappy -lzstd -lcjson -lgomp -lstdc++ -lm -lpthread
-# --as-needed: commands that do not use libtorch do not load it (startup
-# 0.1 s instead of ~3 s under ASan).
+LDLIBS   := -ltiff -lpng -lz -lsnappy -lzstd -lcjson -lgomp -lm -lpthread -ldl
+# --as-needed: a command links only the libraries it uses.
 LDFLAGS  += -fopenmp -Wl,--as-needed $(SANFLAGS)
 
 LIB_C    := $(sort $(wildcard lib/*/*.c))
 LIB_CXX  := $(sort $(wildcard lib/*/*.cpp))
-LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o) $(LIB_CXX:%.cpp=$(BUILD)/%.o)
+LIB_OBJ  := $(LIB_C:%.c=$(BUILD)/%.o)
+BACKEND_OBJ := $(LIB_CXX:%.cpp=$(BUILD)/%.o)
 CMD_SRC  := $(sort $(wildcard cmd/*.c))
 CMDS     := $(CMD_SRC:cmd/%.c=%)
 CMD_BIN  := $(CMDS:%=$(BUILD)/bin/%)
@@ -44,6 +49,10 @@ HEADERS  := $(wildcard include/cellpose/*.h) $(wildcard lib/*/*.h) $(wildcard cm
 
 STATIC   := $(BUILD)/libcellpose.a
 SHARED   := $(BUILD)/libcellpose.so
+# Installed as $(PREFIX)/lib/cellpose/; the build tree keeps the same
+# bin/../lib/cellpose/ layout so its commands and tests find theirs (and the
+# ASan build its sanitized one).
+BACKEND  := $(BUILD)/lib/cellpose/libcellpose_torch.so
 
 .PHONY: all lib cmds tests check check-normal check-asan asan demo bench deps install uninstall clean help
 
@@ -57,9 +66,9 @@ help:
 	@echo "make bench      speed and memory figures (not a test)"
 	@echo "make install    PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)"
 
-lib: $(STATIC) $(SHARED)
-cmds: $(CMD_BIN)
-tests: $(TEST_BIN) $(CMD_BIN)
+lib: $(STATIC) $(SHARED) $(BACKEND)
+cmds: $(CMD_BIN) $(BACKEND)
+tests: $(TEST_BIN) $(CMD_BIN) $(BACKEND)
 
 $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
@@ -75,7 +84,17 @@ $(STATIC): $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(SHARED): $(LIB_OBJ)
-	$(CXX) -shared -Wl,-soname,libcellpose.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(CC) -shared -Wl,-soname,libcellpose.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The last place the loader looks for the backend (after CELLPOSE_TORCH_BACKEND
+# and the folders next to libcellpose and the program): PREFIX at build time.
+$(BUILD)/lib/net/backend.o: CFLAGS += -DCP_TORCH_BACKEND_DIR='"$(PREFIX)/lib/cellpose"'
+
+# --no-undefined: the backend gets libcellpose's functions from the loader
+# (cp_torch_host), never by linking, so it serves .a and .so users alike.
+$(BACKEND): $(BACKEND_OBJ)
+	@mkdir -p $(dir $@)
+	$(CXX) -shared $(LDFLAGS) -Wl,--no-undefined -o $@ $^ $(TORCH_LIBS) -lgomp -lstdc++ -lm -lpthread
 
 $(BUILD)/bin/%: $(BUILD)/cmd/%.o $(COMMON_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
@@ -121,10 +140,11 @@ $(BUILD)/cellpose.pc:
 	  '$(PREFIX)' '$(VERSION)' '$(LDLIBS)' > $@
 
 install: all $(BUILD)/cellpose.pc
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/lib/cellpose \
 	  $(DESTDIR)$(PREFIX)/include/cellpose $(DESTDIR)$(PREFIX)/share/man/man1
 	install -m 755 $(CMD_BIN) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(STATIC) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BACKEND) $(DESTDIR)$(PREFIX)/lib/cellpose/
 	install -m 755 $(SHARED) $(DESTDIR)$(PREFIX)/lib/libcellpose.so.$(VERSION)
 	ln -sf libcellpose.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libcellpose.so.0
 	ln -sf libcellpose.so.0 $(DESTDIR)$(PREFIX)/lib/libcellpose.so
@@ -134,6 +154,7 @@ install: all $(BUILD)/cellpose.pc
 
 uninstall:
 	rm -f $(CMDS:%=$(DESTDIR)$(PREFIX)/bin/%) $(DESTDIR)$(PREFIX)/lib/libcellpose.* \
+	  $(DESTDIR)$(PREFIX)/lib/cellpose/$(notdir $(BACKEND)) \
 	  $(DESTDIR)$(PREFIX)/lib/pkgconfig/cellpose.pc
 	rm -rf $(DESTDIR)$(PREFIX)/include/cellpose
 	rm -f $(patsubst man/%,$(DESTDIR)$(PREFIX)/share/man/man1/%,$(wildcard man/*.1))

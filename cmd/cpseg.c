@@ -115,6 +115,7 @@ typedef struct job {
     int from_flows;
     cp_model *model;
     const cp_model_info *info;
+    cp_model_info flows_info; /* --from-flows: the model's info, no network */
     cp_model_ref ref;
     cp_arch arch;
     float diam_mean;
@@ -535,12 +536,15 @@ int main(int argc, char **argv)
         }
         cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
                             J.threads_per_job};
-        rc = cp_model_load(J.ref.path, &mo, &J.model);
+        /* from flows, only the model's type and diameter are used: no network,
+         * so libtorch is not even loaded */
+        rc = J.from_flows ? cp_model_read_info(J.ref.path, &J.flows_info)
+                          : cp_model_load(J.ref.path, &mo, &J.model);
         if (rc != CP_OK) {
             cli_err("%s", cp_errmsg());
             { status = CLI_EXIT_FATAL; goto out; }
         }
-        J.info = cp_model_get_info(J.model);
+        J.info = J.from_flows ? &J.flows_info : cp_model_get_info(J.model);
         J.arch = J.info->arch;
         J.diam_mean = J.ref.diam_mean > 0 ? J.ref.diam_mean : J.info->diam_mean;
         J.params.diam_mean = J.diam_mean;

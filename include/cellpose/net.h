@@ -93,6 +93,9 @@ int cp_weights_save(const cp_weights *w, const char *path);
  * The first load makes libtorch keep freed blocks >= 1 MB for reuse (up to
  * 2 GiB), which removes the page-fault cost of large activations. */
 int cp_model_load(const char *path, const cp_model_opts *opts, cp_model **out);
+/* The same checks of the weights, and their info, without building the
+ * network: libtorch is loaded only by the first cp_model_load (or training). */
+int cp_model_read_info(const char *path, cp_model_info *info);
 void cp_model_free(cp_model *m);
 const cp_model_info *cp_model_get_info(const cp_model *m);
 

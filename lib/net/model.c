@@ -305,11 +305,13 @@ static int env_device(const cp_model_opts *in, cp_model_opts *o, const char *pat
     return CP_OK;
 }
 
-int cp_model_load(const char *path, const cp_model_opts *opts, cp_model **out)
+/* The weights, checked, and their info; the network too with build (the
+ * only step that needs the libtorch backend). */
+static int load(const char *path, const cp_model_opts *opts, int build, cp_model **out)
 {
     *out = NULL;
     cp_model_opts o;
-    int rc = env_device(opts, &o, path);
+    int rc = build ? env_device(opts, &o, path) : CP_OK;
     if (rc)
         return rc;
     cp_model *m = cp_calloc(1, sizeof *m, "model");
@@ -344,13 +346,28 @@ int cp_model_load(const char *path, const cp_model_opts *opts, cp_model **out)
     for (size_t k = 0; k < m->w->n; k++)
         info->nparams += m->w->t[k].numel;
     memcpy(info->sha256, m->w->sha256, sizeof info->sha256);
-    if ((rc = cp_shim_create(m->w, info, &o, path, &m->shim)))
+    if (build && (rc = cp_shim_create(m->w, info, &o, path, &m->shim)))
         goto fail;
     free(l.v);
     *out = m;
     return CP_OK;
 fail:
     free(l.v);
+    cp_model_free(m);
+    return rc;
+}
+
+int cp_model_load(const char *path, const cp_model_opts *opts, cp_model **out)
+{
+    return load(path, opts, 1, out);
+}
+
+int cp_model_read_info(const char *path, cp_model_info *info)
+{
+    cp_model *m;
+    int rc = load(path, NULL, 0, &m);
+    if (rc == CP_OK)
+        *info = m->info;
     cp_model_free(m);
     return rc;
 }

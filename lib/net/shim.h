@@ -1,5 +1,11 @@
 /* The C side of the libtorch shim (lib/net/torch_shim.cpp, the only C++ in
- * the project). No C++ exception crosses these functions. */
+ * the project). No C++ exception crosses these functions.
+ *
+ * torch_shim.cpp is built as its own shared object, the backend
+ * (lib/cellpose/libcellpose_torch.so), the only part linked with libtorch:
+ * lib/net/backend.c implements the functions below by loading it on the
+ * first call that needs a network, so a process that never runs one never
+ * starts libtorch (~0.4 s and 160 MB). */
 #ifndef CP_NET_SHIM_H
 #define CP_NET_SHIM_H
 
@@ -46,6 +52,49 @@ int cp_trainer_export(const cp_trainer *t, float diam_mean, float diam_labels, i
 /* Restore the optimiser state written by cp_trainer_export(with_optim). */
 int cp_trainer_import_optim(cp_trainer *t, const cp_weights *w, const char *path);
 void cp_trainer_free(cp_trainer *t);
+
+/* ---- The backend's interface ---------------------------------------------
+ * Its one exported symbol, cp_torch_backend_init, takes what it needs of
+ * libcellpose (passed in rather than linked, so the backend serves a program
+ * linked with libcellpose.a as well as libcellpose.so, with one copy of the
+ * error state) and returns the functions above. Both sides check abi and
+ * version before anything else: bump CP_TORCH_ABI when a structure of
+ * net.h or these tables change. */
+#define CP_TORCH_ABI 1
+
+typedef struct cp_torch_host {
+    int abi;              /* CP_TORCH_ABI */
+    const char *version;  /* CP_VERSION_STRING */
+    int (*error)(int code, const char *fmt, ...)
+#if defined(__GNUC__)
+        __attribute__((format(printf, 2, 3)))
+#endif
+        ;
+    const cp_wtensor *(*weights_get)(const cp_weights *w, const char *name);
+    int (*weights_add)(cp_weights *w, const char *name, int ndim, const int64_t *shape, cp_wdtype dtype,
+                       const void *data);
+} cp_torch_host;
+
+typedef struct cp_torch_backend {
+    int abi;
+    const char *version;
+    int (*shim_create)(const cp_weights *, const cp_model_info *, const cp_model_opts *, const char *,
+                       cp_shim **);
+    int (*shim_forward)(cp_shim *, const float *, int, int, int, float *, float *);
+    void (*shim_free)(cp_shim *);
+    double (*shim_time_conv)(int, int, int, int, int, int, int, int, int);
+    int (*trainer_create)(const cp_weights *, const int *, int, int, uint64_t, int, int, double,
+                          cp_trainer **);
+    int (*trainer_step)(cp_trainer *, const float *, const float *, int, int, int, double, double *);
+    int (*trainer_eval)(cp_trainer *, const float *, const float *, int, int, int, double *);
+    int (*trainer_export)(const cp_trainer *, float, float, int, cp_weights *);
+    int (*trainer_import_optim)(cp_trainer *, const cp_weights *, const char *);
+    void (*trainer_free)(cp_trainer *);
+} cp_torch_backend;
+
+#define CP_TORCH_BACKEND_FILE "libcellpose_torch.so"
+#define CP_TORCH_BACKEND_INIT "cp_torch_backend_init"
+typedef const cp_torch_backend *cp_torch_backend_init_fn(const cp_torch_host *host);
 
 #ifdef __cplusplus
 }

@@ -26,8 +26,11 @@
 #include <unordered_map>
 #include <vector>
 
-#include "core/internal.h"
+#include "cellpose/core.h"
 #include "net/shim.h"
+
+// What the backend uses of libcellpose, set by cp_torch_backend_init.
+static const cp_torch_host *host;
 
 namespace {
 
@@ -162,7 +165,7 @@ struct Loader {
     at::Device dev;
     at::Tensor operator()(const std::string &name) const
     {
-        const cp_wtensor *t = cp_weights_get(w, name.c_str());
+        const cp_wtensor *t = host->weights_get(w, name.c_str());
         if (!t)
             throw std::runtime_error("missing key " + name);
         std::vector<int64_t> shape(t->shape, t->shape + t->ndim);
@@ -419,8 +422,8 @@ int nproc()
 
 }  // namespace
 
-extern "C" int cp_shim_create(const cp_weights *w, const cp_model_info *info,
-                              const cp_model_opts *opts, const char *path, cp_shim **out)
+static int shim_create(const cp_weights *w, const cp_model_info *info,
+                       const cp_model_opts *opts, const char *path, cp_shim **out)
 {
     *out = nullptr;
     cp_shim *s = nullptr;
@@ -431,8 +434,8 @@ extern "C" int cp_shim_create(const cp_weights *w, const cp_model_info *info,
         if (opts->device == CP_DEVICE_CUDA) {
             if (!torch::cuda::is_available()) {
                 delete s;
-                return cp_error(CP_EUNSUPPORTED, "%s: CUDA requested but this libtorch has no usable "
-                                "CUDA device", path);
+                return host->error(CP_EUNSUPPORTED, "%s: CUDA requested but this libtorch has no usable "
+                                   "CUDA device", path);
             }
             s->dev = at::Device(at::kCUDA);
         }
@@ -449,10 +452,10 @@ extern "C" int cp_shim_create(const cp_weights *w, const cp_model_info *info,
         return CP_OK;
     } catch (const std::exception &e) {
         delete s;
-        return cp_error(CP_EMODEL, "%s: building the network: %s", path, oneline(e).c_str());
+        return host->error(CP_EMODEL, "%s: building the network: %s", path, oneline(e).c_str());
     } catch (...) {
         delete s;
-        return cp_error(CP_EMODEL, "%s: building the network failed", path);
+        return host->error(CP_EMODEL, "%s: building the network failed", path);
     }
 }
 
@@ -504,8 +507,8 @@ void one_thread_here()
 // and Zen kernels sum differently for each split of a GEMM across threads).
 // It also keeps flows independent of the batch size, and one tile at a time
 // per thread holds an eighth of a batch's activations.
-extern "C" int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int tx, float *out,
-                               float *style)
+static int shim_forward(cp_shim *s, const float *in, int n, int ty, int tx, float *out,
+                        float *style)
 {
     size_t in_sz = (size_t)s->info.nchan * ty * tx, out_sz = (size_t)s->info.nout * ty * tx;
     int nstyle = s->info.nstyle;
@@ -538,16 +541,16 @@ extern "C" int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int t
         }
         for (const std::string &e : err)
             if (!e.empty())
-                return cp_error(CP_EMODEL, "%s: forward pass: %s", s->path.c_str(), e.c_str());
+                return host->error(CP_EMODEL, "%s: forward pass: %s", s->path.c_str(), e.c_str());
         return CP_OK;
     } catch (const std::exception &e) {
-        return cp_error(CP_EMODEL, "%s: forward pass: %s", s->path.c_str(), oneline(e).c_str());
+        return host->error(CP_EMODEL, "%s: forward pass: %s", s->path.c_str(), oneline(e).c_str());
     } catch (...) {
-        return cp_error(CP_EMODEL, "%s: forward pass failed", s->path.c_str());
+        return host->error(CP_EMODEL, "%s: forward pass failed", s->path.c_str());
     }
 }
 
-extern "C" void cp_shim_free(cp_shim *s)
+static void shim_free(cp_shim *s)
 {
     try {
         delete s;
@@ -555,8 +558,8 @@ extern "C" void cp_shim_free(cp_shim *s)
     }
 }
 
-extern "C" double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps,
-                                    int channels_last, int threads)
+static double shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps,
+                             int channels_last, int threads)
 {
     try {
         install_allocator();
@@ -703,20 +706,20 @@ at::Tensor seg_loss(const at::Tensor &y, const at::Tensor &lbl)
 
 int fail(const char *what, const std::exception &e)
 {
-    return cp_error(CP_EMODEL, "training: %s: %s", what, oneline(e).c_str());
+    return host->error(CP_EMODEL, "training: %s: %s", what, oneline(e).c_str());
 }
 
 }  // namespace
 
-extern "C" int cp_trainer_create(const cp_weights *init, const int *nbase, int nlevels, int nout,
-                                 uint64_t seed, int threads, int sgd, double weight_decay,
-                                 cp_trainer **out)
+static int trainer_create(const cp_weights *init, const int *nbase, int nlevels, int nout,
+                          uint64_t seed, int threads, int sgd, double weight_decay,
+                          cp_trainer **out)
 {
     *out = nullptr;
     cp_trainer *T = nullptr;
     try {
         if (nlevels < 2 || nlevels > 8 || nout < 3)
-            return cp_error(CP_EINVAL, "training: bad network shape (%d levels, %d outputs)", nlevels, nout);
+            return host->error(CP_EINVAL, "training: bad network shape (%d levels, %d outputs)", nlevels, nout);
         T = new cp_trainer();
         T->sgd = sgd;
         T->wd = weight_decay;
@@ -736,7 +739,7 @@ extern "C" int cp_trainer_create(const cp_weights *init, const int *nbase, int n
         for (const Key &k : T->keys) {
             at::Tensor x;
             if (init) {
-                const cp_wtensor *w = cp_weights_get(init, k.name.c_str());
+                const cp_wtensor *w = host->weights_get(init, k.name.c_str());
                 if (!w && k.kind == K_BN_NBT) {
                     x = at::zeros({}, at::kLong);
                 } else {
@@ -782,7 +785,7 @@ extern "C" int cp_trainer_create(const cp_weights *init, const int *nbase, int n
     }
 }
 
-extern "C" void cp_trainer_free(cp_trainer *T)
+static void trainer_free(cp_trainer *T)
 {
     try {
         delete T;
@@ -790,8 +793,8 @@ extern "C" void cp_trainer_free(cp_trainer *T)
     }
 }
 
-extern "C" int cp_trainer_step(cp_trainer *T, const float *x, const float *lbl, int n, int h, int w,
-                               double lr, double *loss_out)
+static int trainer_step(cp_trainer *T, const float *x, const float *lbl, int n, int h, int w,
+                        double lr, double *loss_out)
 {
     try {
         if (at::get_num_threads() != T->net.threads)
@@ -844,8 +847,8 @@ extern "C" int cp_trainer_step(cp_trainer *T, const float *x, const float *lbl, 
     }
 }
 
-extern "C" int cp_trainer_eval(cp_trainer *T, const float *x, const float *lbl, int n, int h, int w,
-                               double *loss_out)
+static int trainer_eval(cp_trainer *T, const float *x, const float *lbl, int n, int h, int w,
+                        double *loss_out)
 {
     try {
         if (at::get_num_threads() != T->net.threads)
@@ -869,20 +872,20 @@ int add_tensor(cp_weights *w, const std::string &name, const at::Tensor &x)
     at::Tensor c = x.detach().contiguous();
     std::vector<int64_t> shape(c.sizes().begin(), c.sizes().end());
     bool is_int = c.scalar_type() == at::kLong;
-    return cp_weights_add(w, name.c_str(), (int)shape.size(), shape.data(), is_int ? CP_W_I64 : CP_W_F32,
-                          c.data_ptr());
+    return host->weights_add(w, name.c_str(), (int)shape.size(), shape.data(), is_int ? CP_W_I64 : CP_W_F32,
+                             c.data_ptr());
 }
 
 }  // namespace
 
-extern "C" int cp_trainer_export(const cp_trainer *T, float diam_mean, float diam_labels, int with_optim,
-                                 cp_weights *w)
+static int trainer_export(const cp_trainer *T, float diam_mean, float diam_labels, int with_optim,
+                          cp_weights *w)
 {
     try {
         int64_t one = 1;
         int rc;
-        if ((rc = cp_weights_add(w, "diam_mean", 1, &one, CP_W_F32, &diam_mean)) ||
-            (rc = cp_weights_add(w, "diam_labels", 1, &one, CP_W_F32, &diam_labels)))
+        if ((rc = host->weights_add(w, "diam_mean", 1, &one, CP_W_F32, &diam_mean)) ||
+            (rc = host->weights_add(w, "diam_labels", 1, &one, CP_W_F32, &diam_labels)))
             return rc;
         for (const Key &k : T->keys)
             if ((rc = add_tensor(w, k.name, T->t.at(k.name))))
@@ -890,7 +893,7 @@ extern "C" int cp_trainer_export(const cp_trainer *T, float diam_mean, float dia
         if (!with_optim)
             return CP_OK;
         int64_t step = T->step;
-        if ((rc = cp_weights_add(w, "optim.step", 0, nullptr, CP_W_I64, &step)))
+        if ((rc = host->weights_add(w, "optim.step", 0, nullptr, CP_W_I64, &step)))
             return rc;
         for (size_t i = 0; i < T->params.size(); i++) {
             if ((rc = add_tensor(w, "optim.m1." + T->pnames[i], T->m1[i])))
@@ -904,20 +907,20 @@ extern "C" int cp_trainer_export(const cp_trainer *T, float diam_mean, float dia
     }
 }
 
-extern "C" int cp_trainer_import_optim(cp_trainer *T, const cp_weights *w, const char *path)
+static int trainer_import_optim(cp_trainer *T, const cp_weights *w, const char *path)
 {
     try {
-        const cp_wtensor *s = cp_weights_get(w, "optim.step");
+        const cp_wtensor *s = host->weights_get(w, "optim.step");
         if (!s || s->dtype != CP_W_I64 || s->numel != 1)
-            return cp_error(CP_EFORMAT, "%s: checkpoint lacks optimizer key 'optim.step'", path);
+            return host->error(CP_EFORMAT, "%s: checkpoint lacks optimizer key 'optim.step'", path);
         at::NoGradGuard ng;
         for (size_t i = 0; i < T->params.size(); i++) {
             for (int j = 0; j < (T->sgd ? 1 : 2); j++) {
                 std::string name = (j ? "optim.m2." : "optim.m1.") + T->pnames[i];
-                const cp_wtensor *t = cp_weights_get(w, name.c_str());
+                const cp_wtensor *t = host->weights_get(w, name.c_str());
                 if (!t || t->dtype != CP_W_F32 || (int64_t)t->numel != T->params[i].numel())
-                    return cp_error(CP_EFORMAT, "%s: checkpoint lacks or mismatches optimizer key '%s' "
-                                    "(was it written with the other optimizer?)", path, name.c_str());
+                    return host->error(CP_EFORMAT, "%s: checkpoint lacks or mismatches optimizer key '%s' "
+                                       "(was it written with the other optimizer?)", path, name.c_str());
                 (j ? T->m2[i] : T->m1[i]).copy_(at::from_blob(t->data, T->params[i].sizes(), at::kFloat));
             }
         }
@@ -926,4 +929,21 @@ extern "C" int cp_trainer_import_optim(cp_trainer *T, const cp_weights *w, const
     } catch (const std::exception &e) {
         return fail("reading the optimizer state", e);
     }
+}
+
+// In cp_torch_backend's field order.
+static const cp_torch_backend backend = {
+    CP_TORCH_ABI,       CP_VERSION_STRING, shim_create,    shim_forward,         shim_free,
+    shim_time_conv,     trainer_create,    trainer_step,   trainer_eval,         trainer_export,
+    trainer_import_optim, trainer_free,
+};
+
+// The only exported symbol. The host is kept only when it is the libcellpose
+// this backend was built with; the loader checks the table's abi and version.
+extern "C" __attribute__((visibility("default"))) const cp_torch_backend *
+cp_torch_backend_init(const cp_torch_host *h)
+{
+    if (h && h->abi == CP_TORCH_ABI && h->version && !std::strcmp(h->version, CP_VERSION_STRING))
+        host = h;
+    return &backend;
 }

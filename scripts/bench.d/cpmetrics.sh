@@ -8,7 +8,7 @@ B=$ROOT/$BUILD
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/cpmbench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 cc -std=c11 -O2 -D_GNU_SOURCE -I"$ROOT/include" "$ROOT/scripts/bench.d/cpmetrics_gen.c" -o "$TMP/gen" \
-    "$B/libcellpose.a" -ltorch -ltorch_cpu -lc10 -ltiff -lpng -lz -lcjson -lgomp -lstdc++ -lm -lpthread \
+    "$B/libcellpose.a" -ltiff -lpng -lz -lcjson -lgomp -lm -lpthread -ldl \
     || { echo "cpmetrics: cannot build the generator"; exit 1; }
 cells=$("$TMP/gen" "$TMP/labels.tif" | cut -d' ' -f1) || exit 1
 TIMEFORMAT='%R %U %S'

@@ -56,5 +56,5 @@ int main(int argc, char **argv)
 }
 CEOF
 cc -std=c11 -O2 -fopenmp -Iinclude -o "$BIN" "$BUILD/bench/preprocess.c" "$BUILD/libcellpose.a" \
-   -ltorch -ltorch_cpu -lc10 -ltiff -lpng -lz -lcjson -lgomp -lstdc++ -lm -lpthread || exit 1
+   -ltiff -lpng -lz -lcjson -lgomp -lm -lpthread -ldl || exit 1
 "$BIN" "$W" "$IMG"

@@ -86,6 +86,37 @@ check "from flows, other threshold" $BIN/cpseg -q --model $W --diameter 30 --for
 check "high threshold gives no cells" python3 -c "
 d=open('$T/ff/c_masks.npy','rb').read(); h=int.from_bytes(d[8:10],'little'); assert set(d[10+h:])=={0}"
 
+# libtorch (its backend, lib/cellpose/libcellpose_torch.so) is loaded only when
+# a network runs: not for --version or masks from flows, even with a model
+loads_torch() { LD_DEBUG=files "$@" > /dev/null 2> "$T/ld.log"; grep -q 'file=libtorch_cpu\.so' "$T/ld.log"; }
+loads_torch $BIN/cpseg --version && bad "--version loads libtorch" || ok
+loads_torch $BIN/cpseg -q --force --from-flows "$T/ff/c_flows.npy" && bad "--from-flows loads libtorch" || ok
+loads_torch $BIN/cpseg -q --force --model $W --from-flows "$T/ff/c_flows.npy" &&
+    bad "--from-flows with --model loads libtorch" || ok
+loads_torch $SEG -q --force --savedir "$T/lt" "$T/in/a.png" && ok || bad "segmenting does not load libtorch"
+check_same "masks after a lazy load" "$T/lt/a_cp_masks.tif" "$T/t1/a_cp_masks.tif"
+# a missing or broken backend: one line naming the file, exit 3, no crash;
+# masks from flows need no backend
+printf 'not a shared object\n' > "$T/broken.so"
+# (and a real shared object that is not a backend: zlib)
+for be in /nonexistent/libcellpose_torch.so "$T/broken.so" $(ls /lib/*/libz.so.1 /usr/lib/*/libz.so.1 2> /dev/null | head -1); do
+    CELLPOSE_TORCH_BACKEND=$be check_fails "backend $be" 3 $SEG --force --savedir "$T/nb" "$T/in/a.png"
+    check_eq "backend $be: one line" "$(wc -l < "$T/last.err")" 1
+    grep -q "CELLPOSE_TORCH_BACKEND=$be" "$T/last.err" && ok || bad "backend $be: not named: $(cat "$T/last.err")"
+    CELLPOSE_TORCH_BACKEND=$be check "from flows without the backend $be" \
+        $BIN/cpseg -q --force --model $W --savedir "$T/nb" --from-flows "$T/ff/c_flows.npy"
+    check_same "from flows without the backend $be: masks" "$T/nb/c_cp_masks.tif" "$T/t1/c_cp_masks.tif"
+done
+# a program with no lib/cellpose/ beside its bin/: the folders looked in, one
+# line (unless a backend is installed under the default PREFIX, looked in last)
+mkdir -p "$T/alone/bin" && cp $BIN/cpseg "$T/alone/bin/"
+[ -e /usr/local/lib/cellpose/libcellpose_torch.so ] || check_fails "no backend beside the program" 3 "$T/alone/bin/cpseg" --model $W --savedir "$T/nb" "$T/in/a.png"
+if [ ! -e /usr/local/lib/cellpose/libcellpose_torch.so ]; then
+    grep -q "libcellpose_torch.so was not found in $(cd "$T/alone" && pwd -P)/lib/cellpose" "$T/last.err" && ok ||
+        bad "no backend: message does not say where: $(cat "$T/last.err")"
+    check_eq "no backend: one line" "$(wc -l < "$T/last.err")" 1
+fi
+
 # shards: together exactly the batch, no overlap
 for k in 0 1 2; do
     check "shard $k/3" $SEG -q --shard $k/3 --savedir "$T/s$k" "$T/in"
