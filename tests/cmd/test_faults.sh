@@ -1,6 +1,8 @@
 # Failing disks and killed processes, for every command that writes:
-#   full disk  - a file-size limit (ulimit -f) makes writes past it fail
-#                (EFBIG) partway through a file, as ENOSPC does;
+#   full disk  - a tiny tmpfs as the output folder (a real ENOSPC; skipped,
+#                and said so, where this process may not mount), and a
+#                file-size limit (ulimit -f: writes past it fail with EFBIG
+#                partway through a file) for every command;
 #   read-only  - the output folder is a read-only bind mount (skipped, and
 #                said so, where this process may not mount);
 #   SIGKILL    - a batch killed at several points.
@@ -27,6 +29,14 @@ readonly_dir() {
     local d=$1; shift
     unshare -m sh -c 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" || exit 99; shift; exec "$@"' \
         sh "$d" "$@" > "$T/ro.out" 2> "$T/ro.err"
+}
+# tinyfs KB DIR SNAP CMD...: CMD with DIR a tmpfs of KB kilobytes; what DIR
+# holds afterwards is copied to SNAP, stderr to SNAP.err (99: cannot mount)
+tinyfs() {
+    local kb=$1 d=$2 snap=$3; shift 3
+    mkdir -p "$d" "$snap"
+    unshare -m sh -c 'mount -t tmpfs -o size="$1"k tmpfs "$2" || exit 99; d=$2 snap=$3; shift 3
+        "$@" 2> "$snap.err"; rc=$?; cp -a "$d/." "$snap/"; exit $rc' sh "$kb" "$d" "$snap" "$@" > /dev/null 2>&1
 }
 # visible files of DIR, one a line, sorted (temporaries start with a dot)
 listing() { (cd "$1" && find . -type f ! -name '.*' ! -path '*/.*' | sort); }
@@ -58,6 +68,18 @@ no_temps "cpseg full disk" "$T/seg_full"
 check "cpseg after the full disk" $SEG --savedir "$T/seg_full" "$T/in"
 same_tree "cpseg rerun after the full disk" "$T/seg_full" "$T/seg_ref"
 
+tinyfs 64 "$T/seg_tiny" "$T/seg_tiny_after" $SEG --savedir "$T/seg_tiny" "$T/in"
+rc=$?
+if [ $rc -eq 99 ]; then
+    echo "SKIP tmpfs: this process cannot mount one" >&2
+else
+    check_eq "cpseg on a full tmpfs: exit 1" $rc 1
+    check "cpseg on a full tmpfs: the error names the file" \
+        grep -q "seg_tiny/[a-d]_[a-z_]*\.[a-z]*: .*No space left on device" "$T/seg_tiny_after.err"
+    complete "cpseg on a full tmpfs" "$T/seg_tiny_after" "$T/seg_ref"
+    no_temps "cpseg on a full tmpfs" "$T/seg_tiny_after"
+fi
+
 mkdir -p "$T/seg_ro"
 readonly_dir "$T/seg_ro" $SEG --savedir "$T/seg_ro" "$T/in"
 rc=$?
@@ -82,7 +104,7 @@ for i in $(seq -w 1 12); do
 done
 FF="$BIN/cpseg -q --diameter 17 --save rois,png"
 check "cpseg from flows, clean run" $FF --savedir "$T/ff_ref" "${FLOWS[@]}"
-d=0.2 kills=0
+d=0.05 kills=0
 while [ $kills -lt 30 ]; do
     $FF --savedir "$T/ff_kill" "${FLOWS[@]}" & pid=$!
     sleep $d
@@ -90,7 +112,7 @@ while [ $kills -lt 30 ]; do
     wait $pid 2> /dev/null
     kills=$((kills + 1))
     complete "cpseg killed after ${d}s" "$T/ff_kill" "$T/ff_ref"
-    d=$(awk "BEGIN { print $d + 0.15 }")
+    d=$(awk "BEGIN { print $d + 0.06 }")
 done
 echo "cpseg: killed $kills times, $(listing "$T/ff_kill" | wc -l) of $(listing "$T/ff_ref" | wc -l) files then" >&2
 check "cpseg after the kills" $FF --savedir "$T/ff_kill" "${FLOWS[@]}"
@@ -121,6 +143,14 @@ limited 0 $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" --zip "$T/cc/cells.zip"
 check_eq "cpcells full disk, ZIP: exit 3" $? 3
 check_eq "cpcells full disk: nothing under a final name" "$(listing "$T/cc")" ""
 no_temps "cpcells full disk" "$T/cc"
+tinyfs 4 "$T/cc_tiny" "$T/cc_tiny_after" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" -o "$T/cc_tiny/cells"
+rc=$?
+if [ $rc -ne 99 ]; then
+    check_eq "cpcells on a full tmpfs: exit 3" $rc 3
+    check "cpcells on a full tmpfs: says so" grep -q "No space left on device" "$T/cc_tiny_after.err"
+    check_eq "cpcells on a full tmpfs: no folder of cells" "$(listing "$T/cc_tiny_after")" ""
+    no_temps "cpcells on a full tmpfs" "$T/cc_tiny_after"
+fi
 check "cpcells after the full disk" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" -o "$T/cc/cells"
 check "cpcells ZIP after the full disk" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" --zip "$T/cc/cells.zip"
 same_tree "cpcells rerun after the full disk" "$T/cc/cells" "$T/cells_ref"
@@ -162,7 +192,7 @@ while [ ! -e "$T/trkill/m.pth.ckpt" ] && kill -0 $pid 2> /dev/null; do sleep 0.0
 kill -9 $pid 2> /dev/null
 wait $pid 2> /dev/null
 # the model saved with the checkpoint is an earlier epoch's, but whole
-check "cptrain killed: the saved model is a whole zip" unzip -tq "$T/trkill/m.pth"
+check "cptrain killed: the saved model is a whole zip" sh -c "unzip -tq \"$T/trkill/m.pth\" > /dev/null"
 check "cptrain resumed after SIGKILL" $TR -o "$T/trkill/m.pth" --resume "$T/trkill/m.pth.ckpt"
 check_same "cptrain resumed model" "$T/trkill/m.pth" "$T/trref/m.pth"
 

@@ -1,5 +1,7 @@
 /* Spot tables: CSV/TSV, pandas pickles and Parquet (thrift footer, pages,
- * every codec), chosen by magic bytes as a user's file name would. */
+ * every codec), chosen by magic bytes as a user's file name would; text is
+ * also read as a dye ratio matrix (spotquery ratios). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "cellpose/cellpose.h"
@@ -30,5 +32,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cp_strlist names = {0};
     if (cp_stable_read_header(p, &names) == CP_OK)
         cp_strlist_free(&names);
+    double *m = NULL;
+    int rows, cols;
+    if (cp_spot_read_ratios(p, &m, &rows, &cols) == CP_OK)
+        free(m);
     return 0;
 }

@@ -166,6 +166,11 @@ def images():
         out("image", name, b.getvalue())
 
 
+def tables():
+    # the dye ratio matrix spotquery ratios reads (whitespace or commas)
+    out("table", "ratios.txt", b"1.0 0.12 0.03\n0.2, 1.0, 0.1\n0.0\t0.3\t1.0\n")
+
+
 def jsons():
     out("json", "manifest.json", json.dumps({
         "round": "R2", "spot_channels": ["488", "561", 638],
@@ -183,4 +188,5 @@ def jsons():
 weights()
 flows()
 images()
+tables()
 jsons()
