@@ -17,8 +17,31 @@ VERSION  := $(shell sed -n 's/^\#define CP_VERSION_STRING "\(.*\)"/\1/p' include
 # network is needed (lib/net/backend.c). libcellpose and the commands do not
 # link libtorch, so runs without a network (--version, --from-flows,
 # cpmetrics, ...) do not pay its start-up (~0.4 s, 160 MB).
+#
+# TORCH=/path/to/libtorch builds the backend with another libtorch (laid out
+# like the official archives: include/, lib/libtorch*.so), e.g. one with CUDA;
+# the rpath lets it run without LD_LIBRARY_PATH. Default: Debian's (CPU only).
+TORCH ?=
+ifeq ($(strip $(TORCH)),)
 TORCH_INC := -isystem /usr/include/torch/csrc/api/include
 TORCH_LIBS := -ltorch -ltorch_cpu -lc10
+else
+TORCH_DIR := $(abspath $(TORCH))
+ifneq ($(words $(wildcard $(TORCH_DIR)/lib/libtorch_cpu.so $(TORCH_DIR)/include/torch/csrc/api/include)),2)
+$(error TORCH=$(TORCH): no lib/libtorch_cpu.so or include/torch/csrc/api/include there (expected the layout of the libtorch archives))
+endif
+TORCH_INC := -isystem $(TORCH_DIR)/include -isystem $(TORCH_DIR)/include/torch/csrc/api/include
+TORCH_LIBS := -L$(TORCH_DIR)/lib -Wl,-rpath,$(TORCH_DIR)/lib
+# A CUDA libtorch: libtorch_cuda with --no-as-needed, as the libtorch docs
+# require, since nothing refers to its symbols (loading it registers CUDA).
+ifneq ($(wildcard $(TORCH_DIR)/lib/libtorch_cuda.so),)
+TORCH_LIBS += -Wl,--no-as-needed -ltorch_cuda -Wl,--as-needed
+endif
+ifneq ($(wildcard $(TORCH_DIR)/lib/libc10_cuda.so),)
+TORCH_LIBS += -lc10_cuda
+endif
+TORCH_LIBS += -ltorch -ltorch_cpu -lc10
+endif
 
 WARN     := -Wall -Wextra -Werror
 OPT      := -O2 -g
@@ -53,8 +76,9 @@ SHARED   := $(BUILD)/libcellpose.so
 # bin/../lib/cellpose/ layout so its commands and tests find theirs (and the
 # ASan build its sanitized one).
 BACKEND  := $(BUILD)/lib/cellpose/libcellpose_torch.so
+TORCH_FLAGS := $(BUILD)/lib/net/torch-flags
 
-.PHONY: all lib cmds tests check check-normal check-asan asan demo bench deps install uninstall clean help
+.PHONY: all lib backend cmds tests check check-normal check-asan asan demo bench deps install uninstall clean help
 
 all: lib cmds
 
@@ -62,11 +86,13 @@ help:
 	@echo "make            build libcellpose (.a, .so) and the commands into $(BUILD)/"
 	@echo "make demo       install missing Debian packages, build, run cpseg on a bundled sample"
 	@echo "make check      install missing packages, build, run every test (normal + sanitizers)"
+	@echo "make backend    only the libtorch backend; TORCH=/path/to/libtorch for another libtorch (README: GPU)"
 	@echo "make asan       build everything with AddressSanitizer + UBSan into build-asan/"
 	@echo "make bench      speed and memory figures (not a test)"
 	@echo "make install    PREFIX=$(PREFIX) DESTDIR=$(DESTDIR)"
 
 lib: $(STATIC) $(SHARED) $(BACKEND)
+backend: $(BACKEND)
 cmds: $(CMD_BIN) $(BACKEND)
 tests: $(TEST_BIN) $(CMD_BIN) $(BACKEND)
 
@@ -74,7 +100,7 @@ $(BUILD)/%.o: %.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.o: %.cpp $(HEADERS)
+$(BUILD)/%.o: %.cpp $(HEADERS) $(TORCH_FLAGS)
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
@@ -90,11 +116,18 @@ $(SHARED): $(LIB_OBJ)
 # and the folders next to libcellpose and the program): PREFIX at build time.
 $(BUILD)/lib/net/backend.o: CFLAGS += -DCP_TORCH_BACKEND_DIR='"$(PREFIX)/lib/cellpose"'
 
+# The libtorch flags in use: rewritten only when they change (another TORCH),
+# so that the backend is rebuilt then and only then.
+FORCE:
+$(TORCH_FLAGS): FORCE
+	@mkdir -p $(dir $@)
+	@printf '%s\n' '$(TORCH_INC) $(TORCH_LIBS)' | cmp -s - $@ || printf '%s\n' '$(TORCH_INC) $(TORCH_LIBS)' > $@
+
 # --no-undefined: the backend gets libcellpose's functions from the loader
 # (cp_torch_host), never by linking, so it serves .a and .so users alike.
-$(BACKEND): $(BACKEND_OBJ)
+$(BACKEND): $(BACKEND_OBJ) $(TORCH_FLAGS)
 	@mkdir -p $(dir $@)
-	$(CXX) -shared $(LDFLAGS) -Wl,--no-undefined -o $@ $^ $(TORCH_LIBS) -lgomp -lstdc++ -lm -lpthread
+	$(CXX) -shared $(LDFLAGS) -Wl,--no-undefined -o $@ $(BACKEND_OBJ) $(TORCH_LIBS) -lgomp -lstdc++ -lm -lpthread
 
 $(BUILD)/bin/%: $(BUILD)/cmd/%.o $(COMMON_OBJ) $(STATIC)
 	@mkdir -p $(dir $@)
