@@ -36,6 +36,13 @@ n=$($MK -n BUILD="$T/bd" backend)
 grep -qF -- "-isystem /usr/include/torch/csrc/api/include " <<< "$n" && ok || bad "default build: not Debian's headers"
 grep -q -- "-rpath\|-L" <<< "$n" && bad "default build: has an rpath or -L" || ok
 
+# --device cuda on this CPU-only libtorch: one line, exit 3, no output
+mkdir -p "$T/in" && cp "$TESTDATA/seg/a.png" "$T/in/"
+check_fails "--device cuda without CUDA" 3 "$BIN/cpseg" --model "$W8" --diameter 30 --device cuda --savedir "$T/cuda" "$T/in"
+check_eq "--device cuda without CUDA: one line" "$(wc -l < "$T/last.err")" 1
+grep -q "CUDA requested but this libtorch has no usable CUDA device" "$T/last.err" && ok || bad "--device cuda: $(cat "$T/last.err")"
+check_eq "--device cuda without CUDA: nothing written" "$(ls "$T/cuda" 2>/dev/null | wc -l)" 0
+
 if [ "${CP_SANITIZERS:-0}" = 1 ]; then
     # compiling the backend again takes about a minute; the normal run does it
     echo "skipped under sanitizers: building the backend against the prefix (time)"
@@ -52,7 +59,6 @@ got=$(env -u LD_LIBRARY_PATH ldd "$B" | awk '$1 ~ /^libtorch_cpu\.so/ {print $3}
 check_eq "ldd: libtorch_cpu from the prefix, without LD_LIBRARY_PATH" "$got" "$P/lib/$(readelf -d "$B" | sed -n 's/.*NEEDED.*\[\(libtorch_cpu\.so[^]]*\)\]/\1/p')"
 
 # segmenting with it: masks byte-identical to the default build's backend
-mkdir -p "$T/in" && cp "$TESTDATA/seg/a.png" "$T/in/"
 check "cpseg, default backend" "$BIN/cpseg" -q --model "$W8" --diameter 30 --savedir "$T/def" "$T/in"
 env -u LD_LIBRARY_PATH CELLPOSE_TORCH_BACKEND="$B" LD_DEBUG=libs "$BIN/cpseg" -q --model "$W8" --diameter 30 \
     --savedir "$T/pre" "$T/in" > /dev/null 2> "$T/ld.log" && ok || bad "cpseg with the prefix's backend: $(grep -v '^ *[0-9]*:' "$T/ld.log" | head -3)"
