@@ -32,7 +32,7 @@ grep -qF -- "-lc10_cuda" <<< "$n" && ok || bad "CUDA prefix: libc10_cuda not lin
 check_fails "TORCH without a libtorch there" 2 $MK -n TORCH="$T/nothing" BUILD="$T/bn" backend
 check_eq "TORCH without a libtorch: one line naming it" "$(grep -c "TORCH=$T/nothing" "$T/last.err")" 1
 # the default build is untouched: Debian's headers and system libraries
-n=$($MK -n BUILD="$T/bd" backend)
+n=$(env -u TORCH $MK -n BUILD="$T/bd" backend)
 grep -qF -- "-isystem /usr/include/torch/csrc/api/include " <<< "$n" && ok || bad "default build: not Debian's headers"
 grep -q -- "-rpath\|-L" <<< "$n" && bad "default build: has an rpath or -L" || ok
 
