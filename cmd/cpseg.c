@@ -31,7 +31,8 @@ static void usage(void)
            "  -j, --jobs N              images in parallel (default 1)\n"
            "\n"
            "Cellpose parameters (same names and defaults):\n"
-           "      --diameter D          object diameter in pixels (default: CPnet 30, cpsam none)\n"
+           "      --diameter D          object diameter in pixels (default: CPnet 30, cpsam none);\n"
+           "                            0 estimates it per image with the model's size model\n"
            "      --chan C, --chan2 C   Cellpose 3 channels: 0 gray, 1 red, 2 green, 3 blue\n"
            "      --flow-threshold T    flow-error QC, 0 disables (0.4)\n"
            "      --cellprob-threshold T  (0)\n"
@@ -120,6 +121,9 @@ typedef struct job {
     cp_arch arch;
     float diam_mean;
     cp_seg_params params;
+    int estimate;               /* --diameter 0: Cellpose 3's size model per image */
+    cp_size_model *size_model;
+    char *size_path;
     unsigned outputs;
     const char *savedir;
     int force, fail_fast, jobs, threads_per_job;
@@ -164,6 +168,8 @@ typedef struct image_log {
     uint32_t cells;
     int niter, width, height;
     double t_read, t_network, t_dynamics, t_write, t_total;
+    int estimated;              /* the diameter came from the size model */
+    cp_size_estimate est;       /* then its figures (masks freed) */
 } image_log;
 
 static void manifest_write(job *J, const image_log *L)
@@ -185,6 +191,14 @@ static void manifest_write(job *J, const image_log *L)
     cJSON_AddNumberToObject(o, "height", L->height);
     cJSON_AddNumberToObject(o, "cells", L->cells);
     cJSON_AddNumberToObject(o, "niter", L->niter);
+    if (L->estimated) {
+        cJSON *e = cJSON_AddObjectToObject(o, "diameter_estimate");
+        cJSON_AddNumberToObject(e, "diameter", L->est.diam);
+        cJSON_AddNumberToObject(e, "diam_style", L->est.diam_style);
+        cJSON_AddNumberToObject(e, "size_pass_masks", L->est.nmasks);
+        cJSON_AddBoolToObject(e, "fallback", L->est.fallback);
+        cJSON_AddStringToObject(e, "size_model", J->size_path);
+    }
     cJSON *sec = cJSON_AddObjectToObject(o, "seconds");
     cJSON_AddNumberToObject(sec, "read", L->t_read);
     cJSON_AddNumberToObject(sec, "network", L->t_network);
@@ -284,7 +298,18 @@ static int process_one(job *J, const char *input, image_log *L)
         if (rc != CP_OK)
             goto fail;
         L->t_read = cp_seconds() - t0;
-        rc = cp_segment(J->model, img, &J->params, &res);
+        cp_seg_params p = J->params;
+        if (J->estimate) {
+            rc = cp_estimate_diameter(J->model, J->size_model, img, &J->params, &L->est);
+            cp_size_estimate_free(&L->est);
+            if (rc != CP_OK)
+                goto fail;
+            L->estimated = 1;
+            p.diameter = L->est.diam; /* then segment as Cellpose.eval does at that diameter */
+        }
+        rc = cp_segment(J->model, img, &p, &res);
+        res.t_network += L->est.t_network;
+        res.t_dynamics += L->est.t_dynamics;
     }
     if (rc != CP_OK)
         goto fail;
@@ -339,6 +364,10 @@ static void *worker(void *arg)
         else
             cli_info("%s: %u cells in %.2f s (network %.2f s, dynamics %.2f s)", L.input, L.cells, L.t_total,
                      L.t_network, L.t_dynamics);
+        /* the one number that decides the segmentation and is in no output file */
+        if (rc == CP_OK && L.estimated && cli_verbosity >= 1)
+            cli_err("%s: estimated diameter %.2f%s", L.input, L.est.diam,
+                    L.est.fallback ? " (no masks at the style's estimate: the size model's diam_mean)" : "");
         manifest_write(J, &L);
         pthread_mutex_lock(&J->lock);
         J->done++;
@@ -415,7 +444,10 @@ int main(int argc, char **argv)
         case 'v': cli_verbosity = 2; break;
         case OPT_DEVICE: device = optarg; break;
         case OPT_THREADS: threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
-        case OPT_DIAMETER: J.params.diameter = (float)cli_parse_double("--diameter", optarg, 0, 1e5); break;
+        case OPT_DIAMETER:
+            J.params.diameter = cli_parse_double("--diameter", optarg, 0, 1e5);
+            J.estimate = J.params.diameter == 0;
+            break;
         case OPT_CHAN: J.params.chan = (int)cli_parse_long("--chan", optarg, 0, 4); break;
         case OPT_CHAN2: J.params.chan2 = (int)cli_parse_long("--chan2", optarg, 0, 4); break;
         case OPT_FLOW: J.params.flow_threshold = (float)cli_parse_double("--flow-threshold", optarg, 0, 1e9); break;
@@ -551,6 +583,17 @@ int main(int argc, char **argv)
     }
     if (J.from_flows && !model_spec)
         J.diam_mean = 30.0f;
+    if (J.estimate && J.from_flows)
+        cli_usage_error("--diameter 0 (estimate) needs the network: not with --from-flows");
+    if (J.estimate) {
+        int rc = cp_size_model_path(&J.ref, &J.size_path);
+        if (rc == CP_OK)
+            rc = cp_size_model_load(J.size_path, &J.size_model);
+        if (rc != CP_OK) {
+            cli_err("--diameter 0: %s", cp_errmsg());
+            { status = CLI_EXIT_FATAL; goto out; }
+        }
+    }
 
     if (J.manifest_path) {
         J.manifest_fd = open(J.manifest_path, O_WRONLY | O_CREAT | O_APPEND, 0666);
@@ -583,6 +626,8 @@ out:
         close(J.manifest_fd);
     cp_model_free(J.model);
     cp_model_ref_free(&J.ref);
+    cp_size_model_free(J.size_model);
+    free(J.size_path);
     if (J.inputs.items != flows_inputs.items)
         cp_strlist_free(&flows_inputs);
     cp_strlist_free(&J.inputs);

@@ -96,6 +96,12 @@ size_t cp_dyn_count_followed(const float *cellprob, size_t npix, float threshold
 int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float threshold,
                  cp_dyn_variant variant, int niter, int threads, float *p);
 
+/* The same with Cellpose's interp=False steps (numba steps2D), which its size
+ * model uses: each step adds the flow F at (int(y), int(x)) to both
+ * coordinates (float32) and clamps them to [0, L-1]. */
+int cp_dyn_euler_nointerp(const float *dP, const float *cellprob, int Ly, int Lx, float threshold,
+                          int niter, int threads, float *p);
+
 /* get_masks (spec 5.3): histogram of trunc(p), seeds, torch-ordered growth,
  * max_size_fraction removal, first-appearance renumbering. labels (Ly*Lx)
  * receives the result; *nlabels the label count and *nseeds the seed count

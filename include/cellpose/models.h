@@ -30,6 +30,41 @@ void cp_model_ref_free(cp_model_ref *r);
  * "builtin" to it. */
 int cp_model_builtin(cp_model_ref *out);
 
+/* ---- Size models (Cellpose 3's automatic diameter) ---------------------- */
+
+/* A size model: the linear regression from a network's style vector to the
+ * log of the object diameter, written by Cellpose 3's train_size beside the
+ * weights. diam_style = max(5, exp(A . (style - smean) + ln(diam_mean) + ymean)). */
+typedef struct cp_size_model {
+    int nstyle;          /* length of A and smean (256 for CPnet) */
+    double *A;           /* float64 in the file (float32 accepted) */
+    float *smean;        /* float32 in the file */
+    double diam_mean;    /* the size model's own diam_mean */
+    float ymean;         /* float32 in the file (a Python float accepted) */
+} cp_size_model;
+
+/* Read a size file: an .npy holding the pickled dict {A, smean, diam_mean,
+ * ymean} (np.save, numpy 1 or 2 module names). The pickle is interpreted by
+ * the weight reader's restricted unpickler, never executed. Errors name the
+ * file; values that cannot be a size model (lengths differ, diam_mean not
+ * positive, non-finite numbers) are refused. */
+int cp_size_model_load(const char *path, cp_size_model **out);
+void cp_size_model_free(cp_size_model *sm);
+
+/* Where Cellpose keeps the size model of a resolved model: beside the weights,
+ * size_cyto3.npy for cyto3, size_<file>torch_0.npy for cyto, cyto2 and
+ * nuclei, and the weight file's path + "_size.npy" (X.pth -> X.pth_size.npy)
+ * for anything else. *path (free it) is set even when the file is missing;
+ * then the call fails with CP_EIO and a message naming it. Cellpose-SAM and
+ * the built-in model have no size model (CP_EUNSUPPORTED, *path NULL). */
+int cp_size_model_path(const cp_model_ref *ref, char **path);
+
+/* The regression on one image's style (nstyle floats, L2-normalised), in
+ * Cellpose's arithmetic: style - smean in float32, the rest in float64, the
+ * result clipped below at 5. A result of 0 or NaN gives diam_mean, as
+ * Cellpose's SizeModel.eval does. */
+double cp_size_model_predict(const cp_size_model *sm, const float *style);
+
 #ifdef __cplusplus
 }
 #endif

@@ -90,6 +90,9 @@ void cp_taper_1d(int ty, int tx, int len, double *out);
  * (nout >= 3: dY, dX, cellprob first). Returns CP_OK or an error code (with
  * the message set). */
 typedef int (*cp_forward_fn)(void *ctx, const float *in, int n, int ty, int tx, float *out);
+/* The same pass also giving each tile's L2-normalised style (n x nstyle). */
+typedef int (*cp_forward_style_fn)(void *ctx, const float *in, int n, int ty, int tx, float *out,
+                                   float *style);
 
 typedef struct cp_net_desc {
     cp_arch arch;
@@ -97,6 +100,9 @@ typedef struct cp_net_desc {
     double diam_mean, diam_labels;
     cp_forward_fn forward;
     void *ctx;
+    cp_forward_style_fn forward_style; /* optional: used instead of forward, and the
+                                          image's style is returned in cp_flows */
+    int nstyle;                        /* style length per tile when forward_style is set */
 } cp_net_desc;
 
 typedef struct cp_eval_params {
@@ -110,6 +116,8 @@ typedef struct cp_eval_params {
     int batch_size;       /* tiles per forward call, default 8 */
     int augment;          /* default 0 */
     int bsize;            /* tile size; 0 = the network's (224 / 256) */
+    int keep_net_size;    /* 1: flows stay at the network's resolution trunc(L*s)
+                             (Cellpose's resample=False); default 0 */
 } cp_eval_params;
 
 void cp_eval_params_init(cp_eval_params *p);
@@ -122,6 +130,10 @@ typedef struct cp_flows {
     float *dY, *dX, *cellprob;
     double rescale;                 /* s used (1 = no resize) */
     int net_height, net_width;      /* trunc(L*s): resolution the network saw */
+    float *style;                   /* nstyle: the image's style as Cellpose's run_net makes
+                                       it (tile styles summed in tile order, then divided by
+                                       the L2 norm, float32); NULL without forward_style */
+    int nstyle;
 } cp_flows;
 
 void cp_flows_free(cp_flows *f);

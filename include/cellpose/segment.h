@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "cellpose/image.h"
+#include "cellpose/models.h"
 #include "cellpose/net.h"
 
 #ifdef __cplusplus
@@ -15,7 +16,8 @@ extern "C" {
 
 typedef struct cp_seg_params {
     /* network (see cp_preprocess) */
-    float diameter;           /* pixels; 0 = none: v3 uses 30, v4 scale 1 */
+    double diameter;          /* pixels; 0 = none: v3 uses 30, v4 scale 1 (double: an
+                                 estimated diameter is used as Cellpose's float64) */
     int chan, chan2;          /* Cellpose 3 channels, 1-based, 0 = gray/none */
     int normalize;            /* percentile normalisation (default on) */
     float norm_lo, norm_hi;   /* percentiles, default 1 and 99 */
@@ -53,6 +55,39 @@ int cp_segment(cp_model *m, const cp_image *img, const cp_seg_params *p, cp_seg_
 int cp_segment_from_flows(const float *flows, int height, int width, cp_arch arch, float diam_mean,
                           const cp_seg_params *p, cp_seg_result *out);
 void cp_seg_result_free(cp_seg_result *r);
+
+/* ---- Automatic diameter: Cellpose 3's size model (diameter 0) ------------ */
+
+typedef struct cp_size_estimate {
+    double diam;              /* the estimate: median diameter of the size pass's masks
+                                 (utils.diameters), or the size model's diam_mean if none */
+    double diam_style;        /* the regression's estimate from the style (pass 1) */
+    double rescale;           /* scale of the size pass: diam_mean / diam_style */
+    int net_height, net_width;/* resolution of the size pass, trunc(L * rescale) */
+    uint32_t nmasks;          /* masks of the size pass */
+    int fallback;             /* 1: no masks, diam is the size model's diam_mean */
+    uint32_t *masks;          /* the size pass's labels at the image's size */
+    double t_network, t_dynamics; /* seconds */
+} cp_size_estimate;
+
+/* Cellpose 3's SizeModel.eval on one 2D image (its first plane), as
+ * models.Cellpose(...).eval(diameter=0) runs it; then segment with
+ * p->diameter = out->diam. Pass 1: the network at its own scale (diam_mean /
+ * diam_labels, p->diam_mean as in cp_segment) gives the style, and
+ * cp_size_model_predict the diameter diam_style. Pass 2: the network at
+ * sm->diam_mean / diam_style, dynamics at that resolution with interp=False
+ * steps and Cellpose's defaults (200 steps, thresholds 0 and 0.4, masks up to
+ * 0.4 of the image), masks resized (nearest) to the image, then fill holes
+ * and min size 15. Only p's channels, normalisation, batch size, threads and
+ * v3_label_bug apply, as in Cellpose. CPnet models only. */
+int cp_estimate_diameter(cp_model *m, const cp_size_model *sm, const cp_image *img, const cp_seg_params *p,
+                         cp_size_estimate *out);
+void cp_size_estimate_free(cp_size_estimate *e);
+
+/* Pass 2's masks from its network output at its own resolution (dP 2 x Lyr x
+ * Lxr, dY then dX; cellprob Lyr x Lxr) into masks (Ly x Lx). */
+int cp_size_pass_masks(const float *dP, const float *cellprob, int Lyr, int Lxr, int Ly, int Lx,
+                       int v3_label_bug, int threads, uint32_t *masks);
 
 /* Files written per image, named like Cellpose's next to the image (or in a
  * save folder): NAME is the image's name without extension. */

@@ -731,3 +731,47 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
     free(idx);
     return CP_OK;
 }
+
+/* ---- interp=False (numba steps2D), used by Cellpose 3's size pass ----
+ * Each step adds the flow at the truncated position to both coordinates, in
+ * float32, then clamps as step_v3 does. The v3 flow field layout serves as
+ * is: positions stay within [0, L-1], so the padding is never read. */
+static inline void step_nointerp(const float *P, size_t rs, int Ly, int Lx, float *py, float *px)
+{
+    float y = *py, x = *px;
+    const float *f = P + (size_t)(int)y * rs + 2 * (size_t)(int)x;
+    float ny = y + f[0], nx = x + f[1];
+    ny = ny > 0 ? ny : 0;
+    nx = nx > 0 ? nx : 0;
+    ny = ny < (float)(Ly - 1) ? ny : (float)(Ly - 1);
+    nx = nx < (float)(Lx - 1) ? nx : (float)(Lx - 1);
+    *py = ny;
+    *px = nx;
+}
+
+int cp_dyn_euler_nointerp(const float *dP, const float *cellprob, int Ly, int Lx, float threshold,
+                          int niter, int threads, float *p)
+{
+    if (Ly <= 0 || Lx <= 0)
+        return cp_error(CP_EINVAL, "dynamics: bad image size %dx%d", Lx, Ly);
+    if (niter < 0)
+        return cp_error(CP_EINVAL, "dynamics: negative niter %d", niter);
+    int nt = dyn_threads(threads);
+    flowgrid g;
+    uint32_t *idx;
+    size_t n;
+    if (flowgrid_build(dP, cellprob, Ly, Lx, threshold, 1, nt, &g, &idx, &n) != CP_OK)
+        return CP_ENOMEM;
+    float *py = p, *px = p + n;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
+    for (size_t j = 0; j < n; j++) {
+        float a, b;
+        start_state(1, idx[j], Lx, 0, 0, &a, &b);
+        FOLLOW(step_nointerp(g.P, g.rs, Ly, Lx, &a, &b), a, b);
+        py[j] = a;
+        px[j] = b;
+    }
+    free(g.P);
+    free(idx);
+    return CP_OK;
+}

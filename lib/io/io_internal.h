@@ -16,6 +16,11 @@ int cp_png_read(const char *path, cp_image **out);
  * 4-D: Z,Y,X,C). Takes ownership of a's data on success. */
 int cp_npy_to_image(const char *path, cp_array *a, cp_image **out);
 
+/* A .npy held in memory (n bytes at p) that stores one pickled Python object
+ * (np.save of a dict: dtype '|O', shape ()): *offset receives where the
+ * pickle starts. Any other NPY is refused with a message naming path. */
+int cp_npy_pickle_offset(const char *path, const unsigned char *p, size_t n, size_t *offset);
+
 /* Lower-case extension test on a path ("tif" matches "x.TIF"). */
 int cp_io_has_ext(const char *path, const char *ext);
 

@@ -70,6 +70,7 @@ typedef struct npy_header {
     int big_endian;
     int is_bool;
     int fortran;
+    int is_object;  /* '|O': pickled Python objects follow the header */
     int ndim;
     size_t shape[CP_MAX_DIMS];
 } npy_header;
@@ -128,8 +129,10 @@ static int parse_descr(const char *path, const char *v, npy_header *h)
             h->is_bool |= t[0] == '?';
             return CP_OK;
         }
-    if (t[0] == 'O')
-        return cp_error(CP_EUNSUPPORTED, "%s: numpy object arrays (pickles) are not supported", path);
+    if (t[0] == 'O' && (!t[1] || strcmp(t + 1, "8") == 0)) {
+        h->is_object = 1; /* only cp_npy_pickle_offset accepts it */
+        return CP_OK;
+    }
     return cp_error(CP_EUNSUPPORTED, "%s: numpy dtype '%s' is not supported (use u1 u2 u4 u8 i1 i2 i4 i8 f4 f8 or bool)",
                     path, d);
 }
@@ -289,6 +292,8 @@ static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **
     free(text);
     if (rc)
         return rc;
+    if (h.is_object)
+        return cp_error(CP_EUNSUPPORTED, "%s: numpy object arrays (pickles) are not supported", path);
     size_t n = shape_count(h.ndim, h.shape);
     if (n == (size_t)-1 || n > cp_get_max_pixels())
         return cp_error(CP_ELIMIT, "%s: NPY array of %s elements exceeds the limit of %llu samples", path,
@@ -324,6 +329,37 @@ static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **
         return rc;
     }
     *out = a;
+    return CP_OK;
+}
+
+int cp_npy_pickle_offset(const char *path, const unsigned char *p, size_t n, size_t *offset)
+{
+    if (n < 10 || memcmp(p, "\x93NUMPY", 6) != 0)
+        return cp_error(CP_EFORMAT, "%s: not an NPY file", path);
+    size_t pre = p[6] == 1 ? 10 : 12;
+    if (p[6] < 1 || p[6] > 3)
+        return cp_error(CP_EUNSUPPORTED, "%s: NPY format version %d.%d is not supported", path, p[6], p[7]);
+    if (n < pre)
+        return cp_error(CP_EFORMAT, "%s: truncated NPY header", path);
+    size_t hlen = p[8] | (size_t)p[9] << 8;
+    if (pre == 12)
+        hlen |= (size_t)p[10] << 16 | (size_t)p[11] << 24;
+    if (hlen > NPY_MAX_HEADER || hlen > n - pre)
+        return cp_error(CP_EFORMAT, "%s: truncated NPY header", path);
+    char *text = cp_malloc(hlen + 1, "NPY header");
+    if (!text)
+        return CP_ENOMEM;
+    memcpy(text, p + pre, hlen);
+    text[hlen] = 0;
+    npy_header h;
+    int rc = strlen(text) != hlen ? cp_error(CP_EFORMAT, "%s: bad NPY header", path) : parse_header(path, text, &h);
+    free(text);
+    if (rc)
+        return rc;
+    if (!h.is_object || h.ndim != 0)
+        return cp_error(CP_EFORMAT, "%s: not a pickled object (np.save of a dict): the NPY file holds an array",
+                        path);
+    *offset = pre + hlen;
     return CP_OK;
 }
 

@@ -89,3 +89,37 @@ int cp_model_builtin(cp_model_ref *out)
     /* compiled into the library: no file to find (see lib/net/builtin.c) */
     return found(out, cp_strdup(CP_BUILTIN_MODEL_PATH), CP_BUILTIN_MODEL_NAME, 0.0f);
 }
+
+int cp_size_model_path(const cp_model_ref *ref, char **path)
+{
+    *path = NULL;
+    if (!ref || !ref->path)
+        return cp_error(CP_EINVAL, "size model: no model");
+    if (!strcmp(ref->path, CP_BUILTIN_MODEL_PATH))
+        return cp_error(CP_EUNSUPPORTED, "the built-in model (%s) has no size model yet: give --diameter D",
+                        CP_BUILTIN_MODEL_NAME);
+    const char *file = NULL;
+    for (size_t i = 0; ref->name && i < sizeof known / sizeof *known; i++)
+        if (strcmp(ref->name, known[i].name) == 0 || strcmp(ref->name, known[i].file) == 0)
+            file = known[i].file;
+    if (file && !strcmp(file, "cpsam"))
+        return cp_error(CP_EUNSUPPORTED, "cpsam: Cellpose-SAM has no size model: give --diameter D");
+    if (file) {
+        /* Cellpose's names in its models folder: size_cyto3.npy, size_nucleitorch_0.npy */
+        char *dir = cp_path_dir(ref->path), name[256];
+        snprintf(name, sizeof name, "size_%s.npy", file);
+        *path = dir ? cp_path_join(dir, name) : NULL;
+        free(dir);
+    } else {
+        size_t n = strlen(ref->path);
+        *path = cp_malloc(n + sizeof "_size.npy", "path");
+        if (*path) /* Cellpose appends to the path as a string: X.pth -> X.pth_size.npy */
+            snprintf(*path, n + sizeof "_size.npy", "%s_size.npy", ref->path);
+    }
+    if (!*path)
+        return CP_ENOMEM;
+    if (!is_file(*path))
+        return cp_error(CP_EIO, "%s: size model not found (needed to estimate the diameter of %s; Cellpose's "
+                        "train_size writes it): give --diameter D instead", *path, ref->path);
+    return CP_OK;
+}

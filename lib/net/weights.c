@@ -1,11 +1,15 @@
 /* torch.save state dicts: zip and legacy containers, read through a
- * restricted pickle interpreter that only knows how to rebuild tensors.
+ * restricted pickle interpreter that only knows how to rebuild tensors; and
+ * Cellpose 3 size files (np.save of a dict of numpy arrays), read through the
+ * same interpreter with numpy's array, dtype and scalar rebuilders modelled.
  *
  * Nothing in the file is trusted: every length is checked against the bytes
  * that remain, every allocation is bounded by the file size, and any pickle
  * global other than the tensor rebuild function, OrderedDict and the torch
- * storage types is refused. */
+ * storage types (plus, for size files only, the four numpy rebuilders) is
+ * refused. Nothing is ever called. */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +18,10 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "cellpose/models.h"
 #include "cellpose/net.h"
 #include "core/internal.h"
+#include "io/io_internal.h"
 #include "core/sha256.h"
 #include "net/builtin.h"
 
@@ -58,16 +64,16 @@ static int stype_is_float(stype t) { return t == ST_F32 || t == ST_F64 || t == S
 
 /* ---- pickle objects ---------------------------------------------------- */
 
-enum { O_NONE, O_BOOL, O_INT, O_BIGINT, O_FLOAT, O_STR, O_TUPLE, O_LIST, O_DICT,
-       O_GLOBAL, O_STORAGE, O_TENSOR };
-enum { G_REBUILD, G_ODICT, G_STORAGE };
+enum { O_NONE, O_BOOL, O_INT, O_BIGINT, O_FLOAT, O_STR, O_BYTES, O_TUPLE, O_LIST, O_DICT,
+       O_GLOBAL, O_STORAGE, O_TENSOR, O_NDARRAY, O_DTYPE };
+enum { G_REBUILD, G_ODICT, G_STORAGE, G_NP_RECONSTRUCT, G_NP_NDARRAY, G_NP_DTYPE, G_NP_SCALAR };
 
 typedef struct obj obj;
 struct obj {
     int type;
     int64_t i;                  /* INT, BOOL; GLOBAL kind; STORAGE type */
     double f;
-    const uint8_t *s;           /* STR / BIGINT bytes (inside the file) */
+    const uint8_t *s;           /* STR / BIGINT / BYTES bytes, NDARRAY data (inside the file) */
     size_t slen;
     obj **items;                /* TUPLE, LIST; DICT as key,value pairs */
     size_t n, cap;
@@ -78,6 +84,10 @@ struct obj {
     int64_t offset;
     int ndim;
     int64_t size[CP_WMAX_DIMS], stride[CP_WMAX_DIMS];
+    /* DTYPE: i = kind ('f', 'i', 'u', 'b', 'O'), numel = item size, offset = 1 if big-endian.
+     * NDARRAY: ndim/size = shape (ndim -1 until BUILD gives its state), dtype,
+     * s/slen its bytes, or objs (a LIST) for an object array. */
+    obj *dtype, *objs;
     obj *next;                  /* every object, for freeing */
 };
 
@@ -92,6 +102,7 @@ typedef struct unpickler {
     size_t mn, mcap;
     obj **memo;
     size_t memon;
+    int numpy;                  /* allow numpy's rebuilders (size files) */
 } unpickler;
 
 static int bad(unpickler *u, const char *what)
@@ -204,6 +215,11 @@ static int resolve_global(unpickler *u, const uint8_t *mod, size_t ml, const uin
         g->i = G_REBUILD;
     } else if (IS(mod, ml, "collections") && IS(name, nl, "OrderedDict")) {
         g->i = G_ODICT;
+    } else if (u->numpy && (IS(mod, ml, "numpy.core.multiarray") || IS(mod, ml, "numpy._core.multiarray")) &&
+               (IS(name, nl, "_reconstruct") || IS(name, nl, "scalar"))) {
+        g->i = IS(name, nl, "scalar") ? G_NP_SCALAR : G_NP_RECONSTRUCT; /* numpy 2 renamed core */
+    } else if (u->numpy && IS(mod, ml, "numpy") && (IS(name, nl, "ndarray") || IS(name, nl, "dtype"))) {
+        g->i = IS(name, nl, "dtype") ? G_NP_DTYPE : G_NP_NDARRAY;
     } else {
         int found = 0;
         if (IS(mod, ml, "torch"))
@@ -215,6 +231,10 @@ static int resolve_global(unpickler *u, const uint8_t *mod, size_t ml, const uin
                 }
         if (!found) {
             int a = ml > 60 ? 60 : (int)ml, b = nl > 60 ? 60 : (int)nl;
+            if (u->numpy)
+                return cp_error(CP_EFORMAT, "%s: pickle asks for global '%.*s.%.*s'; only numpy "
+                                "arrays, dtypes and scalars are allowed", u->path, a,
+                                (const char *)mod, b, (const char *)name);
             return cp_error(CP_EFORMAT, "%s: pickle asks for global '%.*s.%.*s'; only tensors "
                             "(torch._utils._rebuild_tensor_v2, OrderedDict, torch storages) "
                             "are allowed", u->path, a, (const char *)mod, b, (const char *)name);
@@ -275,10 +295,122 @@ static int int_tuple(unpickler *u, obj *t, int64_t *dst, int *n)
     return CP_OK;
 }
 
+/* numpy.dtype('f8', False, True): kind and item size; the byte order comes
+ * with BUILD. Only plain numbers and objects. */
+static int np_dtype(unpickler *u, obj *args, obj **out)
+{
+    if (args->n < 1 || args->items[0]->type != O_STR)
+        return bad(u, "numpy dtype without a type string");
+    const obj *t = args->items[0];
+    int size = 0;
+    for (size_t k = 1; k < t->slen && k < 4; k++) {
+        if (t->s[k] < '0' || t->s[k] > '9')
+            size = -1;
+        else if (size >= 0)
+            size = size * 10 + (t->s[k] - '0');
+    }
+    char kind = t->slen >= 2 && t->slen <= 3 ? (char)t->s[0] : 0;
+    int ok = (kind == 'f' && (size == 4 || size == 8)) || (kind == 'O' && size == 8) ||
+             ((kind == 'i' || kind == 'u') && (size == 1 || size == 2 || size == 4 || size == 8)) ||
+             (kind == 'b' && size == 1);
+    if (!ok) {
+        int n = t->slen > 20 ? 20 : (int)t->slen;
+        return cp_error(CP_EUNSUPPORTED, "%s: numpy dtype '%.*s' is not supported (numbers and "
+                        "objects only)", u->path, n, (const char *)t->s);
+    }
+    obj *d = newobj(u, O_DTYPE);
+    if (!d)
+        return CP_ENOMEM;
+    d->i = kind;
+    d->numel = size;
+    *out = d;
+    return CP_OK;
+}
+
+/* numpy's rebuilders, modelled: _reconstruct(ndarray, (0,), b'b') makes an
+ * empty array that BUILD fills; scalar(dtype, bytes) a 0-d array. */
+static int np_reduce(unpickler *u, obj *fn, obj *args, obj **out)
+{
+    if (fn->i == G_NP_DTYPE)
+        return np_dtype(u, args, out);
+    if (fn->i == G_NP_RECONSTRUCT) {
+        if (args->n != 3 || args->items[0]->type != O_GLOBAL || args->items[0]->i != G_NP_NDARRAY)
+            return bad(u, "numpy _reconstruct of something other than ndarray");
+        obj *a = newobj(u, O_NDARRAY);
+        if (!a)
+            return CP_ENOMEM;
+        a->ndim = -1;
+        *out = a;
+        return CP_OK;
+    }
+    if (fn->i == G_NP_SCALAR) {
+        if (args->n != 2 || args->items[0]->type != O_DTYPE || args->items[1]->type != O_BYTES)
+            return bad(u, "numpy scalar without a dtype and its bytes");
+        obj *dt = args->items[0], *b = args->items[1];
+        if (dt->i == 'O' || b->slen != (size_t)dt->numel)
+            return bad(u, "numpy scalar whose bytes do not match its dtype");
+        obj *a = newobj(u, O_NDARRAY);
+        if (!a)
+            return CP_ENOMEM;
+        a->ndim = 0;
+        a->dtype = dt;
+        a->s = b->s;
+        a->slen = b->slen;
+        *out = a;
+        return CP_OK;
+    }
+    return bad(u, "numpy.ndarray called as a function");
+}
+
+/* BUILD on a numpy dtype: (version, byteorder, ...); on an array:
+ * (version, shape, dtype, fortran_order, bytes or list of objects). */
+static int np_build(unpickler *u, obj *o, obj *st)
+{
+    if (st->type != O_TUPLE)
+        return bad(u, "numpy state is not a tuple");
+    if (o->type == O_DTYPE) {
+        if (st->n < 2 || st->items[1]->type != O_STR || st->items[1]->slen != 1)
+            return bad(u, "numpy dtype state without a byte order");
+        if (st->items[1]->s[0] == '>' && o->numel > 1)
+            return cp_error(CP_EUNSUPPORTED, "%s: big-endian numpy arrays are not supported", u->path);
+        return CP_OK;
+    }
+    if (o->ndim != -1)
+        return bad(u, "numpy array state given twice");
+    if (st->n != 5 || st->items[2]->type != O_DTYPE)
+        return bad(u, "numpy array state is not (version, shape, dtype, fortran, data)");
+    obj *dt = st->items[2], *data = st->items[4];
+    int nd;
+    if (int_tuple(u, st->items[1], o->size, &nd))
+        return CP_EFORMAT;
+    size_t numel = 1;
+    for (int k = 0; k < nd; k++)
+        if (cp_mul_overflow(numel, (size_t)o->size[k], &numel))
+            return bad(u, "numpy array shape overflows");
+    if (nd > 1 && st->items[3]->type == O_BOOL && st->items[3]->i)
+        return cp_error(CP_EUNSUPPORTED, "%s: Fortran-ordered numpy arrays are not supported", u->path);
+    if (dt->i == 'O') {
+        if (data->type != O_LIST || data->n != numel)
+            return bad(u, "numpy object array whose item list does not match its shape");
+        o->objs = data;
+    } else {
+        size_t bytes;
+        if (data->type != O_BYTES || cp_mul_overflow(numel, (size_t)dt->numel, &bytes) || bytes != data->slen)
+            return bad(u, "numpy array whose bytes do not match its shape and dtype");
+        o->s = data->s;
+        o->slen = data->slen;
+    }
+    o->ndim = nd;
+    o->dtype = dt;
+    return CP_OK;
+}
+
 static int reduce(unpickler *u, obj *fn, obj *args, obj **out)
 {
     if (fn->type != O_GLOBAL || args->type != O_TUPLE)
         return bad(u, "REDUCE of something that is not an allowed global");
+    if (fn->i >= G_NP_RECONSTRUCT)
+        return np_reduce(u, fn, args, out);
     if (fn->i == G_ODICT) {
         if (args->n != 0)
             return bad(u, "OrderedDict built with arguments");
@@ -454,9 +586,10 @@ static int unpickle(unpickler *u, obj **top)
             PUSH(o);
             break;
         }
-        case 'X': case 0x8c: case 'U': { /* BINUNICODE, SHORT_BINUNICODE, SHORT_BINSTRING */
+        case 'X': case 0x8c: case 'U': case 'B': case 'C': {
+            /* BINUNICODE, SHORT_BINUNICODE, SHORT_BINSTRING; BINBYTES, SHORT_BINBYTES */
             size_t k;
-            if (op == 'X') {
+            if (op == 'X' || op == 'B') {
                 NEED(4);
                 k = rd32(u->p);
                 u->p += 4;
@@ -465,7 +598,7 @@ static int unpickle(unpickler *u, obj **top)
                 k = *u->p++;
             }
             NEED(k);
-            if (!(o = newobj(u, O_STR)))
+            if (!(o = newobj(u, op == 'B' || op == 'C' ? O_BYTES : O_STR)))
                 return CP_ENOMEM;
             o->s = u->p;
             o->slen = k;
@@ -508,10 +641,13 @@ static int unpickle(unpickler *u, obj **top)
                 return rc;
             PUSH(o);
             break;
-        case 'b': /* BUILD: the state (OrderedDict _metadata) is not needed */
+        case 'b': /* BUILD: numpy objects take their state; torch's (OrderedDict _metadata) is not needed */
             POP(b);
             if (u->sn == 0)
                 return bad(u, "stack underflow");
+            a = u->stack[u->sn - 1];
+            if ((a->type == O_NDARRAY || a->type == O_DTYPE) && (rc = np_build(u, a, b)))
+                return rc;
             break;
         case '0': /* POP */
             POP(a);
@@ -576,7 +712,7 @@ typedef struct mapped {
     size_t n;
 } mapped;
 
-static int map_file(const char *path, mapped *m)
+static int map_file(const char *path, const char *what, mapped *m)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -588,7 +724,7 @@ static int map_file(const char *path, mapped *m)
     }
     if (st.st_size == 0) {
         close(fd);
-        return cp_error(CP_EFORMAT, "%s: empty file, not a torch.save file", path);
+        return cp_error(CP_EFORMAT, "%s: empty file, not %s", path, what);
     }
     void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
@@ -1114,12 +1250,132 @@ int cp_weights_load(const char *path, cp_weights **out)
     if (bytes)  /* a model compiled into the library */
         return cp_weights_load_mem(bytes, nb, path, out);
     mapped f = {0};
-    int rc = map_file(path, &f);
+    int rc = map_file(path, "a torch.save file", &f);
     if (rc)
         return rc;
     rc = cp_weights_load_mem(f.p, f.n, path, out);
     munmap((void *)f.p, f.n);
     return rc;
+}
+
+/* ---- Cellpose 3 size files -------------------------------------------- */
+
+static const obj *dict_get(const obj *d, const char *key)
+{
+    for (size_t k = 0; k + 1 < d->n; k += 2)
+        if (str_eq(d->items[k], key))
+            return d->items[k + 1];
+    return NULL;
+}
+
+/* A Python float or int, or a 0-d float numpy array (a numpy scalar). */
+static int number_of(const obj *o, double *v)
+{
+    if (o->type == O_FLOAT || o->type == O_INT) {
+        *v = o->type == O_FLOAT ? o->f : (double)o->i;
+        return 1;
+    }
+    if (o->type != O_NDARRAY || o->ndim != 0 || o->dtype->i != 'f')
+        return 0;
+    if (o->dtype->numel == 4) {
+        float f;
+        memcpy(&f, o->s, 4);
+        *v = f;
+    } else {
+        memcpy(v, o->s, 8);
+    }
+    return 1;
+}
+
+static int size_dict(const char *path, const obj *d, cp_size_model *sm)
+{
+    const obj *A = dict_get(d, "A"), *sme = dict_get(d, "smean"), *dm = dict_get(d, "diam_mean"),
+              *ym = dict_get(d, "ymean");
+    const char *missing = !A ? "A" : !sme ? "smean" : !dm ? "diam_mean" : !ym ? "ymean" : NULL;
+    if (missing)
+        return cp_error(CP_EFORMAT, "%s: not a Cellpose size model: no '%s' in the dict", path, missing);
+    if (A->type != O_NDARRAY || A->ndim != 1 || A->dtype->i != 'f')
+        return cp_error(CP_EFORMAT, "%s: size model 'A' is not a 1-d float array", path);
+    if (sme->type != O_NDARRAY || sme->ndim != 1 || sme->dtype->i != 'f' || sme->dtype->numel != 4)
+        return cp_error(CP_EFORMAT, "%s: size model 'smean' is not a 1-d float32 array", path);
+    /* styles are 256 long; anything far beyond is not a size model */
+    if (A->size[0] != sme->size[0] || A->size[0] < 1 || A->size[0] > 65536)
+        return cp_error(CP_EFORMAT, "%s: size model 'A' (%lld) and 'smean' (%lld) differ in length or are empty",
+                        path, (long long)A->size[0], (long long)sme->size[0]);
+    double ymean;
+    if (!number_of(dm, &sm->diam_mean) || !number_of(ym, &ymean))
+        return cp_error(CP_EFORMAT, "%s: size model 'diam_mean' or 'ymean' is not a number", path);
+    if (!(sm->diam_mean > 0) || isinf(sm->diam_mean) || !isfinite(ymean))
+        return cp_error(CP_EFORMAT, "%s: size model with diam_mean %g and ymean %g: not a size model", path,
+                        sm->diam_mean, ymean);
+    sm->ymean = (float)ymean; /* exact: float32 in Cellpose's files */
+    size_t n = (size_t)A->size[0];
+    sm->nstyle = (int)n;
+    sm->A = cp_malloc_array(n, sizeof *sm->A, "size model");
+    sm->smean = cp_malloc_array(n, sizeof *sm->smean, "size model");
+    if (!sm->A || !sm->smean)
+        return CP_ENOMEM;
+    memcpy(sm->smean, sme->s, n * sizeof *sm->smean);
+    if (A->dtype->numel == 8) {
+        memcpy(sm->A, A->s, n * sizeof *sm->A);
+    } else {
+        for (size_t k = 0; k < n; k++) {
+            float f;
+            memcpy(&f, A->s + 4 * k, 4);
+            sm->A[k] = f;
+        }
+    }
+    for (size_t k = 0; k < n; k++)
+        if (!isfinite(sm->A[k]) || !isfinite(sm->smean[k]))
+            return cp_error(CP_EFORMAT, "%s: size model with a non-finite value in 'A' or 'smean'", path);
+    return CP_OK;
+}
+
+int cp_size_model_load(const char *path, cp_size_model **out)
+{
+    *out = NULL;
+    mapped f = {0};
+    int rc = map_file(path, "a Cellpose size file", &f);
+    if (rc)
+        return rc;
+    size_t off;
+    unpickler u = {.path = path, .budget = 64 * f.n + (1u << 20), .numpy = 1};
+    cp_size_model *sm = cp_calloc(1, sizeof *sm, "size model");
+    obj *top;
+    if (!sm) {
+        rc = CP_ENOMEM;
+    } else if (!(rc = cp_npy_pickle_offset(path, f.p, f.n, &off))) {
+        u.p = f.p + off;
+        u.end = f.p + f.n;
+        rc = unpickle(&u, &top);
+    }
+    if (!rc) {
+        if (top->type != O_NDARRAY || top->ndim != 0 || top->dtype->i != 'O' || top->objs->n != 1 ||
+            top->objs->items[0]->type != O_DICT)
+            rc = cp_error(CP_EFORMAT, "%s: not a Cellpose size model (the pickle holds no dict)", path);
+        else
+            rc = size_dict(path, top->objs->items[0], sm);
+    }
+    free_objs(u.all);
+    free(u.stack);
+    free(u.marks);
+    free(u.memo);
+    munmap((void *)f.p, f.n);
+    if (rc) {
+        cp_size_model_free(sm);
+        return rc;
+    }
+    *out = sm;
+    return CP_OK;
+}
+
+void cp_size_model_free(cp_size_model *sm)
+{
+    if (!sm)
+        return;
+    free(sm->A);
+    free(sm->smean);
+    free(sm);
 }
 
 /* ---- building and writing --------------------------------------------- */

@@ -24,6 +24,7 @@ void cp_flows_free(cp_flows *f)
     if (!f)
         return;
     free(f->data);
+    free(f->style);
     free(f);
 }
 
@@ -198,8 +199,45 @@ static void finish_blend(float *acc, int H, int W, const cp_tiling *t, const cov
         }
 }
 
+/* numpy's pairwise float32 sum (contiguous, as in np.add.reduce). */
+static float pairwise_sum_f32(const float *a, size_t n)
+{
+    if (n < 8) {
+        float r = 0.f;
+        for (size_t i = 0; i < n; i++)
+            r += a[i];
+        return r;
+    }
+    if (n <= 128) {
+        float r[8];
+        size_t i;
+        for (int j = 0; j < 8; j++)
+            r[j] = a[j];
+        for (i = 8; i < n - n % 8; i += 8)
+            for (int j = 0; j < 8; j++)
+                r[j] += a[i + j];
+        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++)
+            res += a[i];
+        return res;
+    }
+    size_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum_f32(a, n2) + pairwise_sum_f32(a + n2, n - n2);
+}
+
+/* Cellpose's run_net: stylei /= (stylei**2).sum()**0.5, all float32. */
+static void normalize_style(float *s, int n, float *sq)
+{
+    for (int c = 0; c < n; c++)
+        sq[c] = s[c] * s[c];
+    float norm = powf(pairwise_sum_f32(sq, (size_t)n), 0.5f);
+    for (int c = 0; c < n; c++)
+        s[c] /= norm;
+}
+
 static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling *t,
-                     int batch, float *acc, cp_eval_debug *dbg)
+                     int batch, float *acc, float *style, cp_eval_debug *dbg)
 {
     int ntiles = t->ny * t->nx;
     size_t tn = (size_t)t->ty * t->tx;
@@ -212,8 +250,10 @@ static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling
     float *tmp = cp_malloc_array(tn, sizeof(float), "tile");
     double *my = cp_malloc_array((size_t)t->ty, sizeof(double), "taper");
     double *mx = cp_malloc_array((size_t)t->tx, sizeof(double), "taper");
+    int ns = style ? net->nstyle : 0;
+    float *bstyle = style ? cp_malloc_array((size_t)batch * ns, sizeof(float), "tile styles") : NULL;
     int rc = CP_OK;
-    if (!bin || !bout || !tmp || !my || !mx) {
+    if (!bin || !bout || !tmp || !my || !mx || (style && !bstyle)) {
         rc = CP_ENOMEM;
         goto done;
     }
@@ -235,7 +275,8 @@ static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling
         int n = ntiles - k0 < batch ? ntiles - k0 : batch;
         for (int i = 0; i < n; i++)
             gather_tile(P, t, (k0 + i) / t->nx, (k0 + i) % t->nx, bin + i * in_sz);
-        rc = net->forward(net->ctx, bin, n, t->ty, t->tx, bout);
+        rc = style ? net->forward_style(net->ctx, bin, n, t->ty, t->tx, bout, bstyle)
+                   : net->forward(net->ctx, bin, n, t->ty, t->tx, bout);
         if (rc) {
             if (!*cp_errmsg())
                 cp_error(rc, "network forward pass failed");
@@ -248,24 +289,30 @@ static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling
                 memcpy(dbg->tiles_in + k * in_sz, bin + i * in_sz, in_sz * sizeof(float));
                 memcpy(dbg->tiles_out + k * out_sz, o, out_sz * sizeof(float));
             }
+            for (int c = 0; c < ns; c++) /* float32, in tile order, as numpy's sum(axis=0) */
+                style[c] += bstyle[(size_t)i * ns + c];
             if (t->augment)
                 unaugment_tile(t, jy, jx, nout, o, tmp);
             accumulate_tile(acc, t->height, t->width, t, jy, jx, o, my, mx);
         }
     }
+    if (style)
+        normalize_style(style, ns, bstyle);
 done:
     free(bin);
     free(bout);
     free(tmp);
     free(my);
     free(mx);
+    free(bstyle);
     return rc;
 }
 
 /* Stitch the tiles of the padded image *Pp into the cropped network output.
  * *Pp is freed as soon as the tiles are done unless keep is set. */
 static int stitch(const cp_net_desc *net, cp_planes **Pp, const cp_tiling *t, int batch, int py0,
-                  int px0, int out_h, int out_w, int keep, cp_planes **out, cp_eval_debug *dbg)
+                  int px0, int out_h, int out_w, int keep, float *style, cp_planes **out,
+                  cp_eval_debug *dbg)
 {
     *out = NULL;
     size_t an;
@@ -277,7 +324,7 @@ static int stitch(const cp_net_desc *net, cp_planes **Pp, const cp_tiling *t, in
     cover cy = {0}, cx = {0};
     double *my = NULL, *mx = NULL, *navg = NULL;
     cp_planes *o = NULL;
-    int rc = run_tiles(net, *Pp, t, batch, acc, dbg);
+    int rc = run_tiles(net, *Pp, t, batch, acc, style, dbg);
     if (rc)
         goto done;
     if (!keep) {
@@ -351,6 +398,10 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
 
     cp_planes *x = NULL, *xr = NULL, *P = NULL, *y = NULL, *yb = NULL;
     cp_tiling t = {0};
+    float *style = NULL;
+    if (net->forward_style && net->nstyle > 0 &&
+        !(style = cp_calloc((size_t)net->nstyle, sizeof *style, "style")))
+        return CP_ENOMEM;
     int Ly = img->height, Lx = img->width;
     int rc = cp_select_channels(img, plane, net->arch, p->chan, p->chan2, &x);
     if (rc)
@@ -396,7 +447,7 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
         dbg->pad_x[1] = px[1];
     }
     int keep = dbg && dbg->keep_stages;
-    if ((rc = stitch(net, &P, &t, p->batch_size, py[0], px[0], Lyr, Lxr, keep, &y, dbg)))
+    if ((rc = stitch(net, &P, &t, p->batch_size, py[0], px[0], Lyr, Lxr, keep, style, &y, dbg)))
         goto fail;
     if (dbg && dbg->keep_stages) {
         dbg->padded = P;
@@ -406,7 +457,10 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
     }
     cp_planes_free(P);
     P = NULL;
-    if (Lyr != Ly || Lxr != Lx) {
+    if (p->keep_net_size) {
+        Ly = Lyr;
+        Lx = Lxr;
+    } else if (Lyr != Ly || Lxr != Lx) {
         if ((rc = cp_resize_linear(y, Ly, Lx, &yb)))
             goto fail;
         cp_planes_free(y);
@@ -429,6 +483,8 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
     f->rescale = s;
     f->net_height = Lyr;
     f->net_width = Lxr;
+    f->style = style;
+    f->nstyle = style ? net->nstyle : 0;
     cp_planes_free(y);
     if (dbg)
         dbg->tiling = t;
@@ -437,6 +493,7 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
     *out = f;
     return CP_OK;
 fail:
+    free(style);
     cp_planes_free(x);
     cp_planes_free(xr);
     cp_planes_free(P);

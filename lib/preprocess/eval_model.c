@@ -9,6 +9,11 @@ static int model_forward(void *ctx, const float *in, int n, int ty, int tx, floa
     return cp_model_forward((cp_model *)ctx, in, n, ty, tx, out, NULL);
 }
 
+static int model_forward_style(void *ctx, const float *in, int n, int ty, int tx, float *out, float *style)
+{
+    return cp_model_forward((cp_model *)ctx, in, n, ty, tx, out, style);
+}
+
 int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_params *p,
                   cp_flows **out, cp_eval_debug *dbg)
 {
@@ -25,6 +30,9 @@ int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_par
         .diam_labels = info->diam_labels,
         .forward = model_forward,
         .ctx = m,
+        /* cpsam gives zeros: no style to report */
+        .forward_style = info->arch == CP_ARCH_CPNET && info->nstyle > 0 ? model_forward_style : NULL,
+        .nstyle = info->nstyle,
     };
     return cp_eval_flows_net(&net, img, plane, p, out, dbg);
 }

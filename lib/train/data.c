@@ -37,9 +37,23 @@ double cp_label_diameter(const uint32_t *labels, size_t n, int *nmasks)
     for (size_t i = 0; i < n; i++)
         cnt[labels[i]]++;
     size_t k = 0;
-    for (uint32_t l = 1; l <= maxl; l++)
-        if (cnt[l])
-            r[k++] = sqrt((double)cnt[l]);
+    /* Cellpose drops the first unique value as background: without a 0 pixel
+       that is the smallest label's area */
+    int skip = cnt[0] == 0;
+    for (uint32_t l = 1; l <= maxl; l++) {
+        if (!cnt[l])
+            continue;
+        if (skip) {
+            skip = 0;
+            continue;
+        }
+        r[k++] = sqrt((double)cnt[l]);
+    }
+    if (!k) {
+        free(cnt);
+        free(r);
+        return 0;
+    }
     qsort(r, k, sizeof *r, cmp_double);
     double md = k % 2 ? r[k / 2] : 0.5 * (r[k / 2 - 1] + r[k / 2]);
     *nmasks = (int)k;

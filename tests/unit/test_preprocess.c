@@ -755,7 +755,7 @@ static void blend_case(cp_arch arch, int h, int w, double diameter, int augment,
         d[i] = (float)(s >> 8) / 1048576.0f;
     }
     fake f = {C, mode, 0};
-    cp_net_desc net = {arch, C, 3, arch == CP_ARCH_CPSAM ? 256 : 224, 30, 30, fake_forward, &f};
+    cp_net_desc net = {arch, C, 3, arch == CP_ARCH_CPSAM ? 256 : 224, 30, 30, fake_forward, &f, NULL, 0};
     cp_eval_params p;
     cp_eval_params_init(&p);
     p.chan = 1;
@@ -826,7 +826,7 @@ static void test_errors(void)
     cp_image *img;
     CHECK_OK(cp_image_create(&img, 8, 8, 1, 1, CP_U8));
     fake f = {2, 0, 0};
-    cp_net_desc net = {CP_ARCH_CPNET, 2, 3, 224, 30, 30, fake_forward, &f};
+    cp_net_desc net = {CP_ARCH_CPNET, 2, 3, 224, 30, 30, fake_forward, &f, NULL, 0};
     cp_eval_params p;
     cp_eval_params_init(&p);
     cp_flows *fl;
