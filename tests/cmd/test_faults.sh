@@ -55,6 +55,37 @@ same_tree() {
     complete "$1" "$2" "$3"
 }
 no_temps() { check_eq "$1: no temporary left" "$(temps "$2")" ""; }
+# killed DESC OUT REF CMD...: CMD killed by SIGKILL after 2 ms, 6 ms, ...
+# each run resuming or redoing the last, until one finishes; after every
+# kill, what OUT holds under final names equals REF's
+killed() {
+    local desc=$1 out=$2 ref=$3 d=0.002 n=0 pid; shift 3
+    while [ $n -lt 60 ]; do
+        "$@" > /dev/null 2>&1 & pid=$!
+        sleep $d
+        if ! kill -9 $pid 2> /dev/null; then
+            wait $pid
+            echo "$desc: killed $n times before a run finished" >&2
+            return
+        fi
+        wait $pid 2> /dev/null
+        n=$((n + 1))
+        complete "$desc killed after ${d}s" "$out" "$ref"
+        d=$(awk "BEGIN { print $d + 0.004 }")
+    done
+    echo "$desc: killed $n times, no run finished in time" >&2
+}
+# read_only DESC DIR CMD...: CMD writing into a read-only DIR fails, says so
+read_only() {
+    local desc=$1 d=$2; shift 2
+    mkdir -p "$d"
+    readonly_dir "$d" "$@"
+    local rc=$?
+    [ $rc -eq 99 ] && return
+    check "$desc read-only folder: fails" test $rc -ne 0
+    check "$desc read-only folder: one line says so" sh -c \
+        "[ \$(wc -l < '$T/ro.err') -eq 1 ] && grep -q 'Read-only file system' '$T/ro.err'"
+}
 
 # ---- cpseg: a batch of four images, three outputs each ----------------------
 check "cpseg clean run" $SEG --savedir "$T/seg_ref" "$T/in"
@@ -126,9 +157,9 @@ limited 0 $M -o "$T/met/cells.csv" "$T"/seg_ref/*_cp_masks.tif
 check_eq "cpmetrics full disk: exit 3" $? 3
 check_eq "cpmetrics full disk: no table" "$(listing "$T/met")" ""
 no_temps "cpmetrics full disk" "$T/met"
-readonly_dir "$T/met" $M -o "$T/met/cells.csv" "$T"/seg_ref/*_cp_masks.tif
-rc=$?
-[ $rc -eq 99 ] || check_eq "cpmetrics read-only folder: exit 3" $rc 3
+read_only "cpmetrics" "$T/met" $M -o "$T/met/cells.csv" "$T"/seg_ref/*_cp_masks.tif
+mkdir -p "$T/met_ref" "$T/met_kill" && cp "$T/cells_ref.csv" "$T/met_ref/cells.csv"
+killed "cpmetrics" "$T/met_kill" "$T/met_ref" $M -o "$T/met_kill/cells.csv" "$T"/seg_ref/*_cp_masks.tif
 check "cpmetrics after the faults" $M -o "$T/met/cells.csv" "$T"/seg_ref/*_cp_masks.tif
 check_same "cpmetrics table after the faults" "$T/met/cells.csv" "$T/cells_ref.csv"
 
@@ -155,9 +186,20 @@ check "cpcells after the full disk" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif"
 check "cpcells ZIP after the full disk" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" --zip "$T/cc/cells.zip"
 same_tree "cpcells rerun after the full disk" "$T/cc/cells" "$T/cells_ref"
 check_same "cpcells ZIP after the full disk" "$T/cc/cells.zip" "$T/cells_ref.zip"
+read_only "cpcells" "$T/cc_ro" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" -o "$T/cc_ro/cells"
+read_only "cpcells ZIP" "$T/cc_ro" $C "$T/in/c.png" "$T/seg_ref/c_cp_masks.tif" --zip "$T/cc_ro/cells.zip"
+# a batch (--from-seg: every NAME_cp_masks.tif with NAME.png) killed again and again
+mkdir -p "$T/pairs" "$T/ccb_ref" "$T/ccb_kill"
+for n in a b c d; do ln -s "$T/in/$n.png" "$T/seg_ref/${n}_cp_masks.tif" "$T/pairs/"; done
+check "cpcells batch, clean run" $C --from-seg "$T/pairs" -o "$T/ccb_ref" --zip
+killed "cpcells batch" "$T/ccb_kill" "$T/ccb_ref" $C --from-seg "$T/pairs" -o "$T/ccb_kill" --zip
+check "cpcells batch after the kills" $C --from-seg "$T/pairs" -o "$T/ccb_kill" --zip
+same_tree "cpcells batch rerun after the kills" "$T/ccb_kill" "$T/ccb_ref"
 
 # ---- spotquery: a table ----------------------------------------------------
 S="$BIN/spotquery spots -q"
+# a dataset big enough that the kills below land inside the run
+check "spotquery generate" sh -c "$BIN/spotquery gen-synthetic --spots 5000 --seed 3 '$T/bigds' > /dev/null 2>&1"
 check "spotquery clean run" $S -o "$T/spots_ref.csv" "$TESTDATA/spots/csv_dataset"
 mkdir -p "$T/sq"
 limited 2 $S -o "$T/sq/spots.csv" "$TESTDATA/spots/csv_dataset"
@@ -165,6 +207,10 @@ rc=$?
 check "spotquery full disk: fails" test $rc -ne 0
 check_eq "spotquery full disk: no table" "$(listing "$T/sq")" ""
 no_temps "spotquery full disk" "$T/sq"
+read_only "spotquery" "$T/sq_ro" $S -o "$T/sq_ro/spots.csv" "$TESTDATA/spots/csv_dataset"
+mkdir -p "$T/sq_ref" "$T/sq_kill" && cp "$T/spots_ref.csv" "$T/sq_ref/spots.csv"
+check "spotquery clean run, big" $S -o "$T/sq_ref/big.csv" "$T/bigds"
+killed "spotquery" "$T/sq_kill" "$T/sq_ref" $S -o "$T/sq_kill/big.csv" "$T/bigds"
 check "spotquery after the full disk" $S -o "$T/sq/spots.csv" "$TESTDATA/spots/csv_dataset"
 check_same "spotquery table after the full disk" "$T/sq/spots.csv" "$T/spots_ref.csv"
 
@@ -185,6 +231,7 @@ no_temps "cptrain full disk" "$T/trfull"
 check "cptrain after the full disk" $TR -o "$T/trfull/m.pth"
 check_same "cptrain model after the full disk" "$T/trfull/m.pth" "$T/trref/m.pth"
 
+read_only "cptrain" "$T/trro" $TR -o "$T/trro/m.pth"
 # killed by SIGKILL once a checkpoint exists, then resumed from it
 mkdir -p "$T/trkill"
 $TR -o "$T/trkill/m.pth" & pid=$!
