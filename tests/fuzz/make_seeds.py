@@ -5,7 +5,8 @@
 weights: torch.save files written the way torch does (zip: data.pkl, data/N,
 version; legacy: five pickles then raw storages) for a small state dict, and
 the pickle part of ../shared/golden/weights/cpnet_nucleilike_s2_legacy.pth
-with its storages cut short. flows: NAME_flows.npy arrays. json: SeeSpot
+with its storages cut short. flows: NAME_flows.npy arrays. size: a size
+model file of ../shared/golden/size. json: SeeSpot
 manifest, Neuroglancer state and OME-Zarr .zattrs of the shapes in
 ../shared/spec/seespot.md."""
 import collections, io, json, os, pickle, pickletools, struct, sys, types, zipfile
@@ -171,6 +172,12 @@ def tables():
     out("table", "ratios.txt", b"1.0 0.12 0.03\n0.2, 1.0, 0.1\n0.0\t0.3\t1.0\n")
 
 
+def sizes():
+    # a size model Cellpose's train_size wrote (see ../shared/golden/size)
+    with open(os.path.join(SHARED, "golden/size/models/cpnet_cyto3like_s1.pth_size.npy"), "rb") as f:
+        out("size", "cyto3like_size.npy", f.read())
+
+
 def jsons():
     out("json", "manifest.json", json.dumps({
         "round": "R2", "spot_channels": ["488", "561", 638],
@@ -189,4 +196,5 @@ weights()
 flows()
 images()
 tables()
+sizes()
 jsons()
