@@ -26,8 +26,11 @@ CELLPOSE_LOCAL_MODELS_PATH=$M check_fails "cpsam has no size model" 3 $BIN/cpseg
 cp "$G/models/cpnet_nucleilike_s2_legacy.pth_size.npy" "$M/"
 check "estimate" $BIN/cpseg --model "$W" --diameter 0 --save masks_npy --manifest "$T/m.jsonl" "$T/in" 2> "$T/err"
 check_eq "one estimate line per image on stderr" "$(grep -c 'estimated diameter' "$T/err")" 2
-check "quiet" $BIN/cpseg -q --force --model "$W" --diameter 0 --savedir "$T/q" "$T/in" 2> "$T/errq"
-check_eq "-q: nothing on stderr" "$(wc -c < "$T/errq")" 0
+# a second full run: the normal build is enough for a flag
+if [ "${CP_SANITIZERS:-0}" != 1 ]; then
+    check "quiet" $BIN/cpseg -q --force --model "$W" --diameter 0 --savedir "$T/q" "$T/in" 2> "$T/errq"
+    check_eq "-q: nothing on stderr" "$(wc -c < "$T/errq")" 0
+fi
 # the manifest's estimate against run.json; the final masks against masks.npy.gz
 check "manifest and masks match Cellpose" python3 - "$T/m.jsonl" "$G" "$T/in" "$A" "$D" <<'PY'
 import array, ast, gzip, json, math, sys
