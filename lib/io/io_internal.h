@@ -2,6 +2,10 @@
 #ifndef CP_IO_INTERNAL_H
 #define CP_IO_INTERNAL_H
 
+/* The most deflate can expand its input (zlib's own bound): a header claiming
+ * more decoded data than the file size times this is corrupt. */
+#define CP_DEFLATE_MAX_EXPANSION 1032
+
 #include "cellpose/io.h"
 #include "core/internal.h"
 

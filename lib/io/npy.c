@@ -299,9 +299,9 @@ static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **
         return cp_error(CP_ELIMIT, "%s: NPY array of %s elements exceeds the limit of %llu samples", path,
                         n == (size_t)-1 ? "too many" : "so many", (unsigned long long)cp_get_max_pixels());
     size_t es = cp_dtype_size(h.dtype);
-    /* deflate expands at most 1032-fold: a header claiming more data than the
+    /* deflate expands at most CP_DEFLATE_MAX_EXPANSION-fold: a header claiming more data than the
        file can hold is corrupt, and is refused before allocating */
-    if ((double)n * es > fsize * (gzdirect(g) ? 1 : 1032))
+    if ((double)n * es > fsize * (gzdirect(g) ? 1 : CP_DEFLATE_MAX_EXPANSION))
         return cp_error(CP_EFORMAT, "%s: truncated NPY data (header claims %zu bytes, the file has %.0f)", path,
                         n * es, fsize);
     cp_array *a;

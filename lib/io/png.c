@@ -57,11 +57,11 @@ static int png_decode(png_ctx *c, FILE *f, png_structp png, png_infop info)
     if (total > cp_get_max_pixels())
         return cp_error(CP_ELIMIT, "%s: PNG of %u x %u x %d channels exceeds the limit of %llu samples", c->path, h,
                         w, channels, (unsigned long long)cp_get_max_pixels());
-    /* the filtered rows inflate from the file's IDAT, at most 1032-fold: a
+    /* the filtered rows inflate from the file's IDAT, at most CP_DEFLATE_MAX_EXPANSION-fold: a
        header claiming more is corrupt, refused before allocating */
     struct stat st;
     double stored = (double)h * (1 + ceil((double)w * native_channels * depth / 8));
-    if (fstat(fileno(f), &st) == 0 && stored > (double)st.st_size * 1032)
+    if (fstat(fileno(f), &st) == 0 && stored > (double)st.st_size * CP_DEFLATE_MAX_EXPANSION)
         return cp_error(CP_EFORMAT, "%s: PNG header claims %u x %u pixels, more than the file's %lld bytes can hold: "
                         "corrupt", c->path, w, h, (long long)st.st_size);
     int rc = cp_image_create(&c->img, (int)w, (int)h, channels, 1, out_depth == 16 ? CP_U16 : CP_U8);

@@ -545,7 +545,7 @@ static uint64_t max_expansion(uint16_t compression)
     case COMPRESSION_NONE: return 1;
     case COMPRESSION_PACKBITS: return 64;                         /* 2 bytes -> 128 */
     case COMPRESSION_LZW: return 4096;                            /* one 9..12-bit code -> <= 4096 bytes */
-    case COMPRESSION_ADOBE_DEFLATE: case COMPRESSION_DEFLATE: return 1032;
+    case COMPRESSION_ADOBE_DEFLATE: case COMPRESSION_DEFLATE: return CP_DEFLATE_MAX_EXPANSION;
     default: return 1u << 16;
     }
 }
