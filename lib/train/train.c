@@ -364,7 +364,8 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
             goto done;
         int last = e == o->epochs - 1;
         if (last || (o->checkpoint_every > 0 && (e + 1) % o->checkpoint_every == 0)) {
-            if ((rc = save_model(&c, ckpath, 1, e + 1, h)) || (rc = save_model(&c, o->out, 0, e + 1, h)))
+            /* model before checkpoint: a checkpoint on disk implies its model is there too */
+            if ((rc = save_model(&c, o->out, 0, e + 1, h)) || (rc = save_model(&c, ckpath, 1, e + 1, h)))
                 goto done;
         }
     }
