@@ -13,8 +13,6 @@
 #include "cellpose/cellpose.h"
 #include "common/cli.h"
 
-enum { FMT_CSV, FMT_TSV, FMT_JSON, FMT_NDJSON };
-
 static const char *USAGE =
     "Usage: cpmetrics [OPTIONS] MASKS...             per-cell table\n"
     "       cpmetrics --summary [OPTIONS] MASKS...   one row per image\n"
@@ -57,157 +55,9 @@ typedef struct opts {
     int nscales;
 } opts;
 
-/* ---- table output -------------------------------------------------------- */
-
-typedef struct out {
-    FILE *fp;
-    int fmt;
-    int rows;
-    const char **cols;
-    int ncols;
-    char *line;          /* current row being built */
-    size_t len, cap;
-    int field;
-} out;
-
-static void buf_add(out *o, const char *s, size_t n)
-{
-    if (o->len + n + 1 > o->cap) {
-        size_t c = (o->len + n + 1) * 2 + 256;
-        char *p = realloc(o->line, c);
-        if (!p) {
-            cli_err("out of memory");
-            exit(CLI_EXIT_FATAL);
-        }
-        o->line = p;
-        o->cap = c;
-    }
-    memcpy(o->line + o->len, s, n);
-    o->len += n;
-    o->line[o->len] = 0;
-}
-
-static void buf_str(out *o, const char *s) { buf_add(o, s, strlen(s)); }
-
-static void json_string(out *o, const char *s)
-{
-    buf_str(o, "\"");
-    for (; *s; s++) {
-        char e[8];
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            e[0] = '\\';
-            e[1] = (char)c;
-            buf_add(o, e, 2);
-        } else if (c < 0x20) {
-            snprintf(e, sizeof e, "\\u%04x", c);
-            buf_str(o, e);
-        } else {
-            buf_add(o, s, 1);
-        }
-    }
-    buf_str(o, "\"");
-}
-
-/* JSON rows are separated by ",\n" and the first opens the array */
-static void row_begin(out *o)
-{
-    if (o->fmt == FMT_JSON)
-        buf_str(o, o->rows ? ",\n" : "[\n");
-}
-
-static void field_start(out *o)
-{
-    if (o->field == 0)
-        row_begin(o);
-    if (o->fmt == FMT_JSON || o->fmt == FMT_NDJSON) {
-        buf_str(o, o->field ? ", " : "{");
-        json_string(o, o->cols[o->field]);
-        buf_str(o, ": ");
-    } else if (o->field) {
-        buf_str(o, o->fmt == FMT_TSV ? "\t" : ",");
-    }
-    o->field++;
-}
-
-static void put_str(out *o, const char *s)
-{
-    field_start(o);
-    if (o->fmt == FMT_JSON || o->fmt == FMT_NDJSON) {
-        json_string(o, s);
-    } else if (o->fmt == FMT_CSV && strpbrk(s, ",\"\r\n")) {
-        buf_str(o, "\"");
-        for (; *s; s++)
-            buf_add(o, *s == '"' ? "\"\"" : s, *s == '"' ? 2 : 1);
-        buf_str(o, "\"");
-    } else if (o->fmt == FMT_TSV && strpbrk(s, "\t\r\n")) {
-        for (; *s; s++)
-            buf_add(o, strchr("\t\r\n", *s) ? " " : s, 1);
-    } else {
-        buf_str(o, s);
-    }
-}
-
-static void put_int(out *o, long long v)
-{
-    char b[32];
-    field_start(o);
-    snprintf(b, sizeof b, "%lld", v);
-    buf_str(o, b);
-}
-
-static void put_num(out *o, double v)
-{
-    char b[40];
-    field_start(o);
-    if (!isfinite(v) && (o->fmt == FMT_JSON || o->fmt == FMT_NDJSON))
-        buf_str(o, "null");
-    else
-        buf_str(o, cp_format_double(v, b));
-}
-
-static void out_flush(out *o)
-{
-    if (o->fp && o->len) {
-        fwrite(o->line, 1, o->len, o->fp);
-        o->len = 0;
-    }
-}
-
-static void row_end(out *o)
-{
-    if (o->fmt == FMT_JSON)
-        buf_str(o, "}");
-    else if (o->fmt == FMT_NDJSON)
-        buf_str(o, "}\n");
-    else
-        buf_str(o, "\n");
-    o->field = 0;
-    o->rows++;
-    if (o->len > (1u << 16))
-        out_flush(o);
-}
-
-static void table_begin(out *o, const char **cols, int ncols)
-{
-    o->cols = cols;
-    o->ncols = ncols;
-    if (o->fmt == FMT_CSV || o->fmt == FMT_TSV) {
-        for (int i = 0; i < ncols; i++) {
-            if (i)
-                fputc(o->fmt == FMT_TSV ? '\t' : ',', o->fp);
-            fputs(cols[i], o->fp);
-        }
-        fputc('\n', o->fp);
-    }
-}
-
-static void table_end(out *o)
-{
-    out_flush(o);
-    if (o->fmt == FMT_JSON)
-        fputs(o->rows ? "\n]\n" : "[]\n", o->fp);
-}
+/* Every table goes through the library's table writer; a cell that fails is
+ * reported when the table ends. */
+typedef cp_table_writer out;
 
 /* ---- errors: the message of the last failure, from the library or from here */
 
@@ -323,39 +173,55 @@ static const char *find_pair(const cp_strlist *candidates, const char *path, int
 
 /* ---- manifest ------------------------------------------------------------- */
 
-static void manifest_line(FILE *mf, const char *input, const char *image, const char *status,
+static const char *MANIFEST_COLS[] = {"input", "image", "status", "rows", "error"};
+
+/* One NDJSON row of the manifest table (error left out when there is none). */
+static void manifest_line(cp_manifest *mf, const char *input, const char *image, const char *status,
                           long long rows, const char *err)
 {
     if (!mf)
         return;
-    out o = {0};
-    o.fmt = FMT_NDJSON;
-    buf_str(&o, "{\"input\": ");
-    json_string(&o, input);
-    buf_str(&o, ", \"image\": ");
-    json_string(&o, image ? image : "");
-    buf_str(&o, ", \"status\": ");
-    json_string(&o, status);
-    char b[64];
-    snprintf(b, sizeof b, ", \"rows\": %lld", rows);
-    buf_str(&o, b);
-    if (err) {
-        buf_str(&o, ", \"error\": ");
-        json_string(&o, err);
-    }
-    buf_str(&o, "}\n");
-    fwrite(o.line, 1, o.len, mf);
-    free(o.line);
+    out o;
+    cp_tw_begin(&o, NULL, CP_FMT_NDJSON, CP_FLOATS_PYTHON, MANIFEST_COLS, 5);
+    cp_tw_str(&o, input);
+    cp_tw_str(&o, image ? image : "");
+    cp_tw_str(&o, status);
+    cp_tw_int(&o, rows);
+    if (err)
+        cp_tw_str(&o, err);
+    else
+        cp_tw_absent(&o);
+    cp_tw_end_row(&o);
+    size_t n;
+    const char *line = cp_tw_text(&o, &n);
+    if (o.err || cp_manifest_write(mf, line, n - 1)) /* the writer's newline is the manifest's */
+        cli_err("%s", cp_errmsg());
+    cp_tw_end(&o);
 }
 
 /* ---- per-cell and summary modes ----------------------------------------- */
 
-static const char *CELL_COLS[] = {
-    "image", "label", "area", "perimeter", "centroid_y", "centroid_x", "bbox_min_row",
-    "bbox_min_col", "bbox_max_row", "bbox_max_col", "major_axis_length", "minor_axis_length",
-    "aspect_ratio", "eccentricity", "orientation", "solidity", "extent", "equivalent_diameter",
-    "convex_area", "euler_number"};
+/* The per-cell columns: name, kind and place in cp_cell_props (a new
+ * measurement is one line here). */
+enum { K_U32, K_I64, K_INT, K_DBL };
+#define CELL(name, kind, field) {name, kind, offsetof(cp_cell_props, field)}
+static const struct cell_col {
+    const char *name;
+    int kind;
+    size_t off;
+} CELL_COLS[] = {
+    CELL("label", K_U32, label), CELL("area", K_I64, area), CELL("perimeter", K_DBL, perimeter),
+    CELL("centroid_y", K_DBL, centroid_y), CELL("centroid_x", K_DBL, centroid_x),
+    CELL("bbox_min_row", K_INT, bbox_min_row), CELL("bbox_min_col", K_INT, bbox_min_col),
+    CELL("bbox_max_row", K_INT, bbox_max_row), CELL("bbox_max_col", K_INT, bbox_max_col),
+    CELL("major_axis_length", K_DBL, major_axis_length), CELL("minor_axis_length", K_DBL, minor_axis_length),
+    CELL("aspect_ratio", K_DBL, aspect_ratio), CELL("eccentricity", K_DBL, eccentricity),
+    CELL("orientation", K_DBL, orientation), CELL("solidity", K_DBL, solidity), CELL("extent", K_DBL, extent),
+    CELL("equivalent_diameter", K_DBL, equivalent_diameter), CELL("convex_area", K_I64, convex_area),
+    CELL("euler_number", K_INT, euler_number)};
+#undef CELL
 #define NCELL (int)(sizeof CELL_COLS / sizeof *CELL_COLS)
+static const char *INTENSITY_STATS[] = {"mean", "min", "max", "sum", "std"};
 
 static const char *SUM_FIELDS[] = {"area", "perimeter", "aspect_ratio", "eccentricity",
                                    "solidity", "extent", "equivalent_diameter"};
@@ -386,81 +252,92 @@ static double sum_field(const cp_cell_props *c, int k)
     }
 }
 
-static char **make_cols(const opts *op, int channels, int *ncols)
+/* Column names, and JSON keys where they differ (summaries nest their
+ * statistics: {"image": ..., "summary": {"total_cells": N, "area": {"mean": ...}}}). */
+typedef struct columns {
+    cp_strlist names, keys;
+} columns;
+
+static void add_col(columns *c, const char *name, const char *key)
 {
-    int n = op->summary ? 2 + NSUM * 5 : NCELL + 5 * channels;
-    char **cols = calloc((size_t)n, sizeof *cols);
-    int k = 0;
+    if (cp_strlist_push(&c->names, name) || (key && cp_strlist_push(&c->keys, key))) {
+        cli_err("out of memory");
+        exit(CLI_EXIT_FATAL);
+    }
+}
+
+static void free_cols(columns *c)
+{
+    cp_strlist_free(&c->names);
+    cp_strlist_free(&c->keys);
+}
+
+static void make_cols(const opts *op, int channels, columns *c)
+{
+    char b[64], k[96];
     if (op->summary) {
-        cols[k++] = strdup("image");
-        cols[k++] = strdup("total_cells");
+        add_col(c, "image", "image");
+        add_col(c, "total_cells", "summary/total_cells");
         for (int f = 0; f < NSUM; f++)
             for (int s = 0; s < 5; s++) {
-                char b[64];
                 snprintf(b, sizeof b, "%s_%s", SUM_FIELDS[f], STAT_NAMES[s]);
-                cols[k++] = strdup(b);
+                snprintf(k, sizeof k, "summary/%s/%s", SUM_FIELDS[f], STAT_NAMES[s]);
+                add_col(c, b, k);
             }
-    } else {
-        static const char *st[] = {"mean", "min", "max", "sum", "std"};
-        for (int i = 0; i < NCELL; i++)
-            cols[k++] = strdup(CELL_COLS[i]);
-        for (int c = 0; c < channels; c++)
-            for (int s = 0; s < 5; s++) {
-                char b[64];
-                snprintf(b, sizeof b, "intensity_%s_c%d", st[s], c);
-                cols[k++] = strdup(b);
-            }
+        return;
     }
-    *ncols = n;
-    return cols;
+    add_col(c, "image", NULL);
+    for (int i = 0; i < NCELL; i++)
+        add_col(c, CELL_COLS[i].name, NULL);
+    for (int ch = 0; ch < channels; ch++)
+        for (int s = 0; s < 5; s++) {
+            snprintf(b, sizeof b, "intensity_%s_c%d", INTENSITY_STATS[s], ch);
+            add_col(c, b, NULL);
+        }
 }
 
-static void free_cols(char **cols, int n)
+static void table_begin(out *o, const opts *op, const columns *c)
 {
-    for (int i = 0; i < n; i++)
-        free(cols[i]);
-    free(cols);
+    cp_tw_begin(o, o->fp, op->format, CP_FLOATS_PYTHON, (const char *const *)c->names.items, (int)c->names.n);
+    if (c->keys.n)
+        o->json_keys = (const char *const *)c->keys.items;
 }
 
-/* One per-cell row (never flushes: o->fp may be NULL). */
+/* 0, or -1 when the table could not be written (reported). */
+static int table_end(out *o)
+{
+    if (!cp_tw_end(o))
+        return 0;
+    cli_err("%s", cp_errmsg());
+    return -1;
+}
+
+/* One per-cell row. */
 static void cell_row(out *o, const char *image, const cp_cell_table *t, size_t i)
 {
-    const cp_cell_props *c = t->cells + i;
-    put_str(o, image);
-    put_int(o, c->label);
-    put_int(o, c->area);
-    put_num(o, c->perimeter);
-    put_num(o, c->centroid_y);
-    put_num(o, c->centroid_x);
-    put_int(o, c->bbox_min_row);
-    put_int(o, c->bbox_min_col);
-    put_int(o, c->bbox_max_row);
-    put_int(o, c->bbox_max_col);
-    put_num(o, c->major_axis_length);
-    put_num(o, c->minor_axis_length);
-    put_num(o, c->aspect_ratio);
-    put_num(o, c->eccentricity);
-    put_num(o, c->orientation);
-    put_num(o, c->solidity);
-    put_num(o, c->extent);
-    put_num(o, c->equivalent_diameter);
-    put_int(o, c->convex_area);
-    put_int(o, c->euler_number);
+    const char *c = (const char *)(t->cells + i);
+    cp_tw_str(o, image);
+    for (int k = 0; k < NCELL; k++) {
+        const void *v = c + CELL_COLS[k].off;
+        switch (CELL_COLS[k].kind) {
+        case K_U32: cp_tw_int(o, *(const uint32_t *)v); break;
+        case K_I64: cp_tw_int(o, *(const int64_t *)v); break;
+        case K_INT: cp_tw_int(o, *(const int *)v); break;
+        default: cp_tw_num(o, *(const double *)v); break;
+        }
+    }
     for (int ch = 0; ch < t->channels; ch++) {
         const cp_intensity_stats *s = t->intensity + i * (size_t)t->channels + ch;
-        put_num(o, s->mean);
-        put_num(o, s->min);
-        put_num(o, s->max);
-        put_num(o, s->sum);
-        put_num(o, s->std);
+        double v[5] = {s->mean, s->min, s->max, s->sum, s->std};
+        for (int k = 0; k < 5; k++)
+            cp_tw_num(o, v[k]);
     }
-    row_end(o);
+    cp_tw_end_row(o);
 }
 
 /* One image: measured rows appended to the table. Returns rows or -1. */
 static long long emit_cells(out *o, const opts *op, const char *image, const cp_cell_table *t)
 {
-    long long rows = 0;
     if (op->summary) {
         size_t n = 0;
         double *v = malloc((t->n + 1) * sizeof *v);
@@ -475,45 +352,14 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
             cp_summarize(v, n, s + f);
         }
         free(v);
-        if (o->fmt == FMT_JSON || o->fmt == FMT_NDJSON) {
-            /* {"image": ..., "summary": {"total_cells": N, "area": {"mean": ...}, ...}} */
-            out *q = o;
-            row_begin(q);
-            buf_str(q, "{\"image\": ");
-            json_string(q, image);
-            char b[64];
-            snprintf(b, sizeof b, ", \"summary\": {\"total_cells\": %zu", n);
-            buf_str(q, b);
-            for (int f = 0; f < NSUM; f++) {
-                buf_str(q, ", ");
-                json_string(q, SUM_FIELDS[f]);
-                buf_str(q, ": {");
-                double vals[5] = {s[f].mean, s[f].std, s[f].median, s[f].min, s[f].max};
-                for (int k = 0; k < 5; k++) {
-                    char nb[40];
-                    buf_str(q, k ? ", \"" : "\"");
-                    buf_str(q, STAT_NAMES[k]);
-                    buf_str(q, "\": ");
-                    buf_str(q, isfinite(vals[k]) ? cp_format_double(vals[k], nb) : "null");
-                }
-                buf_str(q, "}");
-            }
-            buf_str(q, "}");
-            q->field = 0;
-            /* row_end adds the closing brace of the row object */
-            row_end(q);
-        } else {
-            put_str(o, image);
-            put_int(o, (long long)n);
-            for (int f = 0; f < NSUM; f++) {
-                put_num(o, s[f].mean);
-                put_num(o, s[f].std);
-                put_num(o, s[f].median);
-                put_num(o, s[f].min);
-                put_num(o, s[f].max);
-            }
-            row_end(o);
+        cp_tw_str(o, image);
+        cp_tw_int(o, (long long)n);
+        for (int f = 0; f < NSUM; f++) {
+            double vals[5] = {s[f].mean, s[f].std, s[f].median, s[f].min, s[f].max};
+            for (int k = 0; k < 5; k++)
+                cp_tw_num(o, vals[k]);
         }
+        cp_tw_end_row(o);
         return 1;
     }
     size_t *keep = malloc((t->n + 1) * sizeof *keep);
@@ -524,7 +370,7 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         if (keep_cell(op, t->cells + i))
             keep[nk++] = i;
     /* Rows are formatted in parallel chunks (shortest round-trip numbers are
-     * the costly part) and written in order, so the bytes do not depend on
+     * the costly part) and joined in order, so the bytes do not depend on
      * the thread count. */
     const size_t chunk = 512;
     size_t nchunks = (nk + chunk - 1) / chunk;
@@ -536,27 +382,19 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
 #pragma omp parallel for schedule(dynamic, 1)
     for (size_t ch = 0; ch < nchunks; ch++) {
         out *q = parts + ch;
-        q->fmt = o->fmt;
-        q->cols = o->cols;
-        q->ncols = o->ncols;
-        q->rows = o->rows + (int)(ch * chunk);
+        cp_tw_fork(o, o->rows + ch * chunk, q);
         size_t end = (ch + 1) * chunk < nk ? (ch + 1) * chunk : nk;
         for (size_t j = ch * chunk; j < end; j++)
             cell_row(q, image, t, keep[j]);
     }
-    for (size_t ch = 0; ch < nchunks; ch++) {
-        out_flush(o);
-        fwrite(parts[ch].line, 1, parts[ch].len, o->fp);
-        free(parts[ch].line);
-    }
-    o->rows += (int)nk;
-    rows = (long long)nk;
+    for (size_t ch = 0; ch < nchunks; ch++)
+        cp_tw_join(o, parts + ch);
     free(parts);
     free(keep);
-    return rows;
+    return (long long)nk;
 }
 
-static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
+static int run_cells(const opts *op, cp_strlist *files, out *o, cp_manifest *mf)
 {
     cp_strlist inten = {0};
     if (op->intensity_dir && cp_list_images(op->intensity_dir, 0, NULL, &inten)) {
@@ -565,8 +403,7 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
     }
     /* the intensity channel count fixes the columns: read the first one early */
     int failed = 0, channels = 0, begun = 0;
-    char **cols = NULL;
-    int ncols = 0;
+    columns cols = {0};
     cli_progress pg;
     cli_progress_start(&pg, files->n, "images");
     for (size_t f = 0; f < files->n; f++) {
@@ -597,8 +434,8 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
             rc = lib(cp_measure_cells(lab, h, w, img, &t));
         if (!begun && (!rc || f + 1 == files->n)) {
             channels = img ? img->channels : 0;
-            cols = make_cols(op, channels, &ncols);
-            table_begin(o, (const char **)cols, ncols);
+            make_cols(op, channels, &cols);
+            table_begin(o, op, &cols);
             begun = 1;
         }
         if (rc) {
@@ -617,13 +454,13 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
     }
     cli_progress_end(&pg);
     if (!begun) {
-        cols = make_cols(op, 0, &ncols);
-        table_begin(o, (const char **)cols, ncols);
+        make_cols(op, 0, &cols);
+        table_begin(o, op, &cols);
     }
-    table_end(o);
-    free_cols(cols, ncols);
+    int werr = table_end(o);
+    free_cols(&cols);
     cp_strlist_free(&inten);
-    return failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
+    return werr ? CLI_EXIT_FATAL : failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
 }
 
 /* ---- quality mode ----------------------------------------------------------- */
@@ -632,53 +469,50 @@ static void quality_rows(out *o, const opts *op, const char *image, const char *
                          const cp_match_result *r, const cp_boundary_score *bs)
 {
     for (int k = 0; k < r->n_thresholds; k++) {
-        put_str(o, image);
-        put_str(o, truth);
-        put_num(o, r->thresholds[k]);
-        put_int(o, r->n_true);
-        put_int(o, r->n_pred);
-        put_int(o, r->tp[k]);
-        put_int(o, r->fp[k]);
-        put_int(o, r->fn[k]);
-        put_num(o, r->ap[k]);
-        put_num(o, r->precision[k]);
-        put_num(o, r->recall[k]);
-        put_num(o, r->f1[k]);
-        put_num(o, r->mean_iou[k]);
-        put_num(o, r->aji);
+        cp_tw_str(o, image);
+        cp_tw_str(o, truth);
+        cp_tw_num(o, r->thresholds[k]);
+        cp_tw_int(o, r->n_true);
+        cp_tw_int(o, r->n_pred);
+        cp_tw_int(o, r->tp[k]);
+        cp_tw_int(o, r->fp[k]);
+        cp_tw_int(o, r->fn[k]);
+        double v[6] = {r->ap[k], r->precision[k], r->recall[k], r->f1[k], r->mean_iou[k], r->aji};
+        for (int i = 0; i < 6; i++)
+            cp_tw_num(o, v[i]);
         for (int s = 0; s < op->nscales; s++) {
-            put_num(o, bs[s].precision);
-            put_num(o, bs[s].recall);
-            put_num(o, bs[s].fscore);
+            cp_tw_num(o, bs[s].precision);
+            cp_tw_num(o, bs[s].recall);
+            cp_tw_num(o, bs[s].fscore);
         }
-        row_end(o);
+        cp_tw_end_row(o);
     }
 }
 
-static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
+static int run_quality(const opts *op, cp_strlist *preds, out *o, cp_manifest *mf)
 {
     static const char *base[] = {"image", "truth", "threshold", "n_true", "n_pred", "tp", "fp",
                                  "fn", "ap", "precision", "recall", "f1", "mean_matched_iou", "aji"};
-    int nb = (int)(sizeof base / sizeof *base), ncols = nb + 3 * op->nscales;
-    char **cols = calloc((size_t)ncols, sizeof *cols);
-    for (int i = 0; i < nb; i++)
-        cols[i] = strdup(base[i]);
+    columns cols = {0};
+    for (size_t i = 0; i < sizeof base / sizeof *base; i++)
+        add_col(&cols, base[i], NULL);
     for (int s = 0; s < op->nscales; s++) {
         static const char *bn[] = {"boundary_precision", "boundary_recall", "boundary_fscore"};
         for (int k = 0; k < 3; k++) {
             char b[80], v[40];
             snprintf(b, sizeof b, "%s_%s", bn[k], cp_format_double(op->scales[s], v));
-            cols[nb + 3 * s + k] = strdup(b);
+            add_col(&cols, b, NULL);
         }
     }
-    table_begin(o, (const char **)cols, ncols);
+    table_begin(o, op, &cols);
 
     struct stat st;
     int gt_dir = stat(op->truth, &st) == 0 && S_ISDIR(st.st_mode);
     cp_strlist gts = {0};
     if (gt_dir && cp_list_images(op->truth, 0, NULL, &gts)) {
         cli_err("%s", cp_errmsg());
-        free_cols(cols, ncols);
+        cp_tw_end(o);
+        free_cols(&cols);
         return CLI_EXIT_USAGE;
     }
     cp_match_result total;
@@ -763,65 +597,28 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
             cp_boundary_finish(btot + s);
         quality_rows(o, op, "ALL", "", &total, btot);
     }
-    table_end(o);
-    free_cols(cols, ncols);
+    int werr = table_end(o);
+    free_cols(&cols);
     cp_strlist_free(&gts);
-    return failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
+    return werr ? CLI_EXIT_FATAL : failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
 }
 
 /* ---- merge ---------------------------------------------------------------- */
 
 static int run_merge(const opts *op, cp_strlist *files, FILE *fp)
 {
-    char *header = NULL;
-    int failed = 0, json_rows = 0;
-    if (op->format == FMT_JSON)
-        fputs("[", fp);
-    for (size_t f = 0; f < files->n; f++) {
-        FILE *in = fopen(files->items[f], "rb");
-        if (!in) {
-            cli_err("%s: cannot open", files->items[f]);
+    cp_table_merge m;
+    int failed = 0;
+    cp_table_merge_begin(&m, fp, op->format);
+    for (size_t f = 0; f < files->n; f++)
+        if (cp_table_merge_add(&m, files->items[f])) {
+            cli_err("%s", cp_errmsg());
             failed++;
-            continue;
         }
-        char *line = NULL;
-        size_t cap = 0;
-        ssize_t n;
-        int first = 1;
-        while ((n = getline(&line, &cap, in)) >= 0) {
-            if (op->format == FMT_CSV || op->format == FMT_TSV) {
-                if (first) {
-                    first = 0;
-                    if (!header) {
-                        header = strdup(line);
-                        fputs(line, fp);
-                    } else if (strcmp(header, line)) {
-                        cli_err("%s: its header differs from the first table's", files->items[f]);
-                        failed++;
-                        break;
-                    }
-                    continue;
-                }
-                fputs(line, fp);
-            } else if (op->format == FMT_NDJSON) {
-                fputs(line, fp);
-            } else {
-                /* cpmetrics JSON: "[", one object per line, "]" */
-                char *s = line;
-                while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ',' || s[n - 1] == '\r'))
-                    s[--n] = 0;
-                if (!strcmp(s, "[") || !strcmp(s, "]") || !strcmp(s, "[]") || n == 0)
-                    continue;
-                fputs(json_rows++ ? ",\n" : "\n", fp);
-                fputs(s, fp);
-            }
-        }
-        free(line);
-        fclose(in);
+    if (cp_table_merge_end(&m)) {
+        cli_err("%s", cp_errmsg());
+        return CLI_EXIT_FATAL;
     }
-    if (op->format == FMT_JSON)
-        fputs(json_rows ? "\n]\n" : "]\n", fp);
-    free(header);
     return failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
 }
 
@@ -870,11 +667,9 @@ int main(int argc, char **argv)
         switch (c) {
         case 'o': op.output = optarg; break;
         case 'f':
-            if (!strcmp(optarg, "csv")) op.format = FMT_CSV;
-            else if (!strcmp(optarg, "tsv")) op.format = FMT_TSV;
-            else if (!strcmp(optarg, "json")) op.format = FMT_JSON;
-            else if (!strcmp(optarg, "ndjson")) op.format = FMT_NDJSON;
-            else cli_usage_error("--format: '%s' is not csv, tsv, json or ndjson", optarg);
+            op.format = cp_table_format_parse(optarg);
+            if (op.format < 0 || op.format == CP_FMT_PARQUET)
+                cli_usage_error("--format: '%s' is not csv, tsv, json or ndjson", optarg);
             break;
         case 'i': op.intensity = optarg; break;
         case O_IDIR: op.intensity_dir = optarg; break;
@@ -928,9 +723,10 @@ int main(int argc, char **argv)
     if (op.intensity && files.n != 1)
         cli_usage_error("--intensity needs exactly one MASKS file (got %zu); use --intensity-dir", files.n);
 
-    cp_atomic at, mat;
+    cp_atomic at;
+    cp_manifest man, *mf = NULL;
     int use_at = op.output && strcmp(op.output, "-");
-    FILE *fp = stdout, *mf = NULL;
+    FILE *fp = stdout;
     if (use_at) {
         if (cp_atomic_open(&at, op.output)) {
             cli_err("%s", cp_errmsg());
@@ -940,18 +736,17 @@ int main(int argc, char **argv)
         fp = at.fp;
     }
     if (op.manifest) {
-        if (cp_atomic_open(&mat, op.manifest)) {
+        if (cp_manifest_open(&man, op.manifest, 0)) {
             cli_err("%s", cp_errmsg());
             if (use_at)
                 cp_atomic_abort(&at);
             cp_strlist_free(&files);
             return CLI_EXIT_FATAL;
         }
-        mf = mat.fp;
+        mf = &man;
     }
     out o = {0};
     o.fp = fp;
-    o.fmt = op.format;
     int rc;
     if (op.merge)
         rc = run_merge(&op, &files, fp);
@@ -959,10 +754,12 @@ int main(int argc, char **argv)
         rc = run_quality(&op, &files, &o, mf);
     else
         rc = run_cells(&op, &files, &o, mf);
-    free(o.line);
     cp_strlist_free(&files);
-    int werr = 0;
-    if (use_at) {
+    /* a table that could not be written is not left behind */
+    int werr = rc == CLI_EXIT_FATAL;
+    if (use_at && werr) {
+        cp_atomic_abort(&at);
+    } else if (use_at) {
         if (cp_atomic_commit(&at)) {
             cli_err("%s", cp_errmsg());
             werr = 1;
@@ -971,7 +768,7 @@ int main(int argc, char **argv)
         cli_err("writing the table to stdout failed");
         werr = 1;
     }
-    if (mf && cp_atomic_commit(&mat)) {
+    if (mf && cp_manifest_close(mf)) {
         cli_err("%s", cp_errmsg());
         werr = 1;
     }

@@ -1,6 +1,4 @@
 /* cpseg: segment images with Cellpose weights, in batches, resumably. */
-#include <errno.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <omp.h>
 #include <pthread.h>
@@ -127,7 +125,8 @@ typedef struct job {
     unsigned outputs;
     const char *savedir;
     int force, fail_fast, jobs, threads_per_job;
-    int manifest_fd;
+    cp_manifest manifest;
+    int manifest_open;
     const char *manifest_path;
     pthread_mutex_t lock;
     atomic_size_t next;
@@ -174,7 +173,7 @@ typedef struct image_log {
 
 static void manifest_write(job *J, const image_log *L)
 {
-    if (J->manifest_fd < 0)
+    if (!J->manifest_open)
         return;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "input", L->input);
@@ -219,13 +218,8 @@ static void manifest_write(job *J, const image_log *L)
     cJSON_Delete(o);
     if (!s)
         return;
-    size_t n = strlen(s);
-    s[n] = '\n'; /* one write per line keeps O_APPEND lines whole across processes */
-    pthread_mutex_lock(&J->lock);
-    ssize_t w = write(J->manifest_fd, s, n + 1);
-    pthread_mutex_unlock(&J->lock);
-    if (w != (ssize_t)(n + 1))
-        cli_err("%s: manifest write failed: %s", J->manifest_path, strerror(errno));
+    if (cp_manifest_write(&J->manifest, s, strlen(s)))
+        cli_err("%s", cp_errmsg());
     free(s);
 }
 
@@ -428,7 +422,6 @@ int main(int argc, char **argv)
     cp_seg_params_default(&J.params);
     J.outputs = CP_SEG_OUT_MASKS;
     J.jobs = 1;
-    J.manifest_fd = -1;
     const char *model_spec = NULL, *glob = NULL, *shard = NULL, *device = getenv("CELLPOSE_DEVICE");
     int recursive = 0, threads = 0, dynamics = 0;
     cp_strlist flows_inputs = {0};
@@ -596,11 +589,11 @@ int main(int argc, char **argv)
     }
 
     if (J.manifest_path) {
-        J.manifest_fd = open(J.manifest_path, O_WRONLY | O_CREAT | O_APPEND, 0666);
-        if (J.manifest_fd < 0) {
-            cli_err("%s: cannot open manifest: %s", J.manifest_path, strerror(errno));
+        if (cp_manifest_open(&J.manifest, J.manifest_path, 1)) {
+            cli_err("%s", cp_errmsg());
             { status = CLI_EXIT_FATAL; goto out; }
         }
+        J.manifest_open = 1;
     }
 
     cli_install_signal_handlers();
@@ -622,8 +615,8 @@ int main(int argc, char **argv)
     pthread_mutex_destroy(&J.lock);
     status = cli_interrupted ? CLI_EXIT_INTR : J.failed ? CLI_EXIT_PARTIAL : CLI_EXIT_OK;
 out:
-    if (J.manifest_fd >= 0)
-        close(J.manifest_fd);
+    if (J.manifest_open && cp_manifest_close(&J.manifest))
+        cli_err("%s", cp_errmsg());
     cp_model_free(J.model);
     cp_model_ref_free(&J.ref);
     cp_size_model_free(J.size_model);

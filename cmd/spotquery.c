@@ -174,12 +174,8 @@ static void parse_args(int argc, char **argv, args *a)
         case 'h': usage(stdout); exit(0);
         case O_VERSION: cli_print_version(); exit(0);
         case O_FORMAT:
-            if (!strcmp(optarg, "csv")) a->format = CP_FMT_CSV;
-            else if (!strcmp(optarg, "tsv")) a->format = CP_FMT_TSV;
-            else if (!strcmp(optarg, "json")) a->format = CP_FMT_JSON;
-            else if (!strcmp(optarg, "ndjson")) a->format = CP_FMT_NDJSON;
-            else if (!strcmp(optarg, "parquet")) a->format = CP_FMT_PARQUET;
-            else cli_usage_error("--format: expected csv, tsv, json, ndjson or parquet, not '%s'", optarg);
+            if ((a->format = cp_table_format_parse(optarg)) < 0)
+                cli_usage_error("--format: expected csv, tsv, json, ndjson or parquet, not '%s'", optarg);
             break;
         case O_THREADS: a->threads = (int)cli_parse_long("--threads", optarg, 1, 256); break;
         case O_VALID: a->f.valid_only = 1; break;

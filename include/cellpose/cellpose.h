@@ -16,6 +16,7 @@
 #include "cellpose/outline.h"
 #include "cellpose/preprocess.h"
 #include "cellpose/segment.h"
+#include "cellpose/table.h"
 #include "cellpose/spots.h"
 #include "cellpose/train.h"
 #include "cellpose/zip.h"

@@ -130,12 +130,8 @@ int cp_boundary_scores(const uint32_t *truth, const uint32_t *pred, int height, 
                        const double *scales, int n_scales, cp_boundary_score *out);
 void cp_boundary_finish(cp_boundary_score *s);
 
-/* ---- output ---------------------------------------------------------------- */
-
-/* Python repr of a double: the shortest decimal that reads back to the same
- * value, "inf", "-inf", "nan"; fixed notation with a ".0" for integral values
- * when 1e-4 <= |x| < 1e16, else d.ddde+XX. buf needs 32 bytes. Returns buf. */
-char *cp_format_double(double x, char *buf);
+/* Tables of these measurements are written with the table writer
+ * (cellpose/table.h; cp_format_double there). */
 
 #ifdef __cplusplus
 }

@@ -1,8 +1,8 @@
 /* libcellpose spots: SeeSpot HCR spot tables (mixed/unmixed, merged), queried
- * without a server. A compact column store (dictionary-encoded strings, int32
- * ids, int8 round, bit flags, float32 values), a streaming CSV/TSV reader
- * (plain or gzip), the dataset layout of SeeSpot, the mixed <- unmixed merge,
- * filters, seeded sampling, count matrices, summaries and Neuroglancer links. */
+ * without a server: the SeeSpot column schema, the dataset layout, the mixed
+ * <- unmixed merge, filters, seeded sampling, count matrices, summaries and
+ * Neuroglancer links. Tables, their file formats and their output are
+ * cellpose/table.h. */
 #ifndef CELLPOSE_SPOTS_H
 #define CELLPOSE_SPOTS_H
 
@@ -11,121 +11,17 @@
 #include <stdio.h>
 
 #include "cellpose/files.h"
+#include "cellpose/table.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-/* ---- column store ------------------------------------------------------ */
-
-typedef enum cp_scol_type {
-    CP_SCOL_STR = 0, /* int32 dictionary code per row, -1 = null */
-    CP_SCOL_I32,     /* int32, nulls in the null bitmap */
-    CP_SCOL_I8,      /* int8, nulls in the null bitmap */
-    CP_SCOL_BOOL,    /* one bit per row, nulls in the null bitmap */
-    CP_SCOL_F32,     /* float, NaN = null */
-    CP_SCOL_I64,     /* results only (counts) */
-    CP_SCOL_F64      /* results only (percentages) */
-} cp_scol_type;
-
-/* Interned strings; codes count from 0 in first-appearance order. */
-typedef struct cp_sdict {
-    char **s;
-    int32_t n, cap;
-    int32_t *slots;   /* open addressing, -1 = empty */
-    uint32_t nslots;
-} cp_sdict;
-
-typedef struct cp_scol {
-    char *name;
-    cp_scol_type type;
-    void *v;          /* values, layout by type (BOOL: bit i of byte i/8) */
-    uint8_t *nulls;   /* bit set = null; NULL while the column has none */
-    cp_sdict dict;    /* CP_SCOL_STR */
-    int json_numbers; /* STR: print number-looking strings unquoted in JSON */
-} cp_scol;
-
-typedef struct cp_stable {
-    size_t nrows, cap;
-    int ncols;
-    cp_scol *cols;
-} cp_stable;
-
-void cp_stable_free(cp_stable *t);
-/* Index of the column called name, or -1. */
-int cp_stable_find(const cp_stable *t, const char *name);
-/* Append an empty column (values for the current nrows, all null). */
-int cp_stable_add_col(cp_stable *t, const char *name, cp_scol_type type);
-/* Make room for at least n rows in every column. */
-int cp_stable_reserve(cp_stable *t, size_t n);
-/* Append the rows of src (same column names and types) to dst; src is
- * emptied (moved when dst is empty). */
-int cp_stable_append(cp_stable *dst, cp_stable *src);
-/* A new table with the given rows of src (and only cols[], or all if NULL). */
-int cp_stable_gather(const cp_stable *src, const uint32_t *rows, size_t n,
-                     const int *cols, int ncols, cp_stable *out);
-
-int cp_sdict_intern(cp_sdict *d, const char *s, size_t len, int32_t *code);
-/* Code of s, or -1 when absent. */
-int32_t cp_sdict_find(const cp_sdict *d, const char *s);
-void cp_sdict_free(cp_sdict *d);
-
-int cp_scol_is_null(const cp_scol *c, size_t i);
-void cp_scol_set_null(cp_scol *c, size_t i); /* allocates the bitmap on demand */
-int cp_scol_get_bool(const cp_scol *c, size_t i);
-void cp_scol_set_bool(cp_scol *c, size_t i, int v);
-/* Numeric value (NaN when null or a string column). */
-double cp_scol_num(const cp_scol *c, size_t i);
-/* String value of a STR column (NULL when null). */
-const char *cp_scol_str(const cp_scol *c, size_t i);
-
-/* ---- table readers: one per file format (CSV/TSV here; pickle and Parquet
- * plug in through the same interface) ------------------------------------- */
-
-typedef struct cp_sread_opts {
-    const char *const *columns; /* only these columns (NULL = all) */
-    int ncolumns;
-    int optional_columns;       /* 1: absent requested columns are skipped */
-    const uint64_t *row_mask;   /* keep data row r iff bit r set (NULL = all) */
-    size_t mask_rows;
-    int all_str;                /* every column as STR (small metadata files) */
-    int threads;                /* 0 = OpenMP default */
-} cp_sread_opts;
-
-typedef struct cp_table_reader {
-    const char *name;
-    /* 1 when this reader takes that file name ("-" is stdin). */
-    int (*match)(const char *path);
-    int (*read)(const char *path, const cp_sread_opts *o, cp_stable *out);
-    /* Column names in file order. */
-    int (*header)(const char *path, cp_strlist *names);
-} cp_table_reader;
-
-/* Register another reader (tried before the built-in CSV/TSV one). */
-int cp_register_table_reader(const cp_table_reader *r);
-/* Read a table with the first reader that matches the name. */
-int cp_stable_read(const char *path, const cp_sread_opts *o, cp_stable *out);
-/* Column names in file order, appended to an empty list (left empty on failure). */
-int cp_stable_read_header(const char *path, cp_strlist *names);
-/* 1 if the name is a spot table some registered reader takes. */
-int cp_is_table_name(const char *path);
-
-/* The built-in reader: CSV (comma) or TSV (tab; chosen by a .tsv name or a
- * header with tabs and no commas), plain or gzip, '-' = stdin. Errors name
- * file:line:column. Types come from the SeeSpot schema by column name; other
- * columns take the type of their first value. */
-extern const cp_table_reader cp_csv_reader;
-/* pandas DataFrame pickles (.pkl, .pickle; protocols 2-5, pandas 1.5/2.x,
- * numpy 1/2): a restricted interpreter that models the frame, block and
- * index reconstructors and refuses every other global (nothing executes). */
-extern const cp_table_reader cp_pickle_reader;
-/* Parquet (.parquet): flat schemas; PLAIN and dictionary encodings; data
- * pages v1 and v2; uncompressed, snappy, gzip and zstd; reads only the
- * column chunks of the requested columns. */
-extern const cp_table_reader cp_parquet_reader;
-
-/* Schema type of a known SeeSpot column name, or -1 when unknown. */
+/* Schema type of a known SeeSpot column name, or -1 when unknown (the
+ * column_type of cp_sread_opts for spot tables). */
 int cp_spot_column_type(const char *name);
+/* cp_stable_read with the SeeSpot schema (o may be NULL). */
+int cp_spot_table_read(const char *path, const cp_sread_opts *o, cp_stable *out);
 
 /* ---- datasets ----------------------------------------------------------- */
 
@@ -298,24 +194,6 @@ int cp_spot_ng_state(const cp_spot_dataset *d, const cp_stable *t, const uint32_
 char *cp_spot_ng_url(const char *json);
 /* s3://<bucket>/<dataset>/image_tile_fusing/fused/channel_<ch>.zarr */
 int cp_spot_fused_paths(const cp_spot_dataset *d, const char *bucket, cp_strlist *out);
-
-/* ---- output ------------------------------------------------------------ */
-
-typedef enum { CP_FMT_CSV = 0, CP_FMT_TSV, CP_FMT_JSON, CP_FMT_NDJSON, CP_FMT_PARQUET } cp_table_format;
-
-/* Shortest decimal that reads back to the same float / double. */
-int cp_format_f32(char *buf, size_t n, float v);
-int cp_format_f64(char *buf, size_t n, double v);
-/* Write rows (NULL = all) and columns (NULL = all) of a table. */
-int cp_stable_write(FILE *fp, const cp_stable *t, const uint32_t *rows, size_t n, const int *cols,
-                    int ncols, cp_table_format fmt);
-/* The same as snappy-compressed Parquet (flat schema, PLAIN data pages v1,
- * row groups of 1M rows; columns with nulls OPTIONAL); readable by pandas,
- * polars and arrow. cp_stable_write with CP_FMT_PARQUET calls this. */
-int cp_stable_write_parquet(FILE *fp, const cp_stable *t, const uint32_t *rows, size_t n, const int *cols,
-                            int ncols);
-/* One cell as JSON text / CSV text into buf (numbers round-trip exact). */
-int cp_scol_format(const cp_scol *c, size_t row, int json, char *buf, size_t n);
 
 /* ---- synthetic datasets (tests and benchmarks) --------------------------- */
 

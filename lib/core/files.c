@@ -45,6 +45,12 @@ void cp_strlist_free(cp_strlist *l)
     memset(l, 0, sizeof *l);
 }
 
+int cp_ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
 static int ends_with_ci(const char *s, const char *suffix)
 {
     size_t n = strlen(s), m = strlen(suffix);

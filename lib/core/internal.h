@@ -18,6 +18,8 @@ void *cp_malloc(size_t n, const char *what);
 void *cp_calloc(size_t count, size_t size, const char *what);
 void *cp_malloc_array(size_t count, size_t size, const char *what);
 char *cp_strdup(const char *s);
+/* 1 when s ends with suffix (case-sensitive). */
+int cp_ends_with(const char *s, const char *suffix);
 
 /* count*size without overflow; returns 0 and sets *out on success. */
 int cp_mul_overflow(size_t a, size_t b, size_t *out);

@@ -531,12 +531,12 @@ static int load_part(cp_spot_part *p, const cp_spot_load_opts *o, cp_stable *out
     if (!rc) {
         ro.columns = (const char *const *)mcols.items;
         ro.ncolumns = (int)mcols.n;
-        rc = cp_stable_read(p->mixed, &ro, &mx);
+        rc = cp_spot_table_read(p->mixed, &ro, &mx);
     }
     if (!rc && p->unmixed) {
         ro.columns = (const char *const *)ucols.items;
         ro.ncolumns = (int)ucols.n;
-        rc = cp_stable_read(p->unmixed, &ro, &um);
+        rc = cp_spot_table_read(p->unmixed, &ro, &um);
     }
     if (!rc && p->unmixed) {
         if (mx.cols[cp_stable_find(&mx, "chan")].type != CP_SCOL_STR ||
@@ -679,7 +679,7 @@ int cp_spot_load_rows(cp_spot_dataset *d, const cp_spot_load_opts *o, const uint
                 ro.row_mask = mask;
                 ro.mask_rows = p->nrows;
                 ro.threads = o ? o->threads : 0;
-                rc = cp_stable_read(p->mixed, &ro, &part);
+                rc = cp_spot_table_read(p->mixed, &ro, &part);
             }
             if (!rc && part.nrows != k - k0)
                 rc = cp_error(CP_EIO, "%s: changed since it was first read", p->mixed);

@@ -777,7 +777,7 @@ int cp_spot_summary_files(const cp_spot_dataset *d, const int *rounds, int nroun
         cp_sread_opts o = {0};
         o.all_str = 1;
         o.threads = 1;
-        if ((rc = cp_stable_read(p->summary, &o, &s)))
+        if ((rc = cp_spot_table_read(p->summary, &o, &s)))
             break;
         int idx[7];
         for (int k = 0; k < 7; k++) {

@@ -22,7 +22,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *p = fuzz_file(data, size, suffix_of(data, size));
     cp_stable t;
-    if (cp_stable_read(p, NULL, &t) == CP_OK) {
+    if (cp_spot_table_read(p, NULL, &t) == CP_OK) {
         char buf[512];
         for (int c = 0; c < t.ncols; c++)
             for (size_t r = 0; r < t.nrows && r < 64; r++)

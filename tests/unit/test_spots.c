@@ -48,7 +48,7 @@ static void test_reader(void)
                                         "2,,2,,False,x\r\n"
                                         "3,561,3,1e-3,,y\n");
     cp_stable t;
-    CHECK_OK(cp_stable_read(p, NULL, &t));
+    CHECK_OK(cp_spot_table_read(p, NULL, &t));
     CHECK(t.nrows == 3 && t.ncols == 6);
     int r = cp_stable_find(&t, "r"), c = cp_stable_find(&t, "chan"), v = cp_stable_find(&t, "valid_spot"),
         n = cp_stable_find(&t, "note");
@@ -68,12 +68,12 @@ static void test_reader(void)
     o.ncolumns = 1;
     o.row_mask = &mask;
     o.mask_rows = 3;
-    CHECK_OK(cp_stable_read(p, &o, &t));
+    CHECK_OK(cp_spot_table_read(p, &o, &t));
     CHECK(t.ncols == 1 && t.nrows == 2 && ((int32_t *)t.cols[0].v)[1] == 3);
     cp_stable_free(&t);
 
     p = write_file("bad.csv", "chan,r\n488,0.5\n488,zz\n");
-    CHECK(cp_stable_read(p, NULL, &t) == CP_EFORMAT);
+    CHECK(cp_spot_table_read(p, NULL, &t) == CP_EFORMAT);
     CHECKF(strstr(cp_errmsg(), "bad.csv:3:5: column 'r': 'zz' is not a number") != NULL, "%s", cp_errmsg());
 }
 
@@ -88,7 +88,7 @@ static void test_nul_bytes(void)
     fwrite(csv, 1, sizeof csv - 1, fp);
     fclose(fp);
     cp_stable t;
-    CHECK(cp_stable_read(path, NULL, &t) == CP_EFORMAT);
+    CHECK(cp_spot_table_read(path, NULL, &t) == CP_EFORMAT);
     CHECKF(strstr(cp_errmsg(), "nul.csv:3:5: column 'note': NUL byte in a text value") != NULL, "%s", cp_errmsg());
 
     /* other readers intern raw bytes: a value is its text up to the NUL */
@@ -205,7 +205,7 @@ static void test_blocks(void)
     }
     fclose(fp);
     cp_stable ref;
-    CHECK_OK(cp_stable_read(path, NULL, &ref));
+    CHECK_OK(cp_spot_table_read(path, NULL, &ref));
     CHECK(ref.nrows == 20000);
     size_t blocks[3] = {4096, 70000, 1u << 20};
     for (int b = 0; b < 3; b++)
@@ -214,7 +214,7 @@ static void test_blocks(void)
             cp_sread_opts o = {0};
             o.threads = th;
             cp_stable t;
-            CHECK_OK(cp_stable_read(path, &o, &t));
+            CHECK_OK(cp_spot_table_read(path, &o, &t));
             int same = t.nrows == ref.nrows && t.ncols == ref.ncols;
             for (int c = 0; same && c < t.ncols; c++)
                 for (size_t i = 0; same && i < t.nrows; i++) {

@@ -31,7 +31,7 @@ static void spit(const char *path, const uint8_t *b, size_t n)
 static int try_read(const char *path, size_t *rows)
 {
     cp_stable t;
-    int rc = cp_stable_read(path, NULL, &t);
+    int rc = cp_spot_table_read(path, NULL, &t);
     if (rc == 0) {
         if (rows)
             *rows = t.nrows;
@@ -186,8 +186,8 @@ static void numpy2_variant(void)
     snprintf(ref, sizeof ref, "%s", testdata("spots/pkl_dataset/unmixed_spots_R2_minDist_3.pkl"));
     spit(path, o, m);
     cp_stable a, c;
-    CHECK_OK(cp_stable_read(path, NULL, &a));
-    CHECK_OK(cp_stable_read(ref, NULL, &c));
+    CHECK_OK(cp_spot_table_read(path, NULL, &a));
+    CHECK_OK(cp_spot_table_read(ref, NULL, &c));
     CHECK(a.nrows == c.nrows && a.ncols == c.ncols && a.nrows == 22);
     int same = a.nrows == c.nrows && a.ncols == c.ncols;
     for (int k = 0; same && k < a.ncols; k++)
@@ -332,7 +332,7 @@ static void hostile_parquet(void)
     snprintf(path, sizeof path, "%s/made.parquet", test_tmp_dir());
     spit(path, buf, n);
     cp_stable t;
-    CHECK_OK(cp_stable_read(path, NULL, &t));
+    CHECK_OK(cp_spot_table_read(path, NULL, &t));
     if (t.nrows == 3 && t.ncols == 1) {
         CHECK(t.cols[0].type == CP_SCOL_I32);
         CHECK(cp_scol_num(&t.cols[0], 0) == 7 && cp_scol_num(&t.cols[0], 1) == -2 && cp_scol_num(&t.cols[0], 2) == 40);
@@ -397,13 +397,13 @@ static int same_tables(const cp_stable *a, const cp_stable *c)
 static void writer_roundtrip(void)
 {
     cp_stable t, back;
-    CHECK_OK(cp_stable_read(testdata("spots/merged.csv"), NULL, &t));
+    CHECK_OK(cp_spot_table_read(testdata("spots/merged.csv"), NULL, &t));
     char path[4096];
     snprintf(path, sizeof path, "%s/w.parquet", test_tmp_dir());
     FILE *fp = fopen(path, "wb");
     CHECK_OK(cp_stable_write(fp, &t, NULL, 0, NULL, 0, CP_FMT_PARQUET));
     fclose(fp);
-    CHECK_OK(cp_stable_read(path, NULL, &back));
+    CHECK_OK(cp_spot_table_read(path, NULL, &back));
     CHECK(same_tables(&t, &back));
     cp_stable_free(&back);
     uint32_t rows[] = {2, 3, 9, 1};
@@ -413,7 +413,7 @@ static void writer_roundtrip(void)
     fclose(fp);
     cp_stable sub;
     CHECK_OK(cp_stable_gather(&t, rows, 4, cols, 4, &sub));
-    CHECK_OK(cp_stable_read(path, NULL, &back));
+    CHECK_OK(cp_spot_table_read(path, NULL, &back));
     /* the file keeps the given column order; the reader gives file order */
     CHECK(back.nrows == 4 && back.ncols == 4 && same_tables(&sub, &back));
     cp_stable_free(&back);

@@ -10,7 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "spots/spots_internal.h"
+#include "table/table_internal.h"
 
 static const double pow10_exact[23] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
                                        1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
@@ -172,4 +172,3 @@ int cp_parse_bool(const char *s, size_t n, int *out)
     return cp_parse_na(s, n) ? 1 : -1;
 }
 
-int cp_spot_removed_str(const char *s) { return !s || !*s || strcmp(s, "none") == 0; }

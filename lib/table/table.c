@@ -3,9 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cellpose/spots.h"
+#include "cellpose/table.h"
 #include "core/internal.h"
-#include "spots/spots_internal.h"
+#include "table/table_internal.h"
 
 static uint32_t hash_bytes(const char *s, size_t n)
 {

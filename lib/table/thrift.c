@@ -1,7 +1,7 @@
 /* Thrift compact protocol decoder (see thrift.h). */
 #include <string.h>
 
-#include "spots/thrift.h"
+#include "table/thrift.h"
 
 void tc_init(tcur *c, const uint8_t *p, size_t n)
 {

@@ -12,9 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cellpose/spots.h"
+#include "cellpose/table.h"
 #include "core/internal.h"
-#include "spots/spots_internal.h"
+#include "table/table_internal.h"
 
 enum {
     V_MARK, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_BYTES, V_TUPLE, V_LIST, V_DICT,
@@ -1115,8 +1115,8 @@ static int pkl_read(const char *path, const cp_sread_opts *o, cp_stable *out)
             keep += !o->row_mask || ((size_t)r < o->mask_rows && (o->row_mask[r >> 6] >> (r & 63) & 1));
         for (int k = 0; k < nsel && !rc; k++)
             rc = cp_stable_add_col(out, f.names.items[sel[k]],
-                                   (cp_scol_type)cp_sbin_col_type(f.names.items[sel[k]],
-                                                                   native_type(&m, &f.cols[sel[k]]), o->all_str));
+                                   (cp_scol_type)cp_sbin_col_type(o, f.names.items[sel[k]],
+                                                                   native_type(&m, &f.cols[sel[k]])));
         if (!rc)
             rc = cp_stable_reserve(out, keep);
     }

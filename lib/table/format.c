@@ -1,10 +1,11 @@
-/* Python's repr of a float, so tables compare as text with Python output. */
+/* Numbers as table text: Python's repr of a float (so tables compare as text
+ * with Python output) and the shortest %g that reads back. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cellpose/measure.h"
+#include "cellpose/table.h"
 
 /* Correctly rounded p-digit mantissa of x, derived from its 17-digit
  * expansion d17 (exponent e) by decimal rounding; if the dropped tail is
@@ -121,4 +122,35 @@ char *cp_format_double(double x, char *buf)
         sprintf(o, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
     }
     return buf;
+}
+
+/* %g with the fewest digits that read back to the same float: a k-digit
+ * decimal that round-trips is what %.kg prints, so trying k upward finds
+ * the shortest. */
+int cp_format_f32(char *buf, size_t n, float v)
+{
+    if (isnan(v))
+        return snprintf(buf, n, "nan");
+    if (isinf(v))
+        return snprintf(buf, n, v < 0 ? "-inf" : "inf");
+    for (int p = 6; p <= 9; p++) {
+        int k = snprintf(buf, n, "%.*g", p, (double)v);
+        if (strtof(buf, NULL) == v)
+            return k;
+    }
+    return snprintf(buf, n, "%.9g", (double)v);
+}
+
+int cp_format_f64(char *buf, size_t n, double v)
+{
+    if (isnan(v))
+        return snprintf(buf, n, "nan");
+    if (isinf(v))
+        return snprintf(buf, n, v < 0 ? "-inf" : "inf");
+    for (int p = 15; p <= 17; p++) {
+        int k = snprintf(buf, n, "%.*g", p, v);
+        if (strtod(buf, NULL) == v)
+            return k;
+    }
+    return snprintf(buf, n, "%.17g", v);
 }

@@ -16,10 +16,10 @@
 #include <zlib.h>
 #include <zstd.h>
 
-#include "cellpose/spots.h"
+#include "cellpose/table.h"
 #include "core/internal.h"
-#include "spots/spots_internal.h"
-#include "spots/thrift.h"
+#include "table/table_internal.h"
+#include "table/thrift.h"
 
 enum { PT_BOOLEAN, PT_INT32, PT_INT64, PT_INT96, PT_FLOAT, PT_DOUBLE, PT_BYTE_ARRAY, PT_FIXED };
 enum { CODEC_NONE, CODEC_SNAPPY, CODEC_GZIP, CODEC_LZO, CODEC_BROTLI, CODEC_LZ4, CODEC_ZSTD };
@@ -943,7 +943,7 @@ static int pq_read(const char *path, const cp_sread_opts *o, cp_stable *out)
                               L->name, L->type);
             else
                 rc = cp_stable_add_col(out, L->name,
-                                       (cp_scol_type)cp_sbin_col_type(L->name, native_type(L->type), o->all_str));
+                                       (cp_scol_type)cp_sbin_col_type(o, L->name, native_type(L->type)));
         }
         if (!rc)
             rc = cp_stable_reserve(out, keep);

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cellpose/spots.h"
+#include "cellpose/table.h"
 #include "core/internal.h"
 
 #define GROUP_ROWS ((size_t)1 << 20)

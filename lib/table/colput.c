@@ -12,13 +12,13 @@
 #include <unistd.h>
 
 #include "core/internal.h"
-#include "spots/spots_internal.h"
+#include "table/table_internal.h"
 
-int cp_sbin_col_type(const char *name, int native, int all_str)
+int cp_sbin_col_type(const cp_sread_opts *o, const char *name, int native)
 {
-    if (all_str)
+    if (o->all_str)
         return CP_SCOL_STR;
-    int t = cp_spot_column_type(name);
+    int t = o->column_type ? o->column_type(name) : -1;
     return t >= 0 ? t : native;
 }
 

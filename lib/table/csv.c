@@ -18,9 +18,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "cellpose/spots.h"
+#include "cellpose/table.h"
 #include "core/internal.h"
-#include "spots/spots_internal.h"
+#include "table/table_internal.h"
 
 /* Bytes read per block (tests lower it to exercise block edges). */
 size_t cp_csv_block = 32u << 20;
@@ -70,39 +70,6 @@ int cp_stable_read_header(const char *path, cp_strlist *names)
     if (rc)
         cp_strlist_free(names); /* the names read before the error */
     return rc;
-}
-
-/* ---- schema ------------------------------------------------------------ */
-
-static int ends_with(const char *s, const char *suf)
-{
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && strcmp(s + a - b, suf) == 0;
-}
-
-int cp_spot_column_type(const char *name)
-{
-    static const char *str[] = {"chan", "unmixed_chan", NULL};
-    static const char *i32[] = {"spot_id", "chan_spot_id", "cell_id", NULL};
-    static const char *f32[] = {"z", "y", "x", "z_center", "y_center", "x_center", "dist", "r",
-                                "dye_line_dist_ratio", NULL};
-    for (int i = 0; str[i]; i++)
-        if (!strcmp(name, str[i]))
-            return CP_SCOL_STR;
-    for (int i = 0; i32[i]; i++)
-        if (!strcmp(name, i32[i]))
-            return CP_SCOL_I32;
-    for (int i = 0; f32[i]; i++)
-        if (!strcmp(name, f32[i]))
-            return CP_SCOL_F32;
-    if (!strcmp(name, "round"))
-        return CP_SCOL_I8;
-    if (!strcmp(name, "valid_spot") || !strcmp(name, "unmixed_removed") || !strcmp(name, "reassigned"))
-        return CP_SCOL_BOOL;
-    if (!strncmp(name, "chan_", 5) &&
-        (ends_with(name, "_fg") || ends_with(name, "_bg") || ends_with(name, "_intensity")))
-        return CP_SCOL_F32;
-    return -1;
 }
 
 /* ---- byte source ---------------------------------------------------------- */
@@ -886,7 +853,7 @@ static size_t last_row_end(const char *b, size_t n, int quoted)
 
 static int is_tsv_name(const char *p)
 {
-    return ends_with(p, ".tsv") || ends_with(p, ".tsv.gz") || ends_with(p, ".tab") || ends_with(p, ".txt");
+    return cp_ends_with(p, ".tsv") || cp_ends_with(p, ".tsv.gz") || cp_ends_with(p, ".tab") || cp_ends_with(p, ".txt");
 }
 
 /* Read the header: fields into names, bytes consumed into *used. */
@@ -1008,7 +975,7 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
         return rc;
     const char *name = strcmp(path, "-") ? path : "stdin";
     s.path = name;
-    char delim = is_tsv_name(path) ? '\t' : (ends_with(path, ".csv") || ends_with(path, ".csv.gz") ? ',' : 0);
+    char delim = is_tsv_name(path) ? '\t' : (cp_ends_with(path, ".csv") || cp_ends_with(path, ".csv.gz") ? ',' : 0);
     cp_strlist names = {0};
     size_t used = 0;
     layout L = {0};
@@ -1061,7 +1028,7 @@ static int csv_read(const char *path, const cp_sread_opts *o, cp_stable *out)
     for (size_t f = 0; f < names.n; f++) {
         if (L.out[f] < 0)
             continue;
-        int type = o->all_str ? CP_SCOL_STR : cp_spot_column_type(names.items[f]);
+        int type = o->all_str ? CP_SCOL_STR : o->column_type ? o->column_type(names.items[f]) : -1;
         if (type < 0)
             type = sniff_type(&s, used, delim, (int)f);
         L.out[f] = out->ncols;
@@ -1183,8 +1150,8 @@ static int csv_header(const char *path, cp_strlist *names)
 
 static int csv_match(const char *path)
 {
-    return !strcmp(path, "-") || ends_with(path, ".csv") || ends_with(path, ".csv.gz") || ends_with(path, ".tsv") ||
-           ends_with(path, ".tsv.gz");
+    return !strcmp(path, "-") || cp_ends_with(path, ".csv") || cp_ends_with(path, ".csv.gz") || cp_ends_with(path, ".tsv") ||
+           cp_ends_with(path, ".tsv.gz");
 }
 
 const cp_table_reader cp_csv_reader = {"csv", csv_match, csv_read, csv_header};
