@@ -73,7 +73,7 @@ int32_t cp_sdict_find(const cp_sdict *d, const char *s);
 void cp_sdict_free(cp_sdict *d);
 
 int cp_scol_is_null(const cp_scol *c, size_t i);
-void cp_scol_set_null(cp_scol *c, size_t i); /* allocates the bitmap on demand */
+void cp_scol_set_null(cp_scol *c, size_t i); /* I8/I32/I64/BOOL: only once the column has its null bitmap */
 int cp_scol_get_bool(const cp_scol *c, size_t i);
 void cp_scol_set_bool(cp_scol *c, size_t i, int v);
 /* Numeric value (NaN when null or a string column). */
@@ -178,6 +178,7 @@ typedef struct cp_table_writer {
     int ncols;
     size_t rows;                  /* rows ended so far */
     int field;                    /* cells given in the current row */
+    int last;                     /* JSON: column of the last key written in the row, -1 = none */
     char *buf;
     size_t len, cap;
     int err;

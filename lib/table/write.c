@@ -164,8 +164,16 @@ static const char *json_key(const cp_table_writer *w, int k)
     return w->json_keys ? w->json_keys[k] : w->cols[k];
 }
 
+/* JSON: the row's "{" (and the array's separator). */
+static void row_open(cp_table_writer *w)
+{
+    if (w->fmt == CP_FMT_JSON)
+        puts_(w, w->rows ? ",\n" : "[\n");
+    put(w, "{", 1);
+}
+
 /* Separator and key of the next cell: JSON closes and opens the nested
- * objects between the previous column's key and this one's. */
+ * objects between the last key written and this one. */
 static void field_start(cp_table_writer *w)
 {
     int k = w->field++;
@@ -180,17 +188,16 @@ static void field_start(cp_table_writer *w)
     }
     const char *key = json_key(w, k);
     int keep = 0;
-    if (k == 0) {
-        if (w->fmt == CP_FMT_JSON)
-            puts_(w, w->rows ? ",\n" : "[\n");
-        put(w, "{", 1);
+    if (w->last < 0) {
+        row_open(w);
     } else {
-        const char *prev = json_key(w, k - 1);
+        const char *prev = json_key(w, w->last);
         keep = w->json_keys ? shared_objects(prev, key) : 0;
         for (int d = key_depth(w, prev); d > keep; d--)
             put(w, "}", 1);
         put(w, ", ", 2);
     }
+    w->last = k;
     /* open the objects this key adds below the shared ones */
     const char *seg = key;
     for (int d = 0; d < keep; d++)
@@ -212,6 +219,7 @@ int cp_tw_begin(cp_table_writer *w, FILE *fp, cp_table_format fmt, cp_float_styl
     w->floats = floats;
     w->cols = cols;
     w->ncols = ncols;
+    w->last = -1;
     if (fmt != CP_FMT_CSV && fmt != CP_FMT_TSV && !is_json(w))
         return w->err = cp_error(CP_EINVAL, "the row writer writes CSV, TSV, JSON or NDJSON");
     if (!is_json(w)) {
@@ -293,7 +301,7 @@ void cp_tw_null(cp_table_writer *w)
 void cp_tw_absent(cp_table_writer *w)
 {
     if (is_json(w))
-        w->field++; /* the key is never written: closing objects look at keys only */
+        w->field++; /* no key: the next one is placed after the last written */
     else
         field_start(w);
 }
@@ -301,8 +309,10 @@ void cp_tw_absent(cp_table_writer *w)
 void cp_tw_end_row(cp_table_writer *w)
 {
     if (is_json(w)) {
+        if (w->last < 0)
+            row_open(w);
         /* close the objects still open below the row's */
-        for (int d = w->ncols ? key_depth(w, json_key(w, w->ncols - 1)) : 0; d > 0; d--)
+        for (int d = w->last >= 0 ? key_depth(w, json_key(w, w->last)) : 0; d > 0; d--)
             put(w, "}", 1);
         puts_(w, w->fmt == CP_FMT_NDJSON ? "}\n" : "}");
     } else {
@@ -311,6 +321,7 @@ void cp_tw_end_row(cp_table_writer *w)
     if (w->field != w->ncols && !w->err)
         w->err = cp_error(CP_EINVAL, "table row has %d cells, the table %d columns", w->field, w->ncols);
     w->field = 0;
+    w->last = -1;
     w->rows++;
     if (w->len >= FLUSH_AT)
         flush(w);
@@ -325,6 +336,7 @@ void cp_tw_fork(const cp_table_writer *w, size_t row0, cp_table_writer *child)
     child->json_keys = w->json_keys;
     child->ncols = w->ncols;
     child->rows = row0;
+    child->last = -1;
 }
 
 void cp_tw_join(cp_table_writer *w, cp_table_writer *child)
