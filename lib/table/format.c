@@ -124,33 +124,23 @@ char *cp_format_double(double x, char *buf)
     return buf;
 }
 
-/* %g with the fewest digits that read back to the same float: a k-digit
- * decimal that round-trips is what %.kg prints, so trying k upward finds
- * the shortest. */
-int cp_format_f32(char *buf, size_t n, float v)
+/* %g with the fewest digits that read back to the same value: a k-digit
+ * decimal that round-trips is what %.kg prints, so trying k upward from lo
+ * finds the shortest (hi digits always round-trip). */
+static int shortest_g(char *buf, size_t n, double v, int lo, int hi, int as_float)
 {
     if (isnan(v))
         return snprintf(buf, n, "nan");
     if (isinf(v))
         return snprintf(buf, n, v < 0 ? "-inf" : "inf");
-    for (int p = 6; p <= 9; p++) {
-        int k = snprintf(buf, n, "%.*g", p, (double)v);
-        if (strtof(buf, NULL) == v)
+    for (int p = lo; p < hi; p++) {
+        int k = snprintf(buf, n, "%.*g", p, v);
+        if (as_float ? strtof(buf, NULL) == (float)v : strtod(buf, NULL) == v)
             return k;
     }
-    return snprintf(buf, n, "%.9g", (double)v);
+    return snprintf(buf, n, "%.*g", hi, v);
 }
 
-int cp_format_f64(char *buf, size_t n, double v)
-{
-    if (isnan(v))
-        return snprintf(buf, n, "nan");
-    if (isinf(v))
-        return snprintf(buf, n, v < 0 ? "-inf" : "inf");
-    for (int p = 15; p <= 17; p++) {
-        int k = snprintf(buf, n, "%.*g", p, v);
-        if (strtod(buf, NULL) == v)
-            return k;
-    }
-    return snprintf(buf, n, "%.17g", v);
-}
+int cp_format_f32(char *buf, size_t n, float v) { return shortest_g(buf, n, v, 6, 9, 1); }
+
+int cp_format_f64(char *buf, size_t n, double v) { return shortest_g(buf, n, v, 15, 17, 0); }

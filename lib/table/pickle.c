@@ -7,7 +7,11 @@
  * in C; any other global is an error. Nothing is ever called or executed.
  * Every value is made by one opcode of at least one byte, so the number of
  * values, stack entries and memo slots is bounded by the file's size, and
- * every length is checked against the bytes that remain. */
+ * every length is checked against the bytes that remain.
+ *
+ * lib/net/weights.c runs its own interpreter of the same kind (torch files,
+ * size models) with the same numpy rebuilders modelled; one shared VM with a
+ * per-caller list of globals would remove that twin (issue #19, not done). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
