@@ -120,12 +120,17 @@ static inline void step_tri(const field3 *g, float s[3])
                   wx1 * wy1 * wz0, wx0 * wy1 * wz0, wx1 * wy0 * wz0, wx0 * wy0 * wz0};
     const float *c = g->F + (size_t)(z0 + 1) * g->ps + (size_t)(y0 + 1) * g->rs + 3 * (size_t)(x0 + 1);
     /* corners tnw, tne, tsw, tse, bnw, bne, bsw, bse (z, then y, then x) */
-    const float *q[8] = {c, c + 3, c + g->rs, c + g->rs + 3, c + g->ps, c + g->ps + 3,
-                         c + g->ps + g->rs, c + g->ps + g->rs + 3};
+    const float *q0 = c, *q2 = c + g->rs, *q4 = c + g->ps, *q6 = q4 + g->rs;
     for (int k = 0; k < 3; k++) {
         float acc = 0.0f;
-        for (int j = 0; j < 8; j++)
-            acc += q[j][k] * w[j];
+        acc += q0[k] * w[0];
+        acc += q0[k + 3] * w[1];
+        acc += q2[k] * w[2];
+        acc += q2[k + 3] * w[3];
+        acc += q4[k] * w[4];
+        acc += q4[k + 3] * w[5];
+        acc += q6[k] * w[6];
+        acc += q6[k + 3] * w[7];
         float v = s[k] + acc;
         s[k] = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
     }
