@@ -306,6 +306,16 @@ static int load_labels(const char *path, uint32_t **lab, int *d, int *h, int *w)
     return rc;
 }
 
+/* "H x W", or "D x H x W" for a volume, into buf (48 bytes). */
+static const char *dims(int d, int h, int w, char *buf)
+{
+    if (d > 1)
+        snprintf(buf, 48, "%d x %d x %d", d, h, w);
+    else
+        snprintf(buf, 48, "%d x %d", h, w);
+    return buf;
+}
+
 /* The file in `candidates` that pairs with `path` by Cellpose naming, or NULL. */
 static const char *find_pair(const cp_strlist *candidates, const char *path, int want_plain)
 {
@@ -674,9 +684,11 @@ static int run_cells(opts *op, cp_strlist *files, out *o, FILE *mf)
         }
         if (!rc && ipath) {
             rc = lib(cp_image_read(ipath, NULL, &img));
+            char b1[48], b2[48];
             if (!rc && (img->width != w || img->height != h || img->planes != d))
-                rc = fail(CP_EFORMAT, "%s: intensity image is %d x %d (%d planes), masks %s are %d x %d (%d planes)",
-                              ipath, img->height, img->width, img->planes, path, h, w, d);
+                rc = fail(CP_EFORMAT, "%s: intensity image is %s (%d planes), masks %s are %s", ipath,
+                          dims(img->planes, img->height, img->width, b1), img->planes, path,
+                          dims(d, h, w, b2));
             if (!rc && begun && img->channels != channels)
                 rc = fail(CP_EFORMAT, "%s: %d channels, earlier intensity images had %d", ipath,
                               img->channels, channels);
@@ -810,6 +822,7 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
         const char *gpath = op->truth;
         uint32_t *p = NULL;
         int d = 0, h = 0, w = 0, rc = 0;
+        char b1[48], b2[48];
         if (gt_dir) {
             gpath = find_pair(&gts, path, 0);
             free(gt);
@@ -822,8 +835,8 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
         if (!rc)
             rc = load_labels(path, &p, &d, &h, &w);
         if (!rc && (d != gd || h != gh || w != gw))
-            rc = fail(CP_EFORMAT, "%s: %d x %d (%d planes), but the ground truth %s is %d x %d (%d planes)",
-                      path, h, w, d, gpath, gh, gw, gd);
+            rc = fail(CP_EFORMAT, "%s: %s, but the ground truth %s is %s", path, dims(d, h, w, b1),
+                      gpath, dims(gd, gh, gw, b2));
         if (!rc && d > 1 && op->nscales)
             rc = fail(CP_EUNSUPPORTED, "%s: %d planes; --boundary-scales measures 2D images only", path, d);
         cp_match_result r;

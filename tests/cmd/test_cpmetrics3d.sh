@@ -181,28 +181,31 @@ check_fails "--voxel-size needs three values" 2 $M --voxel-size 1,2 synth.tif
 # quality over voxels: the golden Cellpose AP of the 3D runs, and an
 # independent AJI (cellpose.metrics.aggregated_jaccard_index's definition)
 P=$G/dynamics3d/platy
-for run in v3/niter84 v3/stitch v4/niter84; do
-    $M --truth "$P/gt_renum.tif" "$P/$run/masks.tif" > q.csv
-    check "AP and AJI of $run" $PY - q.csv "$P/gt_renum.tif" "$P/$run/masks.tif" "$P/$run/run.json" <<'EOF'
+RUNS="v3/niter84 v3/stitch v4/niter84"
+for run in $RUNS; do
+    $M --truth "$P/gt_renum.tif" "$P/$run/masks.tif" > "q_${run//\//_}.csv"
+done
+$PY - "$P" $RUNS > q.txt <<'EOF'
 import sys, json
 import numpy as np, pandas as pd, tifffile
 from scipy.optimize import linear_sum_assignment
-q = pd.read_csv(sys.argv[1])
-t, p = tifffile.imread(sys.argv[2]).astype(np.int64), tifffile.imread(sys.argv[3]).astype(np.int64)
-ap = json.load(open(sys.argv[4]))['ap_vs_gt_renum']
-ov = np.zeros((t.max() + 1, p.max() + 1), np.int64)
-np.add.at(ov, (t.ravel(), p.ravel()), 1)
-iou = (ov / (ov.sum(0, keepdims=True) + ov.sum(1, keepdims=True) - ov))[1:, 1:]
-cost = -(iou >= 0.5).astype(float) - iou / (2 * min(iou.shape))
-ti, pi = linear_sum_assignment(cost)
-aji = ov[1:, 1:][ti, pi].sum() / np.logical_or(t > 0, p > 0).sum()
-rows = q[q.image != 'ALL']
-ok = np.allclose(rows.ap.values, ap, rtol=0, atol=1e-7) and abs(rows.aji.values[0] - aji) <= 1e-12
-if not ok:
-    print(rows[['ap', 'aji']].values, ap, aji, file=sys.stderr)
-sys.exit(0 if ok else 1)
+P = sys.argv[1]
+t = tifffile.imread(f'{P}/gt_renum.tif').astype(np.int64)
+for run in sys.argv[2:]:
+    q = pd.read_csv('q_%s.csv' % run.replace('/', '_'))
+    p = tifffile.imread(f'{P}/{run}/masks.tif').astype(np.int64)
+    ap = json.load(open(f'{P}/{run}/run.json'))['ap_vs_gt_renum']
+    ov = np.zeros((t.max() + 1, p.max() + 1), np.int64)
+    np.add.at(ov, (t.ravel(), p.ravel()), 1)
+    iou = (ov / (ov.sum(0, keepdims=True) + ov.sum(1, keepdims=True) - ov))[1:, 1:]
+    cost = -(iou >= 0.5).astype(float) - iou / (2 * min(iou.shape))
+    ti, pi = linear_sum_assignment(cost)
+    aji = ov[1:, 1:][ti, pi].sum() / np.logical_or(t > 0, p > 0).sum()
+    rows = q[q.image != 'ALL']
+    ok = np.allclose(rows.ap.values, ap, rtol=0, atol=1e-7) and abs(rows.aji.values[0] - aji) <= 1e-12
+    print(run, 'ok' if ok else f'BAD {rows[["ap", "aji"]].values.tolist()} {ap} {aji}')
 EOF
-done
+check_eq "AP (golden Cellpose 3D runs) and AJI over voxels" "$(cat q.txt)" "$(printf '%s ok\n' $RUNS)"
 check_fails "truth and prediction of different depth" 1 $M --truth "$P/gt_renum.tif" synth.tif
 
 finish
