@@ -40,6 +40,16 @@ typedef struct cell_box {
 /* Bounding boxes of every label of lab[D*H*W] (box[i] for ix->labels[i]). */
 int measure_boxes(const uint32_t *lab, int D, int H, int W, const label_index *ix, cell_box *box);
 
+static inline int64_t measure_floordiv(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0)))
+        q--;
+    return q;
+}
+
+static inline int64_t measure_ceildiv(int64_t a, int64_t b) { return -measure_floordiv(-a, b); }
+
 /* Grow *p to hold need elements (capacity *cap, grown by half). -1 on failure. */
 int measure_grow(void **p, size_t *cap, size_t need, size_t elem);
 

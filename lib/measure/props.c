@@ -50,15 +50,6 @@ static void scratch_free(scratch *s)
     free(s->acc);
 }
 
-static int64_t floordiv(int64_t a, int64_t b)
-{
-    int64_t q = a / b;
-    if ((a % b != 0) && ((a < 0) != (b < 0)))
-        q--;
-    return q;
-}
-
-static int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
 
 static int64_t cross(const int64_t *o, const int64_t *a, const int64_t *b)
 {
@@ -104,18 +95,18 @@ static int64_t hull_pixels(const int64_t *hull, size_t k, int h, int w)
                 if (dx * (Y - A[1]) < 0)
                     empty = 1;
             } else if (dy > 0) {
-                int64_t m = floordiv(rhs, dy);
+                int64_t m = measure_floordiv(rhs, dy);
                 if (m < hi)
                     hi = m;
             } else {
-                int64_t m = ceildiv(rhs, dy);
+                int64_t m = measure_ceildiv(rhs, dy);
                 if (m > lo)
                     lo = m;
             }
         }
         if (empty)
             continue;
-        int64_t clo = ceildiv(lo, 2), chi = floordiv(hi, 2);
+        int64_t clo = measure_ceildiv(lo, 2), chi = measure_floordiv(hi, 2);
         if (chi >= clo)
             count += chi - clo + 1;
     }

@@ -16,12 +16,17 @@
 
 typedef __int128 i128;
 
+/* Crop sizes below this keep every hull quantity in int64: doubled coordinates
+ * c <= 2^19, normals <= 2 (c + 1)^2, n.p <= 6 (c + 1)^3 < 2^63. */
+#define HULL_MAX_SIDE (1 << 18)
+
 /* A hull facet: outward normal n and offset d, a point p is outside when
- * n.p > d. Vertices index the point array. */
+ * n.p > d. Vertices index the point array; z0, z1 its extent in Z. */
 typedef struct facet {
     int v[3];
     int64_t n[3];
-    i128 d;
+    int64_t d;
+    int64_t z0, z1;
     int alive;
 } facet;
 
@@ -32,9 +37,10 @@ typedef struct scratch3 {
     int64_t *h2;        /* its 2D hull */
     int64_t *pts;       /* 3D hull candidates (Z, Y, X), doubled coordinates */
     facet *fc;
+    size_t *plane_fc;   /* facets crossing one plane */
     uint64_t *edges;    /* directed edges of the facets one point sees */
     double *acc;
-    size_t mask_cap, left_cap, right_cap, lvl_cap, h2_cap, pts_cap, fc_cap, edges_cap, acc_cap;
+    size_t mask_cap, left_cap, right_cap, lvl_cap, h2_cap, pts_cap, fc_cap, plane_fc_cap, edges_cap, acc_cap;
 } scratch3;
 
 static void scratch3_free(scratch3 *s)
@@ -46,6 +52,7 @@ static void scratch3_free(scratch3 *s)
     free(s->h2);
     free(s->pts);
     free(s->fc);
+    free(s->plane_fc);
     free(s->edges);
     free(s->acc);
 }
@@ -174,9 +181,9 @@ static void cross3(const int64_t *u, const int64_t *v, int64_t *r)
     r[2] = u[0] * v[1] - u[1] * v[0];
 }
 
-static i128 dot3(const int64_t *n, const int64_t *p)
+static int64_t dot3(const int64_t *n, const int64_t *p)
 {
-    return (i128)n[0] * p[0] + (i128)n[1] * p[1] + (i128)n[2] * p[2];
+    return n[0] * p[0] + n[1] * p[1] + n[2] * p[2];
 }
 
 static int add_facet(scratch3 *s, size_t *nf, const int64_t *P, int a, int b, int c)
@@ -192,6 +199,12 @@ static int add_facet(scratch3 *s, size_t *nf, const int64_t *P, int a, int b, in
     sub3(P + 3 * c, P + 3 * a, v);
     cross3(u, v, f->n);
     f->d = dot3(f->n, P + 3 * a);
+    f->z0 = f->z1 = P[3 * a];
+    for (int k = 1; k < 3; k++) {
+        int64_t z = P[3 * f->v[k]];
+        f->z0 = z < f->z0 ? z : f->z0;
+        f->z1 = z > f->z1 ? z : f->z1;
+    }
     f->alive = 1;
     return CP_OK;
 }
@@ -284,47 +297,48 @@ static int hull3d(const int64_t *P, size_t n, scratch3 *s, size_t *nf)
     return CP_OK;
 }
 
-static i128 floordiv128(i128 a, i128 b)
-{
-    i128 q = a / b;
-    if ((a % b != 0) && ((a < 0) != (b < 0)))
-        q--;
-    return q;
-}
-
 /* Voxel centres of the d x h x w crop inside or on the hull (doubled
  * coordinates): per (z, y) row every facet bounds x exactly. skimage's test
  * (facet equations < 1e-10) agrees, as a centre off a facet plane is at least
- * 1/|n| away, far above that tolerance. */
-static int64_t hull_voxels(const facet *fc, size_t nf, int d, int h, int w)
+ * 1/|n| away, far above that tolerance. A plane strictly inside the hull's Z
+ * range cuts it in a polygon bounded by the facets that reach the plane, so
+ * only those are tested there. */
+static int hull_voxels(scratch3 *s, size_t nf, int d, int h, int w, int64_t *out)
 {
+    const facet *fc = s->fc;
+    if (measure_grow((void **)&s->plane_fc, &s->plane_fc_cap, nf, sizeof *s->plane_fc))
+        return CP_ENOMEM;
     int64_t count = 0;
-    for (int z = 0; z < d; z++)
+    for (int z = 0; z < d; z++) {
+        int64_t Z = 2 * (int64_t)z;
+        size_t np = 0;
+        for (size_t k = 0; k < nf; k++)
+            if (fc[k].z0 <= Z && Z <= fc[k].z1)
+                s->plane_fc[np++] = k;
         for (int y = 0; y < h; y++) {
-            i128 lo = 0, hi = 2 * (i128)(w - 1);
-            int64_t Z = 2 * (int64_t)z, Y = 2 * (int64_t)y;
-            for (size_t k = 0; k < nf && lo <= hi; k++) {
-                const int64_t *nn = fc[k].n;
-                i128 r = fc[k].d - (i128)nn[0] * Z - (i128)nn[1] * Y; /* need nn[2] * X <= r */
-                if (nn[2] > 0) {
-                    i128 m = floordiv128(r, nn[2]);
-                    if (m < hi)
-                        hi = m;
-                } else if (nn[2] < 0) {
-                    i128 m = -floordiv128(r, -(i128)nn[2]); /* ceil(r / nn[2]) */
-                    if (m > lo)
-                        lo = m;
+            int64_t lo = 0, hi = 2 * (int64_t)(w - 1), Y = 2 * (int64_t)y;
+            for (size_t j = 0; j < np && lo <= hi; j++) {
+                const facet *f = fc + s->plane_fc[j];
+                int64_t r = f->d - f->n[0] * Z - f->n[1] * Y; /* need n[2] X <= r */
+                if (f->n[2] > 0) {
+                    int64_t m = measure_floordiv(r, f->n[2]);
+                    hi = m < hi ? m : hi;
+                } else if (f->n[2] < 0) {
+                    int64_t m = measure_ceildiv(r, f->n[2]);
+                    lo = m > lo ? m : lo;
                 } else if (r < 0) {
                     hi = lo - 1;
                 }
             }
             if (lo > hi)
                 continue;
-            i128 clo = -floordiv128(-lo, 2), chi = floordiv128(hi, 2);
+            int64_t clo = measure_ceildiv(lo, 2), chi = measure_floordiv(hi, 2);
             if (chi >= clo)
-                count += (int64_t)(chi - clo + 1);
+                count += chi - clo + 1;
         }
-    return count;
+    }
+    *out = count;
+    return CP_OK;
 }
 
 /* Convex-hull voxel count of the cell whose rows are s->left/right. The hull
@@ -392,8 +406,7 @@ static int convex_volume(scratch3 *s, int d, int h, int w, int64_t *out)
     int rc = hull3d(s->pts, np, s, &nf);
     if (rc)
         return rc;
-    *out = hull_voxels(s->fc, nf, d, h, w);
-    return CP_OK;
+    return hull_voxels(s, nf, d, h, w, out);
 }
 
 /* ---- one cell --------------------------------------------------------------- */
@@ -560,6 +573,11 @@ int cp_measure_cells3d(const uint32_t *labels, int planes, int height, int width
     }
     cube_tables_init(ct, voxel_size);
     rc = measure_boxes(labels, planes, height, width, &ix, box);
+    for (size_t i = 0; i < ix.n && !rc; i++)
+        if (box[i].z1 - box[i].z0 >= HULL_MAX_SIDE || box[i].r1 - box[i].r0 >= HULL_MAX_SIDE ||
+            box[i].c1 - box[i].c0 >= HULL_MAX_SIDE)
+            rc = cp_error(CP_ELIMIT, "cell %u spans %d voxels or more along an axis: too large for the 3D convex hull",
+                          ix.labels[i], HULL_MAX_SIDE);
     int fail = rc;
     if (!rc) {
 #pragma omp parallel
