@@ -628,12 +628,28 @@ static int imagej_text(const char *desc, const char *key, char *buf, size_t size
     size_t n = strlen(key);
     for (const char *p = desc; (p = strstr(p, key)) != NULL; p += n)
         if ((p == desc || p[-1] == '\n') && p[n] == '=') {
+            /* ImageJ escapes non-ASCII as \uXXXX ("\u00B5m"): back to UTF-8 */
             const char *v = p + n + 1;
-            size_t len = strcspn(v, "\r\n");
-            if (len >= size)
-                len = size - 1;
-            memcpy(buf, v, len);
-            buf[len] = 0;
+            size_t k = 0;
+            while (*v && *v != '\r' && *v != '\n' && k + 4 < size) {
+                unsigned cp = 0;
+                int hex = v[0] == '\\' && v[1] == 'u';
+                for (int i = 2; hex && i < 6; i++) {
+                    char c = v[i];
+                    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+                    hex = d >= 0;
+                    cp = cp * 16 + (unsigned)(d >= 0 ? d : 0);
+                }
+                if (hex && cp >= 0x80 && cp < 0x800) {
+                    buf[k++] = (char)(0xC0 | cp >> 6);
+                    buf[k++] = (char)(0x80 | (cp & 0x3F));
+                    v += 6;
+                } else {
+                    buf[k++] = *v++;
+                }
+            }
+            buf[k] = 0;
             return 1;
         }
     return 0;
