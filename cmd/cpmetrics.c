@@ -289,12 +289,15 @@ static void expand(char **args, int n, cp_strlist *files)
     cp_strlist_free(&raw);
 }
 
-/* A label image or volume: *d planes (1 for 2D). */
+/* A label image or volume: *d planes (1 for 2D). Labels have one channel, so
+ * every TIFF page is a plane whatever the metadata says (tifffile's ImageJ
+ * writer calls the pages of a plain 3-D array channels). */
 static int load_labels(const char *path, uint32_t **lab, int *d, int *h, int *w)
 {
     cp_image *img = NULL;
     *lab = NULL;
-    int rc = lib(cp_image_read(path, NULL, &img));
+    cp_read_opts ro = {.pages = CP_PAGES_PLANES};
+    int rc = lib(cp_image_read(path, &ro, &img));
     if (!rc)
         rc = lib(cp_image_labels_u32(img, path, lab));
     if (!rc) {

@@ -51,6 +51,7 @@ np.save('synth.npy', lab)
 small = np.zeros((3, 10, 10), np.uint16); small[1, 2:5, 2:5] = 1
 tifffile.imwrite('mu.tif', small, imagej=True, resolution=(2.0, 2.0),
                  metadata={'axes': 'ZYX', 'unit': '\\u00B5m', 'spacing': 0.5})
+tifffile.imwrite('chan.tif', small, imagej=True)  # tifffile calls these pages channels
 tifffile.imwrite('pixel.tif', small, imagej=True, resolution=(2.0, 2.0),
                  metadata={'axes': 'ZYX', 'unit': 'pixel', 'spacing': 0.5})
 EOF
@@ -168,6 +169,7 @@ $M synth.tif | sed 's/,micron$/,/' > tif.csv
 check_same "NPY + --voxel-size = calibrated TIFF" npy.csv tif.csv
 check_eq "ImageJ unit \\u00B5m, spacing 0.5, 2 pixels per unit" "$($M mu.tif | sed -n 2p | cut -d, -f3,25,27)" "9,1.125,µm"
 check_eq "unit=pixel is uncalibrated" "$($M pixel.tif | sed -n 2p | cut -d, -f25-)" "nan,nan,"
+check_eq "label pages are planes whatever ImageJ calls them" "$($M chan.tif | sed -n 2p | cut -d, -f3,8,11)" "9,1,2"
 check_eq "2D image with --3d: one-plane volume" \
     "$($M --3d "$TESTDATA/metrics/shapes.npy" | cut -d, -f2,3,8,11 | sed -n 2p)" "2,5,0,1"
 OMP_NUM_THREADS=1 $M -i inten.tif synth.tif > t1.csv
