@@ -21,6 +21,7 @@ static const char *USAGE =
     "\n"
     "MASKS are label images (TIFF, PNG, NPY; 0 = background) or folders (every\n"
     "image inside, sorted by name); '-' reads one path per line from stdin.\n"
+    "Label volumes (Z-stacks) give 3D columns: volume, surface area, ...\n"
     "\n"
     "Options:\n"
     "  -o, --output FILE        write the table to FILE (default: stdout)\n"
@@ -28,8 +29,12 @@ static const char *USAGE =
     "  -i, --intensity IMAGE    add intensity columns per channel (one MASKS file)\n"
     "      --intensity-dir DIR  intensity images matched by name (NAME_cp_masks.tif <-> NAME.tif)\n"
     "      --exclude-edges      drop cells touching the image border\n"
-    "      --min-area N         drop cells smaller than N pixels\n"
-    "      --max-area N         drop cells larger than N pixels\n"
+    "      --min-area N         drop cells smaller than N pixels (voxels in 3D)\n"
+    "      --max-area N         drop cells larger than N pixels (voxels in 3D)\n"
+    "      --3d                 3D columns for every image (2D ones as one plane);\n"
+    "                           the default when the first image has several planes\n"
+    "      --voxel-size Z,Y,X   voxel size for the physical 3D columns (default:\n"
+    "                           the TIFF's ImageJ calibration)\n"
     "      --summary            per-image summaries instead of per-cell rows\n"
     "      --truth GT           ground truth: a label image, or a folder matched by name\n"
     "      --thresholds LIST    IoU thresholds for --truth (default 0.5,0.75,0.9)\n"
@@ -48,6 +53,8 @@ static const char *USAGE =
 typedef struct opts {
     const char *output, *intensity, *intensity_dir, *truth, *manifest;
     int format, exclude_edges, summary, v3, merge;
+    int force3d, vol;          /* --3d; vol: the table is of volumes (3D columns) */
+    double voxel[3];           /* --voxel-size z, y, x; 0 = from the files */
     long long min_area, max_area;
     double th[CP_MATCH_MAX_THRESHOLDS];
     int nth;
@@ -132,22 +139,34 @@ static void expand(char **args, int n, cp_strlist *files)
     cp_strlist_free(&raw);
 }
 
-static int load_labels(const char *path, uint32_t **lab, int *h, int *w)
+/* A label image or volume: *d planes (1 for 2D). Labels have one channel, so
+ * every TIFF page is a plane whatever the metadata says (tifffile's ImageJ
+ * writer calls the pages of a plain 3-D array channels). */
+static int load_labels(const char *path, uint32_t **lab, int *d, int *h, int *w)
 {
     cp_image *img = NULL;
     *lab = NULL;
-    int rc = lib(cp_image_read(path, NULL, &img));
-    if (!rc && img->planes != 1)
-        rc = fail(CP_EUNSUPPORTED, "%s: %d planes; cpmetrics measures 2D label images", path,
-                      img->planes);
+    cp_read_opts ro = {.pages = CP_PAGES_PLANES};
+    int rc = lib(cp_image_read(path, &ro, &img));
     if (!rc)
         rc = lib(cp_image_labels_u32(img, path, lab));
     if (!rc) {
+        *d = img->planes;
         *h = img->height;
         *w = img->width;
     }
     cp_image_free(img);
     return rc;
+}
+
+/* "H x W", or "D x H x W" for a volume, into buf (48 bytes). */
+static const char *dims(int d, int h, int w, char *buf)
+{
+    if (d > 1)
+        snprintf(buf, 48, "%d x %d x %d", d, h, w);
+    else
+        snprintf(buf, 48, "%d x %d", h, w);
+    return buf;
 }
 
 /* The file in `candidates` that pairs with `path` by Cellpose naming, or NULL. */
@@ -201,55 +220,117 @@ static void manifest_line(cp_manifest *mf, const char *input, const char *image,
 
 /* ---- per-cell and summary modes ----------------------------------------- */
 
-/* The per-cell columns: name, kind and place in cp_cell_props (a new
- * measurement is one line here). */
-enum { K_U32, K_I64, K_INT, K_DBL };
-#define CELL(name, kind, field) {name, kind, offsetof(cp_cell_props, field)}
-static const struct cell_col {
+/* The per-cell columns: name, kind and place in the cell's props struct (a new
+ * measurement is one line here). K_UNIT is the volume's length unit. */
+enum { K_U32, K_I64, K_INT, K_DBL, K_UNIT };
+typedef struct cell_col {
     const char *name;
     int kind;
     size_t off;
-} CELL_COLS[] = {
-    CELL("label", K_U32, label), CELL("area", K_I64, area), CELL("perimeter", K_DBL, perimeter),
-    CELL("centroid_y", K_DBL, centroid_y), CELL("centroid_x", K_DBL, centroid_x),
-    CELL("bbox_min_row", K_INT, bbox_min_row), CELL("bbox_min_col", K_INT, bbox_min_col),
-    CELL("bbox_max_row", K_INT, bbox_max_row), CELL("bbox_max_col", K_INT, bbox_max_col),
-    CELL("major_axis_length", K_DBL, major_axis_length), CELL("minor_axis_length", K_DBL, minor_axis_length),
-    CELL("aspect_ratio", K_DBL, aspect_ratio), CELL("eccentricity", K_DBL, eccentricity),
-    CELL("orientation", K_DBL, orientation), CELL("solidity", K_DBL, solidity), CELL("extent", K_DBL, extent),
-    CELL("equivalent_diameter", K_DBL, equivalent_diameter), CELL("convex_area", K_I64, convex_area),
-    CELL("euler_number", K_INT, euler_number)};
-#undef CELL
-#define NCELL (int)(sizeof CELL_COLS / sizeof *CELL_COLS)
-static const char *INTENSITY_STATS[] = {"mean", "min", "max", "sum", "std"};
+} cell_col;
 
+/* field names are the column names */
+#define C2(field, kind) {#field, kind, offsetof(cp_cell_props, field)}
+static const cell_col CELL_COLS[] = {
+    C2(label, K_U32), C2(area, K_I64), C2(perimeter, K_DBL), C2(centroid_y, K_DBL),
+    C2(centroid_x, K_DBL), C2(bbox_min_row, K_INT), C2(bbox_min_col, K_INT), C2(bbox_max_row, K_INT),
+    C2(bbox_max_col, K_INT), C2(major_axis_length, K_DBL), C2(minor_axis_length, K_DBL),
+    C2(aspect_ratio, K_DBL), C2(eccentricity, K_DBL), C2(orientation, K_DBL), C2(solidity, K_DBL),
+    C2(extent, K_DBL), C2(equivalent_diameter, K_DBL), C2(convex_area, K_I64), C2(euler_number, K_INT)};
+#undef C2
+
+#define C3(field, kind) {#field, kind, offsetof(cp_cell_props3d, field)}
+#define EIGVAL(k) {"inertia_eigval_" #k, K_DBL, offsetof(cp_cell_props3d, inertia_eigvals[k])}
+static const cell_col CELL3_COLS[] = {
+    C3(label, K_U32), C3(volume, K_I64), C3(surface_area, K_DBL), C3(centroid_z, K_DBL),
+    C3(centroid_y, K_DBL), C3(centroid_x, K_DBL), C3(bbox_min_plane, K_INT), C3(bbox_min_row, K_INT),
+    C3(bbox_min_col, K_INT), C3(bbox_max_plane, K_INT), C3(bbox_max_row, K_INT), C3(bbox_max_col, K_INT),
+    C3(major_axis_length, K_DBL), C3(minor_axis_length, K_DBL), C3(aspect_ratio, K_DBL),
+    C3(solidity, K_DBL), C3(extent, K_DBL), C3(equivalent_diameter, K_DBL), C3(convex_volume, K_I64),
+    C3(euler_number, K_INT), EIGVAL(0), EIGVAL(1), EIGVAL(2), C3(volume_physical, K_DBL),
+    C3(surface_area_physical, K_DBL), {"unit", K_UNIT, 0}};
+#undef C3
+#undef EIGVAL
+
+static const char *INTENSITY_STATS[] = {"mean", "min", "max", "sum", "std"};
+static const char *STAT_NAMES[] = {"mean", "std", "median", "min", "max"};
+/* the columns --summary summarises */
 static const char *SUM_FIELDS[] = {"area", "perimeter", "aspect_ratio", "eccentricity",
                                    "solidity", "extent", "equivalent_diameter"};
-#define NSUM 7
-static const char *STAT_NAMES[] = {"mean", "std", "median", "min", "max"};
+static const char *SUM3_FIELDS[] = {"volume", "surface_area", "aspect_ratio", "solidity", "extent",
+                                    "equivalent_diameter"};
+#define MAX_SUM 7
+#define NELEM(a) (int)(sizeof a / sizeof *a)
+_Static_assert(MAX_SUM >= NELEM(SUM_FIELDS) && MAX_SUM >= NELEM(SUM3_FIELDS), "MAX_SUM");
 
-static int keep_cell(const opts *op, const cp_cell_props *c)
+/* A kind of cell table (2D images or volumes): its columns, the size of its
+ * props struct, and where the filters find the edge flag and the size. */
+typedef struct cell_kind {
+    const cell_col *cols;
+    int ncols;
+    size_t size;
+    size_t edge_off, count_off; /* touches_edge (int); area or volume (int64_t) */
+    const char *const *sum;
+    int nsum;
+} cell_kind;
+
+static const cell_kind CELLS2 = {CELL_COLS, NELEM(CELL_COLS), sizeof(cp_cell_props),
+                                 offsetof(cp_cell_props, touches_edge), offsetof(cp_cell_props, area),
+                                 SUM_FIELDS, NELEM(SUM_FIELDS)};
+static const cell_kind CELLS3 = {CELL3_COLS, NELEM(CELL3_COLS), sizeof(cp_cell_props3d),
+                                 offsetof(cp_cell_props3d, touches_edge), offsetof(cp_cell_props3d, volume),
+                                 SUM3_FIELDS, NELEM(SUM3_FIELDS)};
+
+/* The measured cells of one image, of either kind. */
+typedef struct cells {
+    const cell_kind *kind;
+    size_t n;
+    const void *props;                   /* n structs of kind->size */
+    int channels;
+    const cp_intensity_stats *intensity; /* n*channels, cell-major */
+    const char *unit;                    /* K_UNIT columns */
+} cells;
+
+static const char *cell_at(const cells *c, size_t i)
 {
-    if (op->exclude_edges && c->touches_edge)
-        return 0;
-    if (op->min_area >= 0 && c->area < op->min_area)
-        return 0;
-    if (op->max_area >= 0 && c->area > op->max_area)
-        return 0;
-    return 1;
+    return (const char *)c->props + i * c->kind->size;
 }
 
-static double sum_field(const cp_cell_props *c, int k)
+static long long col_int(const cell_col *col, const char *cell)
 {
-    switch (k) {
-    case 0: return (double)c->area;
-    case 1: return c->perimeter;
-    case 2: return c->aspect_ratio;
-    case 3: return c->eccentricity;
-    case 4: return c->solidity;
-    case 5: return c->extent;
-    default: return c->equivalent_diameter;
+    const void *v = cell + col->off;
+    switch (col->kind) {
+    case K_U32: return *(const uint32_t *)v;
+    case K_I64: return *(const int64_t *)v;
+    default: return *(const int *)v;
     }
+}
+
+static double col_value(const cell_col *col, const char *cell)
+{
+    return col->kind == K_DBL ? *(const double *)(cell + col->off) : (double)col_int(col, cell);
+}
+
+static const cell_col *find_col(const cell_kind *k, const char *name)
+{
+    for (int i = 0; i < k->ncols; i++)
+        if (!strcmp(k->cols[i].name, name))
+            return k->cols + i;
+    return NULL;
+}
+
+static int keep_cell(const opts *op, const cells *c, size_t i)
+{
+    const char *p = cell_at(c, i);
+    int edge = *(const int *)(p + c->kind->edge_off);
+    int64_t size = *(const int64_t *)(p + c->kind->count_off);
+    if (op->exclude_edges && edge)
+        return 0;
+    if (op->min_area >= 0 && size < op->min_area)
+        return 0;
+    if (op->max_area >= 0 && size > op->max_area)
+        return 0;
+    return 1;
 }
 
 /* Column names, and JSON keys where they differ (summaries nest their
@@ -274,21 +355,22 @@ static void free_cols(columns *c)
 
 static void make_cols(const opts *op, int channels, columns *c)
 {
+    const cell_kind *kind = op->vol ? &CELLS3 : &CELLS2;
     char b[64], k[96];
     if (op->summary) {
         add_col(c, "image", "image");
         add_col(c, "total_cells", "summary/total_cells");
-        for (int f = 0; f < NSUM; f++)
+        for (int f = 0; f < kind->nsum; f++)
             for (int s = 0; s < 5; s++) {
-                snprintf(b, sizeof b, "%s_%s", SUM_FIELDS[f], STAT_NAMES[s]);
-                snprintf(k, sizeof k, "summary/%s/%s", SUM_FIELDS[f], STAT_NAMES[s]);
+                snprintf(b, sizeof b, "%s_%s", kind->sum[f], STAT_NAMES[s]);
+                snprintf(k, sizeof k, "summary/%s/%s", kind->sum[f], STAT_NAMES[s]);
                 add_col(c, b, k);
             }
         return;
     }
     add_col(c, "image", NULL);
-    for (int i = 0; i < NCELL; i++)
-        add_col(c, CELL_COLS[i].name, NULL);
+    for (int i = 0; i < kind->ncols; i++)
+        add_col(c, kind->cols[i].name, NULL);
     for (int ch = 0; ch < channels; ch++)
         for (int s = 0; s < 5; s++) {
             snprintf(b, sizeof b, "intensity_%s_c%d", INTENSITY_STATS[s], ch);
@@ -313,21 +395,20 @@ static int table_end(out *o)
 }
 
 /* One per-cell row. */
-static void cell_row(out *o, const char *image, const cp_cell_table *t, size_t i)
+static void cell_row(out *o, const char *image, const cells *c, size_t i)
 {
-    const char *c = (const char *)(t->cells + i);
+    const char *p = cell_at(c, i);
     cp_tw_str(o, image);
-    for (int k = 0; k < NCELL; k++) {
-        const void *v = c + CELL_COLS[k].off;
-        switch (CELL_COLS[k].kind) {
-        case K_U32: cp_tw_int(o, *(const uint32_t *)v); break;
-        case K_I64: cp_tw_int(o, *(const int64_t *)v); break;
-        case K_INT: cp_tw_int(o, *(const int *)v); break;
-        default: cp_tw_num(o, *(const double *)v); break;
+    for (int k = 0; k < c->kind->ncols; k++) {
+        const cell_col *col = c->kind->cols + k;
+        switch (col->kind) {
+        case K_DBL: cp_tw_num(o, col_value(col, p)); break;
+        case K_UNIT: cp_tw_str(o, c->unit); break;
+        default: cp_tw_int(o, col_int(col, p)); break;
         }
     }
-    for (int ch = 0; ch < t->channels; ch++) {
-        const cp_intensity_stats *s = t->intensity + i * (size_t)t->channels + ch;
+    for (int ch = 0; ch < c->channels; ch++) {
+        const cp_intensity_stats *s = c->intensity + i * (size_t)c->channels + ch;
         double v[5] = {s->mean, s->min, s->max, s->sum, s->std};
         for (int k = 0; k < 5; k++)
             cp_tw_num(o, v[k]);
@@ -336,25 +417,26 @@ static void cell_row(out *o, const char *image, const cp_cell_table *t, size_t i
 }
 
 /* One image: measured rows appended to the table. Returns rows or -1. */
-static long long emit_cells(out *o, const opts *op, const char *image, const cp_cell_table *t)
+static long long emit_cells(out *o, const opts *op, const char *image, const cells *c)
 {
     if (op->summary) {
         size_t n = 0;
-        double *v = malloc((t->n + 1) * sizeof *v);
+        double *v = malloc((c->n + 1) * sizeof *v);
         if (!v)
             return -1;
-        cp_summary s[NSUM];
-        for (int f = 0; f < NSUM; f++) {
+        cp_summary s[MAX_SUM];
+        for (int f = 0; f < c->kind->nsum; f++) {
+            const cell_col *col = find_col(c->kind, c->kind->sum[f]);
             n = 0;
-            for (size_t i = 0; i < t->n; i++)
-                if (keep_cell(op, t->cells + i))
-                    v[n++] = sum_field(t->cells + i, f);
+            for (size_t i = 0; i < c->n; i++)
+                if (keep_cell(op, c, i))
+                    v[n++] = col_value(col, cell_at(c, i));
             cp_summarize(v, n, s + f);
         }
         free(v);
         cp_tw_str(o, image);
         cp_tw_int(o, (long long)n);
-        for (int f = 0; f < NSUM; f++) {
+        for (int f = 0; f < c->kind->nsum; f++) {
             double vals[5] = {s[f].mean, s[f].std, s[f].median, s[f].min, s[f].max};
             for (int k = 0; k < 5; k++)
                 cp_tw_num(o, vals[k]);
@@ -362,12 +444,12 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         cp_tw_end_row(o);
         return 1;
     }
-    size_t *keep = malloc((t->n + 1) * sizeof *keep);
+    size_t *keep = malloc((c->n + 1) * sizeof *keep);
     if (!keep)
         return -1;
     size_t nk = 0;
-    for (size_t i = 0; i < t->n; i++)
-        if (keep_cell(op, t->cells + i))
+    for (size_t i = 0; i < c->n; i++)
+        if (keep_cell(op, c, i))
             keep[nk++] = i;
     /* Rows are formatted in parallel chunks (shortest round-trip numbers are
      * the costly part) and joined in order, so the bytes do not depend on
@@ -385,7 +467,7 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         cp_tw_fork(o, o->rows + ch * chunk, q);
         size_t end = (ch + 1) * chunk < nk ? (ch + 1) * chunk : nk;
         for (size_t j = ch * chunk; j < end; j++)
-            cell_row(q, image, t, keep[j]);
+            cell_row(q, image, c, keep[j]);
     }
     for (size_t ch = 0; ch < nchunks; ch++)
         cp_tw_join(o, parts + ch);
@@ -394,7 +476,7 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
     return (long long)nk;
 }
 
-static int run_cells(const opts *op, cp_strlist *files, out *o, cp_manifest *mf)
+static int run_cells(opts *op, cp_strlist *files, out *o, cp_manifest *mf)
 {
     cp_strlist inten = {0};
     if (op->intensity_dir && cp_list_images(op->intensity_dir, 0, NULL, &inten)) {
@@ -402,7 +484,8 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, cp_manifest *mf)
         return CLI_EXIT_USAGE;
     }
     /* the intensity channel count fixes the columns: read the first one early */
-    int failed = 0, channels = 0, begun = 0;
+    int failed = 0, channels = 0, begun = 0, vol_known = 0;
+    op->vol = op->force3d;
     columns cols = {0};
     cli_progress pg;
     cli_progress_start(&pg, files->n, "images");
@@ -412,7 +495,15 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, cp_manifest *mf)
         char *image = cp_path_stem(path);
         uint32_t *lab = NULL;
         cp_image *img = NULL;
-        int h = 0, w = 0, rc = load_labels(path, &lab, &h, &w);
+        int d = 0, h = 0, w = 0, rc = load_labels(path, &lab, &d, &h, &w);
+        /* the first image read decides between 2D and 3D columns */
+        if (!rc && !vol_known) {
+            op->vol = op->force3d || d > 1;
+            vol_known = 1;
+        }
+        if (!rc && d > 1 && !op->vol)
+            rc = fail(CP_EUNSUPPORTED, "%s: a volume of %d planes in a table of 2D images; "
+                      "measure volumes separately or with --3d", path, d);
         const char *ipath = op->intensity;
         if (!rc && op->intensity_dir) {
             ipath = find_pair(&inten, path, 1);
@@ -422,15 +513,32 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, cp_manifest *mf)
         }
         if (!rc && ipath) {
             rc = lib(cp_image_read(ipath, NULL, &img));
-            if (!rc && (img->width != w || img->height != h || img->planes != 1))
-                rc = fail(CP_EFORMAT, "%s: intensity image is %d x %d (%d planes), masks %s are %d x %d",
-                              ipath, img->height, img->width, img->planes, path, h, w);
+            char b1[48], b2[48];
+            if (!rc && (img->width != w || img->height != h || img->planes != d))
+                rc = fail(CP_EFORMAT, "%s: intensity image is %s (%d planes), masks %s are %s", ipath,
+                          dims(img->planes, img->height, img->width, b1), img->planes, path,
+                          dims(d, h, w, b2));
             if (!rc && begun && img->channels != channels)
                 rc = fail(CP_EFORMAT, "%s: %d channels, earlier intensity images had %d", ipath,
                               img->channels, channels);
         }
         cp_cell_table t = {0};
-        if (!rc)
+        cp_cell_table3d t3 = {0};
+        cp_voxel_size vs = {0};
+        int have_vs = op->voxel[0] > 0;
+        if (have_vs) {
+            vs.z = op->voxel[0];
+            vs.y = op->voxel[1];
+            vs.x = op->voxel[2];
+        } else if (!rc && op->vol) {
+            rc = lib(cp_image_voxel_size(path, &vs, &have_vs));
+            if (!rc && !have_vs && ipath)
+                rc = lib(cp_image_voxel_size(ipath, &vs, &have_vs));
+        }
+        double vsz[3] = {vs.z, vs.y, vs.x};
+        if (!rc && op->vol)
+            rc = lib(cp_measure_cells3d(lab, d, h, w, have_vs ? vsz : NULL, img, &t3));
+        else if (!rc)
             rc = lib(cp_measure_cells(lab, h, w, img, &t));
         if (!begun && (!rc || f + 1 == files->n)) {
             channels = img ? img->channels : 0;
@@ -443,11 +551,14 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, cp_manifest *mf)
             manifest_line(mf, path, image, "error", 0, g_err);
             failed++;
         } else {
-            long long rows = emit_cells(o, op, image ? image : path, &t);
-            cli_info("%s: %zu cells, %lld rows", path, t.n, rows);
+            cells c = op->vol ? (cells){&CELLS3, t3.n, t3.cells, t3.channels, t3.intensity, vs.unit}
+                              : (cells){&CELLS2, t.n, t.cells, t.channels, t.intensity, NULL};
+            long long rows = emit_cells(o, op, image ? image : path, &c);
+            cli_info("%s: %zu cells, %lld rows", path, c.n, rows);
             manifest_line(mf, path, image, "ok", rows, NULL);
         }
         cp_cell_table_free(&t);
+        cp_cell_table3d_free(&t3);
         cp_image_free(img);
         free(lab);
         free(image);
@@ -523,9 +634,9 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, cp_manifest *m
     memset(btot, 0, sizeof btot);
     int failed = 0, ok = 0;
     uint32_t *gt = NULL;
-    int gh = 0, gw = 0, grc = 0;
+    int gd = 0, gh = 0, gw = 0, grc = 0;
     if (!gt_dir)
-        grc = load_labels(op->truth, &gt, &gh, &gw);
+        grc = load_labels(op->truth, &gt, &gd, &gh, &gw);
     if (grc) {
         cli_err("%s", g_err);
         failed++;
@@ -538,7 +649,8 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, cp_manifest *m
         char *image = cp_path_stem(path);
         const char *gpath = op->truth;
         uint32_t *p = NULL;
-        int h = 0, w = 0, rc = 0;
+        int d = 0, h = 0, w = 0, rc = 0;
+        char b1[48], b2[48];
         if (gt_dir) {
             gpath = find_pair(&gts, path, 0);
             free(gt);
@@ -546,18 +658,20 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, cp_manifest *m
             if (!gpath)
                 rc = fail(CP_EIO, "%s: no ground truth for it in %s", path, op->truth);
             else
-                rc = load_labels(gpath, &gt, &gh, &gw);
+                rc = load_labels(gpath, &gt, &gd, &gh, &gw);
         }
         if (!rc)
-            rc = load_labels(path, &p, &h, &w);
-        if (!rc && (h != gh || w != gw))
-            rc = fail(CP_EFORMAT, "%s: %d x %d, but the ground truth %s is %d x %d", path, h, w,
-                          gpath, gh, gw);
+            rc = load_labels(path, &p, &d, &h, &w);
+        if (!rc && (d != gd || h != gh || w != gw))
+            rc = fail(CP_EFORMAT, "%s: %s, but the ground truth %s is %s", path, dims(d, h, w, b1),
+                      gpath, dims(gd, gh, gw, b2));
+        if (!rc && d > 1 && op->nscales)
+            rc = fail(CP_EUNSUPPORTED, "%s: %d planes; --boundary-scales measures 2D images only", path, d);
         cp_match_result r;
         cp_boundary_score bs[16];
         cp_match_opts mo = {op->th, op->nth, op->v3};
         if (!rc)
-            rc = lib(cp_match(gt, p, h, w, &mo, &r));
+            rc = lib(cp_match(gt, p, d * h, w, &mo, &r)); /* volumes: over voxels */
         if (!rc && op->nscales)
             rc = lib(cp_boundary_scores(gt, p, h, w, op->scales, op->nscales, bs));
         if (rc) {
@@ -650,7 +764,7 @@ int main(int argc, char **argv)
     op.th[2] = 0.9;
     op.nth = 3;
     enum { O_IDIR = 256, O_EDGES, O_MIN, O_MAX, O_SUMMARY, O_TRUTH, O_TH, O_BS, O_V3, O_MANIFEST,
-           O_MERGE, O_VERSION };
+           O_MERGE, O_VERSION, O_3D, O_VOXEL };
     static const struct option lo[] = {
         {"output", required_argument, 0, 'o'},   {"format", required_argument, 0, 'f'},
         {"intensity", required_argument, 0, 'i'}, {"intensity-dir", required_argument, 0, O_IDIR},
@@ -659,6 +773,7 @@ int main(int argc, char **argv)
         {"truth", required_argument, 0, O_TRUTH}, {"thresholds", required_argument, 0, O_TH},
         {"boundary-scales", required_argument, 0, O_BS}, {"v3-counts", no_argument, 0, O_V3},
         {"manifest", required_argument, 0, O_MANIFEST}, {"merge", no_argument, 0, O_MERGE},
+        {"3d", no_argument, 0, O_3D},            {"voxel-size", required_argument, 0, O_VOXEL},
         {"quiet", no_argument, 0, 'q'},          {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},           {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0}};
@@ -683,6 +798,11 @@ int main(int argc, char **argv)
         case O_V3: op.v3 = 1; break;
         case O_MANIFEST: op.manifest = optarg; break;
         case O_MERGE: op.merge = 1; break;
+        case O_3D: op.force3d = 1; break;
+        case O_VOXEL:
+            if (parse_list("--voxel-size", optarg, op.voxel, 3, 1e-300, 1e300) != 3)
+                cli_usage_error("--voxel-size takes Z,Y,X");
+            break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case 'h': fputs(USAGE, stdout); return CLI_EXIT_OK;
@@ -697,6 +817,8 @@ int main(int argc, char **argv)
     if (op.truth && (op.summary || op.intensity || op.intensity_dir || op.exclude_edges ||
                      op.min_area >= 0 || op.max_area >= 0))
         cli_usage_error("--truth does not combine with per-cell options (--summary, --intensity, filters)");
+    if (op.truth && (op.force3d || op.voxel[0] > 0))
+        cli_usage_error("--truth matches volumes by themselves; --3d and --voxel-size are for per-cell tables");
     if (op.merge && (op.truth || op.summary || op.intensity || op.intensity_dir))
         cli_usage_error("--merge takes only tables, -o and -f");
     if (op.min_area >= 0 && op.max_area >= 0 && op.min_area > op.max_area)
