@@ -27,22 +27,38 @@ static cp_image *load2(const char *stem, const char *suffix)
     return load(rel);
 }
 
-/* Box of one label by a plain scan (the reference for the one-pass code). */
-static int brute_box(const uint32_t *lab, int w, int h, uint32_t l, cp_cell_box *b)
+/* Box of one label by a plain scan of lab[d*h*w] (the reference for the
+ * one-pass code). */
+static int brute_box3(const uint32_t *lab, int w, int h, int d, uint32_t l, cp_cell_box *b)
 {
     memset(b, 0, sizeof *b);
     b->label = l;
-    b->min_row = h, b->min_col = w;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            if (lab[(size_t)y * w + x] == l) {
-                b->area++;
-                if (y < b->min_row) b->min_row = y;
-                if (x < b->min_col) b->min_col = x;
-                if (y + 1 > b->max_row) b->max_row = y + 1;
-                if (x + 1 > b->max_col) b->max_col = x + 1;
-            }
+    b->min_plane = d, b->min_row = h, b->min_col = w;
+    for (int z = 0; z < d; z++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                if (lab[((size_t)z * h + y) * w + x] == l) {
+                    b->area++;
+                    if (z < b->min_plane) b->min_plane = z;
+                    if (y < b->min_row) b->min_row = y;
+                    if (x < b->min_col) b->min_col = x;
+                    if (z + 1 > b->max_plane) b->max_plane = z + 1;
+                    if (y + 1 > b->max_row) b->max_row = y + 1;
+                    if (x + 1 > b->max_col) b->max_col = x + 1;
+                }
     return b->area > 0;
+}
+
+static int brute_box(const uint32_t *lab, int w, int h, uint32_t l, cp_cell_box *b)
+{
+    return brute_box3(lab, w, h, 1, l, b);
+}
+
+static int same_box(const cp_cell_box *a, const cp_cell_box *b)
+{
+    return a->label == b->label && a->min_plane == b->min_plane && a->min_row == b->min_row &&
+           a->min_col == b->min_col && a->max_plane == b->max_plane && a->max_row == b->max_row &&
+           a->max_col == b->max_col && a->area == b->area;
 }
 
 static void test_boxes_synthetic(void)
@@ -58,14 +74,13 @@ static void test_boxes_synthetic(void)
     };
     cp_cell_box *b;
     size_t n;
-    CHECK_OK(cp_cell_boxes(lab, W, H, &b, &n));
+    CHECK_OK(cp_cell_boxes(lab, W, H, 1, &b, &n));
     uint32_t want[] = {1, 5, 9, 4000000000u};
     CHECK(n == 4);
     for (size_t i = 0; i < n && i < 4; i++) {
         cp_cell_box r;
         brute_box(lab, W, H, want[i], &r);
-        CHECKF(b[i].label == r.label && b[i].min_row == r.min_row && b[i].min_col == r.min_col &&
-                   b[i].max_row == r.max_row && b[i].max_col == r.max_col && b[i].area == r.area,
+        CHECKF(same_box(&b[i], &r),
                "label %u: got %d,%d,%d,%d area %llu", want[i], b[i].min_row, b[i].min_col, b[i].max_row,
                b[i].max_col, (unsigned long long)b[i].area);
     }
@@ -89,7 +104,7 @@ static size_t check_crops(const char *stem, const char *img_suffix, int pad, int
     CHECK_OK(cp_image_labels_u32(mk, "masks", &lab));
     cp_cell_box *b;
     size_t n;
-    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, &b, &n));
+    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, 1, &b, &n));
     cp_cells_opts o;
     cp_cells_opts_init(&o);
     o.pad = pad;
@@ -113,8 +128,7 @@ static size_t check_crops(const char *stem, const char *img_suffix, int pad, int
         for (size_t k = 0; k < n; k++)
             if (b[k].label == l)
                 g = &b[k];
-        if (!g || g->min_row != r.min_row || g->min_col != r.min_col || g->max_row != r.max_row ||
-            g->max_col != r.max_col || g->area != r.area) {
+        if (!g || !same_box(g, &r)) {
             bad_box++;
             continue;
         }
@@ -175,7 +189,7 @@ static void test_scaling(void)
     CHECK(sc.scaled && sc.lo == lo && sc.hi == hi);
     /* A whole-image "cell" (keep background) so every pixel is mapped. */
     uint32_t *lab = calloc(n, sizeof *lab);
-    cp_cell_box box = {1, 0, 0, img->height, img->width, 1};
+    cp_cell_box box = {.label = 1, .max_plane = 1, .max_row = img->height, .max_col = img->width, .area = 1};
     o.keep_background = 1;
     cp_image *crop;
     CHECK_OK(cp_cell_extract(img, lab, &box, &o, &sc, &crop, NULL));
@@ -196,7 +210,7 @@ static void test_scaling(void)
     CHECK_OK(cp_image_create(&u16, 4, 1, 1, 1, CP_U16));
     uint16_t px[4] = {5, 10, 15, 30};
     memcpy(u16->data, px, sizeof px);
-    cp_cell_box b4 = {1, 0, 0, 1, 4, 4};
+    cp_cell_box b4 = {.label = 1, .max_plane = 1, .max_row = 1, .max_col = 4, .area = 4};
     uint32_t l4[4] = {1, 1, 1, 1};
     CHECK_OK(cp_cells_scale(u16, &o, &sc));
     CHECK_OK(cp_cell_extract(u16, l4, &b4, &o, &sc, &crop, NULL));
@@ -269,7 +283,7 @@ static void test_write(void)
     CHECK_OK(cp_image_labels_u32(mk, "masks", &lab));
     cp_cell_box *b;
     size_t n;
-    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, &b, &n));
+    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, 1, &b, &n));
     cp_cell_scale sc = {0};
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) {
