@@ -15,7 +15,8 @@ static void usage(void)
            "       cpcells [OPTIONS] --from-seg DIR -o OUTROOT [--zip]\n"
            "\n"
            "Cut every labelled cell of IMAGE (labels from MASKS) into its own 16-bit TIFF:\n"
-           "OUTDIR/cell_NNNN.tif (NNNN = label) and OUTDIR/cells.csv.\n"
+           "OUTDIR/cell_NNNN.tif (NNNN = label) and OUTDIR/cells.csv. Label volumes (Z planes,\n"
+           "with an image of the same Z, Y, X) give one ImageJ hyperstack per cell.\n"
            "\n"
            "Options:\n"
            "  -o, --output PATH      output folder (or ZIP file with --zip; - = stdout ZIP)\n"
@@ -24,11 +25,12 @@ static void usage(void)
            "      --from-seg DIR     every DIR/NAME_cp_masks.* with its image DIR/NAME.*;\n"
            "                         DIR - reads mask paths, one a line, from stdin\n"
            "      --pad N            grow each box by N pixels, clipped at the edge [0]\n"
+           "      --pad-z N          volumes: grow each box by N planes in Z [--pad]\n"
            "      --keep-background  keep the crop's pixels outside the cell (default: 0)\n"
            "      --range LO HI      scale LO..HI linearly to 0..65535 (any pixel type)\n"
            "      --mask-too         also write cell_NNNN_mask.tif (8-bit, 255 = cell)\n"
            "      --labels L,L,...   only these labels\n"
-           "      --min-area N       only cells of at least N pixels\n"
+           "      --min-area N       only cells of at least N pixels (voxels)\n"
            "  -f, --force            replace existing outputs (with --from-seg: redo them)\n"
            "  -q, --quiet            errors only\n"
            "  -v, --verbose          one line per image\n"
@@ -39,7 +41,7 @@ static void usage(void)
            "See man cpcells for the scaling formula and cells.csv columns.\n");
 }
 
-enum { OPT_ZIP = 256, OPT_FROM_SEG, OPT_PAD, OPT_KEEP_BG, OPT_RANGE, OPT_MASK_TOO, OPT_LABELS, OPT_MIN_AREA,
+enum { OPT_ZIP = 256, OPT_FROM_SEG, OPT_PAD, OPT_PAD_Z, OPT_KEEP_BG, OPT_RANGE, OPT_MASK_TOO, OPT_LABELS, OPT_MIN_AREA,
        OPT_VERSION };
 
 typedef struct run {
@@ -95,15 +97,37 @@ static int exit_for(int rc, int writing)
     return CLI_EXIT_PARTIAL;
 }
 
-static int read_pair(const char *image, const char *masks, cp_image **img, cp_image **mk)
+/* Labels have one channel, so every page of a mask TIFF is a plane whatever
+ * its metadata says. An image of 2-4 pages without metadata reads as
+ * channels; next to a label volume of that many planes they are its planes.
+ * For a volume, *voxel is the image's calibration, else the masks'. */
+static int read_pair(const char *image, const char *masks, cp_image **img, cp_image **mk, cp_voxel_size *voxel,
+                     int *calibrated)
 {
     *img = *mk = NULL;
-    int rc = cp_image_read(image, NULL, img);
+    *calibrated = 0;
+    cp_read_opts planes = {.pages = CP_PAGES_PLANES};
+    int rc = cp_image_read(masks, &planes, mk);
     if (rc == CP_OK)
-        rc = cp_image_read(masks, NULL, mk);
+        rc = cp_image_read(image, NULL, img);
+    int D = rc == CP_OK ? (*mk)->planes : 1;
+    if (rc == CP_OK && D > 1 && (*img)->planes == 1 && (*img)->channels == D) {
+        cp_image *again = NULL;
+        if (cp_image_read(image, &planes, &again) == CP_OK && again->planes == D) {
+            cp_image_free(*img);
+            *img = again;
+        } else {
+            cp_image_free(again);
+        }
+    }
+    if (rc == CP_OK && D > 1)
+        rc = cp_image_voxel_size(image, voxel, calibrated);
+    if (rc == CP_OK && D > 1 && !*calibrated)
+        rc = cp_image_voxel_size(masks, voxel, calibrated);
     if (rc != CP_OK) {
         cp_image_free(*img);
-        *img = NULL;
+        cp_image_free(*mk);
+        *img = *mk = NULL;
     }
     return rc;
 }
@@ -120,11 +144,15 @@ static void report(const char *what, const cp_cells_result *res, const char *out
 static int do_one(run *r, const char *image, const char *masks, const char *out, int zip)
 {
     cp_image *img, *mk;
-    int rc = read_pair(image, masks, &img, &mk);
+    cp_voxel_size voxel;
+    int calibrated;
+    int rc = read_pair(image, masks, &img, &mk, &voxel, &calibrated);
     if (rc != CP_OK) {
         cli_err("%s", cp_errmsg());
         return exit_for(rc, 0);
     }
+    r->o.image_name = image;
+    r->o.voxel = calibrated ? &voxel : NULL;
     cp_cells_result res;
     if (!r->batch)
         cli_progress_start(&r->prog, 0, "cells");
@@ -147,6 +175,7 @@ static int do_one(run *r, const char *image, const char *masks, const char *out,
         cli_err("%s", cp_errmsg());
     cp_image_free(img);
     cp_image_free(mk);
+    r->o.voxel = NULL;
     return rc == CP_OK ? CLI_EXIT_OK : exit_for(rc, 1);
 }
 
@@ -245,6 +274,7 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"output", required_argument, 0, 'o'},    {"zip", optional_argument, 0, OPT_ZIP},
         {"from-seg", required_argument, 0, OPT_FROM_SEG}, {"pad", required_argument, 0, OPT_PAD},
+        {"pad-z", required_argument, 0, OPT_PAD_Z},
         {"keep-background", no_argument, 0, OPT_KEEP_BG}, {"range", required_argument, 0, OPT_RANGE},
         {"mask-too", no_argument, 0, OPT_MASK_TOO}, {"labels", required_argument, 0, OPT_LABELS},
         {"min-area", required_argument, 0, OPT_MIN_AREA}, {"force", no_argument, 0, 'f'},
@@ -270,6 +300,7 @@ int main(int argc, char **argv)
             break;
         case OPT_FROM_SEG: from_seg = optarg; break;
         case OPT_PAD: r.o.pad = (int)cli_parse_long("--pad", optarg, 0, 1000000); break;
+        case OPT_PAD_Z: r.o.pad_z = (int)cli_parse_long("--pad-z", optarg, 0, 1000000); break;
         case OPT_KEEP_BG: r.o.keep_background = 1; break;
         case OPT_RANGE:
             if (optind >= argc)

@@ -92,6 +92,12 @@ typedef struct cp_write_opts {
     int imagej;
     /* TIFF Software tag; NULL = "cptools <version>". */
     const char *software;
+    /* TIFF: the physical voxel size, recorded as ImageJ does (XResolution
+     * 1/x and YResolution 1/y pixels per unit, ResolutionUnit none, or inch
+     * or centimeter for those units; unit= and spacing=z in an ImageJ
+     * description, which is then always written) so cp_image_voxel_size,
+     * Fiji and tifffile read it back. NULL (or no unit) = uncalibrated. */
+    const cp_voxel_size *voxel;
 } cp_write_opts;
 
 /* Write atomically (temp + rename). The format follows the extension:

@@ -7,7 +7,11 @@
 #include "cellpose/cells.h"
 #include "core/internal.h"
 
-void cp_cells_opts_init(cp_cells_opts *o) { memset(o, 0, sizeof *o); }
+void cp_cells_opts_init(cp_cells_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->pad_z = -1;
+}
 
 int cp_cells_scale(const cp_image *img, const cp_cells_opts *o, cp_cell_scale *s)
 {
@@ -61,13 +65,14 @@ int cp_cell_extract(const cp_image *img, const uint32_t *labels, const cp_cell_b
     *crop = NULL;
     if (mask)
         *mask = NULL;
-    int r0, c0, r1, c1;
-    cp_cell_crop_rect(box, o->pad, img->width, img->height, &r0, &c0, &r1, &c1);
-    int w = c1 - c0, h = r1 - r0, nc = img->channels;
-    int rc = cp_image_create(crop, w, h, nc, 1, CP_U16);
+    cp_cell_box cb;
+    cp_cell_crop_box(box, o->pad, o->pad_z, img->width, img->height, img->planes, &cb);
+    int w = cb.max_col - cb.min_col, h = cb.max_row - cb.min_row, d = cb.max_plane - cb.min_plane;
+    int nc = img->channels;
+    int rc = cp_image_create(crop, w, h, nc, d, CP_U16);
     if (rc != CP_OK)
         return rc;
-    if (mask && (rc = cp_image_create(mask, w, h, 1, 1, CP_U8)) != CP_OK) {
+    if (mask && (rc = cp_image_create(mask, w, h, 1, d, CP_U8)) != CP_OK) {
         cp_image_free(*crop);
         *crop = NULL;
         return rc;
@@ -75,14 +80,15 @@ int cp_cell_extract(const cp_image *img, const uint32_t *labels, const cp_cell_b
     uint16_t *out = (*crop)->data;
     uint8_t *mk = mask ? (*mask)->data : NULL;
     const uint32_t lab = box->label;
-    for (int y = 0; y < h; y++) {
-        const uint32_t *lrow = labels + (size_t)(r0 + y) * img->width + c0;
-        size_t src = ((size_t)(r0 + y) * img->width + c0) * nc;
-        uint16_t *orow = out + (size_t)y * w * nc;
+    for (int zy = 0; zy < d * h; zy++) {
+        size_t row = ((size_t)(cb.min_plane + zy / h) * img->height + cb.min_row + zy % h) * img->width + cb.min_col;
+        const uint32_t *lrow = labels + row;
+        size_t src = row * nc;
+        uint16_t *orow = out + (size_t)zy * w * nc;
         for (int x = 0; x < w; x++) {
             int inside = lrow[x] == lab;
             if (mk)
-                mk[(size_t)y * w + x] = inside ? 255 : 0;
+                mk[(size_t)zy * w + x] = inside ? 255 : 0;
             if (!inside && !o->keep_background)
                 continue; /* stays 0 from cp_image_create */
             size_t si = src + (size_t)x * nc;

@@ -131,8 +131,11 @@ static void encode_cell(const cp_image *img, const uint32_t *labels, const cp_ce
 {
     memset(e, 0, sizeof *e);
     cp_image *crop = NULL, *mask = NULL;
-    cp_write_opts wo = {.compression = CP_COMPRESS_NONE, .imagej = img->channels > 1};
-    cp_write_opts wm = {.compression = CP_COMPRESS_NONE};
+    /* A volume's cells are hyperstacks whatever the crop's shape, so every
+     * file says its planes (and a one-plane crop still carries the Z spacing). */
+    int volume = img->planes > 1;
+    cp_write_opts wo = {.compression = CP_COMPRESS_NONE, .imagej = img->channels > 1 || volume, .voxel = o->voxel};
+    cp_write_opts wm = {.compression = CP_COMPRESS_NONE, .imagej = volume, .voxel = o->voxel};
     e->rc = cp_cell_extract(img, labels, box, o, sc, &crop, o->mask_too ? &mask : NULL);
     if (e->rc == CP_OK)
         e->rc = cp_tiff_write_mem(crop, &wo, name, &e->tif, &e->tif_size);
@@ -148,17 +151,26 @@ static void encode_cell(const cp_image *img, const uint32_t *labels, const cp_ce
     cp_image_free(mask);
 }
 
-static int check_inputs(const cp_image *img, const cp_image *masks, const char *mname)
+/* "H x W", or "D x H x W" when either image is a volume, into buf (48 bytes). */
+static const char *dims(const cp_image *a, int volume, char *buf)
 {
-    if (masks->planes != 1 || masks->channels != 1)
-        return cp_error(CP_EUNSUPPORTED, "%s: masks must be one 2-D plane with one channel (found %d planes, %d channels)",
-                        mname, masks->planes, masks->channels);
-    if (img->planes != 1)
-        return cp_error(CP_EUNSUPPORTED, "%s: the image has %d planes; cells are cut from 2-D images only", mname,
-                        img->planes);
-    if (img->width != masks->width || img->height != masks->height)
-        return cp_error(CP_EINVAL, "%s: masks are %d x %d but the image is %d x %d (height x width)", mname,
-                        masks->height, masks->width, img->height, img->width);
+    if (volume)
+        snprintf(buf, 48, "%d x %d x %d", a->planes, a->height, a->width);
+    else
+        snprintf(buf, 48, "%d x %d", a->height, a->width);
+    return buf;
+}
+
+static int check_inputs(const cp_image *img, const cp_image *masks, const char *mname, const char *iname)
+{
+    if (masks->channels != 1)
+        return cp_error(CP_EUNSUPPORTED, "%s: masks must have one channel (found %d)", mname, masks->channels);
+    if (img->planes != masks->planes || img->width != masks->width || img->height != masks->height) {
+        int vol = img->planes > 1 || masks->planes > 1;
+        char a[48], b[48];
+        return cp_error(CP_EINVAL, "%s: masks are %s but the image is %s (%s; image: %s)", mname, dims(masks, vol, a),
+                        dims(img, vol, b), vol ? "planes x height x width" : "height x width", iname);
+    }
     return CP_OK;
 }
 
@@ -169,17 +181,42 @@ static int check_inputs(const cp_image *img, const cp_image *masks, const char *
 #define BATCH 1024
 #define BATCH_BYTES ((uint64_t)64 << 20)
 
-static size_t batch_end(const cp_cell_box *b, size_t b0, size_t n, int pad, const cp_image *img)
+static size_t batch_end(const cp_cell_box *b, size_t b0, size_t n, const cp_cells_opts *o, const cp_image *img)
 {
     uint64_t bytes = 0;
     size_t i = b0;
     while (i < n && i - b0 < BATCH && (i == b0 || bytes < BATCH_BYTES)) {
-        int r0, c0, r1, c1;
-        cp_cell_crop_rect(&b[i], pad, img->width, img->height, &r0, &c0, &r1, &c1);
-        bytes += (uint64_t)(r1 - r0) * (uint64_t)(c1 - c0) * (uint64_t)img->channels * 2;
+        cp_cell_box c;
+        cp_cell_crop_box(&b[i], o->pad, o->pad_z, img->width, img->height, img->planes, &c);
+        bytes += (uint64_t)(c.max_plane - c.min_plane) * (uint64_t)(c.max_row - c.min_row) *
+                 (uint64_t)(c.max_col - c.min_col) * (uint64_t)img->channels * 2;
         i++;
     }
     return i;
+}
+
+/* cells.csv: 2-D images keep their columns; volumes add the planes and pad_z. */
+static int csv_header(strbuf *csv, int volume)
+{
+    if (!volume)
+        return sb_printf(csv, "label,file,bbox_min_row,bbox_min_col,bbox_max_row,bbox_max_col,area,pad,"
+                              "crop_min_row,crop_min_col,crop_max_row,crop_max_col,scale_lo,scale_hi\n");
+    return sb_printf(csv, "label,file,bbox_min_plane,bbox_min_row,bbox_min_col,bbox_max_plane,bbox_max_row,"
+                          "bbox_max_col,area,pad,pad_z,crop_min_plane,crop_min_row,crop_min_col,crop_max_plane,"
+                          "crop_max_row,crop_max_col,scale_lo,scale_hi\n");
+}
+
+static int csv_row(strbuf *csv, int volume, const cp_cell_box *b, const cp_cell_box *c, const char *name,
+                   const cp_cells_opts *o, const char *scale)
+{
+    if (!volume)
+        return sb_printf(csv, "%u,%s,%d,%d,%d,%d,%llu,%d,%d,%d,%d,%d,%s\n", (unsigned)b->label, name, b->min_row,
+                         b->min_col, b->max_row, b->max_col, (unsigned long long)b->area, o->pad, c->min_row,
+                         c->min_col, c->max_row, c->max_col, scale);
+    return sb_printf(csv, "%u,%s,%d,%d,%d,%d,%d,%d,%llu,%d,%d,%d,%d,%d,%d,%d,%d,%s\n", (unsigned)b->label, name,
+                     b->min_plane, b->min_row, b->min_col, b->max_plane, b->max_row, b->max_col,
+                     (unsigned long long)b->area, o->pad, o->pad_z < 0 ? o->pad : o->pad_z, c->min_plane, c->min_row,
+                     c->min_col, c->max_plane, c->max_row, c->max_col, scale);
 }
 
 static int write_cells(const cp_image *img, const cp_image *masks, const char *mname, const cp_cells_opts *opts,
@@ -193,7 +230,7 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
         mname = "masks";
     if (o->pad < 0)
         return cp_error(CP_EINVAL, "pad %d: must not be negative", o->pad);
-    int rc = check_inputs(img, masks, mname);
+    int rc = check_inputs(img, masks, mname, o->image_name ? o->image_name : "image");
     if (rc != CP_OK)
         return rc;
     cp_cell_scale sc;
@@ -204,15 +241,15 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
         return rc;
     cp_cell_box *boxes = NULL;
     size_t n = 0;
-    rc = cp_cell_boxes(labels, masks->width, masks->height, &boxes, &n);
+    rc = cp_cell_boxes(labels, masks->width, masks->height, masks->planes, &boxes, &n);
     uint32_t max_label = n ? boxes[n - 1].label : 0;
     if (rc == CP_OK)
         rc = select_boxes(boxes, &n, o, res);
 
+    int volume = masks->planes > 1;
     strbuf csv = {0};
     if (rc == CP_OK)
-        rc = sb_printf(&csv, "label,file,bbox_min_row,bbox_min_col,bbox_max_row,bbox_max_col,area,pad,"
-                             "crop_min_row,crop_min_col,crop_max_row,crop_max_col,scale_lo,scale_hi\n");
+        rc = csv_header(&csv, volume);
     char scale_txt[64] = ",";
     if (sc.scaled)
         snprintf(scale_txt, sizeof scale_txt, "%.17g,%.17g", sc.lo, sc.hi);
@@ -222,7 +259,7 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
         rc = CP_ENOMEM;
     int parallel = out->zip != NULL;
     for (size_t b0 = 0, b1; b0 < n && rc == CP_OK; b0 = b1) {
-        b1 = batch_end(boxes, b0, n, o->pad, img);
+        b1 = batch_end(boxes, b0, n, o, img);
         size_t nb = b1 - b0;
         /* Each cell is independent; the batch is written in label order after. */
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
@@ -249,11 +286,9 @@ static int write_cells(const cp_image *img, const cp_image *masks, const char *m
                 res->n_cells++;
                 res->n_files += e->mask ? 2 : 1;
                 res->bytes += e->tif_size + e->mask_size;
-                int r0, c0, r1, c1;
-                cp_cell_crop_rect(bx, o->pad, img->width, img->height, &r0, &c0, &r1, &c1);
-                rc = sb_printf(&csv, "%u,%s,%d,%d,%d,%d,%llu,%d,%d,%d,%d,%d,%s\n", (unsigned)bx->label, name,
-                               bx->min_row, bx->min_col, bx->max_row, bx->max_col, (unsigned long long)bx->area,
-                               o->pad, r0, c0, r1, c1, scale_txt);
+                cp_cell_box cb;
+                cp_cell_crop_box(bx, o->pad, o->pad_z, img->width, img->height, img->planes, &cb);
+                rc = csv_row(&csv, volume, bx, &cb, name, o, scale_txt);
             }
             free(e->tif);
             free(e->mask);

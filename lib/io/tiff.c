@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <tiffio.h>
 
+#include "cellpose/measure.h"
 #include "io/io_internal.h"
 
 /* ---- silent libtiff: messages go to a per-thread buffer ----------------- */
@@ -700,7 +701,7 @@ static uint32_t strip_rows(const cp_image *img, int nsamp)
 /* One page's directory, without its pixels: the strip arrays are left empty
  * (TIFFDeferStrileArrayWriting) and filled in by write_page_data. */
 static int write_page_dir(TIFF *t, const char *path, const cp_image *img, int nsamp, const char *desc,
-                          const char *software, uint16_t compression)
+                          const char *software, uint16_t compression, const cp_voxel_size *vx)
 {
     size_t es = cp_dtype_size(img->dtype);
     TIFFSetField(t, TIFFTAG_IMAGEWIDTH, (uint32_t)img->width);
@@ -720,6 +721,13 @@ static int write_page_dir(TIFF *t, const char *path, const cp_image *img, int ns
         TIFFSetField(t, TIFFTAG_SOFTWARE, software);
     if (desc)
         TIFFSetField(t, TIFFTAG_IMAGEDESCRIPTION, desc);
+    if (vx) { /* ImageJ's own choice of ResolutionUnit */
+        uint16_t unit = strcmp(vx->unit, "inch") == 0 ? RESUNIT_INCH
+                      : strcmp(vx->unit, "cm") == 0   ? RESUNIT_CENTIMETER : RESUNIT_NONE;
+        TIFFSetField(t, TIFFTAG_XRESOLUTION, 1.0 / vx->x);
+        TIFFSetField(t, TIFFTAG_YRESOLUTION, 1.0 / vx->y);
+        TIFFSetField(t, TIFFTAG_RESOLUTIONUNIT, unit);
+    }
     return TIFFDeferStrileArrayWriting(t) && TIFFWriteCheck(t, 0, path) && TIFFWriteDirectory(t) ? 0 : -1;
 }
 
@@ -756,6 +764,24 @@ static int write_page_data(TIFF *t, const cp_image *img, int plane, int chan0, i
     return TIFFFlush(t) ? 0 : -1;
 }
 
+/* unit= and spacing= lines of an ImageJ description; two-byte UTF-8
+ * characters escaped as ImageJ writes them ("\u00B5m"), which imagej_text
+ * reads back. */
+static void imagej_calibration(char *buf, size_t size, const cp_voxel_size *vx)
+{
+    size_t n = (size_t)snprintf(buf, size, "unit=");
+    for (const unsigned char *u = (const unsigned char *)vx->unit; *u && n + 8 < size; u++) {
+        if ((u[0] & 0xE0) == 0xC0 && (u[1] & 0xC0) == 0x80) {
+            n += (size_t)snprintf(buf + n, size - n, "\\u%04X", (unsigned)((u[0] & 0x1F) << 6 | (u[1] & 0x3F)));
+            u++;
+        } else if (*u >= ' ' && *u != '\\') {
+            buf[n++] = (char)*u;
+        }
+    }
+    char num[32];
+    snprintf(buf + n, size - n, "\nspacing=%s\n", cp_format_double(vx->z, num));
+}
+
 /* Encode img as the pages of an open TIFF (a file or memory); `path` names it
  * in messages. Flushes but does not close t.
  *
@@ -785,16 +811,19 @@ int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_writ
     case CP_COMPRESS_DEFLATE: compression = COMPRESSION_ADOBE_DEFLATE; break;
     default: return cp_error(CP_EINVAL, "%s: unknown TIFF compression %d", path, (int)opts->compression);
     }
+    const cp_voxel_size *vx = opts->voxel && opts->voxel->unit[0] ? opts->voxel : NULL;
+    if (vx && !(vx->x > 0 && vx->y > 0 && vx->z > 0 && isfinite(vx->x) && isfinite(vx->y) && isfinite(vx->z)))
+        return cp_error(CP_EINVAL, "%s: voxel size %g x %g x %g: must be positive", path, vx->z, vx->y, vx->x);
     tiff_quiet();
     /* RGB(A) 8/16-bit stays one interleaved page unless Fiji channels are asked for. */
     int C = img->channels, Z = img->planes;
     int rgb = (C == 3 || C == 4) && (img->dtype == CP_U8 || img->dtype == CP_U16) && !opts->imagej;
     int nsamp = rgb ? C : 1, page_channels = rgb ? 1 : C;
     int npages = Z * page_channels;
-    char desc[256], soft[64];
+    char desc[512], soft[64];
     const char *descp = NULL;
     /* Multi-page output always says how its pages are arranged, so it reads back as written. */
-    if (opts->imagej || npages > 1) {
+    if (opts->imagej || npages > 1 || vx) {
         int n = snprintf(desc, sizeof desc, "ImageJ=1.11a\nimages=%d\n", npages);
         if (page_channels > 1)
             n += snprintf(desc + n, sizeof desc - n, "channels=%d\n", page_channels);
@@ -804,6 +833,8 @@ int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_writ
             n += snprintf(desc + n, sizeof desc - n, "hyperstack=true\n");
         if (page_channels > 1)
             n += snprintf(desc + n, sizeof desc - n, "mode=composite\n");
+        if (vx)
+            imagej_calibration(desc + n, sizeof desc - n, vx);
         descp = desc;
     }
     snprintf(soft, sizeof soft, "cptools %s", CP_VERSION_STRING);
@@ -816,7 +847,7 @@ int cp_tiff_encode(TIFF *t, const char *path, const cp_image *img, const cp_writ
         return CP_ENOMEM;
     int rc = CP_OK;
     for (int i = 0; rc == CP_OK && i < npages; i++)
-        if (write_page_dir(t, path, img, nsamp, descp, software, compression) != 0)
+        if (write_page_dir(t, path, img, nsamp, descp, software, compression, vx) != 0)
             rc = tiff_fail(CP_EIO, path, "cannot write TIFF");
     if (rps < (uint32_t)img->height) /* more than one strip a page */
         for (int i = 0; rc == CP_OK && i < npages; i++)

@@ -32,12 +32,14 @@ static inline size_t label_index_of(const label_index *ix, uint32_t v)
     return lo < ix->n && ix->labels[lo] == v ? lo : SIZE_MAX;
 }
 
-/* A cell's bounding box; z1, r1, c1 exclusive. */
+/* A cell's bounding box; z1, r1, c1 exclusive; area = voxels of the label. */
 typedef struct cell_box {
     int z0, r0, c0, z1, r1, c1;
+    uint64_t area;
 } cell_box;
 
-/* Bounding boxes of every label of lab[D*H*W] (box[i] for ix->labels[i]). */
+/* Bounding boxes and areas of every label of lab[D*H*W] (box[i] for
+ * ix->labels[i]). */
 int measure_boxes(const uint32_t *lab, int D, int H, int W, const label_index *ix, cell_box *box);
 
 static inline int64_t measure_floordiv(int64_t a, int64_t b)

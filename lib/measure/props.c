@@ -310,7 +310,7 @@ static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, cell_box b
     p->convex_area = hull_pixels(s->pts, k, h, w);
     p->solidity = (double)n / (double)p->convex_area;
 
-    if (img && ist && measure_intensity(img, m + pw + 1, psz, pw, (cell_box){0, bb.r0, bb.c0, 1, bb.r1, bb.c1},
+    if (img && ist && measure_intensity(img, m + pw + 1, psz, pw, (cell_box){0, bb.r0, bb.c0, 1, bb.r1, bb.c1, bb.area},
                                         n, &s->acc, &s->acc_cap, ist))
         return CP_ENOMEM;
     return CP_OK;
@@ -379,7 +379,7 @@ int measure_boxes(const uint32_t *lab, int D, int H, int W, const label_index *i
     if (!tb)
         return CP_ENOMEM;
     for (size_t i = 0; i < (size_t)nt * ix->n; i++)
-        tb[i] = (cell_box){D, H, W, -1, -1, -1};
+        tb[i] = (cell_box){D, H, W, -1, -1, -1, 0};
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();
@@ -401,6 +401,7 @@ int measure_boxes(const uint32_t *lab, int D, int H, int W, const label_index *i
                     if (r > q->r1) q->r1 = r;
                     if (c < q->c0) q->c0 = c;
                     if (e - 1 > q->c1) q->c1 = e - 1;
+                    q->area += (uint64_t)(e - c);
                 }
                 c = e;
             }
@@ -416,6 +417,7 @@ int measure_boxes(const uint32_t *lab, int D, int H, int W, const label_index *i
             if (o.z1 > q.z1) q.z1 = o.z1;
             if (o.r1 > q.r1) q.r1 = o.r1;
             if (o.c1 > q.c1) q.c1 = o.c1;
+            q.area += o.area;
         }
         q.z1++;
         q.r1++;

@@ -27,22 +27,38 @@ static cp_image *load2(const char *stem, const char *suffix)
     return load(rel);
 }
 
-/* Box of one label by a plain scan (the reference for the one-pass code). */
-static int brute_box(const uint32_t *lab, int w, int h, uint32_t l, cp_cell_box *b)
+/* Box of one label by a plain scan of lab[d*h*w] (the reference for the
+ * one-pass code). */
+static int brute_box3(const uint32_t *lab, int w, int h, int d, uint32_t l, cp_cell_box *b)
 {
     memset(b, 0, sizeof *b);
     b->label = l;
-    b->min_row = h, b->min_col = w;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            if (lab[(size_t)y * w + x] == l) {
-                b->area++;
-                if (y < b->min_row) b->min_row = y;
-                if (x < b->min_col) b->min_col = x;
-                if (y + 1 > b->max_row) b->max_row = y + 1;
-                if (x + 1 > b->max_col) b->max_col = x + 1;
-            }
+    b->min_plane = d, b->min_row = h, b->min_col = w;
+    for (int z = 0; z < d; z++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+                if (lab[((size_t)z * h + y) * w + x] == l) {
+                    b->area++;
+                    if (z < b->min_plane) b->min_plane = z;
+                    if (y < b->min_row) b->min_row = y;
+                    if (x < b->min_col) b->min_col = x;
+                    if (z + 1 > b->max_plane) b->max_plane = z + 1;
+                    if (y + 1 > b->max_row) b->max_row = y + 1;
+                    if (x + 1 > b->max_col) b->max_col = x + 1;
+                }
     return b->area > 0;
+}
+
+static int brute_box(const uint32_t *lab, int w, int h, uint32_t l, cp_cell_box *b)
+{
+    return brute_box3(lab, w, h, 1, l, b);
+}
+
+static int same_box(const cp_cell_box *a, const cp_cell_box *b)
+{
+    return a->label == b->label && a->min_plane == b->min_plane && a->min_row == b->min_row &&
+           a->min_col == b->min_col && a->max_plane == b->max_plane && a->max_row == b->max_row &&
+           a->max_col == b->max_col && a->area == b->area;
 }
 
 static void test_boxes_synthetic(void)
@@ -58,14 +74,13 @@ static void test_boxes_synthetic(void)
     };
     cp_cell_box *b;
     size_t n;
-    CHECK_OK(cp_cell_boxes(lab, W, H, &b, &n));
+    CHECK_OK(cp_cell_boxes(lab, W, H, 1, &b, &n));
     uint32_t want[] = {1, 5, 9, 4000000000u};
     CHECK(n == 4);
     for (size_t i = 0; i < n && i < 4; i++) {
         cp_cell_box r;
         brute_box(lab, W, H, want[i], &r);
-        CHECKF(b[i].label == r.label && b[i].min_row == r.min_row && b[i].min_col == r.min_col &&
-                   b[i].max_row == r.max_row && b[i].max_col == r.max_col && b[i].area == r.area,
+        CHECKF(same_box(&b[i], &r),
                "label %u: got %d,%d,%d,%d area %llu", want[i], b[i].min_row, b[i].min_col, b[i].max_row,
                b[i].max_col, (unsigned long long)b[i].area);
     }
@@ -75,6 +90,169 @@ static void test_boxes_synthetic(void)
     CHECK(strcmp(name, "cell_0007.tif") == 0);
     cp_cell_file_name(name, sizeof name, 7, 123456, "_mask.tif");
     CHECK(strcmp(name, "cell_000007_mask.tif") == 0);
+}
+
+/* Volumes: boxes over planes, a label in two separate planes, one in the
+ * last plane, one voxel; crops grown by pad in Y, X and pad_z in Z. */
+static void test_boxes_3d(void)
+{
+    enum { W = 5, H = 4, D = 3 };
+    uint32_t lab[D * H * W] = {0};
+#define AT(z, y, x) lab[((z) * H + (y)) * W + (x)]
+    AT(0, 0, 0) = 7;
+    AT(2, 3, 4) = 7;          /* box = the whole volume */
+    AT(1, 1, 1) = AT(1, 1, 2) = AT(1, 2, 1) = 3;
+    AT(2, 0, 3) = 4000000000u;
+    AT(0, 3, 0) = AT(1, 3, 0) = 9;
+#undef AT
+    cp_cell_box *b;
+    size_t n;
+    CHECK_OK(cp_cell_boxes(lab, W, H, D, &b, &n));
+    uint32_t want[] = {3, 7, 9, 4000000000u};
+    CHECK(n == 4);
+    for (size_t i = 0; i < n && i < 4; i++) {
+        cp_cell_box r;
+        brute_box3(lab, W, H, D, want[i], &r);
+        CHECKF(same_box(&b[i], &r), "label %u: got %d,%d,%d,%d,%d,%d area %llu", want[i], b[i].min_plane,
+               b[i].min_row, b[i].min_col, b[i].max_plane, b[i].max_row, b[i].max_col,
+               (unsigned long long)b[i].area);
+    }
+    CHECK(n >= 2 && b[1].min_plane == 0 && b[1].max_plane == 3 && b[1].area == 2);
+    /* the same labels as one tall 2-D image: the planes stack up as rows */
+    cp_cell_box *b2;
+    size_t n2;
+    CHECK_OK(cp_cell_boxes(lab, W, H * D, 1, &b2, &n2));
+    CHECK(n2 == n && b2[0].min_plane == 0 && b2[0].max_plane == 1 && b2[0].min_row == H + 1 && b2[0].area == 3);
+    free(b2);
+    /* crops: pad_z < 0 follows pad; clipped at every edge */
+    cp_cell_box c;
+    cp_cell_crop_box(&b[0], 1, -1, W, H, D, &c); /* label 3: plane 1, rows 1-2, cols 1-2 */
+    CHECK(c.label == 3 && c.area == 3 && c.min_plane == 0 && c.max_plane == 3 && c.min_row == 0 && c.max_row == 4 &&
+          c.min_col == 0 && c.max_col == 4);
+    cp_cell_crop_box(&b[0], 0, 0, W, H, D, &c);
+    CHECK(c.min_plane == 1 && c.max_plane == 2 && c.min_row == 1 && c.max_row == 3 && c.min_col == 1 && c.max_col == 3);
+    cp_cell_crop_box(&b[0], 0, 1000000, W, H, D, &c);
+    CHECK(c.min_plane == 0 && c.max_plane == 3 && c.min_row == 1 && c.max_row == 3);
+    cp_cell_crop_box(&b[3], 2000000000, 2000000000, W, H, D, &c); /* no overflow before clipping */
+    CHECK(c.min_plane == 0 && c.max_plane == D && c.min_row == 0 && c.max_row == H && c.min_col == 0 && c.max_col == W);
+    free(b);
+    CHECK(cp_cell_boxes(lab, W, H, 0, &b, &n) == CP_EINVAL && b == NULL && n == 0);
+    uint32_t zeros[8] = {0};
+    CHECK_OK(cp_cell_boxes(zeros, 2, 2, 2, &b, &n));
+    CHECK(b == NULL && n == 0);
+}
+
+/* The golden label volume with a 2-channel u16 image made from the golden
+ * volume: boxes equal brute force, crops equal the source inside the cell
+ * (0 outside), masks 255 on the cell, for a padding with pad_z != pad. */
+static void test_crops_3d(void)
+{
+    cp_read_opts planes = {.pages = CP_PAGES_PLANES};
+    cp_image *vol = NULL, *mk = NULL, *img = NULL;
+    CHECK_OK(cp_image_read(shared_path("golden/3d/inputs/synth3d_s5.tif"), NULL, &vol));
+    CHECK_OK(cp_image_read(shared_path("golden/3d/inputs/synth3d_s5_labels.tif"), &planes, &mk));
+    if (!vol || !mk)
+        return;
+    int W = vol->width, H = vol->height, D = vol->planes;
+    CHECK(D == 32 && mk->planes == D && vol->channels == 1);
+    CHECK_OK(cp_image_create(&img, W, H, 2, D, CP_U16));
+    uint16_t *px = img->data;
+    for (size_t i = 0; i < (size_t)W * H * D; i++) {
+        px[2 * i] = ((uint16_t *)vol->data)[i];
+        px[2 * i + 1] = (uint16_t)(i * 7919 % 65521);
+    }
+    uint32_t *lab;
+    CHECK_OK(cp_image_labels_u32(mk, "masks", &lab));
+    cp_cell_box *b;
+    size_t n;
+    CHECK_OK(cp_cell_boxes(lab, W, H, D, &b, &n));
+    CHECK(n == 10);
+    cp_cells_opts o;
+    cp_cells_opts_init(&o);
+    CHECK(o.pad_z == -1);
+    o.pad = 3, o.pad_z = 1;
+    cp_cell_scale sc;
+    CHECK_OK(cp_cells_scale(img, &o, &sc));
+    size_t bad_box = 0, bad_shape = 0, bad_px = 0, bad_mask = 0;
+    for (size_t k = 0; k < n; k++) {
+        cp_cell_box r;
+        brute_box3(lab, W, H, D, b[k].label, &r);
+        if (!same_box(&b[k], &r))
+            bad_box++;
+        int z0 = r.min_plane - 1 < 0 ? 0 : r.min_plane - 1, z1 = r.max_plane + 1 > D ? D : r.max_plane + 1;
+        int y0 = r.min_row - 3 < 0 ? 0 : r.min_row - 3, y1 = r.max_row + 3 > H ? H : r.max_row + 3;
+        int x0 = r.min_col - 3 < 0 ? 0 : r.min_col - 3, x1 = r.max_col + 3 > W ? W : r.max_col + 3;
+        cp_image *crop, *mask;
+        CHECK_OK(cp_cell_extract(img, lab, &b[k], &o, &sc, &crop, &mask));
+        if (crop->planes != z1 - z0 || crop->height != y1 - y0 || crop->width != x1 - x0 || crop->channels != 2 ||
+            mask->planes != crop->planes || mask->channels != 1) {
+            bad_shape++;
+        } else {
+            for (int z = z0; z < z1; z++)
+                for (int y = y0; y < y1; y++)
+                    for (int x = x0; x < x1; x++) {
+                        int in = lab[((size_t)z * H + y) * W + x] == r.label;
+                        if (cp_image_get(mask, z - z0, y - y0, x - x0, 0) != (in ? 255 : 0))
+                            bad_mask++;
+                        for (int c = 0; c < 2; c++)
+                            if (cp_image_get(crop, z - z0, y - y0, x - x0, c) != (in ? cp_image_get(img, z, y, x, c) : 0))
+                                bad_px++;
+                    }
+        }
+        cp_image_free(crop);
+        cp_image_free(mask);
+    }
+    CHECKF(bad_box == 0 && bad_shape == 0 && bad_px == 0 && bad_mask == 0, "boxes %zu shapes %zu pixels %zu mask %zu",
+           bad_box, bad_shape, bad_px, bad_mask);
+
+    /* written and read back: same crop, planes and channels, calibration kept */
+    char out[4096], path[4200];
+    snprintf(out, sizeof out, "%s/vol_cells", test_tmp_dir());
+    cp_voxel_size vx = {.z = 2.5, .y = 0.5, .x = 0.25, .unit = "\xc2\xb5m"};
+    o.voxel = &vx;
+    o.mask_too = 1;
+    cp_cells_result res;
+    CHECK_OK(cp_cells_write_dir(img, mk, "masks", out, &o, &res));
+    CHECK(res.n_cells == 10 && res.n_files == 21);
+    size_t bad = 0;
+    for (size_t k = 0; k < n; k++) {
+        char name[64];
+        cp_cell_file_name(name, sizeof name, b[k].label, 10, ".tif");
+        snprintf(path, sizeof path, "%s/%s", out, name);
+        cp_image *back = NULL, *crop = NULL;
+        cp_voxel_size got;
+        int found = 0;
+        cp_cell_extract(img, lab, &b[k], &o, &sc, &crop, NULL);
+        if (cp_image_read(path, NULL, &back) != CP_OK || cp_image_voxel_size(path, &got, &found) != CP_OK ||
+            back->planes != crop->planes || back->channels != 2 || back->width != crop->width ||
+            back->height != crop->height || memcmp(back->data, crop->data, cp_image_samples(crop) * 2) != 0 ||
+            !found || got.z != 2.5 || fabs(got.y - 0.5) > 1e-7 || fabs(got.x - 0.25) > 1e-7 ||
+            strcmp(got.unit, vx.unit) != 0)
+            bad++;
+        cp_image_free(back);
+        cp_image_free(crop);
+    }
+    CHECKF(bad == 0, "%zu cell files differ from their crop or calibration", bad);
+    free(b);
+
+    /* dimensions that differ: both files named, nothing written */
+    snprintf(out, sizeof out, "%s/vol_bad", test_tmp_dir());
+    o.image_name = "IMG.tif";
+    CHECK(cp_cells_write_dir(vol, mk, "MASKS.tif", out, &o, NULL) == CP_OK); /* one channel is fine */
+    vol->planes = 16, vol->height *= 2; /* same pixels, another shape */
+    o.overwrite = 1;
+    CHECK(cp_cells_write_dir(vol, mk, "MASKS.tif", out, &o, NULL) == CP_EINVAL);
+    CHECKF(strcmp(cp_errmsg(), "MASKS.tif: masks are 32 x 80 x 80 but the image is 16 x 160 x 80 "
+                               "(planes x height x width; image: IMG.tif)") == 0, "%s", cp_errmsg());
+    vx.z = 0;
+    void *data = NULL;
+    size_t size = 0;
+    cp_write_opts wo = {.voxel = &vx};
+    CHECK(cp_tiff_write_mem(mk, &wo, "bad voxel", &data, &size) == CP_EINVAL && data == NULL);
+    free(lab);
+    cp_image_free(img);
+    cp_image_free(vol);
+    cp_image_free(mk);
 }
 
 /* Every cell of a real image: one-pass boxes equal brute force; each crop has
@@ -89,7 +267,7 @@ static size_t check_crops(const char *stem, const char *img_suffix, int pad, int
     CHECK_OK(cp_image_labels_u32(mk, "masks", &lab));
     cp_cell_box *b;
     size_t n;
-    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, &b, &n));
+    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, 1, &b, &n));
     cp_cells_opts o;
     cp_cells_opts_init(&o);
     o.pad = pad;
@@ -113,8 +291,7 @@ static size_t check_crops(const char *stem, const char *img_suffix, int pad, int
         for (size_t k = 0; k < n; k++)
             if (b[k].label == l)
                 g = &b[k];
-        if (!g || g->min_row != r.min_row || g->min_col != r.min_col || g->max_row != r.max_row ||
-            g->max_col != r.max_col || g->area != r.area) {
+        if (!g || !same_box(g, &r)) {
             bad_box++;
             continue;
         }
@@ -175,7 +352,7 @@ static void test_scaling(void)
     CHECK(sc.scaled && sc.lo == lo && sc.hi == hi);
     /* A whole-image "cell" (keep background) so every pixel is mapped. */
     uint32_t *lab = calloc(n, sizeof *lab);
-    cp_cell_box box = {1, 0, 0, img->height, img->width, 1};
+    cp_cell_box box = {.label = 1, .max_plane = 1, .max_row = img->height, .max_col = img->width, .area = 1};
     o.keep_background = 1;
     cp_image *crop;
     CHECK_OK(cp_cell_extract(img, lab, &box, &o, &sc, &crop, NULL));
@@ -196,7 +373,7 @@ static void test_scaling(void)
     CHECK_OK(cp_image_create(&u16, 4, 1, 1, 1, CP_U16));
     uint16_t px[4] = {5, 10, 15, 30};
     memcpy(u16->data, px, sizeof px);
-    cp_cell_box b4 = {1, 0, 0, 1, 4, 4};
+    cp_cell_box b4 = {.label = 1, .max_plane = 1, .max_row = 1, .max_col = 4, .area = 4};
     uint32_t l4[4] = {1, 1, 1, 1};
     CHECK_OK(cp_cells_scale(u16, &o, &sc));
     CHECK_OK(cp_cell_extract(u16, l4, &b4, &o, &sc, &crop, NULL));
@@ -269,7 +446,7 @@ static void test_write(void)
     CHECK_OK(cp_image_labels_u32(mk, "masks", &lab));
     cp_cell_box *b;
     size_t n;
-    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, &b, &n));
+    CHECK_OK(cp_cell_boxes(lab, mk->width, mk->height, 1, &b, &n));
     cp_cell_scale sc = {0};
     size_t bad = 0;
     for (size_t i = 0; i < n; i++) {
@@ -488,6 +665,8 @@ int main(int argc, char **argv)
     if (argc == 5 && strcmp(argv[1], "--make-bench-input") == 0)
         return make_bench_input(argv[2], atoi(argv[3]), atoi(argv[4]));
     test_boxes_synthetic();
+    test_boxes_3d();
+    test_crops_3d();
     CHECK(check_crops(STARDIST, "_img.tif", 0, 0) == 125);           /* u16 */
     CHECK(check_crops(DSB_RGBA, "_img.png", 5, 0) == 70);            /* u8 RGBA, pad clipped at edges */
     CHECK(check_crops(NEURIPS16, "_img.tif", 3, 1) == 44);           /* u16, keep background */
