@@ -12,7 +12,7 @@
 #include <unistd.h>
 #include <tiffio.h>
 
-#include "cellpose/measure.h"
+#include "cellpose/table.h" /* cp_format_double: ImageJ writes numbers as Python does */
 #include "io/io_internal.h"
 
 /* ---- silent libtiff: messages go to a per-thread buffer ----------------- */
