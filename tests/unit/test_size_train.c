@@ -108,7 +108,7 @@ static void test_fit_golden(void)
                     dmax = fmax(dmax, fabs(sm->A[k] - gold->A[k]));
                     amax = fmax(amax, fabs(gold->A[k]));
                 }
-                CHECKF(dmax <= 1e-4 * amax, "%s: A differs by %.3g (max |A| %.3g)", NETS[w], dmax, amax);
+                CHECKF(dmax <= 1e-5 * amax, "%s: A differs by %.3g (max |A| %.3g)", NETS[w], dmax, amax);
                 printf("  %s: max |A - A_cellpose| = %.3g (max |A| %.3g)\n", NETS[w], dmax, amax);
             }
         }
