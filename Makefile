@@ -112,6 +112,9 @@ $(STATIC): $(LIB_OBJ)
 $(SHARED): $(LIB_OBJ)
 	$(CC) -shared -Wl,-soname,libcellpose.so.0 $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+# The built-in model and its size model are assembled into builtin.o (.incbin).
+$(BUILD)/lib/net/builtin.o: lib/net/models/cptools_nuclei.pth lib/net/models/cptools_nuclei.pth_size.npy
+
 # The last place the loader looks for the backend (after CELLPOSE_TORCH_BACKEND
 # and the folders next to libcellpose and the program): PREFIX at build time.
 $(BUILD)/lib/net/backend.o: CFLAGS += -DCP_TORCH_BACKEND_DIR='"$(PREFIX)/lib/cellpose"'

@@ -1,5 +1,6 @@
 /* cptrain: train or fine-tune a Cellpose 3 network (CPnet) on labelled images. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,8 +10,10 @@
 
 static void usage(void)
 {
-    printf("Usage: cptrain [OPTIONS] --train DIR [--val DIR] -o MODEL.pth\n"
-           "Train a Cellpose 3 network (CPnet) on image/label pairs, or fine-tune one.\n"
+    printf("Usage: cptrain [OPTIONS] --train DIR [--val DIR] -o MODEL.pth [--train-size]\n"
+           "       cptrain [OPTIONS] --train DIR [--val DIR] --pretrained MODEL --train-size\n"
+           "Train a Cellpose 3 network (CPnet) on image/label pairs, or fine-tune one; and\n"
+           "its size model (automatic diameter, cpseg --diameter 0).\n"
            "Pairs: NAME.ext with NAME_masks.tif (or NAME_cp_masks.tif); a NAME ending in _img\n"
            "may drop it (NAME_img.png + NAME_masks.tif).\n"
            "\n"
@@ -48,6 +51,14 @@ static void usage(void)
            "      --resume FILE         continue from a checkpoint (same options)\n"
            "      --log FILE.csv        loss per epoch: epoch,train_loss,val_loss,lr,seconds\n"
            "      --val-every N         validation loss every N epochs (default 1)\n"
+           "Size model (Cellpose's train_size):\n"
+           "      --train-size          also train the size model, after the network (or, without\n"
+           "                            -o, the size model of --pretrained alone); --val images\n"
+           "                            give its test correlation\n"
+           "      --size-output FILE    where it goes (default MODEL.pth_size.npy beside the model,\n"
+           "                            where Cellpose and cpseg --diameter 0 look for it)\n"
+           "      --size-epochs N       passes over the training images (default 10)\n"
+           "      --size-bsize N        crop size in pixels (default 512)\n"
            "  -q, --quiet               errors only\n"
            "  -v, --verbose             data summary and per-epoch losses\n"
            "      --help, --version\n"
@@ -58,7 +69,7 @@ static void usage(void)
 enum {
     OPT_TRAIN = 256, OPT_VAL, OPT_CHAN, OPT_CHAN2, OPT_MASKF, OPT_IMGF, OPT_MINM, OPT_PRE, OPT_NBASE,
     OPT_DIAM, OPT_NORESCALE, OPT_SRANGE, OPT_EPOCHS, OPT_BATCH, OPT_BSIZE, OPT_LR, OPT_WD, OPT_SGD,
-    OPT_SEED, OPT_THREADS, OPT_CKPT, OPT_CKEVERY, OPT_RESUME, OPT_LOG, OPT_VALEVERY, OPT_NIMG, OPT_HELP, OPT_VERSION
+    OPT_SEED, OPT_THREADS, OPT_CKPT, OPT_CKEVERY, OPT_RESUME, OPT_LOG, OPT_VALEVERY, OPT_NIMG, OPT_TSIZE, OPT_SOUT, OPT_SEPOCHS, OPT_SBSIZE, OPT_HELP, OPT_VERSION
 };
 
 static const struct option long_opts[] = {
@@ -77,6 +88,8 @@ static const struct option long_opts[] = {
     {"log", required_argument, 0, OPT_LOG},          {"val-every", required_argument, 0, OPT_VALEVERY},
     {"quiet", no_argument, 0, 'q'},                  {"verbose", no_argument, 0, 'v'},
     {"nimg-per-epoch", required_argument, 0, OPT_NIMG},
+    {"train-size", no_argument, 0, OPT_TSIZE},       {"size-output", required_argument, 0, OPT_SOUT},
+    {"size-epochs", required_argument, 0, OPT_SEPOCHS}, {"size-bsize", required_argument, 0, OPT_SBSIZE},
     {"help", no_argument, 0, OPT_HELP},              {"version", no_argument, 0, OPT_VERSION},
     {0, 0, 0, 0}};
 
@@ -121,7 +134,10 @@ static int on_progress(void *ctx, const cp_train_progress *p)
         cli_progress_start(&g->bar, p->total, "samples");
     }
     char extra[96];
-    snprintf(extra, sizeof extra, " epoch %d/%d loss %.4f", p->epoch + 1, p->nepochs, p->loss);
+    if (isnan(p->loss)) /* the size model's styles: no loss */
+        snprintf(extra, sizeof extra, " size model epoch %d/%d", p->epoch + 1, p->nepochs);
+    else
+        snprintf(extra, sizeof extra, " epoch %d/%d loss %.4f", p->epoch + 1, p->nepochs, p->loss);
     cli_progress_update(&g->bar, p->done, extra);
     return cli_interrupted;  /* first SIGINT: stop after this batch, keep the last checkpoint */
 }
@@ -143,6 +159,32 @@ static void summary(const char *what, const char *dir, const cp_dataset *d)
              dir, d->n, d->skipped, masks, dsum / (double)d->n, dmin, dmax);
 }
 
+/* The size model of the network in model_path, written to size_path. */
+static int train_size(const char *model_path, const char *size_path, const cp_dataset *train,
+                      const cp_dataset *val, const cp_size_train_opts *so, int threads, prog *g)
+{
+    cp_model_opts mo = {CP_DEVICE_CPU, threads};
+    cp_model *m = NULL;
+    cp_size_model *sm = NULL;
+    cp_size_train_result r;
+    g->epoch = -1;
+    int rc = cp_model_load(model_path, &mo, &m);
+    if (!rc)
+        rc = cp_train_size(m, train, val, so, &sm, &r);
+    cli_progress_end(&g->bar);
+    if (!rc)
+        rc = cp_size_model_save(sm, size_path);
+    if (!rc && cli_verbosity >= 1) {
+        fprintf(stderr, "%s: size model: %zu crops, train correlation %.4f", cli_prog, r.samples, r.train_corr);
+        if (r.test_samples)
+            fprintf(stderr, ", test correlation %.4f (%zu images)", r.test_corr, r.test_samples);
+        fprintf(stderr, ", diam_mean %g, ymean %.4f -> %s\n", sm->diam_mean, (double)sm->ymean, size_path);
+    }
+    cp_size_model_free(sm);
+    cp_model_free(m);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     cli_init("cptrain");
@@ -151,8 +193,10 @@ int main(int argc, char **argv)
     o.nbase[0] = 2;
     cp_dataset_opts dopt;
     cp_dataset_opts_init(&dopt);
-    const char *train_dir = NULL, *val_dir = NULL;
-    int threads = 0;
+    cp_size_train_opts so;
+    cp_size_train_opts_init(&so);
+    const char *train_dir = NULL, *val_dir = NULL, *size_out = NULL;
+    int threads = 0, with_size = 0;
     int c;
     while ((c = getopt_long(argc, argv, "o:qv", long_opts, NULL)) != -1) {
         switch (c) {
@@ -185,6 +229,10 @@ int main(int argc, char **argv)
         case OPT_LOG: o.log_csv = optarg; break;
         case OPT_VALEVERY: o.val_every = (int)cli_parse_long("--val-every", optarg, 1, 1000000); break;
         case OPT_NIMG: o.nimg_per_epoch = (int)cli_parse_long("--nimg-per-epoch", optarg, 1, 100000000); break;
+        case OPT_TSIZE: with_size = 1; break;
+        case OPT_SOUT: size_out = optarg; break;
+        case OPT_SEPOCHS: so.epochs = (int)cli_parse_long("--size-epochs", optarg, 1, 1000000); break;
+        case OPT_SBSIZE: so.bsize = (int)cli_parse_long("--size-bsize", optarg, 16, 4096); break;
         case OPT_HELP: usage(); return CLI_EXIT_OK;
         case OPT_VERSION: cli_print_version(); return CLI_EXIT_OK;
         default: cli_usage_error("unknown option");
@@ -194,8 +242,11 @@ int main(int argc, char **argv)
         cli_usage_error("unexpected argument '%s'", argv[optind]);
     if (!train_dir)
         cli_usage_error("--train DIR is required");
-    if (!o.out)
-        cli_usage_error("-o MODEL.pth is required");
+    int size_only = with_size && !o.out;  /* the size model of --pretrained alone */
+    if (!o.out && !(with_size && o.pretrained))
+        cli_usage_error("-o MODEL.pth is required (or --pretrained MODEL --train-size for the size model alone)");
+    if ((size_out || so.epochs != 10 || so.bsize != 512) && !with_size)
+        cli_usage_error("--size-output, --size-epochs and --size-bsize go with --train-size");
     if (o.pretrained && o.resume)
         cli_usage_error("--pretrained and --resume exclude each other (the checkpoint holds the weights)");
     int mult = 1 << (o.nlevels - 2);
@@ -211,12 +262,28 @@ int main(int argc, char **argv)
         }
         o.pretrained = ref.path;
     }
+    char *size_path = NULL;  /* Cellpose's train_size: the model path + "_size.npy" */
+    const char *size_of = size_only ? o.pretrained : o.out;
+    if (with_size && !size_out) {
+        if (!strncmp(size_of, "builtin:", 8))
+            cli_usage_error("--train-size: the built-in model is compiled in; give --size-output FILE");
+        size_path = malloc(strlen(size_of) + sizeof "_size.npy");
+        if (!size_path) {
+            cli_err("out of memory");
+            return CLI_EXIT_FATAL;
+        }
+        sprintf(size_path, "%s_size.npy", size_of);
+        size_out = size_path;
+    }
+    so.seed = o.seed;
+    so.threads = threads;
 
     cli_install_signal_handlers();
     cp_dataset *train = NULL, *val = NULL;
     if (cp_dataset_load(train_dir, &dopt, &train)) {
         cli_err("%s", cp_errmsg());
         cp_model_ref_free(&ref);
+        free(size_path);
         return CLI_EXIT_FATAL;
     }
     summary("train", train_dir, train);
@@ -226,30 +293,37 @@ int main(int argc, char **argv)
         if (cp_dataset_load(val_dir, &vopt, &val)) {
             cli_err("%s", cp_errmsg());
             cp_model_ref_free(&ref);
+            free(size_path);
             cp_dataset_free(train);
             return CLI_EXIT_FATAL;
         }
         summary("val", val_dir, val);
     }
     prog g = {.epoch = -1};
-    o.progress = on_progress;
-    o.ctx = &g;
+    o.progress = so.progress = on_progress;
+    o.ctx = so.ctx = &g;
     cp_train_result r;
-    int rc = cp_train(&o, train, val, &r);
-    cli_progress_end(&g.bar);
+    int rc = CP_OK;
+    if (!size_only) {
+        rc = cp_train(&o, train, val, &r);
+        cli_progress_end(&g.bar);
+        if (!rc && cli_verbosity >= 1) {
+            fprintf(stderr, "%s: %d epochs, train loss %.4f", cli_prog, r.epochs_done, r.train_loss);
+            if (r.val_loss >= 0)
+                fprintf(stderr, ", val loss %.4f", r.val_loss);
+            fprintf(stderr, ", diam_labels %.1f, %.1f samples/s -> %s\n", r.diam_labels,
+                    r.seconds > 0 ? (double)r.samples / r.seconds : 0.0, o.out);
+        }
+    }
+    if (!rc && with_size)
+        rc = train_size(size_of, size_out, train, val, &so, threads, &g);
     cp_dataset_free(train);
     cp_dataset_free(val);
     cp_model_ref_free(&ref);
+    free(size_path);
     if (rc) {
         cli_err("%s", cp_errmsg());
         return rc == CP_EINTR ? CLI_EXIT_INTR : CLI_EXIT_FATAL;
-    }
-    if (cli_verbosity >= 1) {
-        fprintf(stderr, "%s: %d epochs, train loss %.4f", cli_prog, r.epochs_done, r.train_loss);
-        if (r.val_loss >= 0)
-            fprintf(stderr, ", val loss %.4f", r.val_loss);
-        fprintf(stderr, ", diam_labels %.1f, %.1f samples/s -> %s\n", r.diam_labels,
-                r.seconds > 0 ? (double)r.samples / r.seconds : 0.0, o.out);
     }
     return CLI_EXIT_OK;
 }

@@ -2,15 +2,20 @@
 # Train cptools' built-in nuclei model (lib/net/models/cptools_nuclei.pth)
 # with cptrain on the DSB2018 fluorescence images of the train split.
 #
-#   scripts/train-builtin.sh [BUILD [OUTDIR]]
+#   scripts/train-builtin.sh [BUILD [OUTDIR [STEP]]]
 #
 # BUILD: build folder with bin/cptrain (default build). OUTDIR: where the
-# model, checkpoint and loss log go (default builtin-run). Data:
+# model, checkpoint and loss log go (default builtin-run). STEP: all
+# (default), seg (the network) or size (its size model,
+# OUTDIR/cptools_nuclei.pth_size.npy, for the network already in
+# OUTDIR/cptools_nuclei.pth: copy lib/net/models/cptools_nuclei.pth there to
+# remake the shipped size model). Data:
 # $CP_SHARED/data/dsb2018 (default ../shared). Deterministic for this seed
 # and thread count: the run that made the shipped model used exactly this.
 set -eu
 BUILD=${1:-build}
 OUT=${2:-builtin-run}
+STEP=${3:-all}
 SHARED=${CP_SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}
 DSB=$SHARED/data/dsb2018
 mkdir -p "$OUT/train" "$OUT/val"
@@ -22,11 +27,24 @@ while read -r id split; do
 done
 # 100 epochs of 112 tiles (Cellpose's schedule: warm-up over 10 epochs,
 # halvings every 5 over the last 50)
-exec "$BUILD/bin/cptrain" -v \
-    --train "$OUT/train" --val "$OUT/val" \
-    --nbase 2,16,32,64,128 --bsize 128 --batch-size 8 \
-    --no-rescale --diam-mean 30 \
-    --epochs 100 --nimg-per-epoch 112 --val-every 10 \
-    --lr 0.005 --weight-decay 1e-5 --seed 1 --threads 1 \
-    --checkpoint-every 5 --log "$OUT/loss.csv" \
-    -o "$OUT/cptools_nuclei.pth"
+if [ "$STEP" != size ]; then
+    "$BUILD/bin/cptrain" -v \
+        --train "$OUT/train" --val "$OUT/val" \
+        --nbase 2,16,32,64,128 --bsize 128 --batch-size 8 \
+        --no-rescale --diam-mean 30 \
+        --epochs 100 --nimg-per-epoch 112 --val-every 10 \
+        --lr 0.005 --weight-decay 1e-5 --seed 1 --threads 1 \
+        --checkpoint-every 5 --log "$OUT/loss.csv" \
+        -o "$OUT/cptools_nuclei.pth"
+fi
+# The size model (Cellpose's train_size: styles of randomly scaled crops, ridge
+# regression of the log diameter): 5 passes over the training images with
+# 224-pixel crops, the tile size cpseg's size pass computes styles on
+# (Cellpose: 10 passes, 512-pixel crops); the val images give the test
+# correlation.
+if [ "$STEP" != seg ]; then
+    "$BUILD/bin/cptrain" -v \
+        --train "$OUT/train" --val "$OUT/val" \
+        --pretrained "$OUT/cptools_nuclei.pth" --train-size \
+        --size-epochs 5 --size-bsize 224 --seed 1 --threads 1
+fi

@@ -50,13 +50,21 @@ typedef struct cp_size_model {
  * positive, non-finite numbers) are refused. */
 int cp_size_model_load(const char *path, cp_size_model **out);
 void cp_size_model_free(cp_size_model *sm);
+/* Write a size file as Cellpose's np.save of the dict does with numpy 1.x
+ * (.npy v1.0, a 0-d object array, protocol-3 pickle, byte for byte as numpy
+ * 1.24): A float64, smean float32, diam_mean a Python float, ymean a numpy
+ * float32 scalar, so np.load(path, allow_pickle=True).item() reads it.
+ * Atomic: the file is complete or absent. */
+int cp_size_model_save(const cp_size_model *sm, const char *path);
 
 /* Where Cellpose keeps the size model of a resolved model: beside the weights,
  * size_cyto3.npy for cyto3, size_<file>torch_0.npy for cyto, cyto2 and
  * nuclei, and the weight file's path + "_size.npy" (X.pth -> X.pth_size.npy)
  * for anything else. *path (free it) is set even when the file is missing;
- * then the call fails with CP_EIO and a message naming it. Cellpose-SAM and
- * the built-in model have no size model (CP_EUNSUPPORTED, *path NULL). */
+ * then the call fails with CP_EIO and a message naming it. The built-in
+ * model's size model is compiled in: *path is "builtin:cptools_nuclei_size",
+ * which cp_size_model_load reads from memory. Cellpose-SAM has no size
+ * model (CP_EUNSUPPORTED, *path NULL). */
 int cp_size_model_path(const cp_model_ref *ref, char **path);
 
 /* The regression on one image's style (nstyle floats, L2-normalised), in

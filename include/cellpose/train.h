@@ -25,6 +25,9 @@
 extern "C" {
 #endif
 
+struct cp_model;       /* net.h */
+struct cp_size_model;  /* models.h */
+
 /* ---- data --------------------------------------------------------------- */
 
 typedef struct cp_train_sample {
@@ -137,6 +140,55 @@ typedef struct cp_train_result {
 /* Train on `train` (and report the loss on `val`, may be NULL). Writes
  * o->out (a Cellpose CPnet state dict), checkpoints and the log atomically. */
 int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *val, cp_train_result *res);
+
+/* ---- size model (Cellpose 3's train_size) -------------------------------- */
+
+/* Cellpose's recipe: each epoch, every training image (or nimg_per_epoch
+ * drawn with replacement) is flipped, rotated, scaled by s in
+ * 1 +- scale_range/2 and cropped to bsize x bsize (no resize to diam_mean);
+ * the network's style of that one crop is paired with the target
+ * y = log(diameter) - log(diam_mean) + log(s), all float32. The ridge
+ * regression of y on the styles is then fitted by cp_size_model_fit. */
+typedef struct cp_size_train_opts {
+    int epochs;              /* default 10 */
+    int nimg_per_epoch;      /* > 0: samples per epoch drawn with replacement; 0: every image once */
+    int bsize;               /* crop size, a multiple of 2^(levels-2); default 512 */
+    double scale_range;      /* default 1.0 */
+    double l2;               /* ridge regularisation; default 1.0 */
+    int batch_size;          /* crops per network call; does not change the result (default 8) */
+    uint64_t seed;           /* default 0 */
+    int threads;             /* libtorch threads; 0 = all cores (the result does not depend on it) */
+    /* called after every batch; a non-zero return stops (CP_EINTR) */
+    int (*progress)(void *ctx, const cp_train_progress *p);
+    void *ctx;
+} cp_size_train_opts;
+
+void cp_size_train_opts_init(cp_size_train_opts *o);
+
+typedef struct cp_size_train_result {
+    size_t samples;          /* training crops */
+    double train_corr;       /* correlation of fitted and target y (Cellpose's "train correlation") */
+    double test_corr;        /* test crops: target diameter vs the size model's estimate, clipped at
+                                5 as Cellpose's "test correlation"; NaN without a test set */
+    size_t test_samples;
+    double seconds;
+} cp_size_train_result;
+
+/* The ridge regression, Cellpose's formulas: smean = mean of the styles
+ * (float32, summed in row order), X = styles - smean (float32), ymean =
+ * mean(y) (float32, numpy's pairwise sum), A = (X X^T + l2 I)^-1 X (y - ymean),
+ * with X X^T, X y and the solve (Cholesky) in double: deterministic, and
+ * within rounding of numpy's float64 solve. styles: n x nstyle, y: n.
+ * diam_mean goes into the model as given. */
+int cp_size_model_fit(const float *styles, const float *y, size_t n, int nstyle, double l2, double diam_mean,
+                      struct cp_size_model **out);
+
+/* Train the size model of network m (a CPnet: its style length and
+ * diam_mean) on `train`; `test` (may be NULL) gives test_corr with one crop
+ * per image. The same seed gives the same model for any thread count and
+ * batch size. */
+int cp_train_size(struct cp_model *m, const cp_dataset *train, const cp_dataset *test,
+                  const cp_size_train_opts *o, struct cp_size_model **out, cp_size_train_result *res);
 
 #ifdef __cplusplus
 }

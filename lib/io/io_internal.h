@@ -25,6 +25,9 @@ int cp_npy_to_image(const char *path, cp_array *a, cp_image **out);
  * (np.save of a dict: dtype '|O', shape ()): *offset receives where the
  * pickle starts. Any other NPY is refused with a message naming path. */
 int cp_npy_pickle_offset(const char *path, const unsigned char *p, size_t n, size_t *offset);
+/* Write such a .npy (numpy's header for a 0-d object array, then the n bytes
+ * of pickle), atomically. */
+int cp_npy_write_pickle(const char *path, const void *pickle, size_t n);
 
 /* Lower-case extension test on a path ("tif" matches "x.TIF"). */
 int cp_io_has_ext(const char *path, const char *ext);

@@ -387,13 +387,13 @@ static const char *npy_descr(cp_dtype t)
 }
 
 /* Version-1.0 header, padded so the data starts at a multiple of 64 bytes. */
-static int npy_header_bytes(const cp_array *a, char *buf, size_t cap, size_t *len)
+static int npy_header_bytes(const char *descr, int ndim, const size_t *shape, char *buf, size_t cap, size_t *len)
 {
     char dict[512];
-    int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", npy_descr(a->dtype));
-    for (int i = 0; i < a->ndim; i++)
-        n += snprintf(dict + n, sizeof dict - n, "%zu,%s", a->shape[i], i + 1 < a->ndim ? " " : "");
-    if (a->ndim > 1)
+    int n = snprintf(dict, sizeof dict, "{'descr': '%s', 'fortran_order': False, 'shape': (", descr);
+    for (int i = 0; i < ndim; i++)
+        n += snprintf(dict + n, sizeof dict - n, "%zu,%s", shape[i], i + 1 < ndim ? " " : "");
+    if (ndim > 1)
         n--; /* numpy writes (3,) but (3, 4) */
     n += snprintf(dict + n, sizeof dict - n, "), }");
     size_t total = 10 + (size_t)n + 1;
@@ -411,13 +411,30 @@ static int npy_header_bytes(const cp_array *a, char *buf, size_t cap, size_t *le
     return 0;
 }
 
+int cp_npy_write_pickle(const char *path, const void *pickle, size_t n)
+{
+    char head[128];
+    size_t hlen;
+    npy_header_bytes("|O", 0, NULL, head, sizeof head, &hlen);
+    cp_atomic at;
+    int rc = cp_atomic_open(&at, path);
+    if (rc)
+        return rc;
+    if (fwrite(head, 1, hlen, at.fp) != hlen || fwrite(pickle, 1, n, at.fp) != n) {
+        rc = cp_error(CP_EIO, "%s: write failed: %s", path, strerror(errno));
+        cp_atomic_abort(&at);
+        return rc;
+    }
+    return cp_atomic_commit(&at);
+}
+
 int cp_npy_write(const char *path, const cp_array *a)
 {
     if (!a || a->ndim < 0 || a->ndim > CP_MAX_DIMS || !npy_descr(a->dtype))
         return cp_error(CP_EINVAL, "%s: invalid array", path);
     char head[1024];
     size_t hlen;
-    if (npy_header_bytes(a, head, sizeof head, &hlen) != 0)
+    if (npy_header_bytes(npy_descr(a->dtype), a->ndim, a->shape, head, sizeof head, &hlen) != 0)
         return cp_error(CP_EINVAL, "%s: NPY header too long", path);
     size_t n = cp_array_count(a), es = cp_dtype_size(a->dtype);
     const unsigned char *data = a->data;

@@ -95,9 +95,8 @@ int cp_size_model_path(const cp_model_ref *ref, char **path)
     *path = NULL;
     if (!ref || !ref->path)
         return cp_error(CP_EINVAL, "size model: no model");
-    if (!strcmp(ref->path, CP_BUILTIN_MODEL_PATH))
-        return cp_error(CP_EUNSUPPORTED, "the built-in model (%s) has no size model yet: give --diameter D",
-                        CP_BUILTIN_MODEL_NAME);
+    if (!strcmp(ref->path, CP_BUILTIN_MODEL_PATH)) /* compiled in: nothing to look for */
+        return (*path = cp_strdup(CP_BUILTIN_SIZE_PATH)) ? CP_OK : CP_ENOMEM;
     const char *file = NULL;
     for (size_t i = 0; ref->name && i < sizeof known / sizeof *known; i++)
         if (strcmp(ref->name, known[i].name) == 0 || strcmp(ref->name, known[i].file) == 0)

@@ -1331,22 +1331,15 @@ static int size_dict(const char *path, const obj *d, cp_size_model *sm)
     return CP_OK;
 }
 
-int cp_size_model_load(const char *path, cp_size_model **out)
+static int size_model_load_mem(const char *path, const uint8_t *p, size_t n, cp_size_model *sm)
 {
-    *out = NULL;
-    mapped f = {0};
-    int rc = map_file(path, "a Cellpose size file", &f);
-    if (rc)
-        return rc;
     size_t off;
-    unpickler u = {.path = path, .budget = 64 * f.n + (1u << 20), .numpy = 1};
-    cp_size_model *sm = cp_calloc(1, sizeof *sm, "size model");
+    unpickler u = {.path = path, .budget = 64 * n + (1u << 20), .numpy = 1};
     obj *top;
-    if (!sm) {
-        rc = CP_ENOMEM;
-    } else if (!(rc = cp_npy_pickle_offset(path, f.p, f.n, &off))) {
-        u.p = f.p + off;
-        u.end = f.p + f.n;
+    int rc = cp_npy_pickle_offset(path, p, n, &off);
+    if (!rc) {
+        u.p = p + off;
+        u.end = p + n;
         rc = unpickle(&u, &top);
     }
     if (!rc) {
@@ -1360,7 +1353,28 @@ int cp_size_model_load(const char *path, cp_size_model **out)
     free(u.stack);
     free(u.marks);
     free(u.memo);
-    munmap((void *)f.p, f.n);
+    return rc;
+}
+
+int cp_size_model_load(const char *path, cp_size_model **out)
+{
+    *out = NULL;
+    cp_size_model *sm = cp_calloc(1, sizeof *sm, "size model");
+    if (!sm)
+        return CP_ENOMEM;
+    size_t nb;
+    const void *bytes = cp_builtin_size_bytes(path, &nb);
+    int rc;
+    if (bytes) { /* the built-in model's, compiled into the library */
+        rc = size_model_load_mem(path, bytes, nb, sm);
+    } else {
+        mapped f = {0};
+        rc = map_file(path, "a Cellpose size file", &f);
+        if (!rc) {
+            rc = size_model_load_mem(path, f.p, f.n, sm);
+            munmap((void *)f.p, f.n);
+        }
+    }
     if (rc) {
         cp_size_model_free(sm);
         return rc;
@@ -1634,4 +1648,171 @@ int cp_weights_save(const cp_weights *w, const char *path)
                    : cp_error(CP_EIO, "%s: write failed: %s", path, strerror(errno));
     }
     return cp_atomic_commit(&a);
+}
+
+/* ---- writing size files ------------------------------------------------ */
+
+/* A literal that may hold NUL bytes. */
+#define PUTL(b, lit) put(b, lit, sizeof(lit) - 1)
+
+/* The pickler's memo: objects numpy 1.24 pickles once and then refers to. */
+static void pk_put(buf *b, int *memo)
+{
+    int k = (*memo)++;
+    if (k < 256) {
+        put1(b, 'q');
+        put1(b, (uint8_t)k);
+    } else {
+        put1(b, 'r');
+        put32(b, (uint32_t)k);
+    }
+}
+static void pk_get(buf *b, int k) { put1(b, 'h'); put1(b, (uint8_t)k); } /* memo < 256 here */
+static void pk_uint(buf *b, uint32_t v) /* pickle's save_long for 0 <= v < 2^31 */
+{
+    if (v < 256) {
+        put1(b, 'K');
+        put1(b, (uint8_t)v);
+    } else if (v < 65536) {
+        put1(b, 'M');
+        put16(b, v);
+    } else {
+        put1(b, 'J');
+        put32(b, v);
+    }
+}
+static void pk_bytes(buf *b, const void *d, size_t n)
+{
+    if (n < 256) {
+        put1(b, 'C');
+        put1(b, (uint8_t)n);
+    } else {
+        put1(b, 'B');
+        put32(b, (uint32_t)n);
+    }
+    put(b, d, n);
+}
+static void pk_unicode(buf *b, const char *s, int *memo)
+{
+    pk_str(b, s);
+    pk_put(b, memo);
+}
+
+/* ndarray.__reduce__ of a 1-d little-endian float array:
+ * _reconstruct(ndarray, (0,), b'b') then BUILD (1, shape, dtype, False, raw).
+ * *dtype_memo: memo slot of this dtype (and *lt of the '<' string), or -1
+ * the first time, when they are pickled and memoised. */
+static void pk_array(buf *b, int *memo, const char *descr, const void *data, size_t n, size_t isz, int *dtype_memo,
+                     int *lt)
+{
+    pk_get(b, 0);
+    pk_get(b, 1);
+    PUTL(b, "K\x00\x85");
+    pk_put(b, memo);
+    pk_get(b, 3);
+    put1(b, 0x87);
+    pk_put(b, memo);
+    put1(b, 'R');
+    pk_put(b, memo);
+    put1(b, '(');
+    pk_uint(b, 1);
+    pk_uint(b, (uint32_t)n);
+    put1(b, 0x85);
+    pk_put(b, memo);
+    if (*dtype_memo >= 0) {
+        pk_get(b, *dtype_memo);
+    } else {
+        pk_get(b, 6);
+        pk_unicode(b, descr, memo);
+        PUTL(b, "\x89\x88\x87");
+        pk_put(b, memo);
+        put1(b, 'R');
+        *dtype_memo = *memo;
+        pk_put(b, memo);
+        put1(b, '(');
+        pk_uint(b, 3);
+        if (*lt >= 0) {
+            pk_get(b, *lt);
+        } else {
+            *lt = *memo;
+            pk_unicode(b, "<", memo);
+        }
+        PUTL(b, "NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t");
+        pk_put(b, memo);
+        put1(b, 'b');
+    }
+    put1(b, 0x89);
+    pk_bytes(b, data, n * isz);
+    pk_put(b, memo);
+    put1(b, 't');
+    pk_put(b, memo);
+    put1(b, 'b');
+}
+
+/* np.save(path, dict): a 0-d object array whose one element is the dict. */
+static void size_pickle(const cp_size_model *sm, buf *b)
+{
+    int memo = 0, f8 = -1, f4 = -1, lt = -1;
+    PUTL(b, "\x80\x03" "cnumpy.core.multiarray\n_reconstruct\n");
+    pk_put(b, &memo); /* 0 */
+    PUTL(b, "cnumpy\nndarray\n");
+    pk_put(b, &memo); /* 1 */
+    PUTL(b, "K\x00\x85");
+    pk_put(b, &memo); /* 2: (0,) */
+    pk_bytes(b, "b", 1);
+    pk_put(b, &memo); /* 3: b'b' */
+    put1(b, 0x87);
+    pk_put(b, &memo);
+    put1(b, 'R');
+    pk_put(b, &memo);
+    PUTL(b, "(K\x01)cnumpy\ndtype\n");
+    pk_put(b, &memo); /* 6: numpy.dtype */
+    pk_unicode(b, "O8", &memo);
+    PUTL(b, "\x89\x88\x87");
+    pk_put(b, &memo);
+    put1(b, 'R');
+    pk_put(b, &memo);
+    PUTL(b, "(K\x03");
+    pk_unicode(b, "|", &memo);
+    PUTL(b, "NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x3ft");
+    pk_put(b, &memo);
+    PUTL(b, "b\x89]");
+    pk_put(b, &memo);
+    put1(b, '}');
+    pk_put(b, &memo);
+    put1(b, '(');
+    pk_unicode(b, "A", &memo);
+    pk_array(b, &memo, "f8", sm->A, (size_t)sm->nstyle, 8, &f8, &lt);
+    pk_unicode(b, "smean", &memo);
+    pk_array(b, &memo, "f4", sm->smean, (size_t)sm->nstyle, 4, &f4, &lt);
+    pk_unicode(b, "diam_mean", &memo);
+    uint64_t dm;
+    memcpy(&dm, &sm->diam_mean, 8);
+    put1(b, 'G'); /* BINFLOAT: big-endian double */
+    for (int k = 7; k >= 0; k--)
+        put1(b, (uint8_t)(dm >> (8 * k)));
+    pk_unicode(b, "ymean", &memo);
+    PUTL(b, "cnumpy.core.multiarray\nscalar\n");
+    pk_put(b, &memo);
+    pk_get(b, f4); /* the float32 dtype of smean */
+    pk_bytes(b, &sm->ymean, 4);
+    pk_put(b, &memo);
+    put1(b, 0x86);
+    pk_put(b, &memo);
+    put1(b, 'R');
+    pk_put(b, &memo);
+    PUTL(b, "uat");
+    pk_put(b, &memo);
+    PUTL(b, "b.");
+}
+
+int cp_size_model_save(const cp_size_model *sm, const char *path)
+{
+    if (!sm || sm->nstyle < 1 || sm->nstyle > 65536 || !sm->A || !sm->smean)
+        return cp_error(CP_EINVAL, "%s: not a size model to save", path);
+    buf b = {0};
+    size_pickle(sm, &b);
+    int rc = b.oom ? cp_error(CP_ENOMEM, "%s: out of memory", path) : cp_npy_write_pickle(path, b.p, b.n);
+    free(b.p);
+    return rc;
 }

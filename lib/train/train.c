@@ -7,6 +7,7 @@
 #include "cellpose/cellpose.h"
 #include "core/internal.h"
 #include "net/shim.h"
+#include "train/internal.h"
 
 void cp_train_opts_init(cp_train_opts *o)
 {
@@ -138,15 +139,32 @@ static void make_batch(ctx *c, const cp_dataset *d, const size_t *idx, int n, cp
     }
 }
 
-static uint64_t epoch_seed(uint64_t seed, int epoch, int stream)
+uint64_t cp_train_stream_seed(uint64_t seed, int epoch, int stream)
 {
     return seed * 0x9e3779b97f4a7c15ULL + (uint64_t)epoch * 0x632be59bd9b4e019ULL + (uint64_t)stream;
+}
+
+void cp_train_epoch_order(cp_xoshiro *rng, size_t n, size_t nper, size_t *perm)
+{
+    if (nper != n) {  /* Cellpose: random choice with replacement */
+        for (size_t i = 0; i < nper; i++)
+            perm[i] = (size_t)(cp_xoshiro_next(rng) % n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        perm[i] = i;
+    for (size_t i = n; i > 1; i--) {  /* Fisher-Yates */
+        size_t j = (size_t)(cp_xoshiro_next(rng) % i);
+        size_t t = perm[i - 1];
+        perm[i - 1] = perm[j];
+        perm[j] = t;
+    }
 }
 
 static int val_loss(ctx *c, const cp_dataset *val, double *out)
 {
     cp_xoshiro rng;
-    cp_xoshiro_seed(&rng, epoch_seed(c->o->seed, 42, 1));  /* the same tiles every time */
+    cp_xoshiro_seed(&rng, cp_train_stream_seed(c->o->seed, 42, CP_STREAM_VAL));  /* the same tiles every time */
     size_t *idx = cp_malloc_array(val->n, sizeof *idx, "batch");
     if (!idx)
         return CP_ENOMEM;
@@ -319,20 +337,8 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
     for (int e = start; e < o->epochs; e++) {
         double t0 = cp_seconds();
         cp_xoshiro rng;
-        cp_xoshiro_seed(&rng, epoch_seed(o->seed, e, 0));
-        if (nper != train->n) {  /* Cellpose: random choice with replacement */
-            for (size_t i = 0; i < nper; i++)
-                perm[i] = (size_t)(cp_xoshiro_next(&rng) % train->n);
-        } else {
-            for (size_t i = 0; i < nper; i++)
-                perm[i] = i;
-            for (size_t i = nper; i > 1; i--) {  /* Fisher-Yates */
-                size_t j = (size_t)(cp_xoshiro_next(&rng) % i);
-                size_t t = perm[i - 1];
-                perm[i - 1] = perm[j];
-                perm[j] = t;
-            }
-        }
+        cp_xoshiro_seed(&rng, cp_train_stream_seed(o->seed, e, CP_STREAM_TRAIN));
+        cp_train_epoch_order(&rng, train->n, nper, perm);
         double lr = cp_train_lr(o->lr, e, o->epochs), sum = 0;
         for (size_t k = 0; k < nper; k += (size_t)o->batch_size) {
             int n = (int)(nper - k < (size_t)o->batch_size ? nper - k : (size_t)o->batch_size);

@@ -228,8 +228,14 @@ static void test_lookup(void)
     cp_model_ref sam = {spath, "cpsam", 0};
     CHECK(cp_size_model_path(&sam, &p) == CP_EUNSUPPORTED && !p);
     cp_model_ref bi;
-    if (cp_model_builtin(&bi) == CP_OK) {
-        CHECK(cp_size_model_path(&bi, &p) == CP_EUNSUPPORTED && !p);
+    if (cp_model_builtin(&bi) == CP_OK) { /* compiled in: found without a file */
+        CHECK_OK(cp_size_model_path(&bi, &p));
+        CHECK(p && !strcmp(p, "builtin:cptools_nuclei_size"));
+        cp_size_model *sm = NULL;
+        CHECK_OK(cp_size_model_load(p, &sm));
+        CHECK(sm && sm->nstyle == 128 && sm->diam_mean == 30.0);
+        cp_size_model_free(sm);
+        free(p);
         cp_model_ref_free(&bi);
     }
     unlink(wpath);
