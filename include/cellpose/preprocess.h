@@ -244,6 +244,10 @@ int cp_eval_flows_planes(cp_model *m, const cp_image *img, const cp_eval_params 
  * 'reflect': Cellpose's flow3D_smooth on one flow component. */
 int cp_gaussian_filter3d(float *v, int depth, int height, int width, const double sigma[3]);
 
+/* The network of a loaded model as a cp_net_desc (forward: cp_model_forward;
+ * forward_style set for CPnet models). */
+void cp_model_net_desc(cp_model *m, cp_net_desc *net);
+
 /* The same with a loaded model (cp_model_forward). */
 int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_params *p,
                   cp_flows **out, cp_eval_debug *dbg);

@@ -14,7 +14,7 @@ static int model_forward_style(void *ctx, const float *in, int n, int ty, int tx
     return cp_model_forward((cp_model *)ctx, in, n, ty, tx, out, style);
 }
 
-static void model_desc(cp_model *m, cp_net_desc *net)
+void cp_model_net_desc(cp_model *m, cp_net_desc *net)
 {
     const cp_model_info *info = cp_model_get_info(m);
     *net = (cp_net_desc){
@@ -39,7 +39,7 @@ int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_par
     if (!m)
         return cp_error(CP_EINVAL, "eval: no model");
     cp_net_desc net;
-    model_desc(m, &net);
+    cp_model_net_desc(m, &net);
     return cp_eval_flows_net(&net, img, plane, p, out, dbg);
 }
 
@@ -50,7 +50,7 @@ int cp_eval_flows3d(cp_model *m, const cp_image *img, const cp_eval_params *p, c
     if (!m)
         return cp_error(CP_EINVAL, "eval: no model");
     cp_net_desc net;
-    model_desc(m, &net);
+    cp_model_net_desc(m, &net);
     net.forward_style = NULL; /* run_3D's style is not used */
     return cp_eval_flows3d_net(&net, img, p, out, dbg);
 }
@@ -61,7 +61,7 @@ int cp_eval_flows_planes(cp_model *m, const cp_image *img, const cp_eval_params 
     if (!m)
         return cp_error(CP_EINVAL, "eval: no model");
     cp_net_desc net;
-    model_desc(m, &net);
+    cp_model_net_desc(m, &net);
     net.forward_style = NULL;
     return cp_eval_flows_planes_net(&net, img, p, out);
 }
