@@ -307,14 +307,14 @@ static int process_one(job *J, const char *input, image_log *L)
     if (J->from_flows) {
         rc = cp_npy_read(input, &flows);
         int nd = rc == CP_OK ? flows->ndim : 0;
+        if (rc == CP_OK && nd == 4 && !J->volume)
+            rc = cp_error(CP_EINVAL, "%s: flows of %zu planes: give --do-3d or --stitch-threshold T", input,
+                          flows->shape[1]);
         if (rc == CP_OK &&
             ((nd != 3 && nd != 4) || flows->dtype != CP_F32 || flows->shape[0] != (nd == 4 && J->params.do_3d ? 4u : 3u)))
             rc = cp_error(CP_EFORMAT, "%s: flows must be a float32 array of shape %s", input,
                           J->params.do_3d ? "(4, Z, Y, X) (dZ, dY, dX, cellprob)"
                           : J->volume ? "(3, Z, Y, X) (stitching) or (4, Z, Y, X) with --do-3d" : "(3, Y, X)");
-        if (rc == CP_OK && nd == 4 && !J->volume)
-            rc = cp_error(CP_EINVAL, "%s: flows of %zu planes: give --do-3d or --stitch-threshold T", input,
-                          flows->shape[1]);
         if (rc == CP_OK && (J->outputs & CP_SEG_OUT_OVERLAY)) {
             char *ip = image_beside_flows(input);
             if (!ip)
