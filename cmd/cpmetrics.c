@@ -23,6 +23,7 @@ static const char *USAGE =
     "\n"
     "MASKS are label images (TIFF, PNG, NPY; 0 = background) or folders (every\n"
     "image inside, sorted by name); '-' reads one path per line from stdin.\n"
+    "Label volumes (Z-stacks) give 3D columns: volume, surface area, ...\n"
     "\n"
     "Options:\n"
     "  -o, --output FILE        write the table to FILE (default: stdout)\n"
@@ -30,8 +31,12 @@ static const char *USAGE =
     "  -i, --intensity IMAGE    add intensity columns per channel (one MASKS file)\n"
     "      --intensity-dir DIR  intensity images matched by name (NAME_cp_masks.tif <-> NAME.tif)\n"
     "      --exclude-edges      drop cells touching the image border\n"
-    "      --min-area N         drop cells smaller than N pixels\n"
-    "      --max-area N         drop cells larger than N pixels\n"
+    "      --min-area N         drop cells smaller than N pixels (voxels in 3D)\n"
+    "      --max-area N         drop cells larger than N pixels (voxels in 3D)\n"
+    "      --3d                 3D columns for every image (2D ones as one plane);\n"
+    "                           the default when the first image has several planes\n"
+    "      --voxel-size Z,Y,X   voxel size for the physical 3D columns (default:\n"
+    "                           the TIFF's ImageJ calibration)\n"
     "      --summary            per-image summaries instead of per-cell rows\n"
     "      --truth GT           ground truth: a label image, or a folder matched by name\n"
     "      --thresholds LIST    IoU thresholds for --truth (default 0.5,0.75,0.9)\n"
@@ -50,6 +55,8 @@ static const char *USAGE =
 typedef struct opts {
     const char *output, *intensity, *intensity_dir, *truth, *manifest;
     int format, exclude_edges, summary, v3, merge;
+    int force3d, vol;          /* --3d; vol: the table is of volumes (3D columns) */
+    double voxel[3];           /* --voxel-size z, y, x; 0 = from the files */
     long long min_area, max_area;
     double th[CP_MATCH_MAX_THRESHOLDS];
     int nth;
@@ -282,22 +289,34 @@ static void expand(char **args, int n, cp_strlist *files)
     cp_strlist_free(&raw);
 }
 
-static int load_labels(const char *path, uint32_t **lab, int *h, int *w)
+/* A label image or volume: *d planes (1 for 2D). Labels have one channel, so
+ * every TIFF page is a plane whatever the metadata says (tifffile's ImageJ
+ * writer calls the pages of a plain 3-D array channels). */
+static int load_labels(const char *path, uint32_t **lab, int *d, int *h, int *w)
 {
     cp_image *img = NULL;
     *lab = NULL;
-    int rc = lib(cp_image_read(path, NULL, &img));
-    if (!rc && img->planes != 1)
-        rc = fail(CP_EUNSUPPORTED, "%s: %d planes; cpmetrics measures 2D label images", path,
-                      img->planes);
+    cp_read_opts ro = {.pages = CP_PAGES_PLANES};
+    int rc = lib(cp_image_read(path, &ro, &img));
     if (!rc)
         rc = lib(cp_image_labels_u32(img, path, lab));
     if (!rc) {
+        *d = img->planes;
         *h = img->height;
         *w = img->width;
     }
     cp_image_free(img);
     return rc;
+}
+
+/* "H x W", or "D x H x W" for a volume, into buf (48 bytes). */
+static const char *dims(int d, int h, int w, char *buf)
+{
+    if (d > 1)
+        snprintf(buf, 48, "%d x %d x %d", d, h, w);
+    else
+        snprintf(buf, 48, "%d x %d", h, w);
+    return buf;
 }
 
 /* The file in `candidates` that pairs with `path` by Cellpose naming, or NULL. */
@@ -356,21 +375,46 @@ static const char *CELL_COLS[] = {
     "aspect_ratio", "eccentricity", "orientation", "solidity", "extent", "equivalent_diameter",
     "convex_area", "euler_number"};
 #define NCELL (int)(sizeof CELL_COLS / sizeof *CELL_COLS)
+static const char *CELL3_COLS[] = {
+    "image", "label", "volume", "surface_area", "centroid_z", "centroid_y", "centroid_x",
+    "bbox_min_plane", "bbox_min_row", "bbox_min_col", "bbox_max_plane", "bbox_max_row",
+    "bbox_max_col", "major_axis_length", "minor_axis_length", "aspect_ratio", "solidity", "extent",
+    "equivalent_diameter", "convex_volume", "euler_number", "inertia_eigval_0", "inertia_eigval_1",
+    "inertia_eigval_2", "volume_physical", "surface_area_physical", "unit"};
+#define NCELL3 (int)(sizeof CELL3_COLS / sizeof *CELL3_COLS)
 
 static const char *SUM_FIELDS[] = {"area", "perimeter", "aspect_ratio", "eccentricity",
                                    "solidity", "extent", "equivalent_diameter"};
 #define NSUM 7
+static const char *SUM3_FIELDS[] = {"volume", "surface_area", "aspect_ratio", "solidity", "extent",
+                                    "equivalent_diameter"};
+#define NSUM3 6
 static const char *STAT_NAMES[] = {"mean", "std", "median", "min", "max"};
 
-static int keep_cell(const opts *op, const cp_cell_props *c)
+/* Cell i of the 2D table t or, for volumes, of t3. */
+static int keep_cell(const opts *op, const cp_cell_table *t, const cp_cell_table3d *t3, size_t i)
 {
-    if (op->exclude_edges && c->touches_edge)
+    int edge = t3 ? t3->cells[i].touches_edge : t->cells[i].touches_edge;
+    long long size = t3 ? t3->cells[i].volume : t->cells[i].area;
+    if (op->exclude_edges && edge)
         return 0;
-    if (op->min_area >= 0 && c->area < op->min_area)
+    if (op->min_area >= 0 && size < op->min_area)
         return 0;
-    if (op->max_area >= 0 && c->area > op->max_area)
+    if (op->max_area >= 0 && size > op->max_area)
         return 0;
     return 1;
+}
+
+static double sum_field3(const cp_cell_props3d *c, int k)
+{
+    switch (k) {
+    case 0: return (double)c->volume;
+    case 1: return c->surface_area;
+    case 2: return c->aspect_ratio;
+    case 3: return c->solidity;
+    case 4: return c->extent;
+    default: return c->equivalent_diameter;
+    }
 }
 
 static double sum_field(const cp_cell_props *c, int k)
@@ -388,22 +432,24 @@ static double sum_field(const cp_cell_props *c, int k)
 
 static char **make_cols(const opts *op, int channels, int *ncols)
 {
-    int n = op->summary ? 2 + NSUM * 5 : NCELL + 5 * channels;
+    int nsum = op->vol ? NSUM3 : NSUM, ncell = op->vol ? NCELL3 : NCELL;
+    const char **sumf = op->vol ? SUM3_FIELDS : SUM_FIELDS, **cellc = op->vol ? CELL3_COLS : CELL_COLS;
+    int n = op->summary ? 2 + nsum * 5 : ncell + 5 * channels;
     char **cols = calloc((size_t)n, sizeof *cols);
     int k = 0;
     if (op->summary) {
         cols[k++] = strdup("image");
         cols[k++] = strdup("total_cells");
-        for (int f = 0; f < NSUM; f++)
+        for (int f = 0; f < nsum; f++)
             for (int s = 0; s < 5; s++) {
                 char b[64];
-                snprintf(b, sizeof b, "%s_%s", SUM_FIELDS[f], STAT_NAMES[s]);
+                snprintf(b, sizeof b, "%s_%s", sumf[f], STAT_NAMES[s]);
                 cols[k++] = strdup(b);
             }
     } else {
         static const char *st[] = {"mean", "min", "max", "sum", "std"};
-        for (int i = 0; i < NCELL; i++)
-            cols[k++] = strdup(CELL_COLS[i]);
+        for (int i = 0; i < ncell; i++)
+            cols[k++] = strdup(cellc[i]);
         for (int c = 0; c < channels; c++)
             for (int s = 0; s < 5; s++) {
                 char b[64];
@@ -420,6 +466,17 @@ static void free_cols(char **cols, int n)
     for (int i = 0; i < n; i++)
         free(cols[i]);
     free(cols);
+}
+
+static void intensity_fields(out *o, const cp_intensity_stats *s, int channels)
+{
+    for (int ch = 0; ch < channels; ch++, s++) {
+        put_num(o, s->mean);
+        put_num(o, s->min);
+        put_num(o, s->max);
+        put_num(o, s->sum);
+        put_num(o, s->std);
+    }
 }
 
 /* One per-cell row (never flushes: o->fp may be NULL). */
@@ -446,32 +503,64 @@ static void cell_row(out *o, const char *image, const cp_cell_table *t, size_t i
     put_num(o, c->equivalent_diameter);
     put_int(o, c->convex_area);
     put_int(o, c->euler_number);
-    for (int ch = 0; ch < t->channels; ch++) {
-        const cp_intensity_stats *s = t->intensity + i * (size_t)t->channels + ch;
-        put_num(o, s->mean);
-        put_num(o, s->min);
-        put_num(o, s->max);
-        put_num(o, s->sum);
-        put_num(o, s->std);
-    }
+    intensity_fields(o, t->intensity + i * (size_t)t->channels, t->channels);
     row_end(o);
 }
 
-/* One image: measured rows appended to the table. Returns rows or -1. */
-static long long emit_cells(out *o, const opts *op, const char *image, const cp_cell_table *t)
+/* One per-cell row of a volume. */
+static void cell3_row(out *o, const char *image, const cp_cell_table3d *t, size_t i, const char *unit)
+{
+    const cp_cell_props3d *c = t->cells + i;
+    put_str(o, image);
+    put_int(o, c->label);
+    put_int(o, c->volume);
+    put_num(o, c->surface_area);
+    put_num(o, c->centroid_z);
+    put_num(o, c->centroid_y);
+    put_num(o, c->centroid_x);
+    put_int(o, c->bbox_min_plane);
+    put_int(o, c->bbox_min_row);
+    put_int(o, c->bbox_min_col);
+    put_int(o, c->bbox_max_plane);
+    put_int(o, c->bbox_max_row);
+    put_int(o, c->bbox_max_col);
+    put_num(o, c->major_axis_length);
+    put_num(o, c->minor_axis_length);
+    put_num(o, c->aspect_ratio);
+    put_num(o, c->solidity);
+    put_num(o, c->extent);
+    put_num(o, c->equivalent_diameter);
+    put_int(o, c->convex_volume);
+    put_int(o, c->euler_number);
+    for (int k = 0; k < 3; k++)
+        put_num(o, c->inertia_eigvals[k]);
+    put_num(o, c->volume_physical);
+    put_num(o, c->surface_area_physical);
+    put_str(o, unit);
+    intensity_fields(o, t->intensity + i * (size_t)t->channels, t->channels);
+    row_end(o);
+}
+
+/* One image (the 2D table t, or the volume's t3 with its unit): measured rows
+ * appended to the table. Returns rows or -1. */
+static long long emit_cells(out *o, const opts *op, const char *image, const cp_cell_table *t,
+                            const cp_cell_table3d *t3, const char *unit)
 {
     long long rows = 0;
+    size_t ncells = t3 ? t3->n : t->n;
     if (op->summary) {
         size_t n = 0;
-        double *v = malloc((t->n + 1) * sizeof *v);
+        int nsum = t3 ? NSUM3 : NSUM;
+        const char **sumf = t3 ? SUM3_FIELDS : SUM_FIELDS;
+        double *v = malloc((ncells + 1) * sizeof *v);
         if (!v)
             return -1;
         cp_summary s[NSUM];
-        for (int f = 0; f < NSUM; f++) {
+        for (int f = 0; f < nsum; f++) {
             n = 0;
-            for (size_t i = 0; i < t->n; i++)
-                if (keep_cell(op, t->cells + i))
-                    v[n++] = sum_field(t->cells + i, f);
+            for (size_t i = 0; i < ncells; i++)
+                if (keep_cell(op, t, t3, i))
+                    v[n++] = t3 ? sum_field3(t3->cells + i, f) : sum_field(t->cells + i, f);
             cp_summarize(v, n, s + f);
         }
         free(v);
@@ -484,9 +573,9 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
             char b[64];
             snprintf(b, sizeof b, ", \"summary\": {\"total_cells\": %zu", n);
             buf_str(q, b);
-            for (int f = 0; f < NSUM; f++) {
+            for (int f = 0; f < nsum; f++) {
                 buf_str(q, ", ");
-                json_string(q, SUM_FIELDS[f]);
+                json_string(q, sumf[f]);
                 buf_str(q, ": {");
                 double vals[5] = {s[f].mean, s[f].std, s[f].median, s[f].min, s[f].max};
                 for (int k = 0; k < 5; k++) {
@@ -505,7 +594,7 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         } else {
             put_str(o, image);
             put_int(o, (long long)n);
-            for (int f = 0; f < NSUM; f++) {
+            for (int f = 0; f < nsum; f++) {
                 put_num(o, s[f].mean);
                 put_num(o, s[f].std);
                 put_num(o, s[f].median);
@@ -516,12 +605,12 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         }
         return 1;
     }
-    size_t *keep = malloc((t->n + 1) * sizeof *keep);
+    size_t *keep = malloc((ncells + 1) * sizeof *keep);
     if (!keep)
         return -1;
     size_t nk = 0;
-    for (size_t i = 0; i < t->n; i++)
-        if (keep_cell(op, t->cells + i))
+    for (size_t i = 0; i < ncells; i++)
+        if (keep_cell(op, t, t3, i))
             keep[nk++] = i;
     /* Rows are formatted in parallel chunks (shortest round-trip numbers are
      * the costly part) and written in order, so the bytes do not depend on
@@ -541,8 +630,12 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
         q->ncols = o->ncols;
         q->rows = o->rows + (int)(ch * chunk);
         size_t end = (ch + 1) * chunk < nk ? (ch + 1) * chunk : nk;
-        for (size_t j = ch * chunk; j < end; j++)
-            cell_row(q, image, t, keep[j]);
+        for (size_t j = ch * chunk; j < end; j++) {
+            if (t3)
+                cell3_row(q, image, t3, keep[j], unit);
+            else
+                cell_row(q, image, t, keep[j]);
+        }
     }
     for (size_t ch = 0; ch < nchunks; ch++) {
         out_flush(o);
@@ -556,7 +649,7 @@ static long long emit_cells(out *o, const opts *op, const char *image, const cp_
     return rows;
 }
 
-static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
+static int run_cells(opts *op, cp_strlist *files, out *o, FILE *mf)
 {
     cp_strlist inten = {0};
     if (op->intensity_dir && cp_list_images(op->intensity_dir, 0, NULL, &inten)) {
@@ -564,7 +657,8 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
         return CLI_EXIT_USAGE;
     }
     /* the intensity channel count fixes the columns: read the first one early */
-    int failed = 0, channels = 0, begun = 0;
+    int failed = 0, channels = 0, begun = 0, vol_known = 0;
+    op->vol = op->force3d;
     char **cols = NULL;
     int ncols = 0;
     cli_progress pg;
@@ -575,7 +669,15 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
         char *image = cp_path_stem(path);
         uint32_t *lab = NULL;
         cp_image *img = NULL;
-        int h = 0, w = 0, rc = load_labels(path, &lab, &h, &w);
+        int d = 0, h = 0, w = 0, rc = load_labels(path, &lab, &d, &h, &w);
+        /* the first image read decides between 2D and 3D columns */
+        if (!rc && !vol_known) {
+            op->vol = op->force3d || d > 1;
+            vol_known = 1;
+        }
+        if (!rc && d > 1 && !op->vol)
+            rc = fail(CP_EUNSUPPORTED, "%s: a volume of %d planes in a table of 2D images; "
+                      "measure volumes separately or with --3d", path, d);
         const char *ipath = op->intensity;
         if (!rc && op->intensity_dir) {
             ipath = find_pair(&inten, path, 1);
@@ -585,15 +687,32 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
         }
         if (!rc && ipath) {
             rc = lib(cp_image_read(ipath, NULL, &img));
-            if (!rc && (img->width != w || img->height != h || img->planes != 1))
-                rc = fail(CP_EFORMAT, "%s: intensity image is %d x %d (%d planes), masks %s are %d x %d",
-                              ipath, img->height, img->width, img->planes, path, h, w);
+            char b1[48], b2[48];
+            if (!rc && (img->width != w || img->height != h || img->planes != d))
+                rc = fail(CP_EFORMAT, "%s: intensity image is %s (%d planes), masks %s are %s", ipath,
+                          dims(img->planes, img->height, img->width, b1), img->planes, path,
+                          dims(d, h, w, b2));
             if (!rc && begun && img->channels != channels)
                 rc = fail(CP_EFORMAT, "%s: %d channels, earlier intensity images had %d", ipath,
                               img->channels, channels);
         }
         cp_cell_table t = {0};
-        if (!rc)
+        cp_cell_table3d t3 = {0};
+        cp_voxel_size vs = {0};
+        int have_vs = op->voxel[0] > 0;
+        if (have_vs) {
+            vs.z = op->voxel[0];
+            vs.y = op->voxel[1];
+            vs.x = op->voxel[2];
+        } else if (!rc && op->vol) {
+            rc = lib(cp_image_voxel_size(path, &vs, &have_vs));
+            if (!rc && !have_vs && ipath)
+                rc = lib(cp_image_voxel_size(ipath, &vs, &have_vs));
+        }
+        double vsz[3] = {vs.z, vs.y, vs.x};
+        if (!rc && op->vol)
+            rc = lib(cp_measure_cells3d(lab, d, h, w, have_vs ? vsz : NULL, img, &t3));
+        else if (!rc)
             rc = lib(cp_measure_cells(lab, h, w, img, &t));
         if (!begun && (!rc || f + 1 == files->n)) {
             channels = img ? img->channels : 0;
@@ -606,11 +725,12 @@ static int run_cells(const opts *op, cp_strlist *files, out *o, FILE *mf)
             manifest_line(mf, path, image, "error", 0, g_err);
             failed++;
         } else {
-            long long rows = emit_cells(o, op, image ? image : path, &t);
-            cli_info("%s: %zu cells, %lld rows", path, t.n, rows);
+            long long rows = emit_cells(o, op, image ? image : path, &t, op->vol ? &t3 : NULL, vs.unit);
+            cli_info("%s: %zu cells, %lld rows", path, op->vol ? t3.n : t.n, rows);
             manifest_line(mf, path, image, "ok", rows, NULL);
         }
         cp_cell_table_free(&t);
+        cp_cell_table3d_free(&t3);
         cp_image_free(img);
         free(lab);
         free(image);
@@ -689,9 +809,9 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
     memset(btot, 0, sizeof btot);
     int failed = 0, ok = 0;
     uint32_t *gt = NULL;
-    int gh = 0, gw = 0, grc = 0;
+    int gd = 0, gh = 0, gw = 0, grc = 0;
     if (!gt_dir)
-        grc = load_labels(op->truth, &gt, &gh, &gw);
+        grc = load_labels(op->truth, &gt, &gd, &gh, &gw);
     if (grc) {
         cli_err("%s", g_err);
         failed++;
@@ -704,7 +824,8 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
         char *image = cp_path_stem(path);
         const char *gpath = op->truth;
         uint32_t *p = NULL;
-        int h = 0, w = 0, rc = 0;
+        int d = 0, h = 0, w = 0, rc = 0;
+        char b1[48], b2[48];
         if (gt_dir) {
             gpath = find_pair(&gts, path, 0);
             free(gt);
@@ -712,18 +833,20 @@ static int run_quality(const opts *op, cp_strlist *preds, out *o, FILE *mf)
             if (!gpath)
                 rc = fail(CP_EIO, "%s: no ground truth for it in %s", path, op->truth);
             else
-                rc = load_labels(gpath, &gt, &gh, &gw);
+                rc = load_labels(gpath, &gt, &gd, &gh, &gw);
         }
         if (!rc)
-            rc = load_labels(path, &p, &h, &w);
-        if (!rc && (h != gh || w != gw))
-            rc = fail(CP_EFORMAT, "%s: %d x %d, but the ground truth %s is %d x %d", path, h, w,
-                          gpath, gh, gw);
+            rc = load_labels(path, &p, &d, &h, &w);
+        if (!rc && (d != gd || h != gh || w != gw))
+            rc = fail(CP_EFORMAT, "%s: %s, but the ground truth %s is %s", path, dims(d, h, w, b1),
+                      gpath, dims(gd, gh, gw, b2));
+        if (!rc && d > 1 && op->nscales)
+            rc = fail(CP_EUNSUPPORTED, "%s: %d planes; --boundary-scales measures 2D images only", path, d);
         cp_match_result r;
         cp_boundary_score bs[16];
         cp_match_opts mo = {op->th, op->nth, op->v3};
         if (!rc)
-            rc = lib(cp_match(gt, p, h, w, &mo, &r));
+            rc = lib(cp_match(gt, p, d * h, w, &mo, &r)); /* volumes: over voxels */
         if (!rc && op->nscales)
             rc = lib(cp_boundary_scores(gt, p, h, w, op->scales, op->nscales, bs));
         if (rc) {
@@ -853,7 +976,7 @@ int main(int argc, char **argv)
     op.th[2] = 0.9;
     op.nth = 3;
     enum { O_IDIR = 256, O_EDGES, O_MIN, O_MAX, O_SUMMARY, O_TRUTH, O_TH, O_BS, O_V3, O_MANIFEST,
-           O_MERGE, O_VERSION };
+           O_MERGE, O_VERSION, O_3D, O_VOXEL };
     static const struct option lo[] = {
         {"output", required_argument, 0, 'o'},   {"format", required_argument, 0, 'f'},
         {"intensity", required_argument, 0, 'i'}, {"intensity-dir", required_argument, 0, O_IDIR},
@@ -862,6 +985,7 @@ int main(int argc, char **argv)
         {"truth", required_argument, 0, O_TRUTH}, {"thresholds", required_argument, 0, O_TH},
         {"boundary-scales", required_argument, 0, O_BS}, {"v3-counts", no_argument, 0, O_V3},
         {"manifest", required_argument, 0, O_MANIFEST}, {"merge", no_argument, 0, O_MERGE},
+        {"3d", no_argument, 0, O_3D},            {"voxel-size", required_argument, 0, O_VOXEL},
         {"quiet", no_argument, 0, 'q'},          {"verbose", no_argument, 0, 'v'},
         {"help", no_argument, 0, 'h'},           {"version", no_argument, 0, O_VERSION},
         {0, 0, 0, 0}};
@@ -888,6 +1012,11 @@ int main(int argc, char **argv)
         case O_V3: op.v3 = 1; break;
         case O_MANIFEST: op.manifest = optarg; break;
         case O_MERGE: op.merge = 1; break;
+        case O_3D: op.force3d = 1; break;
+        case O_VOXEL:
+            if (parse_list("--voxel-size", optarg, op.voxel, 3, 1e-300, 1e300) != 3)
+                cli_usage_error("--voxel-size takes Z,Y,X");
+            break;
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case 'h': fputs(USAGE, stdout); return CLI_EXIT_OK;
@@ -902,6 +1031,8 @@ int main(int argc, char **argv)
     if (op.truth && (op.summary || op.intensity || op.intensity_dir || op.exclude_edges ||
                      op.min_area >= 0 || op.max_area >= 0))
         cli_usage_error("--truth does not combine with per-cell options (--summary, --intensity, filters)");
+    if (op.truth && (op.force3d || op.voxel[0] > 0))
+        cli_usage_error("--truth matches volumes by themselves; --3d and --voxel-size are for per-cell tables");
     if (op.merge && (op.truth || op.summary || op.intensity || op.intensity_dir))
         cli_usage_error("--merge takes only tables, -o and -f");
     if (op.min_area >= 0 && op.max_area >= 0 && op.min_area > op.max_area)

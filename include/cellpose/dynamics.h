@@ -1,10 +1,12 @@
-/* libcellpose dynamics: from flows (dP, cellprob) to a label image, exactly as
- * Cellpose 3 (v3.1.1.3, CPU) and Cellpose 4 (main after v4.0.9) do it
- * (spec cellpose.md section 5), and labels back to flows (masks_to_flows).
+/* libcellpose dynamics: from flows (dP, cellprob) to a label image or volume,
+ * exactly as Cellpose 3 (v3.1.1.3, CPU) and Cellpose 4 (main after v4.0.9) do
+ * it (spec cellpose.md section 5, golden/3d/README.md), and labels back to
+ * flows (masks_to_flows).
  *
- * Layout: 2D only. dP is 2 x Ly x Lx float32, row-major, dP[0] = dY, dP[1] = dX,
+ * 2D layout: dP is 2 x Ly x Lx float32, row-major, dP[0] = dY, dP[1] = dX,
  * network scale (5x unit flows). cellprob is Ly x Lx float32 logits. Labels are
- * uint32, Ly x Lx, 0 = background.
+ * uint32, Ly x Lx, 0 = background. 3D functions (suffix 3d) take volumes:
+ * see "3D" below.
  *
  * Parity: Euler positions, seeds, masks and flow-QC decisions reproduce Cellpose
  * bit for bit (golden/dynamics, golden/net); the seed order among tied
@@ -137,6 +139,56 @@ int cp_dyn_renumber(uint32_t *labels, size_t npix, uint32_t *nlabels);
  * diffusion; any labels). Training flows are float32(5*mu). */
 int cp_masks_to_flows(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant variant,
                       int threads, double *mu);
+
+/* ---- 3D (Cellpose's do_3D dynamics and stitch3D) ----
+ * Layout: dP is 3 x Lz x Ly x Lx float32 (dZ, dY, dX) at network scale (5x
+ * unit flows), cellprob Lz x Ly x Lx logits, labels uint32 Lz x Ly x Lx, C
+ * order. Bit for bit with Cellpose (golden/3d), the seed order among tied
+ * counts as torch 1.13's argsort. Bad sizes give CP_EINVAL; volumes whose
+ * padded histogram ((Lz+40)(Ly+40)(Lx+40) bins) exceeds 2^32 give CP_ELIMIT. */
+
+/* Whole 3D pipeline as Cellpose's do_3D: trilinear Euler (grid_sample, v3 and
+ * v4 identical), get_masks 3D, no flow QC, fill holes (3D, face-connected
+ * background) and min_size in 3D. Uses params->niter / diameter / diam_mean /
+ * variant (niter rule), cellprob_threshold, min_size, max_size_fraction,
+ * threads; flow_threshold and v3_label_bug are ignored (Cellpose ignores the
+ * flow QC in 3D; the 3D labels have no gaps). Needs Lz, Ly, Lx >= 2 (the
+ * flows are normalised by size - 1). stats may be NULL (masks_removed_qc 0). */
+int cp_dynamics3d(const float *dP, const float *cellprob, int Lz, int Ly, int Lx,
+                  const cp_dyn_params *params, uint32_t *labels, cp_dyn_stats *stats);
+
+/* Euler steps for the followed voxels (cellprob > threshold, C order); p is
+ * 3*N (N = cp_dyn_count_followed): z[0..N), y[N..2N), x[2N..3N) as Cellpose's
+ * p_final. interp 1 = trilinear grid_sample (v3 interp=True and v4; needs
+ * every size >= 2), 0 = v3's nearest-voxel steps3D. */
+int cp_dyn_euler3d(const float *dP, const float *cellprob, int Lz, int Ly, int Lx, float threshold,
+                   int interp, int niter, int threads, float *p);
+
+/* get_masks_torch in 3D: histogram of trunc(p) padded by 20, seeds at 5x5x5
+ * maxima with count > 10, torch-ordered growth in 11x11x11 windows,
+ * max_size_fraction removal, first-appearance renumbering. */
+int cp_dyn_get_masks3d(const float *p, const float *cellprob, int Lz, int Ly, int Lx, float threshold,
+                       double max_size_fraction, uint32_t *labels, int *nlabels, int *nseeds);
+
+/* fill_holes_and_remove_small_masks on a volume (v4 behaviour; holes are
+ * background not 6-connected to the label's bounding-box border). */
+int cp_dyn_fill_holes_and_remove_small3d(uint32_t *labels, int Lz, int Ly, int Lx, int min_size);
+
+/* Cellpose's utils.stitch3D on per-plane labels, in place: plane by plane,
+ * the labels 1..max of plane z+1 (present or not) take the label of plane z
+ * with the highest IoU (>= stitch_threshold, and the highest for that label
+ * of plane z; first on ties) or new labels max+1, ...; until the first
+ * non-empty comparison an empty plane resets the running maximum. CP_ELIMIT
+ * if the labels would pass 2^32 - 1. */
+int cp_stitch3d(uint32_t *masks, int Lz, int Ly, int Lx, double stitch_threshold);
+
+/* Unit flows from 3D labels: mu is 3*Lz*Ly*Lx doubles (Z, Y, X). V3:
+ * dynamics.masks_to_flows (sum of the 2D flows of every Z, Y and X plane,
+ * accumulated in float32 as Cellpose does; magnitudes up to 2). V4:
+ * masks_to_flows_gpu_3d (3D heat diffusion, 7-point stencil, always float64;
+ * Cellpose uses float32 above 4e7 padded voxels). */
+int cp_masks_to_flows3d(const uint32_t *labels, int Lz, int Ly, int Lx, cp_dyn_variant variant,
+                        int threads, double *mu);
 
 #ifdef __cplusplus
 }

@@ -65,6 +65,18 @@ typedef struct cp_read_opts {
  * are allocated. */
 int cp_image_read(const char *path, const cp_read_opts *opts, cp_image **out);
 
+/* Physical size of a voxel as ImageJ records it in a TIFF: x and y from the
+ * first page's XResolution/YResolution (pixels per unit; libtiff reads these
+ * rationals as float), z from spacing= in the ImageJ description (1 when
+ * absent, as ImageJ assumes), unit from unit= (e.g. "micron", truncated to 31
+ * bytes). *found = 0 without an error for other files (PNG, NPY, TIFF without
+ * an ImageJ description) and for ImageJ files without a unit (uncalibrated). */
+typedef struct cp_voxel_size {
+    double z, y, x;
+    char unit[32];
+} cp_voxel_size;
+int cp_image_voxel_size(const char *path, cp_voxel_size *out, int *found);
+
 /* "Not given" for the axes of cp_image_read_volume. */
 #define CP_AXIS_AUTO (-1000)
 

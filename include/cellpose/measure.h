@@ -54,6 +54,51 @@ int cp_measure_cells(const uint32_t *labels, int height, int width, const cp_ima
                      cp_cell_table *out);
 void cp_cell_table_free(cp_cell_table *t);
 
+/* ---- per-cell shape in 3D ------------------------------------------------ */
+
+/* Label volumes: uint32 planes x height x width (z, y, x), 0 = background.
+ * Definitions are scikit-image 0.19 regionprops in 3D (coordinates in voxels,
+ * z = plane index); the extra ones say how they are computed. */
+typedef struct cp_cell_props3d {
+    uint32_t label;
+    int64_t volume;                       /* voxel count (skimage area) */
+    double centroid_z, centroid_y, centroid_x;
+    int bbox_min_plane, bbox_min_row, bbox_min_col; /* inclusive */
+    int bbox_max_plane, bbox_max_row, bbox_max_col; /* exclusive */
+    double inertia_eigvals[3];            /* of skimage's inertia tensor, descending */
+    /* sqrt(10 (e0 + e1 - e2)) and sqrt(10 (e1 + e2 - e0)), from the covariance
+     * directly so thin cells keep their precision */
+    double major_axis_length, minor_axis_length;
+    double aspect_ratio;                  /* major/minor; +inf when minor is 0 < major, 1 for one voxel */
+    double solidity, extent;
+    double equivalent_diameter;           /* (6 volume / pi)^(1/3) */
+    /* voxels whose centre is in the convex hull of the voxels' face centres
+     * (skimage convex_hull_image); also when the centres are coplanar, where
+     * skimage's Qhull pre-pass fails and returns an empty hull */
+    int64_t convex_volume;
+    int euler_number;                     /* 26-connected objects - tunnels + cavities */
+    /* mesh_surface_area(marching_cubes(pad(cell_mask, 1), 0.5)) (Lewiner),
+     * in voxel units; surface_area_physical with the voxel size given (NaN if none) */
+    double surface_area, surface_area_physical;
+    double volume_physical;               /* volume x voxel volume; NaN without voxel size */
+    int touches_edge;                     /* a voxel on a face of the volume */
+} cp_cell_props3d;
+
+typedef struct cp_cell_table3d {
+    size_t n;                  /* cells, in increasing label order */
+    cp_cell_props3d *cells;
+    int channels;              /* intensity channels measured (0 = none) */
+    cp_intensity_stats *intensity; /* n*channels, cell-major */
+} cp_cell_table3d;
+
+/* Measure every label of labels[planes*height*width]. voxel_size (z, y, x
+ * extent of a voxel in any one unit) may be NULL: the physical columns are then
+ * NaN. intensity may be NULL; if given it must be planes x height x width with
+ * any number of channels. Deterministic for any OpenMP thread count. */
+int cp_measure_cells3d(const uint32_t *labels, int planes, int height, int width,
+                       const double *voxel_size, const cp_image *intensity, cp_cell_table3d *out);
+void cp_cell_table3d_free(cp_cell_table3d *t);
+
 /* ---- summaries ------------------------------------------------------------ */
 
 typedef struct cp_summary {
@@ -110,7 +155,9 @@ typedef struct cp_match_result {
     int64_t aji_intersection, aji_union;
 } cp_match_result;
 
-/* Compare prediction with truth (both height x width). opts may be NULL. */
+/* Compare prediction with truth (both height x width). opts may be NULL.
+ * Only the voxel count matters: for volumes pass height = planes x height
+ * (matching and AJI over voxels, as cellpose.metrics does in 3D). */
 int cp_match(const uint32_t *truth, const uint32_t *pred, int height, int width,
              const cp_match_opts *opts, cp_match_result *out);
 

@@ -69,13 +69,6 @@ size_t cp_dyn_count_followed(const float *cellprob, size_t npix, float threshold
     return first[1];
 }
 
-static inline uint32_t fbits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
 /* ---- v3: numba map_coordinates + clamp (spec 5.2b) ----
  * P is the padded field (flowgrid, v3 layout: (y, x) per pixel, rs floats a
  * row, last row and column repeated, so min(yf + 1, Ly - 1) is row yf + 1). */
@@ -148,49 +141,6 @@ static inline void step_v4(const v4ctx *c, float *pgx, float *pgy)
     *pgx = nx;
     *pgy = ny;
 }
-
-/* Save the state at steps 1, 2, 4, ..., 32 and then every 32 steps: detects
- * cycles of period <= 32 within about two save intervals of entering them.
- * Fixed points and 2-cycles (the usual end of a trajectory) are caught at
- * once by comparing with the two previous states. */
-static inline int next_save(int t)
-{
-    return t < 32 ? 2 * t : t + 32;
-}
-
-#define FOLLOW(STEP_CALL, A, B)                                                 \
-    do {                                                                        \
-        uint32_t sa = fbits(A), sb = fbits(B);                                  \
-        uint32_t a1 = sa, b1 = sb, a2 = 0, b2 = 0;                              \
-        int tsave = 0, nsave = 1;                                               \
-        for (int t = 1; t <= niter; t++) {                                      \
-            STEP_CALL;                                                          \
-            uint32_t ua = fbits(A), ub = fbits(B);                              \
-            int period = 0;                                                     \
-            if (ua == a1 && ub == b1)                                           \
-                period = 1;                                                     \
-            else if (t > 1 && ua == a2 && ub == b2)                             \
-                period = 2;                                                     \
-            else if (ua == sa && ub == sb)                                      \
-                period = t - tsave;                                             \
-            if (period) {                                                       \
-                int rem = (niter - t) % period;                                 \
-                for (int r = 0; r < rem; r++)                                   \
-                    STEP_CALL;                                                  \
-                break;                                                          \
-            }                                                                   \
-            a2 = a1;                                                            \
-            b2 = b1;                                                            \
-            a1 = ua;                                                            \
-            b1 = ub;                                                            \
-            if (t == nsave) {                                                   \
-                sa = ua;                                                        \
-                sb = ub;                                                        \
-                tsave = t;                                                      \
-                nsave = next_save(t);                                           \
-            }                                                                   \
-        }                                                                       \
-    } while (0)
 
 /* The first state of pixel i: (y, x) for v3, (gx, gy) for v4. */
 static inline void start_state(int v3, uint32_t i, int Lx, float Wn, float Hn, float *a,
@@ -719,13 +669,13 @@ int cp_dyn_euler(const float *dP, const float *cellprob, int Ly, int Lx, float t
     float Wn = (float)(Lx - 1), Hn = (float)(Ly - 1);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
     for (size_t j = 0; j < n; j++) {
-        float a, b;
-        start_state(v3, idx[j], Lx, Wn, Hn, &a, &b);
+        float s[2];
+        start_state(v3, idx[j], Lx, Wn, Hn, &s[0], &s[1]);
         if (v3)
-            FOLLOW(step_v3(g.P, g.rs, Ly, Lx, &a, &b), a, b);
+            DYN_FOLLOW(step_v3(g.P, g.rs, Ly, Lx, &s[0], &s[1]), s, 2, niter);
         else
-            FOLLOW(step_v4(&c, &a, &b), a, b);
-        store_pos(v3, a, b, j, Wn, Hn, py, px);
+            DYN_FOLLOW(step_v4(&c, &s[0], &s[1]), s, 2, niter);
+        store_pos(v3, s[0], s[1], j, Wn, Hn, py, px);
     }
     free(g.P);
     free(idx);
@@ -765,11 +715,11 @@ int cp_dyn_euler_nointerp(const float *dP, const float *cellprob, int Ly, int Lx
     float *py = p, *px = p + n;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 512)
     for (size_t j = 0; j < n; j++) {
-        float a, b;
-        start_state(1, idx[j], Lx, 0, 0, &a, &b);
-        FOLLOW(step_nointerp(g.P, g.rs, Ly, Lx, &a, &b), a, b);
-        py[j] = a;
-        px[j] = b;
+        float s[2];
+        start_state(1, idx[j], Lx, 0, 0, &s[0], &s[1]);
+        DYN_FOLLOW(step_nointerp(g.P, g.rs, Ly, Lx, &s[0], &s[1]), s, 2, niter);
+        py[j] = s[0];
+        px[j] = s[1];
     }
     free(g.P);
     free(idx);

@@ -1,6 +1,7 @@
 /* Fill holes and remove small masks (spec 5.6), Cellpose's
- * fill_holes_and_remove_small_masks: v4 behaviour by default, v3.1.1.3's
- * label-removal bug on request. */
+ * fill_holes_and_remove_small_masks in 2D and 3D (holes: background not
+ * face-connected to the label's bounding box border): v4 behaviour by
+ * default, v3.1.1.3's label-removal bug on request. */
 #include <limits.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -67,7 +68,7 @@ static int remove_small(uint32_t *labels, size_t npix, int min_size, int v3_bug,
     if (!maxl)
         return CP_OK;
     dyn_census c;
-    if (dyn_census_make(&c, labels, npix, 0, maxl, threads) != CP_OK)
+    if (dyn_census_make(&c, labels, npix, 0, 0, maxl, threads) != CP_OK)
         return CP_ENOMEM;
     size_t *cnt = census_counts(&c, maxl);
     unsigned char *rm = cp_malloc((size_t)maxl + 1, "small masks");
@@ -86,86 +87,108 @@ static int remove_small(uint32_t *labels, size_t npix, int min_size, int v3_bug,
     return rc;
 }
 
-/* Mark in out (box-sized) the pixels of box b that are not label l and are
- * 4-connected to the box border through such pixels. */
-static void flood_outside(const uint32_t *labels, int Lx, const dyn_bbox *b, uint32_t l,
+/* The image or volume the fills work on: Ly rows of Lx pixels a plane; d3:
+ * a volume, whose first and last planes are box borders too. */
+typedef struct fvol {
+    int Ly, Lx, d3;
+} fvol;
+
+static inline size_t box_voxels(const dyn_bbox *b)
+{
+    return (size_t)(b->p1 - b->p0) * (size_t)(b->r1 - b->r0) * (size_t)(b->c1 - b->c0);
+}
+
+/* Index in the volume of box voxel (z, y, x). */
+static inline size_t vidx(const fvol *v, const dyn_bbox *b, int z, int y, int x)
+{
+    return ((size_t)(b->p0 + z) * v->Ly + (size_t)(b->r0 + y)) * v->Lx + (size_t)(b->c0 + x);
+}
+
+/* Mark in out (box-sized) the voxels of box b that are not label l and are
+ * face-connected (4 in 2D, 6 in 3D) to the box border through such voxels:
+ * scipy's binary_fill_holes background. */
+static void flood_outside(const uint32_t *labels, const fvol *v, const dyn_bbox *b, uint32_t l,
                           unsigned char *out, int *queue)
 {
-    int h = b->r1 - b->r0, w = b->c1 - b->c0;
-    memset(out, 0, (size_t)h * w);
+    int d = b->p1 - b->p0, h = b->r1 - b->r0, w = b->c1 - b->c0;
+    memset(out, 0, box_voxels(b));
     size_t qh = 0, qt = 0;
-#define LAB(y, x) labels[(size_t)(b->r0 + (y)) * Lx + b->c0 + (x)]
-#define SEED(y, x)                                                                 \
+#define SEED(z, y, x)                                                              \
     do {                                                                           \
-        int yy_ = (y), xx_ = (x);                                                  \
-        if (!out[(size_t)yy_ * w + xx_] && LAB(yy_, xx_) != l) {                   \
-            out[(size_t)yy_ * w + xx_] = 1;                                        \
-            queue[qt++] = yy_ * w + xx_;                                           \
+        int zz_ = (z), yy_ = (y), xx_ = (x);                                       \
+        int q_ = (zz_ * h + yy_) * w + xx_;                                        \
+        if (!out[q_] && labels[vidx(v, b, zz_, yy_, xx_)] != l) {                  \
+            out[q_] = 1;                                                           \
+            queue[qt++] = q_;                                                      \
         }                                                                          \
     } while (0)
-    for (int x = 0; x < w; x++) {
-        SEED(0, x);
-        SEED(h - 1, x);
-    }
-    for (int y = 0; y < h; y++) {
-        SEED(y, 0);
-        SEED(y, w - 1);
-    }
+    for (int z = 0; z < d; z++)
+        for (int y = 0; y < h; y++) {
+            int face = (v->d3 && (z == 0 || z == d - 1)) || y == 0 || y == h - 1;
+            for (int x = 0; x < w; x += face || x == w - 1 ? 1 : w - 1)
+                SEED(z, y, x);
+        }
     while (qh < qt) {
-        int q = queue[qh++], y = q / w, x = q % w;
-        if (y > 0) SEED(y - 1, x);
-        if (y < h - 1) SEED(y + 1, x);
-        if (x > 0) SEED(y, x - 1);
-        if (x < w - 1) SEED(y, x + 1);
+        int q = queue[qh++], x = q % w, y = q / w % h, z = q / w / h;
+        if (z > 0) SEED(z - 1, y, x);
+        if (z < d - 1) SEED(z + 1, y, x);
+        if (y > 0) SEED(z, y - 1, x);
+        if (y < h - 1) SEED(z, y + 1, x);
+        if (x > 0) SEED(z, y, x - 1);
+        if (x < w - 1) SEED(z, y, x + 1);
     }
 #undef SEED
 }
 
 /* Fill the holes of label l inside box b (background of the box not
- * 4-connected to the box border) and write `val` over the label and its holes. */
-static void fill_one(uint32_t *labels, int Lx, const dyn_bbox *b, uint32_t l, uint32_t val,
+ * connected to the box border) and write `val` over the label and its holes. */
+static void fill_one(uint32_t *labels, const fvol *v, const dyn_bbox *b, uint32_t l, uint32_t val,
                      unsigned char *out, int *queue)
 {
-    int h = b->r1 - b->r0, w = b->c1 - b->c0;
-    flood_outside(labels, Lx, b, l, out, queue);
+    int d = b->p1 - b->p0, h = b->r1 - b->r0, w = b->c1 - b->c0;
+    flood_outside(labels, v, b, l, out, queue);
     int any = 0;
-    for (int y = 0; y < h && !any; y++)
-        for (int x = 0; x < w; x++)
-            if (LAB(y, x) == l) {
-                any = 1;
-                break;
-            }
+    for (int z = 0; z < d && !any; z++)
+        for (int y = 0; y < h && !any; y++)
+            for (int x = 0; x < w; x++)
+                if (labels[vidx(v, b, z, y, x)] == l) {
+                    any = 1;
+                    break;
+                }
     if (!any)
         return; /* overwritten by an earlier fill: nothing to fill */
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            if (!out[(size_t)y * w + x])
-                LAB(y, x) = val;
+    size_t q = 0;
+    for (int z = 0; z < d; z++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++, q++)
+                if (!out[q])
+                    labels[vidx(v, b, z, y, x)] = val;
 }
 
-/* Hole pixels of label l in box b (neither l nor outside): their number;
+/* Hole voxels of label l in box b (neither l nor outside): their number;
  * their indices into dst if not NULL; *other set if one holds a kept label. */
-static size_t holes_of(const uint32_t *labels, int Lx, const dyn_bbox *b, uint32_t l,
+static size_t holes_of(const uint32_t *labels, const fvol *v, const dyn_bbox *b, uint32_t l,
                        const unsigned char *keep, unsigned char *out, int *queue, size_t *dst,
                        int *other)
 {
-    int h = b->r1 - b->r0, w = b->c1 - b->c0;
-    flood_outside(labels, Lx, b, l, out, queue);
-    size_t n = 0;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++) {
-            uint32_t v = LAB(y, x);
-            if (out[(size_t)y * w + x] || v == l)
-                continue;
-            if (keep[v])
-                *other = 1;
-            if (dst)
-                dst[n] = (size_t)(b->r0 + y) * Lx + b->c0 + x;
-            n++;
-        }
+    int d = b->p1 - b->p0, h = b->r1 - b->r0, w = b->c1 - b->c0;
+    flood_outside(labels, v, b, l, out, queue);
+    size_t n = 0, q = 0;
+    for (int z = 0; z < d; z++)
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++, q++) {
+                size_t i = vidx(v, b, z, y, x);
+                uint32_t val = labels[i];
+                if (out[q] || val == l)
+                    continue;
+                if (keep[val])
+                    *other = 1;
+                if (dst)
+                    dst[n] = i;
+                n++;
+            }
     return n;
 }
-#undef LAB
 
 /* The labels that get filled, in fill order: item j (1..J) is original label
  * o[j], with value lab[j] in the image the serial algorithm fills (the
@@ -181,8 +204,7 @@ static size_t max_box(const fill_plan *fp)
 {
     size_t m = 0;
     for (uint32_t j = 1; j <= fp->J; j++) {
-        const dyn_bbox *b = fp->c->box + fp->o[j];
-        size_t box = (size_t)(b->r1 - b->r0) * (b->c1 - b->c0);
+        size_t box = box_voxels(fp->c->box + fp->o[j]);
         if (box > m)
             m = box;
     }
@@ -190,7 +212,7 @@ static size_t max_box(const fill_plan *fp)
 }
 
 /* Exact serial algorithm, from the original labels and the plan. */
-static int fill_serial(uint32_t *labels, size_t npix, int Lx, const fill_plan *fp, uint32_t maxl,
+static int fill_serial(uint32_t *labels, size_t npix, const fvol *v, const fill_plan *fp, uint32_t maxl,
                        int min_size, int v3_bug, int threads, uint32_t *K)
 {
     if (min_size > 0) { /* first remove_small: items become 1..J */
@@ -210,7 +232,7 @@ static int fill_serial(uint32_t *labels, size_t npix, int Lx, const fill_plan *f
         return CP_ENOMEM;
     }
     for (uint32_t j = 1; j <= fp->J; j++)
-        fill_one(labels, Lx, fp->c->box + fp->o[j], fp->lab[j], j, out, queue);
+        fill_one(labels, v, fp->c->box + fp->o[j], fp->lab[j], j, out, queue);
     free(out), free(queue);
     if (min_size > 0)
         return remove_small(labels, npix, min_size, v3_bug, threads, K);
@@ -227,7 +249,8 @@ static int fill_serial(uint32_t *labels, size_t npix, int Lx, const fill_plan *f
  * component in A (no kept label, so not B) could not reach B's box border,
  * so it would lie in B's hole, and so would the A pixels bounding it: a kept
  * label in B's hole. Hence the fill order does not matter. A hole pixel
- * is never in the first row of its label's box, so fills keep first
+ * is never in the first row (2D) or plane (3D) of its label's box, which
+ * holds the label's first pixel in raster order, so fills keep first
  * appearances and the second remove_small sees 1..J in first-appearance
  * order with counts label + holes. */
 static int fill_fast(uint32_t *labels, size_t npix, const fill_plan *fp, const size_t *nhole,
@@ -269,7 +292,7 @@ done:
 /* Holes of every item, computed on the original labels: nhole[j] pixels at
  * hole[hoff[j]..]. Stops at *other = 1 if a hole holds a kept label (then
  * hole is not filled in). */
-static int find_holes(const uint32_t *labels, int Lx, const fill_plan *fp, int threads,
+static int find_holes(const uint32_t *labels, const fvol *v, const fill_plan *fp, int threads,
                       size_t *nhole, size_t *hoff, size_t **hole, int *other)
 {
     *hole = NULL;
@@ -285,7 +308,7 @@ static int find_holes(const uint32_t *labels, int Lx, const fill_plan *fp, int t
         size_t t = (size_t)omp_get_thread_num();
 #pragma omp for schedule(dynamic, 16)
         for (uint32_t j = 1; j <= fp->J; j++)
-            nhole[j] = holes_of(labels, Lx, fp->c->box + fp->o[j], fp->o[j], fp->keep,
+            nhole[j] = holes_of(labels, v, fp->c->box + fp->o[j], fp->o[j], fp->keep,
                                 out + t * maxbox, queue + t * maxbox, NULL, &oth);
     }
     rc = CP_OK;
@@ -307,7 +330,7 @@ static int find_holes(const uint32_t *labels, int Lx, const fill_plan *fp, int t
 #pragma omp for schedule(dynamic, 1)
         for (uint32_t j = 1; j <= fp->J; j++)
             if (nhole[j])
-                holes_of(labels, Lx, fp->c->box + fp->o[j], fp->o[j], fp->keep,
+                holes_of(labels, v, fp->c->box + fp->o[j], fp->o[j], fp->keep,
                          out + t * maxbox, queue + t * maxbox, *hole + hoff[j], &dummy);
     }
     rc = CP_OK;
@@ -365,6 +388,15 @@ int cp_dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min
     return dyn_fill_holes_and_remove_small(labels, Ly, Lx, min_size, v3_label_bug, 0, NULL);
 }
 
+int cp_dyn_fill_holes_and_remove_small3d(uint32_t *labels, int Lz, int Ly, int Lx, int min_size)
+{
+    size_t nvox;
+    int rc = dyn_dims3(Lz, Ly, Lx, "fill_holes", &nvox);
+    if (rc != CP_OK)
+        return rc;
+    return dyn_fill_holes_nd(labels, Lz, Ly, Lx, 1, min_size, 0, 0, NULL);
+}
+
 int dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min_size,
                                     int v3_label_bug, int threads, uint32_t *ncells)
 {
@@ -372,12 +404,21 @@ int dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min_si
         *ncells = 0;
     if (Ly <= 0 || Lx <= 0)
         return cp_error(CP_EINVAL, "fill_holes: bad image size %dx%d", Lx, Ly);
-    size_t npix = (size_t)Ly * Lx;
+    return dyn_fill_holes_nd(labels, 1, Ly, Lx, 0, min_size, v3_label_bug, threads, ncells);
+}
+
+int dyn_fill_holes_nd(uint32_t *labels, int Lz, int Ly, int Lx, int d3, int min_size,
+                      int v3_label_bug, int threads, uint32_t *ncells)
+{
+    if (ncells)
+        *ncells = 0;
+    size_t npix = (size_t)Lz * Ly * Lx;
+    fvol v = {Ly, Lx, d3};
     uint32_t maxl = dyn_max_label(labels, npix, threads);
     if (!maxl)
         return CP_OK;
     dyn_census c;
-    if (dyn_census_make(&c, labels, npix, Lx, maxl, threads) != CP_OK)
+    if (dyn_census_make(&c, labels, npix, Ly, Lx, maxl, threads) != CP_OK)
         return CP_ENOMEM;
     fill_plan fp;
     size_t *nhole = NULL, *hoff = NULL, *hole = NULL;
@@ -387,7 +428,7 @@ int dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min_si
     if (rc != CP_OK)
         goto done;
     if (max_box(&fp) > (size_t)INT_MAX) { /* flood queues hold int offsets */
-        rc = cp_error(CP_ELIMIT, "fill_holes: a mask's bounding box exceeds %d pixels", INT_MAX);
+        rc = cp_error(CP_ELIMIT, "fill_holes: a mask's bounding box exceeds %d voxels", INT_MAX);
         goto done;
     }
     rc = CP_ENOMEM;
@@ -395,10 +436,10 @@ int dyn_fill_holes_and_remove_small(uint32_t *labels, int Ly, int Lx, int min_si
     hoff = cp_calloc((size_t)fp.J + 1, sizeof *hoff, "hole offsets");
     if (!nhole || !hoff)
         goto done;
-    if ((rc = find_holes(labels, Lx, &fp, threads, nhole, hoff, &hole, &other)) != CP_OK)
+    if ((rc = find_holes(labels, &v, &fp, threads, nhole, hoff, &hole, &other)) != CP_OK)
         goto done;
     if (other)
-        rc = fill_serial(labels, npix, Lx, &fp, maxl, min_size, v3_label_bug, threads, &K);
+        rc = fill_serial(labels, npix, &v, &fp, maxl, min_size, v3_label_bug, threads, &K);
     else
         rc = fill_fast(labels, npix, &fp, nhole, hole, hoff, maxl, min_size, v3_label_bug,
                        threads, &K);

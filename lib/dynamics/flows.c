@@ -242,7 +242,7 @@ static int flows_core(const uint32_t *labels, int Ly, int Lx, cp_dyn_variant var
     if (nlab == 0)
         return CP_OK;
     dyn_census census;
-    if (dyn_census_make(&census, labels, npix, Lx, nlab, nt) != CP_OK)
+    if (dyn_census_make(&census, labels, npix, Ly, Lx, nlab, nt) != CP_OK)
         return CP_ENOMEM;
     const dyn_bbox *bb = census.box;
     int v3 = variant == CP_DYN_V3;

@@ -15,6 +15,7 @@ typedef enum cp_format { CP_FMT_UNKNOWN = 0, CP_FMT_TIFF, CP_FMT_PNG, CP_FMT_NPY
 cp_format cp_io_sniff(const unsigned char *head, size_t n);
 
 int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out);
+int cp_tiff_voxel_size(const char *path, cp_voxel_size *out, int *found);
 int cp_png_read(const char *path, cp_image **out);
 /* NPY array -> image (2-D: one channel; 3-D: Y,X,C when C <= 4 else Z,Y,X;
  * 4-D: Z,Y,X,C). Takes ownership of a's data on success. */

@@ -48,6 +48,19 @@ static int drop_last_channel(cp_image **img)
     return CP_OK;
 }
 
+int cp_image_voxel_size(const char *path, cp_voxel_size *out, int *found)
+{
+    memset(out, 0, sizeof *out);
+    *found = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return cp_error(CP_EIO, "%s: cannot open: %s", path, strerror(errno));
+    unsigned char head[8];
+    size_t n = fread(head, 1, sizeof head, f);
+    fclose(f);
+    return cp_io_sniff(head, n) == CP_FMT_TIFF ? cp_tiff_voxel_size(path, out, found) : CP_OK;
+}
+
 int cp_image_read(const char *path, const cp_read_opts *opts, cp_image **out)
 {
     *out = NULL;

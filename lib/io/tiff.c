@@ -621,6 +621,67 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
     return rc;
 }
 
+/* The text after "key=" at the start of a line of an ImageJ description, up
+ * to the end of the line, into buf; 0 if absent. */
+static int imagej_text(const char *desc, const char *key, char *buf, size_t size)
+{
+    size_t n = strlen(key);
+    for (const char *p = desc; (p = strstr(p, key)) != NULL; p += n)
+        if ((p == desc || p[-1] == '\n') && p[n] == '=') {
+            /* ImageJ escapes non-ASCII as \uXXXX ("\u00B5m"): back to UTF-8 */
+            const char *v = p + n + 1;
+            size_t k = 0;
+            while (*v && *v != '\r' && *v != '\n' && k + 4 < size) {
+                unsigned cp = 0;
+                int hex = v[0] == '\\' && v[1] == 'u';
+                for (int i = 2; hex && i < 6; i++) {
+                    char c = v[i];
+                    int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+                    hex = d >= 0;
+                    cp = cp * 16 + (unsigned)(d >= 0 ? d : 0);
+                }
+                if (hex && cp >= 0x80 && cp < 0x800) {
+                    buf[k++] = (char)(0xC0 | cp >> 6);
+                    buf[k++] = (char)(0x80 | (cp & 0x3F));
+                    v += 6;
+                } else {
+                    buf[k++] = *v++;
+                }
+            }
+            buf[k] = 0;
+            return 1;
+        }
+    return 0;
+}
+
+int cp_tiff_voxel_size(const char *path, cp_voxel_size *out, int *found)
+{
+    memset(out, 0, sizeof *out);
+    *found = 0;
+    tiff_quiet();
+    errno = 0;
+    TIFF *t = TIFFOpen(path, "rm");
+    if (!t)
+        return tiff_fail(errno == ENOENT || errno == EACCES ? CP_EIO : CP_EFORMAT, path, "cannot open TIFF");
+    const char *desc = NULL;
+    float xr = 0, yr = 0;
+    char num[64];
+    if (TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc && strncmp(desc, "ImageJ=", 7) == 0 &&
+        imagej_text(desc, "unit", out->unit, sizeof out->unit) && out->unit[0] &&
+        strcmp(out->unit, "pixel") && TIFFGetField(t, TIFFTAG_XRESOLUTION, &xr) &&
+        TIFFGetField(t, TIFFTAG_YRESOLUTION, &yr) && xr > 0 && yr > 0 && isfinite(xr) && isfinite(yr)) {
+        out->x = 1.0 / xr;
+        out->y = 1.0 / yr;
+        out->z = imagej_text(desc, "spacing", num, sizeof num) ? strtod(num, NULL) : 1.0;
+        *found = out->z > 0 && isfinite(out->z);
+    }
+    TIFFClose(t);
+    if (!*found)
+        memset(out, 0, sizeof *out);
+    return CP_OK;
+}
+
 /* ---- writing ----------------------------------------------------------- */
 
 static int sample_format(cp_dtype t)

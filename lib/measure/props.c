@@ -15,10 +15,6 @@
 
 typedef __int128 i128;
 
-typedef struct bbox {
-    int r0, c0, r1, c1; /* r1, c1 exclusive */
-} bbox;
-
 /* Per-thread scratch, grown on demand. */
 typedef struct scratch {
     uint8_t *mask;      /* (h+2)*(w+2) padded cell mask */
@@ -30,7 +26,7 @@ typedef struct scratch {
     size_t mask_cap, border_cap, left_cap, right_cap, pts_cap, hull_cap, acc_cap;
 } scratch;
 
-static int grow(void **p, size_t *cap, size_t need, size_t elem)
+int measure_grow(void **p, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap)
         return 0;
@@ -54,24 +50,13 @@ static void scratch_free(scratch *s)
     free(s->acc);
 }
 
-static int64_t floordiv(int64_t a, int64_t b)
-{
-    int64_t q = a / b;
-    if ((a % b != 0) && ((a < 0) != (b < 0)))
-        q--;
-    return q;
-}
-
-static int64_t ceildiv(int64_t a, int64_t b) { return -floordiv(-a, b); }
 
 static int64_t cross(const int64_t *o, const int64_t *a, const int64_t *b)
 {
     return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]);
 }
 
-/* Andrew's monotone chain on points sorted lexicographically; returns the hull (counter-clockwise in the
- * algebraic sense, no collinear points) in hull[], its size as result. */
-static size_t convex_hull(int64_t *pts, size_t n, int64_t *hull)
+size_t measure_hull2d(const int64_t *pts, size_t n, int64_t *hull)
 {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
@@ -110,18 +95,18 @@ static int64_t hull_pixels(const int64_t *hull, size_t k, int h, int w)
                 if (dx * (Y - A[1]) < 0)
                     empty = 1;
             } else if (dy > 0) {
-                int64_t m = floordiv(rhs, dy);
+                int64_t m = measure_floordiv(rhs, dy);
                 if (m < hi)
                     hi = m;
             } else {
-                int64_t m = ceildiv(rhs, dy);
+                int64_t m = measure_ceildiv(rhs, dy);
                 if (m > lo)
                     lo = m;
             }
         }
         if (empty)
             continue;
-        int64_t clo = ceildiv(lo, 2), chi = floordiv(hi, 2);
+        int64_t clo = measure_ceildiv(lo, 2), chi = measure_floordiv(hi, 2);
         if (chi >= clo)
             count += chi - clo + 1;
     }
@@ -162,18 +147,18 @@ static void inertia_eigen(i128 A, i128 B, i128 C, int64_t n, double *l1, double 
 
 static const double SQRT2 = 1.4142135623730951;
 
-static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, bbox bb,
+static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, cell_box bb,
                        const cp_image *img, scratch *s, cp_cell_props *p, cp_intensity_stats *ist)
 {
     int h = bb.r1 - bb.r0, w = bb.c1 - bb.c0;
     int pw = w + 2;
     size_t psz = (size_t)(h + 2) * pw;
-    if (grow((void **)&s->mask, &s->mask_cap, psz, 1) ||
-        grow((void **)&s->border, &s->border_cap, psz, 1) ||
-        grow((void **)&s->left, &s->left_cap, (size_t)h, sizeof(int)) ||
-        grow((void **)&s->right, &s->right_cap, (size_t)h, sizeof(int)) ||
-        grow((void **)&s->pts, &s->pts_cap, (size_t)h * 8 + 8, 2 * sizeof(int64_t)) ||
-        grow((void **)&s->hull, &s->hull_cap, (size_t)h * 16 + 8, 2 * sizeof(int64_t)))
+    if (measure_grow((void **)&s->mask, &s->mask_cap, psz, 1) ||
+        measure_grow((void **)&s->border, &s->border_cap, psz, 1) ||
+        measure_grow((void **)&s->left, &s->left_cap, (size_t)h, sizeof(int)) ||
+        measure_grow((void **)&s->right, &s->right_cap, (size_t)h, sizeof(int)) ||
+        measure_grow((void **)&s->pts, &s->pts_cap, (size_t)h * 8 + 8, 2 * sizeof(int64_t)) ||
+        measure_grow((void **)&s->hull, &s->hull_cap, (size_t)h * 16 + 8, 2 * sizeof(int64_t)))
         return CP_ENOMEM;
     uint8_t *m = s->mask;
     memset(m, 0, psz);
@@ -315,7 +300,7 @@ static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, bbox bb,
             np++;
         }
     }
-    size_t k = convex_hull(s->pts, np, s->hull);
+    size_t k = measure_hull2d(s->pts, np, s->hull);
     /* back to (x, y): swapping the axes mirrors the polygon, so also reverse
      * the order to keep it counter-clockwise */
     for (size_t i = 0; i < k; i++) {
@@ -325,108 +310,114 @@ static int measure_one(const uint32_t *lab, int H, int W, uint32_t L, bbox bb,
     p->convex_area = hull_pixels(s->pts, k, h, w);
     p->solidity = (double)n / (double)p->convex_area;
 
-    if (img && ist) {
-        int C = img->channels;
-        if (grow((void **)&s->acc, &s->acc_cap, (size_t)C * 4, sizeof(double)))
-            return CP_ENOMEM;
-        double *sum = s->acc, *mn = sum + C, *mx = mn + C, *sq = mx + C;
-        for (int ch = 0; ch < C; ch++) {
-            sum[ch] = 0;
-            sq[ch] = 0;
-            mn[ch] = INFINITY;
-            mx[ch] = -INFINITY;
-        }
-        for (int r = 0; r < h; r++) {
-            const uint8_t *mr = m + (size_t)(r + 1) * pw + 1;
-            for (int x = 0; x < w; x++) {
-                if (!mr[x])
-                    continue;
-                size_t base = ((size_t)(bb.r0 + r) * W + bb.c0 + x) * C;
-                for (int ch = 0; ch < C; ch++) {
-                    double v = cp_sample_f64(img->data, img->dtype, base + ch);
-                    sum[ch] += v;
-                    if (v < mn[ch])
-                        mn[ch] = v;
-                    if (v > mx[ch])
-                        mx[ch] = v;
+    if (img && ist && measure_intensity(img, m + pw + 1, psz, pw, (cell_box){0, bb.r0, bb.c0, 1, bb.r1, bb.c1},
+                                        n, &s->acc, &s->acc_cap, ist))
+        return CP_ENOMEM;
+    return CP_OK;
+}
+
+int measure_intensity(const cp_image *img, const uint8_t *m, size_t plane_stride, size_t row_stride,
+                      cell_box bb, int64_t n, double **acc, size_t *acc_cap, cp_intensity_stats *ist)
+{
+    int C = img->channels, H = img->height, W = img->width;
+    if (measure_grow((void **)acc, acc_cap, (size_t)C * 4, sizeof(double)))
+        return CP_ENOMEM;
+    double *sum = *acc, *mn = sum + C, *mx = mn + C, *sq = mx + C;
+    for (int ch = 0; ch < C; ch++) {
+        sum[ch] = 0;
+        sq[ch] = 0;
+        mn[ch] = INFINITY;
+        mx[ch] = -INFINITY;
+    }
+    /* two passes: the mean first, then squared deviations from it */
+    for (int pass = 0; pass < 2; pass++)
+        for (int z = bb.z0; z < bb.z1; z++)
+            for (int r = bb.r0; r < bb.r1; r++) {
+                const uint8_t *mr = m + (size_t)(z - bb.z0) * plane_stride + (size_t)(r - bb.r0) * row_stride;
+                for (int x = 0; x < bb.c1 - bb.c0; x++) {
+                    if (!mr[x])
+                        continue;
+                    size_t base = (((size_t)z * H + r) * W + bb.c0 + x) * C;
+                    for (int ch = 0; ch < C; ch++) {
+                        double v = cp_sample_f64(img->data, img->dtype, base + ch);
+                        if (pass) {
+                            double d = v - sum[ch] / (double)n;
+                            sq[ch] += d * d;
+                            continue;
+                        }
+                        sum[ch] += v;
+                        if (v < mn[ch])
+                            mn[ch] = v;
+                        if (v > mx[ch])
+                            mx[ch] = v;
+                    }
                 }
             }
-        }
-        for (int r = 0; r < h; r++) {
-            const uint8_t *mr = m + (size_t)(r + 1) * pw + 1;
-            for (int x = 0; x < w; x++) {
-                if (!mr[x])
-                    continue;
-                size_t base = ((size_t)(bb.r0 + r) * W + bb.c0 + x) * C;
-                for (int ch = 0; ch < C; ch++) {
-                    double d = cp_sample_f64(img->data, img->dtype, base + ch) - sum[ch] / (double)n;
-                    sq[ch] += d * d;
-                }
-            }
-        }
-        for (int ch = 0; ch < C; ch++) {
-            ist[ch].sum = sum[ch];
-            ist[ch].mean = sum[ch] / (double)n;
-            ist[ch].min = mn[ch];
-            ist[ch].max = mx[ch];
-            ist[ch].std = sqrt(sq[ch] / (double)n);
-        }
+    for (int ch = 0; ch < C; ch++) {
+        ist[ch].sum = sum[ch];
+        ist[ch].mean = sum[ch] / (double)n;
+        ist[ch].min = mn[ch];
+        ist[ch].max = mx[ch];
+        ist[ch].std = sqrt(sq[ch] / (double)n);
     }
     return CP_OK;
 }
 
-/* Bounding boxes of every label, row blocks in parallel, merged exactly. */
-static int find_boxes(const uint32_t *lab, int H, int W, const label_index *ix, bbox *box)
+/* Bounding boxes of every label, blocks of rows (z, y) in parallel, merged exactly. */
+int measure_boxes(const uint32_t *lab, int D, int H, int W, const label_index *ix, cell_box *box)
 {
+    int64_t R = (int64_t)D * H;
     int nt = omp_get_max_threads();
     if (nt < 1)
         nt = 1;
-    if ((size_t)nt > (size_t)H)
-        nt = H;
+    if ((int64_t)nt > R)
+        nt = (int)R;
     /* per-thread boxes cost threads x labels: keep that below ~256 MB */
-    while (nt > 1 && (size_t)nt * ix->n > ((size_t)1 << 24))
+    while (nt > 1 && (size_t)nt * ix->n > ((size_t)1 << 23))
         nt--;
-    bbox *tb = cp_malloc_array((size_t)nt * ix->n, sizeof *tb, "bounding boxes");
+    cell_box *tb = cp_malloc_array((size_t)nt * ix->n, sizeof *tb, "bounding boxes");
     if (!tb)
         return CP_ENOMEM;
     for (size_t i = 0; i < (size_t)nt * ix->n; i++)
-        tb[i] = (bbox){H, W, -1, -1};
+        tb[i] = (cell_box){D, H, W, -1, -1, -1};
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num();
-        bbox *b = tb + (size_t)t * ix->n;
-        int rs = (int)((int64_t)H * t / nt), re = (int)((int64_t)H * (t + 1) / nt);
-        for (int r = rs; r < re; r++) {
-            const uint32_t *row = lab + (size_t)r * W;
+        cell_box *b = tb + (size_t)t * ix->n;
+        int64_t rs = R * t / nt, re = R * (t + 1) / nt;
+        for (int64_t zr = rs; zr < re; zr++) {
+            int z = (int)(zr / H), r = (int)(zr % H);
+            const uint32_t *row = lab + (size_t)zr * W;
             for (int c = 0; c < W;) {
                 uint32_t v = row[c];
                 int e = c + 1;
                 while (e < W && row[e] == v)
                     e++;
                 if (v) {
-                    bbox *q = b + label_index_of(ix, v);
-                    if (r < q->r0)
-                        q->r0 = r;
-                    if (r > q->r1)
-                        q->r1 = r;
-                    if (c < q->c0)
-                        q->c0 = c;
-                    if (e - 1 > q->c1)
-                        q->c1 = e - 1;
+                    cell_box *q = b + label_index_of(ix, v);
+                    if (z < q->z0) q->z0 = z;
+                    if (z > q->z1) q->z1 = z;
+                    if (r < q->r0) q->r0 = r;
+                    if (r > q->r1) q->r1 = r;
+                    if (c < q->c0) q->c0 = c;
+                    if (e - 1 > q->c1) q->c1 = e - 1;
                 }
                 c = e;
             }
         }
     }
     for (size_t i = 0; i < ix->n; i++) {
-        bbox q = tb[i];
+        cell_box q = tb[i];
         for (int t = 1; t < nt; t++) {
-            bbox o = tb[(size_t)t * ix->n + i];
+            cell_box o = tb[(size_t)t * ix->n + i];
+            if (o.z0 < q.z0) q.z0 = o.z0;
             if (o.r0 < q.r0) q.r0 = o.r0;
             if (o.c0 < q.c0) q.c0 = o.c0;
+            if (o.z1 > q.z1) q.z1 = o.z1;
             if (o.r1 > q.r1) q.r1 = o.r1;
             if (o.c1 > q.c1) q.c1 = o.c1;
         }
+        q.z1++;
         q.r1++;
         q.c1++;
         box[i] = q;
@@ -455,7 +446,7 @@ int cp_measure_cells(const uint32_t *labels, int height, int width, const cp_ima
         label_index_free(&ix);
         return CP_OK;
     }
-    bbox *box = cp_malloc_array(ix.n, sizeof *box, "bounding boxes");
+    cell_box *box = cp_malloc_array(ix.n, sizeof *box, "bounding boxes");
     out->cells = cp_calloc(ix.n, sizeof *out->cells, "cell table");
     if (intensity) {
         out->channels = intensity->channels;
@@ -468,7 +459,7 @@ int cp_measure_cells(const uint32_t *labels, int height, int width, const cp_ima
         cp_cell_table_free(out);
         return CP_ENOMEM;
     }
-    rc = find_boxes(labels, height, width, &ix, box);
+    rc = measure_boxes(labels, 1, height, width, &ix, box);
     int fail = rc;
     if (!rc) {
 #pragma omp parallel

@@ -6,7 +6,6 @@
 
 #include "cellpose/cellpose.h"
 #include "core/internal.h"
-#include "segment/dyn3d_pending.h"
 #include "segment/internal.h"
 
 static uint32_t max_label(const uint32_t *m, size_t n)
