@@ -114,7 +114,12 @@ int cp_size_pass_masks(const float *dP, const float *cellprob, int Lyr, int Lxr,
                        int v3_label_bug, int threads, uint32_t *masks);
 
 /* Files written per image, named like Cellpose's next to the image (or in a
- * save folder): NAME is the image's name without extension. */
+ * save folder): NAME is the image's name without extension. For a volume
+ * (planes > 1): masks are a Z-stack with ImageJ metadata (images=Z,
+ * slices=Z), masks_npy (Z, Y, X), flows (flow_channels, Z, Y, X), the
+ * overlay the maximum projection along Z of the image and of the labels,
+ * ROIs one per cell and plane (named LABEL_zPLANE, ImageJ position = plane,
+ * 1-based); outlines and PNG masks hold one plane and fail (CP_EUNSUPPORTED). */
 typedef enum cp_seg_output {
     CP_SEG_OUT_MASKS = 1 << 0,     /* NAME_cp_masks.tif: u16, u32 above 65535 cells */
     CP_SEG_OUT_MASKS_NPY = 1 << 1, /* NAME_masks.npy */
