@@ -43,35 +43,23 @@ assert d <= int(sys.argv[3]), '%d voxels differ from Cellpose' % d
 EOF
 }
 
-# do_3D from Cellpose's own flows: its masks voxel for voxel, any thread count
-mkdir -p "$T/g"
+# do_3D from Cellpose's own flows: its masks voxel for voxel, any thread
+# count, and every output of a volume
+mkdir -p "$T/g" && cp "$T/in/vol.tif" "$T/g/vol.tif"
 $PY -c "
 import numpy as np
 r = '$G/eval3d/v3_do3D_a1_d17/'
 np.save('$T/g/vol_flows.npy', np.concatenate([np.load(r + 'dP.npy'), np.load(r + 'cellprob.npy')[None]]))"
-check "--from-flows (4, Z, Y, X), 1 thread" $SEG -q --do-3d --threads 1 --savedir "$T/g1" --from-flows "$T/g/vol_flows.npy"
+check "--from-flows (4, Z, Y, X), 1 thread" $SEG -q --do-3d --threads 1 --savedir "$T/g1" \
+    --save masks_npy,rois,overlay --manifest "$T/m3.jsonl" --from-flows "$T/g/vol_flows.npy"
 check "masks from Cellpose's 3D flows are its masks" compare_masks "$T/g1/vol_cp_masks.tif" v3_do3D_a1_d17
 check "--from-flows, 2 threads" $SEG -q --do-3d --threads 2 --savedir "$T/g2" --from-flows "$T/g/vol_flows.npy"
 check_same "1 and 2 threads" "$T/g1/vol_cp_masks.tif" "$T/g2/vol_cp_masks.tif"
-check_fails "3D flows without a 3D flag" 1 $SEG --savedir "$T/g3" --from-flows "$T/g/vol_flows.npy"
-grep -q "vol_flows.npy: flows of 32 planes: give --do-3d or --stitch-threshold" "$T/last.err" && ok ||
-    bad "3D flows message: $(cat "$T/last.err")"
-
-# do_3D end to end: v3_do3D_a1_d17 (diameter 17 = diam_mean: the network at
-# image size). Our network differs from Cellpose's in the last float32 bits,
-# which moves the Euler paths of a few voxels of this random net.
-check "--do-3d" $SEG -q --do-3d --savedir "$T/o3" --save masks_npy,flows,rois,overlay --manifest "$T/m3.jsonl" \
-    "$T/in/vol.tif"
-check "--do-3d masks are Cellpose's but for < 0.1% of voxels" compare_masks "$T/o3/vol_cp_masks.tif" v3_do3D_a1_d17 204
-check "--do-3d masks npy, flows npy, ROIs" $PY - "$T/o3" "$G/eval3d/v3_do3D_a1_d17" <<'EOF'
+check "masks npy and ROIs of a volume" $PY - "$T/g1" <<'EOF'
 import sys, zipfile, struct, numpy as np, tifffile
-o, g = sys.argv[1], sys.argv[2]
+o = sys.argv[1]
 m = np.load(o + '/vol_masks.npy')
 assert m.shape == (32, 80, 80) and (m == tifffile.imread(o + '/vol_cp_masks.tif')).all()
-f = np.load(o + '/vol_flows.npy')
-assert f.shape == (4, 32, 80, 80) and f.dtype == np.float32, f.shape
-dP, cp = np.load(g + '/dP.npy'), np.load(g + '/cellprob.npy')
-assert np.abs(f[:3] - dP).max() <= 2e-4 and np.abs(f[3] - cp).max() <= 3e-4
 z = zipfile.ZipFile(o + '/vol_rois.zip')
 names = z.namelist()
 assert len(names) > 100, len(names)
@@ -88,16 +76,36 @@ assert len(planes) > 10 and all((m[z - 1] > 0).any() for z in planes), planes
 EOF
 check "overlay is an 80x80 RGB PNG" $PY -c "
 import struct
-b=open('$T/o3/vol_overlay.png','rb').read()
+b=open('$T/g1/vol_overlay.png','rb').read()
 assert struct.unpack('>IIBB',b[16:26])==(80,80,8,2)"
 check "manifest of a volume" $PY -c "
 import json
 r=json.loads(open('$T/m3.jsonl').readline())
-assert r['status']=='ok' and r['planes']==32 and abs(r['cells']-143)<=3 and r['niter']==200, r
+assert r['status']=='ok' and r['planes']==32 and r['cells']==143 and r['niter']==200, r
 p=r['parameters']
 assert p['do_3D'] is True and p['anisotropy']==1 and p['flow3D_smooth']==[0,0,0], p"
-check "--from-flows of our flows" $SEG -q --do-3d --savedir "$T/f1" --from-flows "$T/o3/vol_flows.npy"
-check_same "--from-flows gives the same masks file" "$T/o3/vol_cp_masks.tif" "$T/f1/vol_cp_masks.tif"
+check_fails "3D flows without a 3D flag" 1 $SEG --savedir "$T/g3" --from-flows "$T/g/vol_flows.npy"
+grep -q "vol_flows.npy: flows of 32 planes: give --do-3d or --stitch-threshold" "$T/last.err" && ok ||
+    bad "3D flows message: $(cat "$T/last.err")"
+
+# do_3D end to end: v3_do3D_a1_d17 (diameter 17 = diam_mean: the network at
+# image size). Our network differs from Cellpose's in the last float32 bits,
+# which moves the Euler paths of a few voxels of this random net. 192 network
+# planes, none of them in our C code's sanitizer coverage (libtorch): the
+# normal build only; test_segment3d runs the C side of a do_3D network run.
+if [ "${CP_SANITIZERS:-0}" != 1 ]; then
+    check "--do-3d" $SEG -q --do-3d --savedir "$T/o3" --save flows "$T/in/vol.tif"
+    check "--do-3d masks are Cellpose's but for < 0.1% of voxels" compare_masks "$T/o3/vol_cp_masks.tif" \
+        v3_do3D_a1_d17 204
+    check "--do-3d flows are Cellpose's" $PY -c "
+import numpy as np
+g = '$G/eval3d/v3_do3D_a1_d17/'
+f = np.load('$T/o3/vol_flows.npy')
+assert f.shape == (4, 32, 80, 80) and f.dtype == np.float32, f.shape
+assert np.abs(f[:3] - np.load(g + 'dP.npy')).max() <= 2e-4 and np.abs(f[3] - np.load(g + 'cellprob.npy')).max() <= 3e-4"
+    check "--from-flows of our flows" $SEG -q --do-3d --savedir "$T/f1" --from-flows "$T/o3/vol_flows.npy"
+    check_same "--from-flows gives the same masks file" "$T/o3/vol_cp_masks.tif" "$T/f1/vol_cp_masks.tif"
+fi
 
 # stitching: v3_stitch_d17 (flow threshold 1: the random net leaves no mask at 0.4)
 check "--stitch-threshold" $SEG -q --stitch-threshold 0.5 --flow-threshold 1.0 --savedir "$T/s" "$T/in/vol.tif"
