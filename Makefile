@@ -161,7 +161,8 @@ demo: deps
 	$(MAKE) all
 	scripts/demo $(BUILD)
 
-bench: deps
+bench:
+	@scripts/install-deps bench
 	$(MAKE) all
 	scripts/bench $(BUILD)
 

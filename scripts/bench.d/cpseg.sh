@@ -3,13 +3,10 @@
 # network, dynamics, write, from --manifest) and peak RSS, on the 1000x1200
 # CellProfiler Speckles image and a 256x256 DSB image, with the cyto3-shaped
 # CPnet of the golden set (same architecture and cost as cyto3) at diameter 30.
-# Peer: Python Cellpose 3 on this machine type takes 2.1 s for the network
-# alone on a 512x512 image with 2 threads (spec section 11), plus ~0.3 s of
-# dynamics (issue 7) = 9.2 s/MP; the ratio is that peer over cpseg's total.
-# Peak memory peer: Python Cellpose cannot run here; the same libtorch forward
-# of this network on Cellpose's batch of 8 tiles held 1.05 GB (cpseg before it
-# ran tiles one at a time, measured with this script), a floor for Python,
-# which adds its interpreter and torch import on top.
+# Peer: Python Cellpose 3 (../shared/ref/peer/cellpose3_eval.py, 2 threads)
+# on the same image and weights in the same run, when the reference sources
+# are set up (../shared/ref/README.md); the ratios are its process time and
+# peak RSS over cpseg's.
 # Last, 16 DSB images with -j 1 (one image at a time, 2 threads) and -j 2
 # (two images at a time, 1 thread each): images per second and cores kept
 # busy ((user + sys) / wall).
@@ -23,22 +20,32 @@ W=$SHARED/golden/weights/cpnet_cyto3like_s1.pth
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
+peer_ok=0
+if [ -d /tmp/cp3/cellpose ] && /usr/bin/python3 -c 'import torch, cv2, numba' 2> /dev/null; then
+    peer_ok=1
+fi
 bench_one() { # label image
     rm -rf "$T/out" "$T/m.jsonl"
     /usr/bin/time -f '%M %e' -o "$T/time" "$BIN/cpseg" -q --model "$W" --diameter 30 \
         --savedir "$T/out" --manifest "$T/m.jsonl" "$2"
     read -r rss_kb wall < "$T/time"
-    python3 - "$T/m.jsonl" "$1" "$rss_kb" "$wall" <<'PY'
+    local prss=0 pwall=0
+    if [ $peer_ok = 1 ] && /usr/bin/time -f '%M %e' -o "$T/ptime" /usr/bin/python3 \
+        "$SHARED/ref/peer/cellpose3_eval.py" "$2" "$W" 30 > /dev/null 2> "$T/peer.err"; then
+        read -r prss pwall < "$T/ptime"
+    fi
+    /usr/bin/python3 - "$T/m.jsonl" "$1" "$rss_kb" "$wall" "$prss" "$pwall" <<'PY'
 import json, sys
 m = json.loads(open(sys.argv[1]).readline())
 label, rss_kb, wall = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-peer = (2.1 + 0.3) / (512 * 512 / 1e6)
+prss, pwall = int(sys.argv[5]), float(sys.argv[6])
 s, mp = m["seconds"], m["width"] * m["height"] / 1e6
+peer = (f"Python Cellpose 3 in this run {pwall:.2f} s, peak RSS {prss / 1024:.0f} MB -> "
+        f"{pwall / wall:.2f}x faster, RSS {prss / rss_kb:.2f}x lower" if pwall > 0 else
+        "peer not available (reference sources or python3-torch missing: ../shared/ref/README.md)")
 print(f"cpseg {label}: {s['total']:.2f} s/image (read {s['read']:.3f}, network {s['network']:.2f}, "
       f"dynamics {s['dynamics']:.3f}, write {s['write']:.3f}), {s['total'] / mp:.2f} s/MP, "
-      f"process wall {wall:.2f} s, peak RSS {rss_kb / 1024:.0f} MB; "
-      f"peer Python Cellpose 3 {peer:.2f} s/MP -> ratio {peer / (s['total'] / mp):.2f}x; "
-      f"peak RSS ratio to a batch-8 libtorch forward (1050 MB) {1050 / (rss_kb / 1024):.2f}x lower")
+      f"process wall {wall:.2f} s, peak RSS {rss_kb / 1024:.0f} MB; {peer}")
 PY
 }
 
