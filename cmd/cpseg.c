@@ -47,6 +47,15 @@ static void usage(void)
            "      --cellpose-v3-compat  reproduce Cellpose 3.1's fill-holes label bug\n"
            "      --from-flows FILE     masks from saved NAME_flows.npy, no network (repeatable)\n"
            "\n"
+           "Volumes (multi-page TIFF, ImageJ hyperstack, 3-D/4-D NPY; without one of the\n"
+           "first two flags a Z-stack is refused):\n"
+           "      --do-3d               Cellpose's do_3D: network on YX, ZX, ZY planes, 3D masks\n"
+           "      --stitch-threshold T  2D masks per plane stitched across Z at IoU >= T (0 off)\n"
+           "      --anisotropy A        Z step over XY pixel size, for --do-3d (1)\n"
+           "      --flow3d-smooth S     Gaussian sigma on the 3D flows: S or SZ,SY,SX (0)\n"
+           "      --z-axis N            axis of Z in the file's array (default 0)\n"
+           "      --channel-axis N      axis of channels in a 4-D array (TIFF 1, NPY 3)\n"
+           "\n"
            "Outputs (next to each image, or under --savedir):\n"
            "      --savedir DIR\n"
            "      --save LIST           comma list of: masks_npy flows overlay outlines rois png\n"
@@ -68,7 +77,8 @@ enum {
     OPT_DIAMETER = 256, OPT_CHAN, OPT_CHAN2, OPT_FLOW, OPT_CELLPROB, OPT_MINSIZE, OPT_MAXFRAC, OPT_NITER,
     OPT_OVERLAP, OPT_BATCH, OPT_AUGMENT, OPT_NONORM, OPT_NORMPCT, OPT_EDGES, OPT_DYNAMICS, OPT_V3COMPAT, OPT_FROMFLOWS,
     OPT_SAVEDIR, OPT_SAVE, OPT_NOMASKS, OPT_FORCE, OPT_MANIFEST, OPT_GLOB, OPT_SHARD, OPT_FAILFAST,
-    OPT_DEVICE, OPT_THREADS, OPT_HELP, OPT_VERSION
+    OPT_DEVICE, OPT_THREADS, OPT_HELP, OPT_VERSION, OPT_DO3D, OPT_STITCH, OPT_ANISO, OPT_SMOOTH3D, OPT_ZAXIS,
+    OPT_CAXIS
 };
 
 static const struct option long_opts[] = {
@@ -93,6 +103,12 @@ static const struct option long_opts[] = {
     {"dynamics", required_argument, 0, OPT_DYNAMICS},
     {"cellpose-v3-compat", no_argument, 0, OPT_V3COMPAT},
     {"from-flows", required_argument, 0, OPT_FROMFLOWS},
+    {"do-3d", no_argument, 0, OPT_DO3D},
+    {"stitch-threshold", required_argument, 0, OPT_STITCH},
+    {"anisotropy", required_argument, 0, OPT_ANISO},
+    {"flow3d-smooth", required_argument, 0, OPT_SMOOTH3D},
+    {"z-axis", required_argument, 0, OPT_ZAXIS},
+    {"channel-axis", required_argument, 0, OPT_CAXIS},
     {"savedir", required_argument, 0, OPT_SAVEDIR},
     {"save", required_argument, 0, OPT_SAVE},
     {"no-masks", no_argument, 0, OPT_NOMASKS},
@@ -120,6 +136,8 @@ typedef struct job {
     float diam_mean;
     cp_seg_params params;
     int estimate;               /* --diameter 0: Cellpose 3's size model per image */
+    int volume;                 /* --do-3d or --stitch-threshold: inputs are Z-stacks */
+    int z_axis, channel_axis;   /* CP_AXIS_AUTO when not given */
     cp_size_model *size_model;
     char *size_path;
     unsigned outputs;
@@ -156,6 +174,14 @@ static cJSON *params_json(const job *J)
     cJSON_AddNumberToObject(o, "norm_lo", p->norm_lo);
     cJSON_AddNumberToObject(o, "norm_hi", p->norm_hi);
     cJSON_AddBoolToObject(o, "exclude_on_edges", p->exclude_on_edges);
+    if (J->volume) {
+        cJSON_AddBoolToObject(o, "do_3D", p->do_3d);
+        cJSON_AddNumberToObject(o, "stitch_threshold", p->stitch_threshold);
+        cJSON_AddNumberToObject(o, "anisotropy", p->anisotropy);
+        cJSON *sm = cJSON_AddArrayToObject(o, "flow3D_smooth");
+        for (int i = 0; i < 3; i++)
+            cJSON_AddItemToArray(sm, cJSON_CreateNumber(p->flow3d_smooth[i]));
+    }
     return o;
 }
 
@@ -165,7 +191,7 @@ typedef struct image_log {
     char error[1024];
     char *outputs[CP_SEG_OUTPUT_KINDS];
     uint32_t cells;
-    int niter, width, height;
+    int niter, width, height, planes;
     double t_read, t_network, t_dynamics, t_write, t_total;
     int estimated;              /* the diameter came from the size model */
     cp_size_estimate est;       /* then its figures (masks freed) */
@@ -188,6 +214,8 @@ static void manifest_write(job *J, const image_log *L)
             cJSON_AddItemToArray(outs, cJSON_CreateString(L->outputs[k]));
     cJSON_AddNumberToObject(o, "width", L->width);
     cJSON_AddNumberToObject(o, "height", L->height);
+    if (J->volume)
+        cJSON_AddNumberToObject(o, "planes", L->planes);
     cJSON_AddNumberToObject(o, "cells", L->cells);
     cJSON_AddNumberToObject(o, "niter", L->niter);
     if (L->estimated) {
@@ -272,23 +300,45 @@ static int process_one(job *J, const char *input, image_log *L)
 
     if (J->from_flows) {
         rc = cp_npy_read(input, &flows);
-        if (rc == CP_OK && (flows->ndim != 3 || flows->shape[0] != 3 || flows->dtype != CP_F32))
-            rc = cp_error(CP_EFORMAT, "%s: flows must be a float32 array of shape (3, Y, X)", input);
+        int nd = rc == CP_OK ? flows->ndim : 0;
+        if (rc == CP_OK && nd == 4 && !J->volume)
+            rc = cp_error(CP_EINVAL, "%s: flows of %zu planes: give --do-3d or --stitch-threshold T", input,
+                          flows->shape[1]);
+        if (rc == CP_OK &&
+            ((nd != 3 && nd != 4) || flows->dtype != CP_F32 || flows->shape[0] != (nd == 4 && J->params.do_3d ? 4u : 3u)))
+            rc = cp_error(CP_EFORMAT, "%s: flows must be a float32 array of shape %s", input,
+                          J->params.do_3d ? "(4, Z, Y, X) (dZ, dY, dX, cellprob)"
+                          : J->volume ? "(3, Z, Y, X) (stitching) or (4, Z, Y, X) with --do-3d" : "(3, Y, X)");
         if (rc == CP_OK && (J->outputs & CP_SEG_OUT_OVERLAY)) {
             char *ip = image_beside_flows(input);
             if (!ip)
                 rc = cp_error(CP_EIO, "%s: overlay asked for but no image NAME.tif/.png beside the flows", input);
             else
-                rc = cp_image_read(ip, &read_opts, &img);
+                rc = nd == 4 ? cp_image_read_volume(ip, J->z_axis, J->channel_axis, &img)
+                             : cp_image_read(ip, &read_opts, &img);
             free(ip);
         }
         if (rc != CP_OK)
             goto fail;
         L->t_read = cp_seconds() - t0;
-        rc = cp_segment_from_flows(flows->data, (int)flows->shape[1], (int)flows->shape[2], J->arch, J->diam_mean,
-                                   &J->params, &res);
+        if (nd == 4)
+            rc = cp_segment3d_from_flows(flows->data, (int)flows->shape[0], (int)flows->shape[1],
+                                         (int)flows->shape[2], (int)flows->shape[3], J->arch, J->diam_mean,
+                                         &J->params, &res);
+        else
+            rc = cp_segment_from_flows(flows->data, (int)flows->shape[1], (int)flows->shape[2], J->arch,
+                                       J->diam_mean, &J->params, &res);
+    } else if (J->volume) {
+        rc = cp_image_read_volume(input, J->z_axis, J->channel_axis, &img);
+        if (rc != CP_OK)
+            goto fail;
+        L->t_read = cp_seconds() - t0;
+        rc = cp_segment3d(J->model, img, &J->params, &res);
     } else {
         rc = cp_image_read(input, &read_opts, &img);
+        if (rc == CP_OK && img->planes > 1)
+            rc = cp_error(CP_EINVAL, "%s: %d Z planes: give --do-3d or --stitch-threshold T to segment a volume",
+                          input, img->planes);
         if (rc != CP_OK)
             goto fail;
         L->t_read = cp_seconds() - t0;
@@ -312,6 +362,7 @@ static int process_one(job *J, const char *input, image_log *L)
     L->cells = res.ncells;
     L->width = res.width;
     L->height = res.height;
+    L->planes = res.planes > 0 ? res.planes : 1;
     L->niter = res.niter;
 
     double tw = cp_seconds();
@@ -399,6 +450,23 @@ static int read_stdin_list(cp_strlist *l)
     return CP_OK;
 }
 
+/* --flow3d-smooth: one sigma for Z, Y and X, or SZ,SY,SX. */
+static void parse_smooth(const char *s, double sigma[3])
+{
+    char buf[128];
+    if (strlen(s) >= sizeof buf)
+        cli_usage_error("--flow3d-smooth: '%s' is not S or SZ,SY,SX", s);
+    strcpy(buf, s);
+    char *parts[4], *save = NULL;
+    int n = 0;
+    for (char *t = strtok_r(buf, ",", &save); t && n < 4; t = strtok_r(NULL, ",", &save))
+        parts[n++] = t;
+    if (n != 1 && n != 3)
+        cli_usage_error("--flow3d-smooth: '%s' is not S or SZ,SY,SX", s);
+    for (int i = 0; i < 3; i++)
+        sigma[i] = cli_parse_double("--flow3d-smooth", parts[n == 1 ? 0 : i], 0, 100);
+}
+
 static void parse_shard(const char *s, long *k, long *n)
 {
     const char *slash = strchr(s, '/');
@@ -422,6 +490,7 @@ int main(int argc, char **argv)
     cp_seg_params_default(&J.params);
     J.outputs = CP_SEG_OUT_MASKS;
     J.jobs = 1;
+    J.z_axis = J.channel_axis = CP_AXIS_AUTO;
     const char *model_spec = NULL, *glob = NULL, *shard = NULL, *device = getenv("CELLPOSE_DEVICE");
     int recursive = 0, threads = 0, dynamics = 0;
     cp_strlist flows_inputs = {0};
@@ -474,6 +543,12 @@ int main(int argc, char **argv)
                 cli_usage_error("--dynamics: '%s' is not v3 or v4", optarg);
             break;
         case OPT_V3COMPAT: J.params.v3_label_bug = 1; break;
+        case OPT_DO3D: J.params.do_3d = 1; break;
+        case OPT_STITCH: J.params.stitch_threshold = cli_parse_double("--stitch-threshold", optarg, 0, 1); break;
+        case OPT_ANISO: J.params.anisotropy = cli_parse_double("--anisotropy", optarg, 1e-3, 1e3); break;
+        case OPT_SMOOTH3D: parse_smooth(optarg, J.params.flow3d_smooth); break;
+        case OPT_ZAXIS: J.z_axis = (int)cli_parse_long("--z-axis", optarg, -4, 3); break;
+        case OPT_CAXIS: J.channel_axis = (int)cli_parse_long("--channel-axis", optarg, -4, 3); break;
         case OPT_FROMFLOWS:
             if (cp_strlist_push(&flows_inputs, optarg) != CP_OK)
                 { status = CLI_EXIT_FATAL; goto out; }
@@ -498,6 +573,18 @@ int main(int argc, char **argv)
         }
     }
     J.params.dynamics = dynamics;
+    J.volume = J.params.do_3d || J.params.stitch_threshold > 0;
+    if (!J.volume && (J.z_axis != CP_AXIS_AUTO || J.channel_axis != CP_AXIS_AUTO))
+        cli_usage_error("--z-axis and --channel-axis are for volumes: add --do-3d or --stitch-threshold T");
+    if (J.params.do_3d && J.params.stitch_threshold > 0)
+        cli_usage_error("--do-3d and --stitch-threshold are two different 3D modes: give one");
+    if (J.volume && (J.outputs & (CP_SEG_OUT_OUTLINES | CP_SEG_OUT_PNG)))
+        cli_usage_error("--save outlines and png hold one plane: for volumes use the TIFF masks, masks_npy or rois");
+    if (J.volume && J.estimate)
+        cli_usage_error("--diameter 0 (estimate) is for 2D images: give the diameter of a volume");
+    if (!J.params.do_3d && (J.params.anisotropy != 1.0 || J.params.flow3d_smooth[0] > 0 ||
+                            J.params.flow3d_smooth[1] > 0 || J.params.flow3d_smooth[2] > 0))
+        cli_usage_error("--anisotropy and --flow3d-smooth apply to --do-3d only");
     if (J.outputs == 0)
         cli_usage_error("nothing to write (--no-masks without --save)");
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)

@@ -21,6 +21,9 @@ int cp_write_outlines_txt(const char *path, const cp_outline *o, size_t count);
  * OVERLAY_LABELS, name in header2), as roifile's ImagejRoi.frompoints writes
  * it. *buf is allocated; *len its size. Coordinates must fit in 16 bits. */
 int cp_roi_encode(const cp_outline *o, const char *name, uint8_t **buf, size_t *len);
+/* The same with ImageJ's position field (header offset 56) set to `position`
+ * (the 1-based slice of a Z-stack) when it is > 0. */
+int cp_roi_encode_at(const cp_outline *o, const char *name, int position, uint8_t **buf, size_t *len);
 
 #ifdef __cplusplus
 }

@@ -77,6 +77,20 @@ typedef struct cp_voxel_size {
 } cp_voxel_size;
 int cp_image_voxel_size(const char *path, cp_voxel_size *out, int *found);
 
+/* "Not given" for the axes of cp_image_read_volume. */
+#define CP_AXIS_AUTO (-1000)
+
+/* Read a Z-stack as Cellpose's 3D modes do (do_3D, stitching). The file's
+ * array is numpy's for NPY (2-4 dimensions, C order) and, for TIFF and PNG,
+ * the image cp_image_read gives seen as tifffile orders it: (pages, Y, X)
+ * for a stack, (Z, C, Y, X) for an ImageJ hyperstack or pages with
+ * channels, (C, Y, X) for one plane of several channels. z_axis (default 0)
+ * and channel_axis (4-D arrays only; default 1 for TIFF/PNG, 3 for NPY)
+ * index that array, negative from the end as in Python; the remaining two
+ * axes are Y and X in order. A 2-D array, an axis out of range, or a channel
+ * axis on a 3-D array is CP_EINVAL with the file and its shape named. */
+int cp_image_read_volume(const char *path, int z_axis, int channel_axis, cp_image **out);
+
 typedef enum cp_compression {
     CP_COMPRESS_DEFAULT = 0, /* deflate for TIFF */
     CP_COMPRESS_NONE,

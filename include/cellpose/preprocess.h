@@ -51,6 +51,23 @@ double cp_percentile_f32(float *x, size_t n, double q);
  * become 0 (CPSAM). Above 224^3 pixels the percentiles use a subsample. */
 int cp_normalize(cp_planes *p, cp_arch arch, double lower, double upper);
 
+/* ---- volumes (3D) ------------------------------------------------------ */
+
+/* Channel-major float32 volume: data[((c*depth + z)*height + y)*width + x]. */
+typedef struct cp_volume {
+    int channels, depth, height, width;
+    float *data;
+} cp_volume;
+
+/* New zero-filled volume (CP_ELIMIT beyond cp_get_max_pixels()). */
+int cp_volume_create(cp_volume **out, int channels, int depth, int height, int width);
+void cp_volume_free(cp_volume *v);
+
+/* norm3D: cp_normalize with the percentiles of each channel taken over the
+ * whole volume (normalize99 on Z x Y x X; above 224^3 voxels every
+ * max(1, Z/50)-th plane and every max(1, L/224)-th row and column). */
+int cp_normalize3d(cp_volume *v, cp_arch arch, double lower, double upper);
+
 /* 4.3: resize factor. CPNET: diam_mean/diameter, or diam_mean/diam_labels when
  * diameter <= 0. CPSAM: 30/diameter, or 1 when diameter <= 0. */
 double cp_rescale(double diameter, double diam_mean, double diam_labels, cp_arch arch);
@@ -118,6 +135,8 @@ typedef struct cp_eval_params {
     int bsize;            /* tile size; 0 = the network's (224 / 256) */
     int keep_net_size;    /* 1: flows stay at the network's resolution trunc(L*s)
                              (Cellpose's resample=False); default 0 */
+    double anisotropy;    /* 3D only: Z sampling relative to Y/X (Z is resized by
+                             anisotropy*s); <= 0 means 1. Default 1 */
 } cp_eval_params;
 
 void cp_eval_params_init(cp_eval_params *p);
@@ -162,6 +181,72 @@ void cp_eval_debug_free(cp_eval_debug *d);
  * float32 accumulator and one batch of tiles. */
 int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
                       const cp_eval_params *p, cp_flows **out, cp_eval_debug *dbg);
+
+/* Cellpose's run_net on a stack of n planes already normalised and at the
+ * network's scale: x is n x nchan x height x width, out n x 3 x height x width
+ * (dY, dX, cellprob of each plane; for planes of another orientation, the flows
+ * along the planes' first and second axes). Padding, tiles, blending as in
+ * cp_eval_flows_net; planes share batches as in Cellpose (max(1, batch_size /
+ * tiles per plane) planes per group). Only tile_overlap, batch_size, augment
+ * and bsize of p are used (p may be NULL). */
+int cp_run_net(const cp_net_desc *net, const float *x, int n, int height, int width,
+               const cp_eval_params *p, float *out);
+
+/* ---- 3D (Cellpose eval with do_3D, or a stack for stitching) ---------- */
+
+/* The network input of a volume (img->planes = Z): cp_select_channels on
+ * every plane, then with normalize cp_normalize3d (Cellpose's norm3D). */
+int cp_volume_net_input(const cp_image *img, cp_arch arch, int chan, int chan2, int normalize, double lower,
+                        double upper, cp_volume **out);
+
+/* Cellpose's 3D resize: every Z plane to height x width (when that differs),
+ * then every Y slice (Z x X) to depth x width (when the depth differs), each
+ * with cp_resize_linear over all channels. */
+int cp_resize_volume(const cp_volume *in, int depth, int height, int width, cp_volume **out);
+
+/* Stages of the 3D eval, for tests: zero it, set keep_stages, pass it, read,
+ * cp_eval3d_debug_free(). */
+typedef struct cp_eval3d_debug {
+    int keep_stages;
+    cp_volume *net_in;          /* C x Z x Y x X after norm3D */
+    cp_volume *net_in_resized;  /* at the network's scale (NULL when not resized) */
+    float *pass[3];             /* raw run_net output of each pass: n x 3 x h x w with
+                                   pass 0 the Z planes (Y x X), 1 the Y planes (Z x X),
+                                   2 the X planes (Z x Y), at the network's scale */
+    int pass_n[3], pass_h[3], pass_w[3];
+} cp_eval3d_debug;
+void cp_eval3d_debug_free(cp_eval3d_debug *d);
+
+/* Cellpose's run_3D: cp_run_net over the Z, Y and X planes of x (nchan x Z x
+ * Y x X) and their sum in float32 in pass order into *out, 4 x Z x Y x X:
+ * dZ (passes 1 + 2), dY (0 + 2), dX (0 + 1), cellprob (0 + 1 + 2). */
+int cp_run_3d(const cp_net_desc *net, const cp_volume *x, const cp_eval_params *p, cp_volume **out,
+              cp_eval3d_debug *dbg);
+
+/* A volume (img->planes = Z) -> flows 4 x Z x Y x X (dZ, dY, dX, cellprob)
+ * at the image's size, as CellposeModel.eval(do_3D=True) before dynamics:
+ * norm3D, the resize to trunc(Z*anisotropy*s) x trunc(Y*s) x trunc(X*s)
+ * when s or p->anisotropy is not 1, cp_run_3d, the resize back (skipped
+ * with p->keep_net_size). dbg may be NULL. */
+int cp_eval_flows3d_net(const cp_net_desc *net, const cp_image *img, const cp_eval_params *p, cp_volume **out,
+                        cp_eval3d_debug *dbg);
+/* Stitch mode's network stage: norm3D, every Z plane at scale s through
+ * cp_run_net, resized back: 3 x Z x Y x X (dY, dX, cellprob). */
+int cp_eval_flows_planes_net(const cp_net_desc *net, const cp_image *img, const cp_eval_params *p,
+                             cp_volume **out);
+/* The same two with a loaded model. */
+int cp_eval_flows3d(cp_model *m, const cp_image *img, const cp_eval_params *p, cp_volume **out,
+                    cp_eval3d_debug *dbg);
+int cp_eval_flows_planes(cp_model *m, const cp_image *img, const cp_eval_params *p, cp_volume **out);
+
+/* scipy.ndimage.gaussian_filter on a depth x height x width float32 array in
+ * place, sigma per axis (Z, Y, X; 0 skips an axis), truncate 4, mode
+ * 'reflect': Cellpose's flow3D_smooth on one flow component. */
+int cp_gaussian_filter3d(float *v, int depth, int height, int width, const double sigma[3]);
+
+/* The network of a loaded model as a cp_net_desc (forward: cp_model_forward;
+ * forward_style set for CPnet models). */
+void cp_model_net_desc(cp_model *m, cp_net_desc *net);
 
 /* The same with a loaded model (cp_model_forward). */
 int cp_eval_flows(cp_model *m, const cp_image *img, int plane, const cp_eval_params *p,

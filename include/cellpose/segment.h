@@ -35,15 +35,24 @@ typedef struct cp_seg_params {
     int v3_label_bug;         /* 1: reproduce Cellpose 3.1's fill-holes label bug (cp_dyn_params) */
     float diam_mean;          /* 0 = the model file's; Cellpose 3 built-in names use 30 (nuclei 17) */
     int threads;              /* OpenMP threads for this call; 0 = the caller's setting */
+    /* volumes (cp_segment3d) */
+    int do_3d;                /* Cellpose's do_3D: three network passes, 3D dynamics */
+    double stitch_threshold;  /* > 0 without do_3d: 2D per plane, then stitch3D at this IoU */
+    double anisotropy;        /* Z spacing over Y/X spacing (do_3d); default 1 */
+    double flow3d_smooth[3];  /* do_3d: Gaussian sigma on dP along Z, Y, X; 0 = none */
 } cp_seg_params;
 
 void cp_seg_params_default(cp_seg_params *p);
 
 typedef struct cp_seg_result {
     int height, width;
-    uint32_t *masks;          /* height*width labels 1..ncells, 0 = background */
+    int planes;               /* Z: 1 for an image (0 is read as 1) */
+    uint32_t *masks;          /* planes*height*width labels 1..ncells, 0 = background */
     uint32_t ncells;
-    float *flows;             /* 3*height*width: dY, dX, cellprob logit (image resolution) */
+    int flow_channels;        /* 3 (0 is read as 3): dY, dX, cellprob logit per plane;
+                                 4 (do_3d): dZ, dY, dX, cellprob */
+    float *flows;             /* flow_channels*planes*height*width, channel-major, at the
+                                 image's resolution */
     int niter;                /* Euler steps used */
     double t_network, t_dynamics; /* seconds */
 } cp_seg_result;
@@ -55,6 +64,21 @@ int cp_segment(cp_model *m, const cp_image *img, const cp_seg_params *p, cp_seg_
 int cp_segment_from_flows(const float *flows, int height, int width, cp_arch arch, float diam_mean,
                           const cp_seg_params *p, cp_seg_result *out);
 void cp_seg_result_free(cp_seg_result *r);
+
+/* A volume (vol->planes = Z) -> flows -> 3D masks, as CellposeModel.eval with
+ * z_axis=0: p->do_3d runs Cellpose's do_3D (cp_eval_flows3d with
+ * p->anisotropy, flow3D_smooth on dP, 3D dynamics without flow QC, 3D fill
+ * holes and min_size); otherwise p->stitch_threshold > 0 runs its stitch mode
+ * (norm3D, the 2D network and dynamics with the flow QC per plane and no
+ * min_size, stitch3D, then 3D fill holes and min_size). A single plane
+ * without do_3d is cp_segment. Neither flag on a volume is CP_EINVAL.
+ * out->flows has 4 channels with do_3d, 3 in stitch mode. */
+int cp_segment3d(cp_model *m, const cp_image *vol, const cp_seg_params *p, cp_seg_result *out);
+/* Saved flows -> masks without the network: flows is channels x planes x
+ * height x width as in cp_seg_result (4 channels: do_3D dynamics; 3: stitch
+ * mode on the planes). */
+int cp_segment3d_from_flows(const float *flows, int channels, int planes, int height, int width, cp_arch arch,
+                            float diam_mean, const cp_seg_params *p, cp_seg_result *out);
 
 /* ---- Automatic diameter: Cellpose 3's size model (diameter 0) ------------ */
 
@@ -90,7 +114,12 @@ int cp_size_pass_masks(const float *dP, const float *cellprob, int Lyr, int Lxr,
                        int v3_label_bug, int threads, uint32_t *masks);
 
 /* Files written per image, named like Cellpose's next to the image (or in a
- * save folder): NAME is the image's name without extension. */
+ * save folder): NAME is the image's name without extension. For a volume
+ * (planes > 1): masks are a Z-stack with ImageJ metadata (images=Z,
+ * slices=Z), masks_npy (Z, Y, X), flows (flow_channels, Z, Y, X), the
+ * overlay the maximum projection along Z of the image and of the labels,
+ * ROIs one per cell and plane (named LABEL_zPLANE, ImageJ position = plane,
+ * 1-based); outlines and PNG masks hold one plane and fail (CP_EUNSUPPORTED). */
 typedef enum cp_seg_output {
     CP_SEG_OUT_MASKS = 1 << 0,     /* NAME_cp_masks.tif: u16, u32 above 65535 cells */
     CP_SEG_OUT_MASKS_NPY = 1 << 1, /* NAME_masks.npy */

@@ -44,6 +44,11 @@ static void put32(uint8_t *p, uint32_t v)
 
 int cp_roi_encode(const cp_outline *o, const char *name, uint8_t **buf, size_t *len)
 {
+    return cp_roi_encode_at(o, name, 0, buf, len);
+}
+
+int cp_roi_encode_at(const cp_outline *o, const char *name, int position, uint8_t **buf, size_t *len)
+{
     *buf = NULL;
     *len = 0;
     if (o->n == 0 || o->n > 65535)
@@ -74,6 +79,8 @@ int cp_roi_encode(const cp_outline *o, const char *name, uint8_t **buf, size_t *
     put16(b + 14, x1 + 1);
     put16(b + 16, (int)o->n);
     put16(b + 50, ROI_OVERLAY_BACKGROUNDS | ROI_OVERLAY_LABELS);
+    if (position > 0)
+        put32(b + 56, (uint32_t)position); /* ImageJ's POSITION: the stack slice */
     put32(b + 60, (uint32_t)h2);
     for (size_t i = 0; i < o->n; i++) {
         put16(b + ROI_HEADER + 2 * i, o->xy[2 * i] - x0);

@@ -172,33 +172,39 @@ static int channel_skipped(const float *x, size_t n)
     return !differs;
 }
 
-int cp_normalize(cp_planes *p, cp_arch arch, double lower, double upper)
+/* Channel-major C x Z x H x W floats (Z = 1 for an image): per channel,
+ * normalize99 as Cellpose calls it with downsample=True: above 224^3 samples
+ * the percentiles use every max(1, L/224)-th row and column, and in 3D every
+ * max(1, Z/50)-th plane. */
+static int normalize_channels(float *data, int C, int Z, int Hi, int Wi, cp_arch arch, double lower,
+                              double upper)
 {
     if (!(lower >= 0 && lower <= 100 && upper >= 0 && upper <= 100))
         return cp_error(CP_EINVAL, "normalisation percentiles %g, %g: need values in [0, 100]",
                         lower, upper);
-    size_t H = (size_t)p->height, W = (size_t)p->width, npix = H * W;
-    /* percentiles on every k-th row/column above 224^3 pixels */
-    size_t sy = 1, sx = 1;
+    size_t D = (size_t)Z, H = (size_t)Hi, W = (size_t)Wi, npix = D * H * W;
+    size_t sz = 1, sy = 1, sx = 1;
     if (npix > (size_t)224 * 224 * 224) {
         sy = H / 224 > 1 ? H / 224 : 1;
         sx = W / 224 > 1 ? W / 224 : 1;
+        sz = Z > 1 && D / 50 > 1 ? D / 50 : 1;
     }
-    size_t ns = ((H + sy - 1) / sy) * ((W + sx - 1) / sx);
+    size_t ns = ((D + sz - 1) / sz) * ((H + sy - 1) / sy) * ((W + sx - 1) / sx);
     float *buf = cp_malloc_array(ns, sizeof(float), "percentile buffer");
     if (!buf)
         return CP_ENOMEM;
-    for (int c = 0; c < p->channels; c++) {
-        float *x = p->data + (size_t)c * npix;
+    for (int c = 0; c < C; c++) {
+        float *x = data + (size_t)c * npix;
         if (channel_skipped(x, npix)) {
             if (arch == CP_ARCH_CPSAM)
                 memset(x, 0, npix * sizeof(float));
             continue;
         }
         size_t k = 0;
-        for (size_t y = 0; y < H; y += sy)
-            for (size_t xx = 0; xx < W; xx += sx)
-                buf[k++] = x[y * W + xx];
+        for (size_t z = 0; z < D; z += sz)
+            for (size_t y = 0; y < H; y += sy)
+                for (size_t xx = 0; xx < W; xx += sx)
+                    buf[k++] = x[(z * H + y) * W + xx];
         double lo = cp_percentile_f32(buf, k, lower);
         double hi = cp_percentile_f32(buf, k, upper);
         if (hi - lo > 1e-3) {
@@ -212,4 +218,14 @@ int cp_normalize(cp_planes *p, cp_arch arch, double lower, double upper)
     }
     free(buf);
     return CP_OK;
+}
+
+int cp_normalize(cp_planes *p, cp_arch arch, double lower, double upper)
+{
+    return normalize_channels(p->data, p->channels, 1, p->height, p->width, arch, lower, upper);
+}
+
+int cp_normalize3d(cp_volume *v, cp_arch arch, double lower, double upper)
+{
+    return normalize_channels(v->data, v->channels, v->depth, v->height, v->width, arch, lower, upper);
 }

@@ -17,6 +17,7 @@ void cp_eval_params_init(cp_eval_params *p)
     p->norm_upper = 99.0;
     p->tile_overlap = 0.1;
     p->batch_size = 8;
+    p->anisotropy = 1.0;
 }
 
 void cp_flows_free(cp_flows *f)
@@ -236,15 +237,18 @@ static void normalize_style(float *s, int n, float *sq)
         s[c] /= norm;
 }
 
-static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling *t,
-                     int batch, float *acc, float *style, cp_eval_debug *dbg)
+/* The tiles of np padded planes of the same size through the network, in
+ * Cellpose's order: tile k of the run is tile k % ntiles of plane k / ntiles,
+ * batch after batch; each output accumulates into its plane's acc[i]. */
+static int run_tiles(const cp_net_desc *net, cp_planes *const *P, int np, const cp_tiling *t,
+                     int batch, float *const *acc, float *style, cp_eval_debug *dbg)
 {
-    int ntiles = t->ny * t->nx;
+    int ntiles = t->ny * t->nx, total = np * ntiles;
     size_t tn = (size_t)t->ty * t->tx;
-    int C = P->channels, nout = net->nout;
+    int C = P[0]->channels, nout = net->nout;
     size_t in_sz = (size_t)C * tn, out_sz = (size_t)nout * tn;
-    if (batch > ntiles)
-        batch = ntiles;
+    if (batch > total)
+        batch = total;
     float *bin = cp_malloc_array((size_t)batch * in_sz, sizeof(float), "tile batch");
     float *bout = cp_malloc_array((size_t)batch * out_sz, sizeof(float), "tile batch");
     float *tmp = cp_malloc_array(tn, sizeof(float), "tile");
@@ -260,8 +264,8 @@ static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling
     cp_taper_1d(t->ty, t->tx, t->ty, my);
     cp_taper_1d(t->ty, t->tx, t->tx, mx);
     int keep = dbg ? dbg->keep_tiles : 0;
-    if (keep > ntiles)
-        keep = ntiles;
+    if (keep > total)
+        keep = total;
     if (keep > 0) {
         dbg->tiles_in = cp_malloc_array((size_t)keep * in_sz, sizeof(float), "debug tiles");
         dbg->tiles_out = cp_malloc_array((size_t)keep * out_sz, sizeof(float), "debug tiles");
@@ -271,10 +275,12 @@ static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling
         }
         dbg->ntiles_kept = keep;
     }
-    for (int k0 = 0; k0 < ntiles; k0 += batch) {
-        int n = ntiles - k0 < batch ? ntiles - k0 : batch;
-        for (int i = 0; i < n; i++)
-            gather_tile(P, t, (k0 + i) / t->nx, (k0 + i) % t->nx, bin + i * in_sz);
+    for (int k0 = 0; k0 < total; k0 += batch) {
+        int n = total - k0 < batch ? total - k0 : batch;
+        for (int i = 0; i < n; i++) {
+            int k = (k0 + i) % ntiles;
+            gather_tile(P[(k0 + i) / ntiles], t, k / t->nx, k % t->nx, bin + i * in_sz);
+        }
         rc = style ? net->forward_style(net->ctx, bin, n, t->ty, t->tx, bout, bstyle)
                    : net->forward(net->ctx, bin, n, t->ty, t->tx, bout);
         if (rc) {
@@ -283,17 +289,17 @@ static int run_tiles(const cp_net_desc *net, const cp_planes *P, const cp_tiling
             goto done;
         }
         for (int i = 0; i < n; i++) {
-            int k = k0 + i, jy = k / t->nx, jx = k % t->nx;
+            int k = (k0 + i) % ntiles, jy = k / t->nx, jx = k % t->nx;
             float *o = bout + i * out_sz;
-            if (k < keep) {
-                memcpy(dbg->tiles_in + k * in_sz, bin + i * in_sz, in_sz * sizeof(float));
-                memcpy(dbg->tiles_out + k * out_sz, o, out_sz * sizeof(float));
+            if (k0 + i < keep) {
+                memcpy(dbg->tiles_in + (k0 + i) * in_sz, bin + i * in_sz, in_sz * sizeof(float));
+                memcpy(dbg->tiles_out + (k0 + i) * out_sz, o, out_sz * sizeof(float));
             }
             for (int c = 0; c < ns; c++) /* float32, in tile order, as numpy's sum(axis=0) */
                 style[c] += bstyle[(size_t)i * ns + c];
             if (t->augment)
                 unaugment_tile(t, jy, jx, nout, o, tmp);
-            accumulate_tile(acc, t->height, t->width, t, jy, jx, o, my, mx);
+            accumulate_tile(acc[(k0 + i) / ntiles], t->height, t->width, t, jy, jx, o, my, mx);
         }
     }
     if (style)
@@ -308,55 +314,52 @@ done:
     return rc;
 }
 
-/* Stitch the tiles of the padded image *Pp into the cropped network output.
- * *Pp is freed as soon as the tiles are done unless keep is set. */
-static int stitch(const cp_net_desc *net, cp_planes **Pp, const cp_tiling *t, int batch, int py0,
-                  int px0, int out_h, int out_w, int keep, float *style, cp_planes **out,
+/* Stitch the tiles of the np padded planes P[i] into their cropped network
+ * outputs out[i] (3 x out_h x out_w each). The P[i] are freed as soon as the
+ * tiles are done unless keep is set. */
+static int stitch(const cp_net_desc *net, cp_planes **P, int np, const cp_tiling *t, int batch, int py0,
+                  int px0, int out_h, int out_w, int keep, float *style, float *const *out,
                   cp_eval_debug *dbg)
 {
-    *out = NULL;
     size_t an;
     if (cp_mul_overflow((size_t)t->height * t->width, 3, &an))
         return cp_error(CP_ELIMIT, "image too large");
-    float *acc = cp_calloc(an, sizeof(float), "flow accumulator");
+    float **acc = cp_calloc((size_t)np, sizeof *acc, "flow accumulators");
     if (!acc)
         return CP_ENOMEM;
     cover cy = {0}, cx = {0};
     double *my = NULL, *mx = NULL, *navg = NULL;
-    cp_planes *o = NULL;
-    int rc = run_tiles(net, *Pp, t, batch, acc, style, dbg);
-    if (rc)
+    int rc = CP_OK;
+    for (int i = 0; i < np && rc == CP_OK; i++)
+        if (!(acc[i] = cp_calloc(an, sizeof(float), "flow accumulator")))
+            rc = CP_ENOMEM;
+    if (rc || (rc = run_tiles(net, P, np, t, batch, acc, style, dbg)))
         goto done;
-    if (!keep) {
-        cp_planes_free(*Pp);
-        *Pp = NULL;
-    }
+    if (!keep)
+        for (int i = 0; i < np; i++) {
+            cp_planes_free(P[i]);
+            P[i] = NULL;
+        }
     if ((rc = make_cover(t->ystart, t->ny, t->ty, t->height, &cy)) ||
         (rc = make_cover(t->xstart, t->nx, t->tx, t->width, &cx)))
         goto done;
     my = cp_malloc_array((size_t)t->ty, sizeof(double), "taper");
     mx = cp_malloc_array((size_t)t->tx, sizeof(double), "taper");
     navg = cp_malloc_array((size_t)out_w, sizeof(double), "mask sums");
-    o = cp_calloc(1, sizeof *o, "planes");
-    if (!my || !mx || !navg || !o) {
+    if (!my || !mx || !navg) {
         rc = CP_ENOMEM;
         goto done;
     }
     cp_taper_1d(t->ty, t->tx, t->ty, my);
     cp_taper_1d(t->ty, t->tx, t->tx, mx);
-    finish_blend(acc, t->height, t->width, t, &cy, &cx, my, mx, py0, px0, out_h, out_w, navg);
-    size_t on = (size_t)3 * out_h * out_w;
-    float *shrunk = realloc(acc, on * sizeof(float));
-    o->data = shrunk ? shrunk : acc;
-    acc = NULL;
-    o->channels = 3;
-    o->height = out_h;
-    o->width = out_w;
-    *out = o;
-    o = NULL;
+    for (int i = 0; i < np; i++) {
+        finish_blend(acc[i], t->height, t->width, t, &cy, &cx, my, mx, py0, px0, out_h, out_w, navg);
+        memcpy(out[i], acc[i], (size_t)3 * out_h * out_w * sizeof(float));
+    }
 done:
+    for (int i = 0; i < np; i++)
+        free(acc[i]);
     free(acc);
-    free(o);
     free_cover(&cy);
     free_cover(&cx);
     free(my);
@@ -365,15 +368,10 @@ done:
     return rc;
 }
 
-int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
-                      const cp_eval_params *p, cp_flows **out, cp_eval_debug *dbg)
+/* What every entry point checks of the network and parameters; *bsize
+ * receives the tile size. */
+static int check_net(const cp_net_desc *net, const cp_eval_params *p, int *bsize)
 {
-    *out = NULL;
-    cp_eval_params defaults;
-    if (!p) {
-        cp_eval_params_init(&defaults);
-        p = &defaults;
-    }
     if (!net || !net->forward)
         return cp_error(CP_EINVAL, "eval: no network");
     if (net->arch != CP_ARCH_CPNET && net->arch != CP_ARCH_CPSAM)
@@ -386,9 +384,76 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
         return cp_error(CP_EINVAL, "eval: network has %d outputs, need 3", net->nout);
     if (p->batch_size <= 0)
         return cp_error(CP_EINVAL, "eval: batch size %d must be positive", p->batch_size);
+    *bsize = p->bsize > 0 ? p->bsize : (net->bsize > 0 ? net->bsize : (want == 3 ? 256 : 224));
+    return CP_OK;
+}
+
+int cp_run_net(const cp_net_desc *net, const float *x, int n, int height, int width,
+               const cp_eval_params *p, float *out)
+{
+    cp_eval_params defaults;
+    if (!p) {
+        cp_eval_params_init(&defaults);
+        p = &defaults;
+    }
+    int bsize, rc = check_net(net, p, &bsize);
+    if (rc)
+        return rc;
+    if (n <= 0 || height <= 0 || width <= 0)
+        return cp_error(CP_EINVAL, "run_net: bad stack size %d x %d x %d", n, height, width);
+    int C = net->nchan;
+    size_t in_n = (size_t)C * height * width, out_n = (size_t)3 * height * width;
+    int py[2], px[2];
+    cp_pad_amounts(height, net->arch, bsize, &py[0], &py[1]);
+    cp_pad_amounts(width, net->arch, bsize, &px[0], &px[1]);
+    cp_tiling t = {0};
+    if ((rc = cp_tiling_make(&t, height + py[0] + py[1], width + px[0] + px[1], bsize, p->tile_overlap,
+                             p->augment)))
+        return rc;
+    /* Cellpose runs max(1, batch_size / ntiles) planes per group, and a group
+     * in batches of batch_size tiles */
+    int ntiles = t.ny * t.nx, group = p->batch_size / ntiles > 1 ? p->batch_size / ntiles : 1;
+    if (group > n)
+        group = n;
+    cp_planes **P = cp_calloc((size_t)group, sizeof *P, "padded planes");
+    float **o = cp_calloc((size_t)group, sizeof *o, "outputs");
+    if (!P || !o)
+        rc = CP_ENOMEM;
+    for (int z0 = 0; z0 < n && rc == CP_OK; z0 += group) {
+        int np = n - z0 < group ? n - z0 : group;
+        for (int i = 0; i < np && rc == CP_OK; i++) {
+            cp_planes view = {C, height, width, (float *)(x + (size_t)(z0 + i) * in_n)};
+            int qy[2], qx[2];
+            rc = pad_image(&view, net->arch, bsize, qy, qx, &P[i]);
+            o[i] = out + (size_t)(z0 + i) * out_n;
+        }
+        if (rc == CP_OK)
+            rc = stitch(net, P, np, &t, p->batch_size, py[0], px[0], height, width, 0, NULL, o, NULL);
+        for (int i = 0; i < np; i++) {
+            cp_planes_free(P[i]);
+            P[i] = NULL;
+        }
+    }
+    free(P);
+    free(o);
+    cp_tiling_free(&t);
+    return rc;
+}
+
+int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
+                      const cp_eval_params *p, cp_flows **out, cp_eval_debug *dbg)
+{
+    *out = NULL;
+    cp_eval_params defaults;
+    if (!p) {
+        cp_eval_params_init(&defaults);
+        p = &defaults;
+    }
+    int bsize, rc0 = check_net(net, p, &bsize);
+    if (rc0)
+        return rc0;
     if (!(p->diameter == p->diameter) || isinf(p->diameter))
         return cp_error(CP_EINVAL, "eval: diameter is not a finite number");
-    int bsize = p->bsize > 0 ? p->bsize : (net->bsize > 0 ? net->bsize : (want == 3 ? 256 : 224));
     if (dbg) {
         int kt = dbg->keep_tiles, ks = dbg->keep_stages;
         memset(dbg, 0, sizeof *dbg);
@@ -447,7 +512,9 @@ int cp_eval_flows_net(const cp_net_desc *net, const cp_image *img, int plane,
         dbg->pad_x[1] = px[1];
     }
     int keep = dbg && dbg->keep_stages;
-    if ((rc = stitch(net, &P, &t, p->batch_size, py[0], px[0], Lyr, Lxr, keep, style, &y, dbg)))
+    if ((rc = cp_planes_create(&y, 3, Lyr, Lxr)))
+        goto fail;
+    if ((rc = stitch(net, &P, 1, &t, p->batch_size, py[0], px[0], Lyr, Lxr, keep, style, &y->data, dbg)))
         goto fail;
     if (dbg && dbg->keep_stages) {
         dbg->padded = P;

@@ -76,13 +76,27 @@ int cp_seg_output_path(const char *input, const char *savedir, cp_seg_output kin
     return *path ? CP_OK : CP_ENOMEM;
 }
 
+static int planes_of(const cp_seg_result *r)
+{
+    return r->planes > 1 ? r->planes : 1;
+}
+
+/* Outputs that hold one plane only. */
+static int refuse_volume(const char *path, const cp_seg_result *r, const char *what)
+{
+    if (planes_of(r) == 1)
+        return CP_OK;
+    return cp_error(CP_EUNSUPPORTED, "%s: %s hold one plane; these masks have %d (use the TIFF masks or rois)", path,
+                    what, planes_of(r));
+}
+
 static int masks_image(const cp_seg_result *r, int allow_u32, cp_image **out)
 {
     int u16 = r->ncells < 65536 || !allow_u32;
-    int rc = cp_image_create(out, r->width, r->height, 1, 1, u16 ? CP_U16 : CP_U32);
+    int rc = cp_image_create(out, r->width, r->height, 1, planes_of(r), u16 ? CP_U16 : CP_U32);
     if (rc != CP_OK)
         return rc;
-    size_t n = (size_t)r->width * r->height;
+    size_t n = (size_t)r->width * r->height * planes_of(r);
     if (u16) {
         uint16_t *d = (*out)->data;
         for (size_t i = 0; i < n; i++)
@@ -108,6 +122,9 @@ static int write_masks_png(const char *path, const cp_seg_result *r)
     if (r->ncells >= 65536)
         return cp_error(CP_EUNSUPPORTED, "%s: %u cells do not fit a 16-bit PNG; use the TIFF masks", path,
                         r->ncells);
+    int rc0 = refuse_volume(path, r, "PNG masks");
+    if (rc0)
+        return rc0;
     cp_image *m;
     int rc = masks_image(r, 0, &m);
     if (rc == CP_OK)
@@ -123,6 +140,8 @@ static int write_masks_npy(const char *path, const cp_seg_result *r)
     if (rc != CP_OK)
         return rc;
     cp_array a = {2, {(size_t)r->height, (size_t)r->width}, m->dtype, m->data};
+    if (planes_of(r) > 1)
+        a = (cp_array){3, {(size_t)r->planes, (size_t)r->height, (size_t)r->width}, m->dtype, m->data};
     rc = cp_npy_write(path, &a);
     cp_image_free(m);
     return rc;
@@ -133,41 +152,61 @@ static int write_flows(const char *path, const cp_seg_result *r)
     if (!r->flows)
         return cp_error(CP_EINVAL, "%s: no flows to write", path);
     cp_array a = {3, {3, (size_t)r->height, (size_t)r->width}, CP_F32, r->flows};
+    int C = r->flow_channels > 0 ? r->flow_channels : 3;
+    if (planes_of(r) > 1 || C != 3)
+        a = (cp_array){4, {(size_t)C, (size_t)planes_of(r), (size_t)r->height, (size_t)r->width}, CP_F32, r->flows};
     return cp_npy_write(path, &a);
 }
 
-static int write_rois(const char *path, const cp_seg_result *r)
+/* One plane's ROIs into the zip; position 0 (an image) or the 1-based plane,
+ * which then also names them LABEL_zPLANE. */
+static int add_plane_rois(cp_zip *z, const uint32_t *masks, int H, int W, int position)
 {
     cp_outline *o;
     size_t n;
-    int rc = cp_outlines_list(r->masks, r->height, r->width, &o, &n);
+    int rc = cp_outlines_list(masks, H, W, &o, &n);
     if (rc != CP_OK)
         return rc;
-    cp_zip *z;
-    rc = cp_zip_open(&z, path, 1, NULL);
     for (size_t i = 0; rc == CP_OK && i < n; i++) {
         if (o[i].n <= 4)
             continue; /* as Cellpose: too small to be a polygon */
-        char name[32], entry[40];
-        snprintf(name, sizeof name, "%u", o[i].label);
+        char name[48], entry[56];
+        if (position > 0)
+            snprintf(name, sizeof name, "%u_z%d", o[i].label, position);
+        else
+            snprintf(name, sizeof name, "%u", o[i].label);
         snprintf(entry, sizeof entry, "%s.roi", name);
         uint8_t *buf;
         size_t len;
-        rc = cp_roi_encode(&o[i], name, &buf, &len);
+        rc = cp_roi_encode_at(&o[i], name, position, &buf, &len);
         if (rc == CP_OK)
             rc = cp_zip_add(z, entry, buf, len);
         free(buf);
     }
+    cp_outlines_free(o, n);
+    return rc;
+}
+
+static int write_rois(const char *path, const cp_seg_result *r)
+{
+    cp_zip *z;
+    int rc = cp_zip_open(&z, path, 1, NULL);
+    int Z = planes_of(r);
+    size_t hw = (size_t)r->height * r->width;
+    for (int k = 0; rc == CP_OK && k < Z; k++)
+        rc = add_plane_rois(z, r->masks + k * hw, r->height, r->width, Z > 1 ? k + 1 : 0);
     if (rc == CP_OK)
         rc = cp_zip_close(z);
     else if (z)
         cp_zip_abort(z);
-    cp_outlines_free(o, n);
     return rc;
 }
 
 static int write_outlines(const char *path, const cp_seg_result *r)
 {
+    int rc0 = refuse_volume(path, r, "outlines files");
+    if (rc0)
+        return rc0;
     cp_outline *o;
     size_t n;
     int rc = cp_outlines_list(r->masks, r->height, r->width, &o, &n);
@@ -177,18 +216,56 @@ static int write_outlines(const char *path, const cp_seg_result *r)
     return rc;
 }
 
+/* Maximum projections along Z of a volume's image (every channel) and of
+ * its labels (the largest label): the overlay of a volume. */
+static int project_volume(const cp_image *img, const uint32_t *masks, cp_image **pimg, uint32_t **pmasks)
+{
+    int Z = img->planes, C = img->channels;
+    size_t hw = (size_t)img->width * img->height;
+    int rc = cp_image_create(pimg, img->width, img->height, C, 1, CP_F32);
+    if (rc != CP_OK)
+        return rc;
+    uint32_t *pm = cp_calloc(hw, sizeof *pm, "projection");
+    if (!pm) {
+        cp_image_free(*pimg);
+        *pimg = NULL;
+        return CP_ENOMEM;
+    }
+    float *d = (*pimg)->data;
+    for (size_t i = 0; i < hw; i++) {
+        for (int c = 0; c < C; c++) {
+            double v = cp_sample_f64(img->data, img->dtype, i * C + c);
+            for (int z = 1; z < Z; z++) {
+                double w = cp_sample_f64(img->data, img->dtype, (z * hw + i) * C + c);
+                v = w > v ? w : v;
+            }
+            d[i * C + c] = (float)v;
+        }
+        for (int z = 0; z < Z; z++)
+            pm[i] = masks[z * hw + i] > pm[i] ? masks[z * hw + i] : pm[i];
+    }
+    *pmasks = pm;
+    return CP_OK;
+}
+
 static int write_overlay(const char *path, const cp_seg_result *r, const cp_image *img)
 {
     if (!img)
         return cp_error(CP_EINVAL, "%s: an overlay needs the image", path);
-    if (img->width != r->width || img->height != r->height)
-        return cp_error(CP_EINVAL, "%s: image is %dx%d but masks are %dx%d", path, img->height, img->width,
-                        r->height, r->width);
-    cp_image *rgb;
-    int rc = cp_render_overlay(img, r->masks, &rgb);
+    if (img->width != r->width || img->height != r->height || (planes_of(r) > 1 && img->planes != r->planes))
+        return cp_error(CP_EINVAL, "%s: image is %dx%dx%d but masks are %dx%dx%d", path, img->planes, img->height,
+                        img->width, planes_of(r), r->height, r->width);
+    cp_image *proj = NULL;
+    uint32_t *pm = NULL;
+    int rc = planes_of(r) > 1 ? project_volume(img, r->masks, &proj, &pm) : CP_OK;
+    cp_image *rgb = NULL;
+    if (rc == CP_OK)
+        rc = cp_render_overlay(proj ? proj : img, pm ? pm : r->masks, &rgb);
     if (rc == CP_OK)
         rc = cp_png_write(path, rgb);
     cp_image_free(rgb);
+    cp_image_free(proj);
+    free(pm);
     return rc;
 }
 

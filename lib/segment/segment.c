@@ -6,6 +6,7 @@
 
 #include "cellpose/cellpose.h"
 #include "core/internal.h"
+#include "segment/internal.h"
 
 /* Cellpose's CLI gives CPnet models a diameter of 30 when none is given. */
 #define CP_V3_DEFAULT_DIAMETER 30.0
@@ -27,6 +28,7 @@ void cp_seg_params_default(cp_seg_params *p)
     p->flow_threshold = (float)d.flow_threshold;
     p->min_size = d.min_size;
     p->max_size_fraction = (float)d.max_size_fraction;
+    p->anisotropy = 1.0;
 }
 
 static double effective_diameter(const cp_seg_params *p, cp_arch arch)
@@ -36,46 +38,75 @@ static double effective_diameter(const cp_seg_params *p, cp_arch arch)
     return arch == CP_ARCH_CPNET ? CP_V3_DEFAULT_DIAMETER : 0.0;
 }
 
-/* Drop masks whose pixels touch the border; keep the others' order. */
-static void exclude_edge_masks(uint32_t *m, int H, int W, uint32_t *ncells)
+/* Drop masks touching a face of the D x H x W labels (Cellpose's
+ * remove_edge_masks: in 3D the Z faces count too); keep the others' order. */
+void cp_seg_exclude_edges(uint32_t *m, int D, int H, int W, uint32_t *ncells)
 {
     uint32_t n = *ncells;
     uint32_t *map = calloc((size_t)n + 1, sizeof *map);
     if (!map)
         return;
-    for (int x = 0; x < W; x++) {
-        map[m[x]] = 1;
-        map[m[(size_t)(H - 1) * W + x]] = 1;
-    }
-    for (int y = 0; y < H; y++) {
-        map[m[(size_t)y * W]] = 1;
-        map[m[(size_t)y * W + W - 1]] = 1;
+    size_t hw = (size_t)H * W;
+    for (int z = 0; z < D; z++) {
+        const uint32_t *pl = m + z * hw;
+        int face = D > 1 && (z == 0 || z == D - 1);
+        for (size_t i = 0; face && i < hw; i++)
+            map[pl[i]] = 1;
+        for (int x = 0; x < W; x++) {
+            map[pl[x]] = 1;
+            map[pl[(size_t)(H - 1) * W + x]] = 1;
+        }
+        for (int y = 0; y < H; y++) {
+            map[pl[(size_t)y * W]] = 1;
+            map[pl[(size_t)y * W + W - 1]] = 1;
+        }
     }
     uint32_t k = 0;
     for (uint32_t l = 1; l <= n; l++)
         map[l] = map[l] ? 0 : ++k;
     map[0] = 0;
-    for (size_t i = 0; i < (size_t)H * W; i++)
+    for (size_t i = 0; i < (size_t)D * hw; i++)
         m[i] = map[m[i]];
     *ncells = k;
     free(map);
 }
 
+void cp_seg_dyn_params(const cp_seg_params *p, cp_arch arch, double diam_mean, cp_dyn_params *dp)
+{
+    cp_dyn_variant v = p->dynamics ? (cp_dyn_variant)p->dynamics : arch == CP_ARCH_CPSAM ? CP_DYN_V4 : CP_DYN_V3;
+    cp_dyn_params_default(dp, v);
+    dp->niter = p->niter;
+    dp->diameter = effective_diameter(p, arch);
+    dp->diam_mean = diam_mean;
+    dp->cellprob_threshold = p->cellprob_threshold;
+    dp->flow_threshold = p->flow_threshold;
+    dp->min_size = p->min_size;
+    dp->max_size_fraction = p->max_size_fraction;
+    dp->v3_label_bug = p->v3_label_bug;
+    dp->threads = p->threads;
+}
+
+void cp_seg_eval_params(const cp_seg_params *p, cp_arch arch, cp_eval_params *ep)
+{
+    cp_eval_params_init(ep);
+    ep->chan = p->chan;
+    ep->chan2 = p->chan2;
+    ep->diameter = effective_diameter(p, arch);
+    ep->normalize = p->normalize;
+    ep->norm_lower = p->norm_lo;
+    ep->norm_upper = p->norm_hi;
+    ep->tile_overlap = p->tile_overlap;
+    ep->batch_size = p->batch_size;
+    ep->augment = p->augment;
+    ep->diam_mean = p->diam_mean;
+    ep->anisotropy = p->anisotropy > 0 ? p->anisotropy : 1.0;
+}
+
 static int run_dynamics(const float *dP, const float *cellprob, int H, int W, cp_arch arch, double diam_mean,
                         const cp_seg_params *p, cp_seg_result *out)
 {
-    cp_dyn_variant v = p->dynamics ? (cp_dyn_variant)p->dynamics : arch == CP_ARCH_CPSAM ? CP_DYN_V4 : CP_DYN_V3;
     cp_dyn_params dp;
-    cp_dyn_params_default(&dp, v);
-    dp.niter = p->niter;
-    dp.diameter = effective_diameter(p, arch);
-    dp.diam_mean = diam_mean;
-    dp.cellprob_threshold = p->cellprob_threshold;
-    dp.flow_threshold = p->flow_threshold;
-    dp.min_size = p->min_size;
-    dp.max_size_fraction = p->max_size_fraction;
-    dp.v3_label_bug = p->v3_label_bug;
-    dp.threads = p->threads;
+    cp_seg_dyn_params(p, arch, diam_mean, &dp);
     out->masks = cp_malloc_array((size_t)H * W, sizeof *out->masks, "masks");
     if (!out->masks)
         return CP_ENOMEM;
@@ -88,28 +119,20 @@ static int run_dynamics(const float *dP, const float *cellprob, int H, int W, cp
     out->ncells = (uint32_t)st.cells;
     out->niter = st.niter;
     if (p->exclude_on_edges)
-        exclude_edge_masks(out->masks, H, W, &out->ncells);
+        cp_seg_exclude_edges(out->masks, 1, H, W, &out->ncells);
     return CP_OK;
 }
 
 int cp_segment(cp_model *m, const cp_image *img, const cp_seg_params *p, cp_seg_result *out)
 {
     memset(out, 0, sizeof *out);
+    out->planes = 1;
+    out->flow_channels = 3;
     if (p->threads > 0)
         omp_set_num_threads(p->threads);
     const cp_model_info *info = cp_model_get_info(m);
     cp_eval_params ep;
-    cp_eval_params_init(&ep);
-    ep.chan = p->chan;
-    ep.chan2 = p->chan2;
-    ep.diameter = effective_diameter(p, info->arch);
-    ep.normalize = p->normalize;
-    ep.norm_lower = p->norm_lo;
-    ep.norm_upper = p->norm_hi;
-    ep.tile_overlap = p->tile_overlap;
-    ep.batch_size = p->batch_size;
-    ep.augment = p->augment;
-    ep.diam_mean = p->diam_mean;
+    cp_seg_eval_params(p, info->arch, &ep);
     cp_flows *f;
     double t0 = cp_seconds();
     int rc = cp_eval_flows(m, img, 0, &ep, &f, NULL);
@@ -133,6 +156,8 @@ int cp_segment_from_flows(const float *flows, int height, int width, cp_arch arc
                           const cp_seg_params *p, cp_seg_result *out)
 {
     memset(out, 0, sizeof *out);
+    out->planes = 1;
+    out->flow_channels = 3;
     if (p->threads > 0)
         omp_set_num_threads(p->threads);
     size_t n = (size_t)height * width;
