@@ -25,6 +25,7 @@ static void usage(void)
            "                            $CELLPOSE_LOCAL_MODELS_PATH, ~/.cellpose/models) or a weight\n"
            "                            file; default $CELLPOSE_MODEL_PATH, else the built-in model\n"
            "      --device cpu|cuda     default $CELLPOSE_DEVICE or cpu\n"
+           "      --precision fp32|bf16 network arithmetic; default $CELLPOSE_PRECISION or fp32\n"
            "      --threads N           threads in all (default: all cores)\n"
            "  -j, --jobs N              images in parallel (default 1)\n"
            "\n"
@@ -68,12 +69,13 @@ enum {
     OPT_DIAMETER = 256, OPT_CHAN, OPT_CHAN2, OPT_FLOW, OPT_CELLPROB, OPT_MINSIZE, OPT_MAXFRAC, OPT_NITER,
     OPT_OVERLAP, OPT_BATCH, OPT_AUGMENT, OPT_NONORM, OPT_NORMPCT, OPT_EDGES, OPT_DYNAMICS, OPT_V3COMPAT, OPT_FROMFLOWS,
     OPT_SAVEDIR, OPT_SAVE, OPT_NOMASKS, OPT_FORCE, OPT_MANIFEST, OPT_GLOB, OPT_SHARD, OPT_FAILFAST,
-    OPT_DEVICE, OPT_THREADS, OPT_HELP, OPT_VERSION
+    OPT_DEVICE, OPT_PRECISION, OPT_THREADS, OPT_HELP, OPT_VERSION
 };
 
 static const struct option long_opts[] = {
     {"model", required_argument, 0, 'm'},
     {"device", required_argument, 0, OPT_DEVICE},
+    {"precision", required_argument, 0, OPT_PRECISION},
     {"threads", required_argument, 0, OPT_THREADS},
     {"jobs", required_argument, 0, 'j'},
     {"diameter", required_argument, 0, OPT_DIAMETER},
@@ -423,6 +425,7 @@ int main(int argc, char **argv)
     J.outputs = CP_SEG_OUT_MASKS;
     J.jobs = 1;
     const char *model_spec = NULL, *glob = NULL, *shard = NULL, *device = getenv("CELLPOSE_DEVICE");
+    const char *precision = getenv("CELLPOSE_PRECISION"), *precision_src = "CELLPOSE_PRECISION";
     int recursive = 0, threads = 0, dynamics = 0;
     cp_strlist flows_inputs = {0};
     int status = CLI_EXIT_OK;
@@ -436,6 +439,10 @@ int main(int argc, char **argv)
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case OPT_DEVICE: device = optarg; break;
+        case OPT_PRECISION:
+            precision = optarg;
+            precision_src = "--precision";
+            break;
         case OPT_THREADS: threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
         case OPT_DIAMETER:
             J.params.diameter = cli_parse_double("--diameter", optarg, 0, 1e5);
@@ -502,6 +509,9 @@ int main(int argc, char **argv)
         cli_usage_error("nothing to write (--no-masks without --save)");
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         cli_usage_error("--device: '%s' is not cpu or cuda", device);
+    cp_precision prec = CP_PRECISION_FP32;
+    if (precision && *precision && cp_precision_parse(precision, precision_src, &prec) != CP_OK)
+        cli_usage_error("%s", cp_errmsg());
 
     /* inputs */
     J.from_flows = flows_inputs.n > 0;
@@ -560,7 +570,7 @@ int main(int argc, char **argv)
             { status = CLI_EXIT_FATAL; goto out; }
         }
         cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
-                            J.threads_per_job};
+                            J.threads_per_job, prec};
         /* from flows, only the model's type and diameter are used: no network,
          * so libtorch is not even loaded */
         rc = J.from_flows ? cp_model_read_info(J.ref.path, &J.flows_info)

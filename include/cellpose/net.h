@@ -35,11 +35,23 @@ typedef struct cp_model_info {
 
 typedef enum cp_device { CP_DEVICE_CPU = 0, CP_DEVICE_CUDA = 1 } cp_device;
 
+/* Arithmetic of the network on the CPU. BF16 is Cellpose 4's default
+ * (use_bfloat16): weights and activations in bfloat16, the output converted
+ * back to float32; its numbers depend on the CPU's bf16 support (AMX,
+ * AVX512-BF16 or emulation), not on the thread count. */
+typedef enum cp_precision { CP_PRECISION_FP32 = 0, CP_PRECISION_BF16 = 1 } cp_precision;
+
 typedef struct cp_model_opts {
     cp_device device;   /* CPU unless asked */
     int threads;        /* tiles computed at once, one thread each; 0 = all
                            cores. The caller's OpenMP setting is restored */
+    cp_precision precision; /* FP32 unless asked */
 } cp_model_opts;
+
+/* "fp32" or "bf16" -> *out; else CP_EINVAL naming `what` (a flag or
+ * variable) and the value. */
+int cp_precision_parse(const char *s, const char *what, cp_precision *out);
+const char *cp_precision_name(cp_precision p);
 
 typedef struct cp_model cp_model;
 
@@ -87,7 +99,8 @@ int cp_weights_add(cp_weights *w, const char *name, int ndim, const int64_t *sha
 int cp_weights_save(const cp_weights *w, const char *path);
 
 /* Load weights. opts may be NULL: CPU, all cores, or CUDA when the
- * environment says CELLPOSE_DEVICE=cuda (an error if libtorch has no CUDA).
+ * environment says CELLPOSE_DEVICE=cuda (an error if libtorch has no CUDA),
+ * float32 or what CELLPOSE_PRECISION (fp32 | bf16) says.
  * Errors name the file and the missing or mismatched key/shape; every key
  * must be present with its shape and no other key may appear.
  * The first load makes libtorch keep freed blocks >= 1 MB for reuse (up to

@@ -60,7 +60,7 @@ void cp_trainer_free(cp_trainer *t);
  * error state) and returns the functions above. Both sides check abi and
  * version before anything else: bump CP_TORCH_ABI when a structure of
  * net.h or these tables change. */
-#define CP_TORCH_ABI 1
+#define CP_TORCH_ABI 2
 
 typedef struct cp_torch_host {
     int abi;              /* CP_TORCH_ABI */

@@ -148,6 +148,7 @@ struct cp_shim {
     cp_model_info info;
     std::string path;
     at::Device dev{at::kCPU};
+    at::ScalarType dtype = at::kFloat;  // of weights and activations
     int threads = 1;
     // CPnet
     std::vector<ResDown> down;
@@ -163,7 +164,11 @@ namespace {
 struct Loader {
     const cp_weights *w;
     at::Device dev;
-    at::Tensor operator()(const std::string &name) const
+    at::ScalarType dtype;
+    // In the network's precision.
+    at::Tensor operator()(const std::string &name) const { return f32(name).to(dtype); }
+    // As stored (float32), for what stays float32 whatever the precision.
+    at::Tensor f32(const std::string &name) const
     {
         const cp_wtensor *t = host->weights_get(w, name.c_str());
         if (!t)
@@ -199,7 +204,7 @@ BConv load_bconv(const LoaderT &L, const std::string &p, bool relu)
 at::Tensor conv(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &b,
                 int64_t stride, int64_t pad)
 {
-    if (x.is_cpu() && x.scalar_type() == at::kFloat)
+    if (x.is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16))
         return at::mkldnn_convolution(x, w, b, {pad, pad}, {stride, stride}, {1, 1}, 1);
     return at::conv2d(x, w, b, stride, pad);
 }
@@ -309,8 +314,8 @@ void build_cpsam(cp_shim *s, const Loader &L)
         b.l1b = L(p + ".mlp.lin1.bias");
         b.l2w = L(p + ".mlp.lin2.weight");
         b.l2b = L(p + ".mlp.lin2.bias");
-        b.rh = rel_table(L(p + ".attn.rel_pos_h"), grid);
-        b.rw = rel_table(L(p + ".attn.rel_pos_w"), grid);
+        b.rh = rel_table(L.f32(p + ".attn.rel_pos_h"), grid).to(L.dtype);
+        b.rw = rel_table(L.f32(p + ".attn.rel_pos_w"), grid).to(L.dtype);
         s->blocks.push_back(b);
     }
     s->neck0 = L("encoder.neck.0.weight");
@@ -321,7 +326,9 @@ void build_cpsam(cp_shim *s, const Loader &L)
     s->n3b = L("encoder.neck.3.bias");
     s->out_w = L("out.weight");
     s->out_b = L("out.bias");
-    s->W2 = L("W2");
+    // libtorch 1.13's bf16 conv_transpose2d checks the weight's channels
+    // against the wrong dimension and fails: this last step runs in float32.
+    s->W2 = L.f32("W2");
 }
 
 // SAM's LayerNorm2d: per pixel over channels, biased variance.
@@ -371,7 +378,7 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
     n = layernorm2d(n, s->n1w, s->n1b);
     n = conv(n, s->neck2, {}, 1, 1);
     n = layernorm2d(n, s->n3w, s->n3b);
-    at::Tensor x1 = conv(n, s->out_w, s->out_b, 1, 0);
+    at::Tensor x1 = conv(n, s->out_w, s->out_b, 1, 0).to(s->W2.scalar_type());
     return at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
 }
 
@@ -441,9 +448,11 @@ static int shim_create(const cp_weights *w, const cp_model_info *info,
         }
         install_allocator();
         s->threads = opts->threads > 0 ? opts->threads : nproc();
+        if (opts->precision == CP_PRECISION_BF16)
+            s->dtype = at::kBFloat16;
         ThreadScope ts(s->threads);
         c10::InferenceMode guard;
-        Loader L{w, s->dev};
+        Loader L{w, s->dev, s->dtype};
         if (info->arch == CP_ARCH_CPNET)
             build_cpnet(s, L);
         else
@@ -470,6 +479,7 @@ void forward_tiles(const cp_shim *s, const float *in, int64_t m, int64_t ty, int
     at::Tensor x = at::from_blob(const_cast<float *>(in), {m, nchan, ty, tx}, at::kFloat);
     if (!s->dev.is_cpu())
         x = x.to(s->dev);
+    x = x.to(s->dtype);
     at::Tensor y, st;
     if (s->info.arch == CP_ARCH_CPNET) {
         auto r = forward_cpnet(s, x.contiguous(at::MemoryFormat::ChannelsLast));
