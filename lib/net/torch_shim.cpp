@@ -254,6 +254,16 @@ void build_cpnet(cp_shim *s, const LoaderT &L)
     s->head = load_bconv(L, "output", true);
 }
 
+// oneDNN (libtorch 1.13's) builds bfloat16 convolutions only on AVX-512
+// CPUs: natively with AVX512-BF16 or AMX, emulated on plain AVX-512; on
+// AVX2 it cannot create the primitive. Tried once at load, so such a CPU
+// fails there with one clear line rather than on every tile.
+void probe_bf16_conv()
+{
+    at::Tensor x = at::zeros({1, 1, 4, 4}, at::kBFloat16), w = at::zeros({1, 1, 1, 1}, at::kBFloat16);
+    conv(x, w, {}, 1, 0);
+}
+
 // Cellpose 3 CPnet.forward: returns (output, style).
 std::pair<at::Tensor, at::Tensor> forward_cpnet(const cp_shim *s, const at::Tensor &x)
 {
@@ -452,6 +462,15 @@ static int shim_create(const cp_weights *w, const cp_model_info *info,
             s->dtype = at::kBFloat16;
         ThreadScope ts(s->threads);
         c10::InferenceMode guard;
+        if (s->dtype == at::kBFloat16 && s->dev.is_cpu()) {
+            try {
+                probe_bf16_conv();
+            } catch (const std::exception &e) {
+                delete s;
+                return host->error(CP_EUNSUPPORTED, "%s: bf16: this CPU cannot run bfloat16 convolutions "
+                                   "(oneDNN needs AVX-512: %s); use fp32", path, oneline(e).c_str());
+            }
+        }
         Loader L{w, s->dev, s->dtype};
         if (info->arch == CP_ARCH_CPNET)
             build_cpnet(s, L);

@@ -31,4 +31,10 @@ d = np.abs(a - b); s = np.abs(a).max()
 print('bf16 vs fp32 flows: max|d| %.4g mean|d| %.4g max|x| %.4g' % (d.max(), d.mean(), s))
 assert a.shape == b.shape and 0 < d.mean() and d.max() <= 64 / 512 * s, (d.max(), d.mean(), s)
 "
+# a CPU without AVX-512 (oneDNN limited to AVX2 here): bf16 stops at load with
+# one line (exit 3); fp32 runs
+ONEDNN_MAX_CPU_ISA=AVX2 check_fails "bf16 without AVX-512" 3 $SEG --precision bf16 --savedir "$T/avx2" "$T/in"
+check_eq "... one line saying so" \
+    "$(wc -l < "$T/last.err") $(grep -c "bf16: this CPU cannot run bfloat16 convolutions (oneDNN needs AVX-512: .*); use fp32" "$T/last.err")" "1 1"
+ONEDNN_MAX_CPU_ISA=AVX2 check "fp32 without AVX-512" $SEG --savedir "$T/avx2" "$T/in"
 finish
