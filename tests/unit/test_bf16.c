@@ -259,7 +259,7 @@ int main(void)
     test_tiles("synth256_s0__cpsam_tiny__dnone", "tiles_in.npy.gz", "tiles_out.npy", "cpsam_tiny_s3.pth");
     test_tiles("synth256_s0__nucleilike__d30", "net_in_padded.npy.gz", "net_out.npy",
                "cpnet_nucleilike_s2_legacy.pth");
-    test_threads("cpnet_nucleilike_s2_legacy.pth", 224);
+    test_threads("cpnet_nucleilike_s2_legacy.pth", 112);
     test_threads("cpsam_tiny_s3.pth", 256);
     test_masks("golden/inputs/stardist_img2d.tif", "golden/inputs/stardist_img2d_gt.tif");
     return test_result();
