@@ -127,6 +127,7 @@ typedef struct job {
     unsigned outputs;
     const char *savedir;
     int force, fail_fast, jobs, threads_per_job;
+    cp_precision precision;
     cp_manifest manifest;
     int manifest_open;
     const char *manifest_path;
@@ -212,6 +213,8 @@ static void manifest_write(job *J, const image_log *L)
         cJSON_AddStringToObject(model, "path", J->ref.path);
         cJSON_AddStringToObject(model, "sha256", J->info->sha256);
         cJSON_AddStringToObject(model, "arch", J->info->arch == CP_ARCH_CPSAM ? "cpsam" : "cpnet");
+        if (J->model)
+            cJSON_AddStringToObject(model, "precision", cp_precision_name(J->precision));
     } else {
         cJSON_AddNullToObject(model, "path");
     }
@@ -509,8 +512,7 @@ int main(int argc, char **argv)
         cli_usage_error("nothing to write (--no-masks without --save)");
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         cli_usage_error("--device: '%s' is not cpu or cuda", device);
-    cp_precision prec = CP_PRECISION_FP32;
-    if (precision && *precision && cp_precision_parse(precision, precision_src, &prec) != CP_OK)
+    if (precision && *precision && cp_precision_parse(precision, precision_src, &J.precision) != CP_OK)
         cli_usage_error("%s", cp_errmsg());
 
     /* inputs */
@@ -570,7 +572,7 @@ int main(int argc, char **argv)
             { status = CLI_EXIT_FATAL; goto out; }
         }
         cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
-                            J.threads_per_job, prec};
+                            J.threads_per_job, J.precision};
         /* from flows, only the model's type and diameter are used: no network,
          * so libtorch is not even loaded */
         rc = J.from_flows ? cp_model_read_info(J.ref.path, &J.flows_info)

@@ -16,7 +16,8 @@ check_eq "bad CELLPOSE_PRECISION: one line naming the variable" \
 check "fp32 (default)" $SEG --savedir "$T/f32" "$T/in"
 CELLPOSE_PRECISION=half check "the flag wins over the variable" $SEG --precision fp32 --savedir "$T/f32b" "$T/in"
 check_same "--precision fp32 is the default" "$T/f32/a_flows.npy" "$T/f32b/a_flows.npy"
-check "--precision bf16" $SEG --precision bf16 --savedir "$T/b16" "$T/in"
+check "--precision bf16" $SEG --precision bf16 --savedir "$T/b16" --manifest "$T/b16.jsonl" "$T/in"
+check_eq "the manifest records it" "$(grep -c '"arch":"cpnet","precision":"bf16"' "$T/b16.jsonl")" 1
 CELLPOSE_PRECISION=bf16 check "CELLPOSE_PRECISION=bf16" $SEG --savedir "$T/b16e" "$T/in"
 check_same "the variable gives --precision bf16's flows" "$T/b16/a_flows.npy" "$T/b16e/a_flows.npy"
 check_same "and its masks" "$T/b16/a_cp_masks.tif" "$T/b16e/a_cp_masks.tif"
