@@ -35,10 +35,11 @@ typedef struct cp_model_info {
 
 typedef enum cp_device { CP_DEVICE_CPU = 0, CP_DEVICE_CUDA = 1 } cp_device;
 
-/* Arithmetic of the network on the CPU. BF16 is Cellpose 4's default
- * (use_bfloat16): weights and activations in bfloat16, the output converted
- * back to float32; its numbers depend on the CPU's bf16 support (AMX,
- * AVX512-BF16 or emulation), not on the thread count. */
+/* Arithmetic of the network. BF16 is Cellpose 4's default (use_bfloat16):
+ * weights and activations in bfloat16, the output converted back to
+ * float32; its numbers depend on the CPU's bf16 support (AMX, AVX512-BF16 or
+ * emulation on AVX-512), not on the thread count. Without AVX-512 the load
+ * fails (CP_EUNSUPPORTED). */
 typedef enum cp_precision { CP_PRECISION_FP32 = 0, CP_PRECISION_BF16 = 1 } cp_precision;
 
 typedef struct cp_model_opts {

@@ -324,6 +324,7 @@ void build_cpsam(cp_shim *s, const Loader &L)
         b.l1b = L(p + ".mlp.lin1.bias");
         b.l2w = L(p + ".mlp.lin2.weight");
         b.l2b = L(p + ".mlp.lin2.bias");
+        // resampled in float32, rounded once
         b.rh = rel_table(L.f32(p + ".attn.rel_pos_h"), grid).to(L.dtype);
         b.rw = rel_table(L.f32(p + ".attn.rel_pos_w"), grid).to(L.dtype);
         s->blocks.push_back(b);
