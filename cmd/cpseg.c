@@ -213,8 +213,10 @@ static void manifest_write(job *J, const image_log *L)
         cJSON_AddStringToObject(model, "path", J->ref.path);
         cJSON_AddStringToObject(model, "sha256", J->info->sha256);
         cJSON_AddStringToObject(model, "arch", J->info->arch == CP_ARCH_CPSAM ? "cpsam" : "cpnet");
-        if (J->model)
-            cJSON_AddStringToObject(model, "precision", cp_precision_name(J->precision));
+        if (J->model) {
+            cJSON_AddStringToObject(model, "precision", cp_precision_name(J->info->precision));
+            cJSON_AddStringToObject(model, "precision_requested", cp_precision_name(J->info->precision_requested));
+        }
     } else {
         cJSON_AddNullToObject(model, "path");
     }
@@ -582,6 +584,8 @@ int main(int argc, char **argv)
             { status = CLI_EXIT_FATAL; goto out; }
         }
         J.info = J.from_flows ? &J.flows_info : cp_model_get_info(J.model);
+        if (J.model && J.info->precision != J.info->precision_requested && cli_verbosity > 0)
+            cli_err("warning: %s; running in %s", J.info->precision_note, cp_precision_name(J.info->precision));
         J.arch = J.info->arch;
         J.diam_mean = J.ref.diam_mean > 0 ? J.ref.diam_mean : J.info->diam_mean;
         J.params.diam_mean = J.diam_mean;

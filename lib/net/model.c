@@ -364,6 +364,7 @@ static int load(const char *path, const cp_model_opts *opts, int build, cp_model
     for (size_t k = 0; k < m->w->n; k++)
         info->nparams += m->w->t[k].numel;
     memcpy(info->sha256, m->w->sha256, sizeof info->sha256);
+    info->precision_requested = build ? o.precision : CP_PRECISION_FP32;
     if (build && (rc = cp_shim_create(m->w, info, &o, path, &m->shim)))
         goto fail;
     free(l.v);
