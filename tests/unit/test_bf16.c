@@ -166,11 +166,13 @@ static void test_threads(const char *weights, int tile)
     const int n = 3;
     float *out[2] = {NULL, NULL}, *style[2] = {NULL, NULL}, *in = NULL;
     size_t nout = 0, nstyle = 0;
+    const char *ran = "bf16";
     for (int k = 0; k < 2; k++) {
         cp_model *m = load(weights, k + 1, CP_PRECISION_BF16);
         if (!m)
             break;
         const cp_model_info *i = cp_model_get_info(m);
+        ran = cp_precision_name(i->precision);
         size_t nin = (size_t)n * i->nchan * tile * tile;
         nout = (size_t)n * i->nout * tile * tile;
         nstyle = (size_t)n * i->nstyle;
@@ -189,8 +191,8 @@ static void test_threads(const char *weights, int tile)
     }
     if (out[1]) {
         CHECKF(!memcmp(out[0], out[1], nout * sizeof **out) && !memcmp(style[0], style[1], nstyle * sizeof **style),
-               "%s: bf16 differs between 1 and 2 threads", weights);
-        printf("%s: bf16, 1 vs 2 threads: same bytes\n", weights);
+               "%s: %s differs between 1 and 2 threads", weights, ran);
+        printf("%s: bf16 requested, %s ran, 1 vs 2 threads: same bytes\n", weights, ran);
     }
     for (int k = 0; k < 2; k++) {
         free(out[k]);
