@@ -25,6 +25,7 @@ static void usage(void)
            "                            $CELLPOSE_LOCAL_MODELS_PATH, ~/.cellpose/models) or a weight\n"
            "                            file; default $CELLPOSE_MODEL_PATH, else the built-in model\n"
            "      --device cpu|cuda     default $CELLPOSE_DEVICE or cpu\n"
+           "      --precision fp32|bf16 network arithmetic; default $CELLPOSE_PRECISION or fp32\n"
            "      --threads N           threads in all (default: all cores)\n"
            "  -j, --jobs N              images in parallel (default 1)\n"
            "\n"
@@ -77,13 +78,14 @@ enum {
     OPT_DIAMETER = 256, OPT_CHAN, OPT_CHAN2, OPT_FLOW, OPT_CELLPROB, OPT_MINSIZE, OPT_MAXFRAC, OPT_NITER,
     OPT_OVERLAP, OPT_BATCH, OPT_AUGMENT, OPT_NONORM, OPT_NORMPCT, OPT_EDGES, OPT_DYNAMICS, OPT_V3COMPAT, OPT_FROMFLOWS,
     OPT_SAVEDIR, OPT_SAVE, OPT_NOMASKS, OPT_FORCE, OPT_MANIFEST, OPT_GLOB, OPT_SHARD, OPT_FAILFAST,
-    OPT_DEVICE, OPT_THREADS, OPT_HELP, OPT_VERSION, OPT_DO3D, OPT_STITCH, OPT_ANISO, OPT_SMOOTH3D, OPT_ZAXIS,
-    OPT_CAXIS
+    OPT_DEVICE, OPT_PRECISION, OPT_THREADS, OPT_HELP, OPT_VERSION, OPT_DO3D, OPT_STITCH, OPT_ANISO, OPT_SMOOTH3D,
+    OPT_ZAXIS, OPT_CAXIS
 };
 
 static const struct option long_opts[] = {
     {"model", required_argument, 0, 'm'},
     {"device", required_argument, 0, OPT_DEVICE},
+    {"precision", required_argument, 0, OPT_PRECISION},
     {"threads", required_argument, 0, OPT_THREADS},
     {"jobs", required_argument, 0, 'j'},
     {"diameter", required_argument, 0, OPT_DIAMETER},
@@ -143,6 +145,7 @@ typedef struct job {
     unsigned outputs;
     const char *savedir;
     int force, fail_fast, jobs, threads_per_job;
+    cp_precision precision;
     cp_manifest manifest;
     int manifest_open;
     const char *manifest_path;
@@ -238,6 +241,10 @@ static void manifest_write(job *J, const image_log *L)
         cJSON_AddStringToObject(model, "path", J->ref.path);
         cJSON_AddStringToObject(model, "sha256", J->info->sha256);
         cJSON_AddStringToObject(model, "arch", J->info->arch == CP_ARCH_CPSAM ? "cpsam" : "cpnet");
+        if (J->model) {
+            cJSON_AddStringToObject(model, "precision", cp_precision_name(J->info->precision));
+            cJSON_AddStringToObject(model, "precision_requested", cp_precision_name(J->info->precision_requested));
+        }
     } else {
         cJSON_AddNullToObject(model, "path");
     }
@@ -492,6 +499,7 @@ int main(int argc, char **argv)
     J.jobs = 1;
     J.z_axis = J.channel_axis = CP_AXIS_AUTO;
     const char *model_spec = NULL, *glob = NULL, *shard = NULL, *device = getenv("CELLPOSE_DEVICE");
+    const char *precision = getenv("CELLPOSE_PRECISION"), *precision_src = "CELLPOSE_PRECISION";
     int recursive = 0, threads = 0, dynamics = 0;
     cp_strlist flows_inputs = {0};
     int status = CLI_EXIT_OK;
@@ -505,6 +513,10 @@ int main(int argc, char **argv)
         case 'q': cli_verbosity = 0; break;
         case 'v': cli_verbosity = 2; break;
         case OPT_DEVICE: device = optarg; break;
+        case OPT_PRECISION:
+            precision = optarg;
+            precision_src = "--precision";
+            break;
         case OPT_THREADS: threads = (int)cli_parse_long("--threads", optarg, 1, 1024); break;
         case OPT_DIAMETER:
             J.params.diameter = cli_parse_double("--diameter", optarg, 0, 1e5);
@@ -589,6 +601,8 @@ int main(int argc, char **argv)
         cli_usage_error("nothing to write (--no-masks without --save)");
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         cli_usage_error("--device: '%s' is not cpu or cuda", device);
+    if (precision && *precision && cp_precision_parse(precision, precision_src, &J.precision) != CP_OK)
+        cli_usage_error("%s", cp_errmsg());
 
     /* inputs */
     J.from_flows = flows_inputs.n > 0;
@@ -647,7 +661,7 @@ int main(int argc, char **argv)
             { status = CLI_EXIT_FATAL; goto out; }
         }
         cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
-                            J.threads_per_job};
+                            J.threads_per_job, J.precision};
         /* from flows, only the model's type and diameter are used: no network,
          * so libtorch is not even loaded */
         rc = J.from_flows ? cp_model_read_info(J.ref.path, &J.flows_info)
@@ -657,6 +671,8 @@ int main(int argc, char **argv)
             { status = CLI_EXIT_FATAL; goto out; }
         }
         J.info = J.from_flows ? &J.flows_info : cp_model_get_info(J.model);
+        if (J.model && J.info->precision != J.info->precision_requested && cli_verbosity > 0)
+            cli_err("warning: %s; running in %s", J.info->precision_note, cp_precision_name(J.info->precision));
         J.arch = J.info->arch;
         J.diam_mean = J.ref.diam_mean > 0 ? J.ref.diam_mean : J.info->diam_mean;
         J.params.diam_mean = J.diam_mean;

@@ -163,7 +163,7 @@ static void summary(const char *what, const char *dir, const cp_dataset *d)
 static int train_size(const char *model_path, const char *size_path, const cp_dataset *train,
                       const cp_dataset *val, const cp_size_train_opts *so, int threads, prog *g)
 {
-    cp_model_opts mo = {CP_DEVICE_CPU, threads};
+    cp_model_opts mo = {CP_DEVICE_CPU, threads, CP_PRECISION_FP32};
     cp_model *m = NULL;
     cp_size_model *sm = NULL;
     cp_size_train_result r;

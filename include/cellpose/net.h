@@ -18,6 +18,14 @@ typedef enum cp_arch {
     CP_ARCH_CPSAM = 2   /* Cellpose-SAM ViT: 3 input channels, tiles 256 */
 } cp_arch;
 
+/* Arithmetic of the network. BF16 is Cellpose 4's default (use_bfloat16):
+ * weights and activations in bfloat16, the output converted back to
+ * float32; its numbers depend on the CPU's bf16 support (AMX, AVX512-BF16 or
+ * emulation on AVX-512), not on the thread count. Where the CPU cannot run
+ * bfloat16 convolutions (no AVX-512) the model loads in FP32 instead and its
+ * info says so (precision, precision_note). */
+typedef enum cp_precision { CP_PRECISION_FP32 = 0, CP_PRECISION_BF16 = 1 } cp_precision;
+
 typedef struct cp_model_info {
     cp_arch arch;
     int nchan;          /* input channels: 2 (CPnet) or 3 (cpsam) */
@@ -31,6 +39,12 @@ typedef struct cp_model_info {
     uint64_t nparams;   /* values in the state dict */
     char sha256[65];    /* checksum of the weight file, hex */
     int nstyle;         /* length of the style vector per tile (256 for built-ins) */
+    /* Set by cp_model_load (FP32 from cp_model_read_info): the precision
+     * asked for, the one the network runs in, and why they differ ("" when
+     * they do not), one line without the file name. */
+    cp_precision precision_requested;
+    cp_precision precision;
+    char precision_note[256];
 } cp_model_info;
 
 typedef enum cp_device { CP_DEVICE_CPU = 0, CP_DEVICE_CUDA = 1 } cp_device;
@@ -39,7 +53,13 @@ typedef struct cp_model_opts {
     cp_device device;   /* CPU unless asked */
     int threads;        /* tiles computed at once, one thread each; 0 = all
                            cores. The caller's OpenMP setting is restored */
+    cp_precision precision; /* FP32 unless asked */
 } cp_model_opts;
+
+/* "fp32" or "bf16" -> *out; else CP_EINVAL naming `what` (a flag or
+ * variable) and the value. */
+int cp_precision_parse(const char *s, const char *what, cp_precision *out);
+const char *cp_precision_name(cp_precision p);
 
 typedef struct cp_model cp_model;
 
@@ -87,7 +107,8 @@ int cp_weights_add(cp_weights *w, const char *name, int ndim, const int64_t *sha
 int cp_weights_save(const cp_weights *w, const char *path);
 
 /* Load weights. opts may be NULL: CPU, all cores, or CUDA when the
- * environment says CELLPOSE_DEVICE=cuda (an error if libtorch has no CUDA).
+ * environment says CELLPOSE_DEVICE=cuda (an error if libtorch has no CUDA),
+ * float32 or what CELLPOSE_PRECISION (fp32 | bf16) says.
  * Errors name the file and the missing or mismatched key/shape; every key
  * must be present with its shape and no other key may appear.
  * The first load makes libtorch keep freed blocks >= 1 MB for reuse (up to

@@ -133,7 +133,7 @@ static const cp_torch_backend *backend(void)
     return B;
 }
 
-int cp_shim_create(const cp_weights *w, const cp_model_info *info, const cp_model_opts *opts,
+int cp_shim_create(const cp_weights *w, cp_model_info *info, const cp_model_opts *opts,
                    const char *path, cp_shim **out)
 {
     *out = NULL;

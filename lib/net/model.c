@@ -288,9 +288,27 @@ static int config_cpsam(const char *path, const cp_weights *w, cp_model_info *in
     return CP_OK;
 }
 
-static int env_device(const cp_model_opts *in, cp_model_opts *o, const char *path)
+int cp_precision_parse(const char *s, const char *what, cp_precision *out)
 {
-    *o = in ? *in : (cp_model_opts){CP_DEVICE_CPU, 0};
+    if (s && !strcmp(s, "fp32"))
+        *out = CP_PRECISION_FP32;
+    else if (s && !strcmp(s, "bf16"))
+        *out = CP_PRECISION_BF16;
+    else
+        return cp_error(CP_EINVAL, "%s: '%s' is not fp32 or bf16", what, s ? s : "");
+    return CP_OK;
+}
+
+const char *cp_precision_name(cp_precision p) { return p == CP_PRECISION_BF16 ? "bf16" : "fp32"; }
+
+static int env_opts(const cp_model_opts *in, cp_model_opts *o, const char *path)
+{
+    *o = in ? *in : (cp_model_opts){CP_DEVICE_CPU, 0, CP_PRECISION_FP32};
+    const char *p = getenv("CELLPOSE_PRECISION");
+    if (!in && p && *p && cp_precision_parse(p, "CELLPOSE_PRECISION", &o->precision))
+        return cp_error(CP_EINVAL, "%s: CELLPOSE_PRECISION=%s: expected fp32 or bf16", path, p);
+    if (o->precision != CP_PRECISION_FP32 && o->precision != CP_PRECISION_BF16)
+        return cp_error(CP_EINVAL, "%s: unknown precision %d", path, (int)o->precision);
     const char *e = getenv("CELLPOSE_DEVICE");
     if (!in && e && *e) {
         if (!strcmp(e, "cuda") || !strncmp(e, "cuda:", 5))
@@ -311,7 +329,7 @@ static int load(const char *path, const cp_model_opts *opts, int build, cp_model
 {
     *out = NULL;
     cp_model_opts o;
-    int rc = build ? env_device(opts, &o, path) : CP_OK;
+    int rc = build ? env_opts(opts, &o, path) : CP_OK;
     if (rc)
         return rc;
     cp_model *m = cp_calloc(1, sizeof *m, "model");
@@ -346,6 +364,7 @@ static int load(const char *path, const cp_model_opts *opts, int build, cp_model
     for (size_t k = 0; k < m->w->n; k++)
         info->nparams += m->w->t[k].numel;
     memcpy(info->sha256, m->w->sha256, sizeof info->sha256);
+    info->precision_requested = build ? o.precision : CP_PRECISION_FP32;
     if (build && (rc = cp_shim_create(m->w, info, &o, path, &m->shim)))
         goto fail;
     free(l.v);

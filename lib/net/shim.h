@@ -18,8 +18,9 @@ extern "C" {
 typedef struct cp_shim cp_shim;
 
 /* Build the network from validated weights. The weights must outlive the shim
- * (CPU tensors alias their data). path is only used in messages. */
-int cp_shim_create(const cp_weights *w, const cp_model_info *info, const cp_model_opts *opts,
+ * (CPU tensors alias their data). path is only used in messages. Sets
+ * info->precision (and precision_note when it is not opts->precision). */
+int cp_shim_create(const cp_weights *w, cp_model_info *info, const cp_model_opts *opts,
                    const char *path, cp_shim **out);
 int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int tx, float *out, float *style);
 void cp_shim_free(cp_shim *s);
@@ -60,7 +61,7 @@ void cp_trainer_free(cp_trainer *t);
  * error state) and returns the functions above. Both sides check abi and
  * version before anything else: bump CP_TORCH_ABI when a structure of
  * net.h or these tables change. */
-#define CP_TORCH_ABI 1
+#define CP_TORCH_ABI 3
 
 typedef struct cp_torch_host {
     int abi;              /* CP_TORCH_ABI */
@@ -78,7 +79,7 @@ typedef struct cp_torch_host {
 typedef struct cp_torch_backend {
     int abi;
     const char *version;
-    int (*shim_create)(const cp_weights *, const cp_model_info *, const cp_model_opts *, const char *,
+    int (*shim_create)(const cp_weights *, cp_model_info *, const cp_model_opts *, const char *,
                        cp_shim **);
     int (*shim_forward)(cp_shim *, const float *, int, int, int, float *, float *);
     void (*shim_free)(cp_shim *);

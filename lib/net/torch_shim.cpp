@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <cstdlib>
 #include <cstring>
@@ -148,6 +149,7 @@ struct cp_shim {
     cp_model_info info;
     std::string path;
     at::Device dev{at::kCPU};
+    at::ScalarType dtype = at::kFloat;  // of weights and activations
     int threads = 1;
     // CPnet
     std::vector<ResDown> down;
@@ -163,7 +165,11 @@ namespace {
 struct Loader {
     const cp_weights *w;
     at::Device dev;
-    at::Tensor operator()(const std::string &name) const
+    at::ScalarType dtype;
+    // In the network's precision.
+    at::Tensor operator()(const std::string &name) const { return f32(name).to(dtype); }
+    // As stored (float32), for what stays float32 whatever the precision.
+    at::Tensor f32(const std::string &name) const
     {
         const cp_wtensor *t = host->weights_get(w, name.c_str());
         if (!t)
@@ -199,7 +205,7 @@ BConv load_bconv(const LoaderT &L, const std::string &p, bool relu)
 at::Tensor conv(const at::Tensor &x, const at::Tensor &w, const c10::optional<at::Tensor> &b,
                 int64_t stride, int64_t pad)
 {
-    if (x.is_cpu() && x.scalar_type() == at::kFloat)
+    if (x.is_cpu() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16))
         return at::mkldnn_convolution(x, w, b, {pad, pad}, {stride, stride}, {1, 1}, 1);
     return at::conv2d(x, w, b, stride, pad);
 }
@@ -247,6 +253,17 @@ void build_cpnet(cp_shim *s, const LoaderT &L)
         s->up.push_back(r);
     }
     s->head = load_bconv(L, "output", true);
+}
+
+// oneDNN (libtorch 1.13's) builds bfloat16 convolutions only on AVX-512
+// CPUs: natively with AVX512-BF16 or AMX, emulated on plain AVX-512; on
+// AVX2 it cannot create the primitive. Tried once at load, so such a CPU
+// runs float32 (the issue asks for a clean fallback) rather than failing on
+// every tile.
+void probe_bf16_conv()
+{
+    at::Tensor x = at::zeros({1, 1, 4, 4}, at::kBFloat16), w = at::zeros({1, 1, 1, 1}, at::kBFloat16);
+    conv(x, w, {}, 1, 0);
 }
 
 // Cellpose 3 CPnet.forward: returns (output, style).
@@ -309,8 +326,9 @@ void build_cpsam(cp_shim *s, const Loader &L)
         b.l1b = L(p + ".mlp.lin1.bias");
         b.l2w = L(p + ".mlp.lin2.weight");
         b.l2b = L(p + ".mlp.lin2.bias");
-        b.rh = rel_table(L(p + ".attn.rel_pos_h"), grid);
-        b.rw = rel_table(L(p + ".attn.rel_pos_w"), grid);
+        // resampled in float32, rounded once
+        b.rh = rel_table(L.f32(p + ".attn.rel_pos_h"), grid).to(L.dtype);
+        b.rw = rel_table(L.f32(p + ".attn.rel_pos_w"), grid).to(L.dtype);
         s->blocks.push_back(b);
     }
     s->neck0 = L("encoder.neck.0.weight");
@@ -321,7 +339,9 @@ void build_cpsam(cp_shim *s, const Loader &L)
     s->n3b = L("encoder.neck.3.bias");
     s->out_w = L("out.weight");
     s->out_b = L("out.bias");
-    s->W2 = L("W2");
+    // libtorch 1.13's bf16 conv_transpose2d checks the weight's channels
+    // against the wrong dimension and fails: this last step runs in float32.
+    s->W2 = L.f32("W2");
 }
 
 // SAM's LayerNorm2d: per pixel over channels, biased variance.
@@ -371,7 +391,7 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
     n = layernorm2d(n, s->n1w, s->n1b);
     n = conv(n, s->neck2, {}, 1, 1);
     n = layernorm2d(n, s->n3w, s->n3b);
-    at::Tensor x1 = conv(n, s->out_w, s->out_b, 1, 0);
+    at::Tensor x1 = conv(n, s->out_w, s->out_b, 1, 0).to(s->W2.scalar_type());
     return at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
 }
 
@@ -422,14 +442,13 @@ int nproc()
 
 }  // namespace
 
-static int shim_create(const cp_weights *w, const cp_model_info *info,
+static int shim_create(const cp_weights *w, cp_model_info *info,
                        const cp_model_opts *opts, const char *path, cp_shim **out)
 {
     *out = nullptr;
     cp_shim *s = nullptr;
     try {
         s = new cp_shim();
-        s->info = *info;
         s->path = path;
         if (opts->device == CP_DEVICE_CUDA) {
             if (!torch::cuda::is_available()) {
@@ -441,9 +460,25 @@ static int shim_create(const cp_weights *w, const cp_model_info *info,
         }
         install_allocator();
         s->threads = opts->threads > 0 ? opts->threads : nproc();
+        if (opts->precision == CP_PRECISION_BF16)
+            s->dtype = at::kBFloat16;
         ThreadScope ts(s->threads);
         c10::InferenceMode guard;
-        Loader L{w, s->dev};
+        info->precision = opts->precision;
+        info->precision_note[0] = 0;
+        if (s->dtype == at::kBFloat16 && s->dev.is_cpu()) {
+            try {
+                probe_bf16_conv();
+            } catch (const std::exception &e) {
+                s->dtype = at::kFloat;
+                info->precision = CP_PRECISION_FP32;
+                std::snprintf(info->precision_note, sizeof info->precision_note,
+                              "bf16 unavailable: this CPU cannot run bfloat16 convolutions "
+                              "(oneDNN needs AVX-512: %s)", oneline(e).c_str());
+            }
+        }
+        s->info = *info;
+        Loader L{w, s->dev, s->dtype};
         if (info->arch == CP_ARCH_CPNET)
             build_cpnet(s, L);
         else
@@ -470,6 +505,7 @@ void forward_tiles(const cp_shim *s, const float *in, int64_t m, int64_t ty, int
     at::Tensor x = at::from_blob(const_cast<float *>(in), {m, nchan, ty, tx}, at::kFloat);
     if (!s->dev.is_cpu())
         x = x.to(s->dev);
+    x = x.to(s->dtype);
     at::Tensor y, st;
     if (s->info.arch == CP_ARCH_CPNET) {
         auto r = forward_cpnet(s, x.contiguous(at::MemoryFormat::ChannelsLast));

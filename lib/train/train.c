@@ -228,7 +228,7 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
             nbase[i] = (int)v[2 + i];
         c.diam_mean = *(const float *)dm->data;
     } else if (o->pretrained) {  /* the network's shape comes from the file */
-        cp_model_opts mo = {CP_DEVICE_CPU, 1};
+        cp_model_opts mo = {CP_DEVICE_CPU, 1, CP_PRECISION_FP32};
         if ((rc = cp_model_load(o->pretrained, &mo, &pre)))
             goto done;
         const cp_model_info *info = cp_model_get_info(pre);

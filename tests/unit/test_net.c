@@ -536,7 +536,7 @@ static void test_forward_legacy(void)
         compare("synth256_s0__nucleilike__d30 (legacy weights, 176 tile)", crop, ref, 145 * 145 * 3);
         /* same bytes whatever the thread count */
         cp_model *m1 = NULL;
-        cp_model_opts o = {CP_DEVICE_CPU, 1};
+        cp_model_opts o = {CP_DEVICE_CPU, 1, CP_PRECISION_FP32};
         CHECK_OK(cp_model_load(shared_path("golden/weights/cpnet_nucleilike_s2_legacy.pth"), &o, &m1));
         if (m1) {
             float *out1 = malloc(3 * 176 * 176 * sizeof *out1);
@@ -574,7 +574,7 @@ static void test_threads(const char *weights, int tile)
     float *in = NULL;
     for (int k = 0; k < 3; k++) {
         cp_model *m = NULL;
-        cp_model_opts o = {CP_DEVICE_CPU, threads[k]};
+        cp_model_opts o = {CP_DEVICE_CPU, threads[k], CP_PRECISION_FP32};
         CHECK_OK(cp_model_load(shared_path(weights), &o, &m));
         if (!m)
             break;
@@ -740,7 +740,7 @@ static int cpnet_convs(const cp_model_info *i, int b, convshape *v)
 static int bench(void)
 {
     const char *th = getenv("CP_THREADS");
-    cp_model_opts o = {CP_DEVICE_CPU, th ? atoi(th) : 0};
+    cp_model_opts o = {CP_DEVICE_CPU, th ? atoi(th) : 0, CP_PRECISION_FP32};
     cp_model *m = NULL;
     if (cp_model_load(shared_path("golden/weights/cpnet_cyto3like_s1.pth"), &o, &m)) {
         fprintf(stderr, "bench: %s\n", cp_errmsg());

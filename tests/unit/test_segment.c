@@ -36,7 +36,7 @@ static void test_golden_runs(void)
         char p[1024];
         snprintf(p, sizeof p, "golden/weights/%s", runs[i].weights);
         cp_model *m = NULL;
-        cp_model_opts mo = {CP_DEVICE_CPU, 2};
+        cp_model_opts mo = {CP_DEVICE_CPU, 2, CP_PRECISION_FP32};
         CHECK_OK(cp_model_load(shared_path(p), &mo, &m));
         if (!m)
             continue;

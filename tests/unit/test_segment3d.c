@@ -21,7 +21,7 @@ static cp_model *load(const char *weights)
     char p[256];
     snprintf(p, sizeof p, "golden/weights/%s", weights);
     cp_model *m = NULL;
-    cp_model_opts mo = {CP_DEVICE_CPU, 2};
+    cp_model_opts mo = {CP_DEVICE_CPU, 2, CP_PRECISION_FP32};
     CHECK_OK(cp_model_load(shared_path(p), &mo, &m));
     return m;
 }
