@@ -21,6 +21,11 @@ char *cp_strdup(const char *s);
 /* 1 when s ends with suffix (case-sensitive). */
 int cp_ends_with(const char *s, const char *suffix);
 
+/* numpy's pairwise sum of a contiguous vector (np.add.reduce's order),
+ * in the vector's own precision. */
+float cp_np_sum_f32(const float *a, size_t n);
+double cp_np_sum_f64(const double *a, size_t n);
+
 /* count*size without overflow; returns 0 and sets *out on success. */
 int cp_mul_overflow(size_t a, size_t b, size_t *out);
 

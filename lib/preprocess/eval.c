@@ -200,39 +200,12 @@ static void finish_blend(float *acc, int H, int W, const cp_tiling *t, const cov
         }
 }
 
-/* numpy's pairwise float32 sum (contiguous, as in np.add.reduce). */
-static float pairwise_sum_f32(const float *a, size_t n)
-{
-    if (n < 8) {
-        float r = 0.f;
-        for (size_t i = 0; i < n; i++)
-            r += a[i];
-        return r;
-    }
-    if (n <= 128) {
-        float r[8];
-        size_t i;
-        for (int j = 0; j < 8; j++)
-            r[j] = a[j];
-        for (i = 8; i < n - n % 8; i += 8)
-            for (int j = 0; j < 8; j++)
-                r[j] += a[i + j];
-        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++)
-            res += a[i];
-        return res;
-    }
-    size_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise_sum_f32(a, n2) + pairwise_sum_f32(a + n2, n - n2);
-}
-
 /* Cellpose's run_net: stylei /= (stylei**2).sum()**0.5, all float32. */
 static void normalize_style(float *s, int n, float *sq)
 {
     for (int c = 0; c < n; c++)
         sq[c] = s[c] * s[c];
-    float norm = powf(pairwise_sum_f32(sq, (size_t)n), 0.5f);
+    float norm = powf(cp_np_sum_f32(sq, (size_t)n), 0.5f);
     for (int c = 0; c < n; c++)
         s[c] /= norm;
 }

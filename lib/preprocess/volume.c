@@ -396,33 +396,6 @@ int cp_eval_flows_planes_net(const cp_net_desc *net, const cp_image *img, const 
     return CP_OK;
 }
 
-/* numpy's pairwise sum of a contiguous float64 array (np.add.reduce). */
-static double pairwise_sum_f64(const double *a, size_t n)
-{
-    if (n < 8) {
-        double r = 0.0;
-        for (size_t i = 0; i < n; i++)
-            r += a[i];
-        return r;
-    }
-    if (n <= 128) {
-        double r[8];
-        size_t i;
-        for (int j = 0; j < 8; j++)
-            r[j] = a[j];
-        for (i = 8; i < n - n % 8; i += 8)
-            for (int j = 0; j < 8; j++)
-                r[j] += a[i + j];
-        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++)
-            res += a[i];
-        return res;
-    }
-    size_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise_sum_f64(a, n2) + pairwise_sum_f64(a + n2, n - n2);
-}
-
 /* scipy's 'reflect' (d c b a | a b c d) index for any i. */
 static long reflect_index(long i, long n)
 {
@@ -452,7 +425,7 @@ static int smooth_axis(float *v, const int dims[3], int axis, double sigma)
     double a = -0.5 / (sigma * sigma);
     for (int i = -r; i <= r; i++)
         w[i + r] = exp(a * (double)((long)i * i));
-    double sum = pairwise_sum_f64(w, (size_t)2 * r + 1);
+    double sum = cp_np_sum_f64(w, (size_t)2 * r + 1);
     for (int i = 0; i <= 2 * r; i++)
         w[i] /= sum;
     const double *fw = w + r;

@@ -20,33 +20,6 @@ void cp_size_train_opts_init(cp_size_train_opts *o)
     o->batch_size = 8;
 }
 
-/* numpy's float32 sum of a contiguous vector (pairwise_sum): what
- * np.mean(y) adds up before dividing. */
-static float pairwise_sum_f32(const float *a, size_t n)
-{
-    if (n < 8) {
-        float r = 0.0f;
-        for (size_t i = 0; i < n; i++)
-            r += a[i];
-        return r;
-    }
-    if (n <= 128) {
-        float r[8];
-        size_t i;
-        memcpy(r, a, sizeof r);
-        for (i = 8; i < n - n % 8; i += 8)
-            for (int j = 0; j < 8; j++)
-                r[j] += a[i + j];
-        float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
-        for (; i < n; i++)
-            res += a[i];
-        return res;
-    }
-    size_t n2 = n / 2;
-    n2 -= n2 % 8;
-    return pairwise_sum_f32(a, n2) + pairwise_sum_f32(a + n2, n - n2);
-}
-
 /* Solve G x = b for symmetric positive definite G (k x k, upper triangle
  * used, overwritten by its Cholesky factor); -1 if G is not positive definite. */
 static int cholesky_solve(double *G, double *b, int k)
@@ -123,7 +96,7 @@ int cp_size_model_fit(const float *styles, const float *y, size_t n, int nstyle,
             sm->smean[j] += styles[i * k + j];
     for (size_t j = 0; j < k; j++)
         sm->smean[j] /= (float)n;
-    sm->ymean = (float)((double)pairwise_sum_f32(y, n) / (double)n);
+    sm->ymean = (float)((double)cp_np_sum_f32(y, n) / (double)n);
     for (size_t i = 0; i < n; i++) {
         yc[i] = y[i] - sm->ymean;
         for (size_t j = 0; j < k; j++)
