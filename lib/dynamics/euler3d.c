@@ -150,6 +150,225 @@ static inline void step_nearest(const field3 *g, float s[3])
     }
 }
 
+/* The first trilinear state of voxel i, (gx, gy, gz) in grid_sample units:
+ * pt /= (L - 1); pt *= 2; pt -= 1. */
+static inline void start_tri(size_t i, int Ly, int Lx, const float Ln[3], float s[3])
+{
+    size_t plane = (size_t)Ly * Lx;
+    float z = (float)(i / plane), y = (float)(i % plane / (size_t)Lx), x = (float)(i % (size_t)Lx);
+    s[0] = (x / Ln[0]) * 2.0f - 1.0f;
+    s[1] = (y / Ln[1]) * 2.0f - 1.0f;
+    s[2] = (z / Ln[2]) * 2.0f - 1.0f;
+}
+
+/* The final trilinear state back in voxels: (pt + 1) * 0.5 * (L - 1). */
+static inline void store_tri(const float s[3], size_t j, size_t n, const float Ln[3], float *p)
+{
+    for (int k = 0; k < 3; k++) /* p is (z, y, x) planes, s is (x, y, z) */
+        p[(size_t)(2 - k) * n + j] = ((s[k] + 1.0f) * 0.5f) * Ln[k];
+}
+
+/* ---- AVX2: 8 voxels at once (lanes), the same float operations in the same
+ * order as step_tri (no FMAs: -ffp-contract=off and none written), so each
+ * lane is bit-identical to the scalar loop; CP_DYN_SCALAR=1 forces that loop.
+ * Cycles are detected per lane as DYN_FOLLOW does (previous two states and a
+ * saved one); a finished lane takes the next voxel of the chunk, and the few
+ * steps left in a cycle longer than 2 are made by step_tri.
+ * Speed-up vs the scalar loop (2 threads, best of 5, same run): cp_dyn_euler3d
+ * 4.9x / 3.8x, cp_dynamics3d 3.8x / 2.6x (eval3d v4_do3D_dnone / platy v4, niter 200). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DYN3_HAVE_AVX2 1
+
+#define FOLLOW3_CHUNK 2048
+
+/* The lower corner index along one axis and the two linear weights
+ * (w1 = (x0 + 1) - ix, w0 = ix - x0), as step_tri. */
+__attribute__((target("avx2"), always_inline)) static inline __m256i
+axis8(__m256 g, int L, __m256 *w1, __m256 *w0)
+{
+    const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+    /* ((g + 1) * L - 1) / 2: halving is exact, so * 0.5 is the same float */
+    __m256 i = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(_mm256_add_ps(g, one),
+                                                         _mm256_set1_ps((float)L)),
+                                           one),
+                             half);
+    __m256i i0 = _mm256_cvttps_epi32(_mm256_floor_ps(i));
+    i0 = _mm256_min_epi32(_mm256_max_epi32(i0, _mm256_set1_epi32(-1)), _mm256_set1_epi32(L - 1));
+    __m256i i1 = _mm256_add_epi32(i0, _mm256_set1_epi32(1));
+    *w1 = _mm256_sub_ps(_mm256_cvtepi32_ps(i1), i);
+    *w0 = _mm256_sub_ps(i, _mm256_cvtepi32_ps(i0));
+    return i1; /* the corner in the padded grid */
+}
+
+/* Lane k's 4 floats at P + o[k], transposed: v[j] holds float j of each lane. */
+__attribute__((target("avx2"), always_inline)) static inline void load4x8(const float *P,
+                                                                              const int32_t o[8],
+                                                                              __m256 v[4])
+{
+    __m256 r0 = _mm256_loadu2_m128(P + o[4], P + o[0]), r1 = _mm256_loadu2_m128(P + o[5], P + o[1]);
+    __m256 r2 = _mm256_loadu2_m128(P + o[6], P + o[2]), r3 = _mm256_loadu2_m128(P + o[7], P + o[3]);
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    v[0] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    v[1] = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    v[2] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    v[3] = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+}
+
+/* step_tri on 8 lanes, s = (gx, gy, gz); corner offsets are int32 (the
+ * caller checks that the field fits). */
+__attribute__((target("avx2"), always_inline)) static inline void step8_tri(const field3 *g,
+                                                                                __m256 s[3])
+{
+    __m256 wx1, wx0, wy1, wy0, wz1, wz0;
+    __m256i cx = axis8(s[0], g->Lx, &wx1, &wx0), cy = axis8(s[1], g->Ly, &wy1, &wy0),
+            cz = axis8(s[2], g->Lz, &wz1, &wz0);
+    __m256 w[8] = {_mm256_mul_ps(_mm256_mul_ps(wx1, wy1), wz1),
+                   _mm256_mul_ps(_mm256_mul_ps(wx0, wy1), wz1),
+                   _mm256_mul_ps(_mm256_mul_ps(wx1, wy0), wz1),
+                   _mm256_mul_ps(_mm256_mul_ps(wx0, wy0), wz1),
+                   _mm256_mul_ps(_mm256_mul_ps(wx1, wy1), wz0),
+                   _mm256_mul_ps(_mm256_mul_ps(wx0, wy1), wz0),
+                   _mm256_mul_ps(_mm256_mul_ps(wx1, wy0), wz0),
+                   _mm256_mul_ps(_mm256_mul_ps(wx0, wy0), wz0)};
+    __m256i off = _mm256_add_epi32(
+        _mm256_add_epi32(_mm256_mullo_epi32(cz, _mm256_set1_epi32((int)g->ps)),
+                         _mm256_mullo_epi32(cy, _mm256_set1_epi32((int)g->rs))),
+        _mm256_mullo_epi32(cx, _mm256_set1_epi32(3)));
+    /* the corner values in step_tri's order (q0, q0 + 3, q2, q2 + 3, ...),
+     * component k: two 4-float loads a lane for each pair of corners */
+    int32_t o[8];
+    _mm256_storeu_si256((__m256i *)o, off);
+    const size_t po[4] = {0, g->rs, g->ps, g->ps + g->rs};
+    __m256 q[8][3];
+    for (int c = 0; c < 4; c++) {
+        __m256 A[4], B[4];
+        load4x8(g->F + po[c], o, A);
+        load4x8(g->F + po[c] + 2, o, B);
+        q[2 * c][0] = A[0], q[2 * c][1] = A[1], q[2 * c][2] = A[2];
+        q[2 * c + 1][0] = A[3], q[2 * c + 1][1] = B[2], q[2 * c + 1][2] = B[3];
+    }
+    const __m256 mone = _mm256_set1_ps(-1.0f), one = _mm256_set1_ps(1.0f);
+    for (int k = 0; k < 3; k++) {
+        __m256 acc = _mm256_setzero_ps(); /* 0 + x, as the scalar sum (-0 -> +0) */
+        for (int c = 0; c < 8; c++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(q[c][k], w[c]));
+        __m256 v = _mm256_add_ps(s[k], acc);
+        v = _mm256_blendv_ps(v, one, _mm256_cmp_ps(v, one, _CMP_GT_OQ));
+        s[k] = _mm256_blendv_ps(v, mone, _mm256_cmp_ps(v, mone, _CMP_LT_OQ));
+    }
+}
+
+/* Follow voxels idx[j0..j1) (niter > 0) in 8 lanes: the state s, steps made
+ * t, the previous two states q1 q2 (bits), a saved state sv made at step ts
+ * with the next save at step ns; act marks lanes that hold a voxel, J[k] its
+ * number. */
+__attribute__((target("avx2"))) static void follow8_tri(const field3 *g, const size_t *idx,
+                                                            size_t j0, size_t j1, size_t n,
+                                                            int niter, const float Ln[3], float *p)
+{
+    __m256 s[3];
+    __m256i q1[3], q2[3], sv[3], t, ts, ns, act;
+    size_t J[8] = {0}, next = j0;
+    float S[3][8] = {{0}};
+    int32_t ACT[8] = {0};
+    int nact = 0;
+    for (int k = 0; k < 8 && next < j1; k++, nact++) {
+        float st[3];
+        start_tri(idx[next], g->Ly, g->Lx, Ln, st);
+        for (int c = 0; c < 3; c++)
+            S[c][k] = st[c];
+        J[k] = next++;
+        ACT[k] = -1;
+    }
+    for (int c = 0; c < 3; c++) {
+        s[c] = _mm256_loadu_ps(S[c]);
+        q1[c] = sv[c] = _mm256_castps_si256(s[c]);
+        q2[c] = _mm256_setzero_si256();
+    }
+    act = _mm256_loadu_si256((const __m256i *)ACT);
+    t = ts = _mm256_setzero_si256();
+    ns = _mm256_set1_epi32(1);
+    const __m256i ione = _mm256_set1_epi32(1), itwo = _mm256_set1_epi32(2),
+                  i32 = _mm256_set1_epi32(32), nm1 = _mm256_set1_epi32(niter - 1);
+    while (nact > 0) {
+        step8_tri(g, s);
+        t = _mm256_add_epi32(t, ione);
+        __m256i u[3], eq1 = _mm256_set1_epi32(-1), eq2 = _mm256_cmpgt_epi32(t, ione), eqs = eq1;
+        for (int c = 0; c < 3; c++) {
+            u[c] = _mm256_castps_si256(s[c]);
+            eq1 = _mm256_and_si256(eq1, _mm256_cmpeq_epi32(u[c], q1[c]));
+            eq2 = _mm256_and_si256(eq2, _mm256_cmpeq_epi32(u[c], q2[c]));
+            eqs = _mm256_and_si256(eqs, _mm256_cmpeq_epi32(u[c], sv[c]));
+        }
+        /* period: 1, else 2, else t - ts, else 0 (niter reached) */
+        __m256i per = _mm256_and_si256(eqs, _mm256_sub_epi32(t, ts));
+        per = _mm256_blendv_epi8(per, itwo, eq2);
+        per = _mm256_blendv_epi8(per, ione, eq1);
+        __m256i fin = _mm256_or_si256(_mm256_or_si256(eq1, eq2),
+                                      _mm256_or_si256(eqs, _mm256_cmpgt_epi32(t, nm1)));
+        fin = _mm256_and_si256(fin, act);
+        __m256i save = _mm256_cmpeq_epi32(t, ns);
+        for (int c = 0; c < 3; c++) {
+            sv[c] = _mm256_blendv_epi8(sv[c], u[c], save);
+            q2[c] = q1[c];
+            q1[c] = u[c];
+        }
+        ts = _mm256_blendv_epi8(ts, t, save);
+        ns = _mm256_blendv_epi8(ns,
+                                _mm256_blendv_epi8(_mm256_add_epi32(t, i32), _mm256_add_epi32(t, t),
+                                                   _mm256_cmpgt_epi32(i32, t)),
+                                save);
+        if (_mm256_testz_si256(fin, fin))
+            continue;
+        /* finished lanes: their results, then the next voxels */
+        int32_t T[8], PER[8], Q2[3][8];
+        _mm256_storeu_si256((__m256i *)T, t);
+        _mm256_storeu_si256((__m256i *)PER, per);
+        _mm256_storeu_si256((__m256i *)ACT, act);
+        for (int c = 0; c < 3; c++) {
+            _mm256_storeu_ps(S[c], s[c]);
+            _mm256_storeu_si256((__m256i *)Q2[c], q2[c]);
+        }
+        unsigned m = (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(fin));
+        while (m) {
+            int k = __builtin_ctz(m);
+            m &= m - 1;
+            float st[3] = {S[0][k], S[1][k], S[2][k]};
+            int rem = PER[k] ? (niter - T[k]) % PER[k] : 0;
+            if (rem && PER[k] == 2) /* two-cycle: the state at niter is the one before */
+                for (int c = 0; c < 3; c++)
+                    memcpy(&st[c], &Q2[c][k], sizeof st[c]);
+            else
+                for (int r = 0; r < rem; r++)
+                    step_tri(g, st);
+            store_tri(st, J[k], n, Ln, p);
+            if (next < j1) {
+                start_tri(idx[next], g->Ly, g->Lx, Ln, st);
+                J[k] = next++;
+            } else {
+                st[0] = st[1] = st[2] = 0.0f;
+                ACT[k] = 0;
+                nact--;
+            }
+            for (int c = 0; c < 3; c++)
+                S[c][k] = st[c];
+        }
+        for (int c = 0; c < 3; c++) {
+            s[c] = _mm256_blendv_ps(s[c], _mm256_loadu_ps(S[c]), _mm256_castsi256_ps(fin));
+            q1[c] = _mm256_blendv_epi8(q1[c], _mm256_castps_si256(s[c]), fin);
+            sv[c] = _mm256_blendv_epi8(sv[c], _mm256_castps_si256(s[c]), fin);
+            q2[c] = _mm256_andnot_si256(fin, q2[c]);
+        }
+        act = _mm256_loadu_si256((const __m256i *)ACT);
+        t = _mm256_andnot_si256(fin, t);
+        ts = _mm256_andnot_si256(fin, ts);
+        ns = _mm256_blendv_epi8(ns, ione, fin);
+    }
+}
+#endif
+
 int cp_dyn_euler3d(const float *dP, const float *cellprob, int Lz, int Ly, int Lx, float threshold,
                    int interp, int niter, int threads, float *p)
 {
@@ -170,23 +389,35 @@ int cp_dyn_euler3d(const float *dP, const float *cellprob, int Lz, int Ly, int L
     if (field3_build(dP, cellprob, Lz, Ly, Lx, threshold, interp ? 1 : 0, nt, &g, &idx, &n) !=
         CP_OK)
         return CP_ENOMEM;
+    const float Ln[3] = {(float)(Lx - 1), (float)(Ly - 1), (float)(Lz - 1)}; /* x, y, z */
+#ifdef DYN3_HAVE_AVX2
+    /* the lanes take int32 offsets: the padded field must fit */
+    if (interp && niter > 0 && n > 0 && !getenv("CP_DYN_SCALAR") &&
+        (size_t)(Lz + 2) * g.ps < (size_t)1 << 31 && __builtin_cpu_supports("avx2")) {
+        size_t nchunk = (n + FOLLOW3_CHUNK - 1) / FOLLOW3_CHUNK;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (size_t ch = 0; ch < nchunk; ch++) {
+            size_t j0 = ch * FOLLOW3_CHUNK, j1 = j0 + FOLLOW3_CHUNK < n ? j0 + FOLLOW3_CHUNK : n;
+            follow8_tri(&g, idx, j0, j1, n, niter, Ln, p);
+        }
+        free(g.F);
+        free(idx);
+        return CP_OK;
+    }
+#endif
     float *pz = p, *py = p + n, *px = p + 2 * n;
-    const float Zn = (float)(Lz - 1), Yn = (float)(Ly - 1), Xn = (float)(Lx - 1);
     size_t plane = (size_t)Ly * Lx;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 256)
     for (size_t j = 0; j < n; j++) {
         size_t i = idx[j];
-        float z = (float)(i / plane), y = (float)(i % plane / (size_t)Lx),
-              x = (float)(i % (size_t)Lx);
         if (interp) {
-            /* pt /= (L - 1); pt *= 2; pt -= 1 and back: (pt + 1) * 0.5 * (L - 1) */
-            float s[3] = {(x / Xn) * 2.0f - 1.0f, (y / Yn) * 2.0f - 1.0f, (z / Zn) * 2.0f - 1.0f};
+            float s[3];
+            start_tri(i, Ly, Lx, Ln, s);
             DYN_FOLLOW(step_tri(&g, s), s, 3, niter);
-            px[j] = ((s[0] + 1.0f) * 0.5f) * Xn;
-            py[j] = ((s[1] + 1.0f) * 0.5f) * Yn;
-            pz[j] = ((s[2] + 1.0f) * 0.5f) * Zn;
+            store_tri(s, j, n, Ln, p);
         } else {
-            float s[3] = {z, y, x};
+            float s[3] = {(float)(i / plane), (float)(i % plane / (size_t)Lx),
+                          (float)(i % (size_t)Lx)};
             DYN_FOLLOW(step_nearest(&g, s), s, 3, niter);
             pz[j] = s[0];
             py[j] = s[1];

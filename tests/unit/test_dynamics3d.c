@@ -2,7 +2,7 @@
  * seeded masks, final masks, stitch3D and flows from labels, bit for bit,
  * on flows from real 3D labels (dynamics3d/platy, v3 and v4) and on the
  * random-network eval runs (eval3d, hundreds of tied seeds). Plus thread
- * invariance and size checks. */
+ * invariance and size checks; the AVX2 Euler steps equal the scalar ones. */
 #include <limits.h>
 #include <omp.h>
 #include <stdint.h>
@@ -61,6 +61,28 @@ static size_t nfollowed(const float *cellprob, size_t n)
     return cp_dyn_count_followed(cellprob, n, 0.0f);
 }
 
+/* The AVX2 trilinear steps (the default where the CPU has AVX2) against the
+ * scalar loop (CP_DYN_SCALAR=1): the same p bytes. */
+static void check_scalar_same(const char *name, const float *dP, const float *cellprob, int Lz,
+                              int Ly, int Lx, int niter, const float *p, size_t n)
+{
+    static int said;
+    const char *why = getenv("CP_DYN_SCALAR") ? "CP_DYN_SCALAR is set"
+                      : !__builtin_cpu_supports("avx2") ? "this CPU has no AVX2" : NULL;
+    if (why) {
+        if (!said++)
+            printf("    # AVX2 vs scalar Euler steps not compared: %s\n", why);
+        return;
+    }
+    float *q = malloc(3 * n * sizeof *q + 1);
+    setenv("CP_DYN_SCALAR", "1", 1);
+    CHECK_OK(cp_dyn_euler3d(dP, cellprob, Lz, Ly, Lx, 0.0f, 1, niter, 0, q));
+    unsetenv("CP_DYN_SCALAR");
+    size_t d = diff_bytes(p, q, 3 * n, 4);
+    CHECKF(d == 0, "%s: AVX2 and scalar steps differ at %zu of %zu", name, d, 3 * n);
+    free(q);
+}
+
 /* One do_3D golden run: dP/cellprob, niter, the folder with p_final (if
  * any), masks_seeded and masks. */
 static void check_do3d(const char *name, const float *dP, const float *cellprob, int Lz, int Ly,
@@ -72,6 +94,8 @@ static void check_do3d(const char *name, const float *dP, const float *cellprob,
     float *p = malloc(3 * n * sizeof *p + 1);
     uint32_t *lab = malloc(nvox * sizeof *lab);
     CHECK_OK(cp_dyn_euler3d(dP, cellprob, Lz, Ly, Lx, 0.0f, interp, niter, 0, p));
+    if (interp)
+        check_scalar_same(name, dP, cellprob, Lz, Ly, Lx, niter, p, n);
     if (has_p) {
         snprintf(rel, sizeof rel, "%s/p_final.npy.gz", dir);
         cp_array *pf = load(rel, CP_F32, 3 * n);
