@@ -679,10 +679,16 @@ int main(void)
         T(test_info());
         T(test_bad_models());
     }
-    T(test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1));
+    /* under the sanitizers the forward runs inside libtorch, which is not
+       instrumented: the legacy CPnet and cpsam runs cover the shim's paths */
+    const char *san = getenv("CP_SANITIZERS");
+    int light = san && *san == '1';
+    if (!light)
+        T(test_forward("synth256_s0__cyto3like__d30", "cpnet_cyto3like_s1.pth", 2, 1));
     T(test_forward("synth256_s0__cpsam_tiny__dnone", "cpsam_tiny_s3.pth", 1, 0));
     T(test_forward_legacy());
-    T(test_threads("golden/weights/cpnet_cyto3like_s1.pth", 224));
+    if (!light)
+        T(test_threads("golden/weights/cpnet_cyto3like_s1.pth", 224));
     T(test_threads("golden/weights/cpsam_tiny_s3.pth", 256));
     if (kernels_only)
         return test_result();
