@@ -69,4 +69,42 @@ print(f"cpseg {'--do-3d' if sys.argv[2] == 'do3d' else '--stitch-threshold 0.5'}
       f"{float(sys.argv[4]):.2f} s, peak RSS {int(sys.argv[3]) / 1024:.0f} MB; {sys.argv[5]}")
 PY
 done
+# 3D mask creation alone, on Cellpose's own flows of golden/3d eval3d
+# v3_do3D_a1_d17 (32x80x80, niter 200): cpseg --do-3d --from-flows (its
+# dynamics stage, best of 3) vs Cellpose 3's resize_and_compute_masks (best
+# of 2, after one warm-up call), same run, 2 threads.
+G=$SHARED/golden/3d/eval3d/v3_do3D_a1_d17
+/usr/bin/python3 -c "
+import numpy as np, sys
+np.save(sys.argv[3], np.concatenate([np.load(sys.argv[1]), np.load(sys.argv[2])[None]]).astype(np.float32))
+" "$G/dP.npy" "$G/cellprob.npy" "$T/g_flows.npy"
+best=
+for i in 1 2 3; do
+    rm -rf "$T/gout" "$T/g.jsonl"
+    "$BIN/cpseg" -q --do-3d --from-flows "$T/g_flows.npy" --niter 200 --threads 2 --savedir "$T/gout" --manifest "$T/g.jsonl"
+    s=$(/usr/bin/python3 -c "import json, sys; print(json.loads(open(sys.argv[1]).readline())['seconds']['dynamics'])" "$T/g.jsonl")
+    best=$(awk -v a="$best" -v b="$s" 'BEGIN { print (a == "" || b < a) ? b : a }')
+done
+peer="peer not available (no reference sources or python3-torch)"
+if [ $peer_ok = 1 ]; then
+    p=$(/usr/bin/python3 - "$SHARED/ref" "$G" <<'PY' 2> /dev/null || true
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import refenv
+refenv.setup("v3")
+import numpy as np, torch
+torch.set_num_threads(2)
+from cellpose import dynamics
+dP, cp = np.load(sys.argv[2] + "/dP.npy"), np.load(sys.argv[2] + "/cellprob.npy")
+t = []
+for i in range(3):
+    t0 = time.perf_counter()
+    dynamics.resize_and_compute_masks(dP, cp, niter=200, do_3D=True, min_size=15)
+    t.append(time.perf_counter() - t0)
+print(min(t[1:]))
+PY
+)
+    [ -n "$p" ] && peer=$(awk -v p="$p" -v c="$best" 'BEGIN { printf "Python Cellpose 3 in this run %.3f s -> %.1fx faster (goal 10x)", p, p / c }')
+fi
+printf '3D mask creation alone (golden v3_do3D_a1_d17 flows, 32x80x80, niter 200): %.3f s; %s\n' "$best" "$peer"
 echo "load average while measuring: $(cut -d' ' -f1-3 /proc/loadavg)"
