@@ -4,6 +4,8 @@
 #define CP_TEST_H
 
 #include <math.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +36,15 @@ static int tst_pass, tst_fail;
         CHECKF(fabs(a_ - b_) <= (tol), "%.17g vs %.17g (tol %g)", a_, b_,      \
                (double)(tol));                                                 \
     } while (0)
+
+/* Number of positions where two label arrays differ. */
+static inline size_t test_count_diff_u32(const uint32_t *a, const uint32_t *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += a[i] != b[i];
+    return d;
+}
 
 static inline int test_result(void)
 {

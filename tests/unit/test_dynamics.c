@@ -70,14 +70,6 @@ static uint32_t *read_labels(const char *dir, const char *name, int *Ly, int *Lx
     return out;
 }
 
-static size_t count_diff_u32(const uint32_t *a, const uint32_t *b, size_t n)
-{
-    size_t d = 0;
-    for (size_t i = 0; i < n; i++)
-        d += a[i] != b[i];
-    return d;
-}
-
 static size_t count_diff_f32(const float *a, const float *b, size_t n)
 {
     size_t d = 0;
@@ -124,7 +116,7 @@ static void check_run(const golden_run *r)
     uint32_t *g = read_labels(r->dir, r->npy_masks ? "masks_seeded.npy.gz" : "masks_seeded.tif",
                               &gy, &gx);
     if (g) {
-        size_t d = count_diff_u32(lab, g, npix);
+        size_t d = test_count_diff_u32(lab, g, npix);
         CHECKF(d == 0, "%s: masks_seeded: %zu pixels differ (%d seeds)", r->name, d, ns);
         free(g);
     }
@@ -154,7 +146,7 @@ static void check_run(const golden_run *r)
     CHECK_OK(cp_dyn_remove_bad_flow_masks(lab, r->Ly, r->Lx, r->dP, r->variant, 0.4, 0, NULL));
     g = read_labels(r->dir, r->npy_masks ? "masks_flowqc.npy.gz" : "masks_flowqc.tif", &gy, &gx);
     if (g) {
-        size_t d = count_diff_u32(lab, g, npix);
+        size_t d = test_count_diff_u32(lab, g, npix);
         CHECKF(d == 0, "%s: masks_flowqc: %zu pixels differ", r->name, d);
         free(g);
     }
@@ -167,12 +159,12 @@ static void check_run(const golden_run *r)
     CHECK_OK(cp_dyn_fill_holes_and_remove_small(lab, r->Ly, r->Lx, 15, bug));
     g = read_labels(r->dir, r->npy_masks ? "masks.npy.gz" : "masks.tif", &gy, &gx);
     if (g) {
-        size_t d = count_diff_u32(lab, g, npix);
+        size_t d = test_count_diff_u32(lab, g, npix);
         CHECKF(d == 0, "%s: masks: %zu pixels differ", r->name, d);
         /* Default (fixed) behaviour: identical unless QC left gaps; it never
          * leaves masks under min_size and never removes a mask >= min_size. */
         CHECK_OK(cp_dyn_fill_holes_and_remove_small(lab2, r->Ly, r->Lx, 15, 0));
-        size_t d2 = count_diff_u32(lab2, g, npix);
+        size_t d2 = test_count_diff_u32(lab2, g, npix);
         if (bug && d2)
             printf("# %s: without the v3 label bug %zu pixels differ from Cellpose 3\n", r->name,
                    d2);
@@ -194,7 +186,7 @@ static void check_run(const golden_run *r)
     prm.v3_label_bug = bug;
     cp_dyn_stats st;
     CHECK_OK(cp_dynamics(r->dP, r->cellprob, r->Ly, r->Lx, &prm, lab2, &st));
-    CHECKF(count_diff_u32(lab, lab2, npix) == 0, "%s: cp_dynamics differs from the stages",
+    CHECKF(test_count_diff_u32(lab, lab2, npix) == 0, "%s: cp_dynamics differs from the stages",
            r->name);
     CHECKF(st.niter == r->niter && st.followed == n && st.seeds == ns, "%s: stats", r->name);
     free(lab2);
@@ -542,7 +534,7 @@ static void unit_cases(void)
     cp_dyn_params prm;
     cp_dyn_params_default(&prm, CP_DYN_V4);
     CHECK_OK(cp_dynamics(dP, cp, Ly, Lx, &prm, lab, NULL));
-    CHECK(count_diff_u32(lab, (uint32_t *)dP, npix) == 0);
+    CHECK(test_count_diff_u32(lab, (uint32_t *)dP, npix) == 0);
     cp[5] = 1; /* one pixel: histogram count 1 < 11: no seed */
     cp_dyn_stats st;
     CHECK_OK(cp_dynamics(dP, cp, Ly, Lx, &prm, lab, &st));
@@ -772,9 +764,9 @@ static void fill_vs_reference(void)
                     omp_set_num_threads(t);
                     memcpy(got, in, npix * 4);
                     CHECK_OK(cp_dyn_fill_holes_and_remove_small(got, Ly, Lx, ms, bug));
-                    CHECKF(count_diff_u32(got, ref, npix) == 0,
+                    CHECKF(test_count_diff_u32(got, ref, npix) == 0,
                            "fill case %d min_size %d bug %d threads %d: %zu px differ", c, ms,
-                           bug, t, count_diff_u32(got, ref, npix));
+                           bug, t, test_count_diff_u32(got, ref, npix));
                 }
             }
         memcpy(ref, in, npix * 4);
@@ -785,7 +777,7 @@ static void fill_vs_reference(void)
             uint32_t k = 0, kr = 0;
             CHECK_OK(cp_dyn_renumber(got, npix, &k));
             for (size_t i = 0; i < npix; i++) if (ref[i] > kr) kr = ref[i];
-            CHECKF(k == kr && count_diff_u32(got, ref, npix) == 0, "renumber case %d threads %d",
+            CHECKF(k == kr && test_count_diff_u32(got, ref, npix) == 0, "renumber case %d threads %d",
                    c, t);
         }
     }

@@ -143,14 +143,6 @@ static uint32_t *golden_labels(const char *run, const char *file, size_t n)
     return lab;
 }
 
-static size_t count_diff(const uint32_t *a, const uint32_t *b, size_t n)
-{
-    size_t d = 0;
-    for (size_t i = 0; i < n; i++)
-        d += a[i] != b[i];
-    return d;
-}
-
 /* The whole v3 network stage with a resize (diameter 20 of diam_mean 17,
  * anisotropy 2: network at 27 x 68 x 68), stage by stage; then the masks
  * from these flows. */
@@ -195,7 +187,7 @@ static void test_network_resized(void)
         CHECK_OK(cp_segment3d_from_flows(f->data, 4, f->depth, f->height, f->width, CP_ARCH_CPNET, 17, &sp, &r));
         uint32_t *want = golden_labels(run, "masks.npy.gz", vn);
         if (want && r.masks) {
-            size_t diff = count_diff(want, r.masks, vn);
+            size_t diff = test_count_diff_u32(want, r.masks, vn);
             CHECKF(diff * 1000 <= vn, "%s: %zu of %zu voxels differ from Cellpose's masks", run, diff, vn);
             CHECKF(r.niter == 235, "%s: niter %d, Cellpose used 235", run, r.niter);
             printf("  %s: masks from our flows: %u cells, %zu voxels differ from Cellpose's\n", run, r.ncells, diff);
@@ -312,7 +304,7 @@ static void check_masks_from_golden_flows(const char *run, const char *dp_run, c
         CHECK_OK(cp_segment3d_from_flows(flows, nd + 1, 32, 80, 80, arch, 17, &p, &r[t]));
     }
     if (want && r[0].masks && (!threads || r[1].masks)) {
-        size_t diff = count_diff(want, r[0].masks, vn);
+        size_t diff = test_count_diff_u32(want, r[0].masks, vn);
         CHECKF(diff == 0, "%s: %zu voxels differ from Cellpose's masks", run, diff);
         CHECKF(!threads || memcmp(r[0].masks, r[1].masks, vn * 4) == 0, "%s: 1 and 2 threads differ", run);
         uint32_t mx = 0;
