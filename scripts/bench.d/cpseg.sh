@@ -20,10 +20,7 @@ W=$SHARED/golden/weights/cpnet_cyto3like_s1.pth
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
-peer_ok=0
-if [ -d /tmp/cp3/cellpose ] && /usr/bin/python3 -c 'import torch, cv2, numba' 2> /dev/null; then
-    peer_ok=1
-fi
+. "$ROOT/scripts/bench.d/peer.inc"
 bench_one() { # label image
     rm -rf "$T/out" "$T/m.jsonl"
     /usr/bin/time -f '%M %e' -o "$T/time" "$BIN/cpseg" -q --model "$W" --diameter 30 \

@@ -22,10 +22,7 @@ trap 'rm -rf "$T"' EXIT
     --diam 17 --name vol > /dev/null
 V=$T/vol.tif
 [ -f "$V" ] || { echo "cpseg3d: no volume made (make_golden_3d.py synth3d)"; exit 1; }
-peer_ok=0
-if [ -d /tmp/cp3/cellpose ] && /usr/bin/python3 -c 'import torch, cv2, numba' 2> /dev/null; then
-    peer_ok=1
-fi
+. "$ROOT/scripts/bench.d/peer.inc"
 
 for mode in do3d stitch; do
     flag=--do-3d; [ $mode = stitch ] && flag="--stitch-threshold 0.5"
