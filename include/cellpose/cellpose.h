@@ -20,5 +20,6 @@
 #include "cellpose/spots.h"
 #include "cellpose/train.h"
 #include "cellpose/zip.h"
+#include "cellpose/zarr.h"
 
 #endif
