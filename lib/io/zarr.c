@@ -587,9 +587,7 @@ static int store_chunk(const cp_zarr *z, const int64_t *idx, unsigned char *buf)
 
 /* ---- boxes -------------------------------------------------------------- */
 
-/* Copy a box of cnt elements between two strided layouts (strides in
- * elements; src and dst point at the box's first element). */
-static void copy_box(int nd, const int64_t *cnt, const unsigned char *src, const int64_t *sstr, unsigned char *dst,
+void cp_zarr_copy_box(int nd, const int64_t *cnt, const unsigned char *src, const int64_t *sstr, unsigned char *dst,
                      const int64_t *dstr, size_t es)
 {
     int64_t i[CP_ZARR_MAX_DIM] = {0};
@@ -664,14 +662,14 @@ static int box_io(cp_zarr *z, const int64_t *start, const int64_t *count, unsign
         if (!write) {
             rc = load_chunk(z, idx, chunk);
             if (!rc)
-                copy_box(nd, n, chunk + (size_t)coff * z->es, z->cstride, buf + (size_t)boff * z->es, bstr, z->es);
+                cp_zarr_copy_box(nd, n, chunk + (size_t)coff * z->es, z->cstride, buf + (size_t)boff * z->es, bstr, z->es);
         } else {
             if (whole)
                 fill_chunk(z, chunk); /* edge chunks: the part outside the array holds fill_value */
             else
                 rc = load_chunk(z, idx, chunk);
             if (!rc) {
-                copy_box(nd, n, buf + (size_t)boff * z->es, bstr, chunk + (size_t)coff * z->es, z->cstride, z->es);
+                cp_zarr_copy_box(nd, n, buf + (size_t)boff * z->es, bstr, chunk + (size_t)coff * z->es, z->cstride, z->es);
                 rc = store_chunk(z, idx, chunk);
             }
         }

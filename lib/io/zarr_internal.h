@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cellpose/zarr.h"
 
@@ -25,6 +26,11 @@ int cp_zcodec_encode(const cp_zcodec *c, const char *file, const void *src, size
 /* The most bytes an encoded chunk of n bytes can take (for refusing larger
  * files before reading them). */
 size_t cp_zcodec_bound(size_t n);
+
+/* Copy a box of cnt[nd] elements of es bytes between two strided layouts
+ * (strides in elements; src and dst point at the box's first element). */
+void cp_zarr_copy_box(int nd, const int64_t *cnt, const unsigned char *src, const int64_t *sstr, unsigned char *dst,
+                      const int64_t *dstr, size_t es);
 
 /* dir/name parsed as JSON; NULL with *rc set (and *missing when the file
  * does not exist). */
