@@ -164,6 +164,49 @@ static void test_round_trips(void)
     CHECK(cp_zarr_create(tpath("rt_1d"), 1, s1, c1, CP_I32, NULL, 0, &z) == CP_EEXIST);
 }
 
+/* Threads writing disjoint chunks of one array at once, then overwrite
+ * leaving no stale chunk behind. */
+static void test_parallel_and_overwrite(void)
+{
+    const int64_t shape[3] = {8, 40, 40}, chunks[3] = {1, 20, 20};
+    size_t n = 8 * 40 * 40;
+    uint16_t *full = malloc(n * 2), *back = calloc(n, 2);
+    fill_pattern(full, CP_U16, n, 5);
+    cp_zarr *z = NULL;
+    CHECK_OK(cp_zarr_create(tpath("par"), 3, shape, chunks, CP_U16, NULL, 0, &z));
+    int fails = 0;
+    if (z) {
+#pragma omp parallel for schedule(static, 1) num_threads(4) reduction(+ : fails)
+        for (int i = 0; i < 8 * 4; i++) { /* one chunk each */
+            int64_t st[3] = {i / 4, (i % 4) / 2 * 20, i % 2 * 20}, ct[3] = {1, 20, 20};
+            uint16_t tile[400];
+            for (int y = 0; y < 20; y++)
+                memcpy(tile + y * 20, full + ((size_t)st[0] * 40 + (size_t)st[1] + (size_t)y) * 40 + (size_t)st[2], 40);
+            fails += cp_zarr_write(z, st, ct, tile) != CP_OK;
+        }
+        const int64_t st0[3] = {0, 0, 0};
+        CHECK_OK(cp_zarr_read(z, st0, shape, back));
+        CHECK(fails == 0 && memcmp(full, back, n * 2) == 0);
+        cp_zarr_close(z);
+    }
+    /* replaced by a smaller array: the old chunk files must not show through */
+    const int64_t s2[3] = {2, 30, 30};
+    CHECK_OK(cp_zarr_create(tpath("par"), 3, s2, chunks, CP_U16, NULL, 1, &z));
+    if (z) {
+        const int64_t st0[3] = {0, 0, 0};
+        CHECK_OK(cp_zarr_read(z, st0, s2, back));
+        size_t nz = 0;
+        for (size_t i = 0; i < 2 * 30 * 30; i++)
+            nz += back[i] != 0;
+        CHECK(nz == 0);
+        cp_zarr_close(z);
+    }
+    struct stat st;
+    CHECK(stat(tpath("par/0.0.0"), &st) != 0);
+    free(full);
+    free(back);
+}
+
 static void write_text(const char *path, const char *text)
 {
     CHECK(test_write_bytes(path, text, strlen(text)) == 0);
@@ -513,6 +556,7 @@ int main(void)
     snprintf(tmp, sizeof tmp, "%s/zarr.%d", test_tmp_dir(), (int)getpid());
     mkdir(tmp, 0777);
     test_round_trips();
+    test_parallel_and_overwrite();
     test_missing_and_bad();
     char py[4096];
     snprintf(py, sizeof py, "%s/py", tmp);
