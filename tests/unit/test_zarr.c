@@ -448,6 +448,36 @@ static void read_python_volumes(const char *dir)
     }
     cp_vol_close(r);
 
+    /* NGFF 0.3: axes as strings, scale 1 (so no voxel size) */
+    snprintf(p, sizeof p, "%s/ome03", dir);
+    CHECK_OK(cp_ome_open(p, 0, &info, &z));
+    CHECK(info.ndim == 3 && !strcmp(info.axes[0], "z") && !strcmp(info.axes[2], "x") && info.scale[0] == 1 &&
+          !info.unit[0] && z && cp_zarr_shape(z)[0] == 6);
+    cp_zarr_close(z);
+    if ((a = load(dir, "ome_group.npy"))) {
+        a->ndim = 3; /* its (t=0, c=0) volume */
+        memmove(a->shape, a->shape + 2, 3 * sizeof a->shape[0]);
+        check_vol(p, a, 0, -1, 1, 2, CP_AXIS_AUTO, CP_AXIS_AUTO);
+    }
+    cp_array_free(a);
+    r = NULL;
+    CHECK_OK(cp_vol_open(p, CP_AXIS_AUTO, CP_AXIS_AUTO, &r));
+    if (r) {
+        CHECK_OK(cp_vol_voxel_size(r, &vs, &found));
+        CHECK(!found);
+    }
+    cp_vol_close(r);
+    /* an ImageJ TIFF's calibration */
+    snprintf(p, sizeof p, "%s/hyper.tif", dir);
+    r = NULL;
+    CHECK_OK(cp_vol_open(p, CP_AXIS_AUTO, CP_AXIS_AUTO, &r));
+    if (r) {
+        CHECK_OK(cp_vol_voxel_size(r, &vs, &found));
+        CHECKF(found && vs.z == 2 && fabs(vs.x - 0.5) < 1e-6 && fabs(vs.y - 0.5) < 1e-6 && !strcmp(vs.unit, "um"),
+               "%d %g %g %g %s", found, vs.z, vs.y, vs.x, vs.unit);
+    }
+    cp_vol_close(r);
+
     /* plain arrays: (z, y, x) and (c, z, y, x) by default */
     snprintf(p, sizeof p, "%s/zlib_u16", dir);
     if ((a = load(dir, "zlib_u16.npy")))

@@ -76,11 +76,15 @@ def write(d):
     tifffile.imwrite(os.path.join(d, "striped.tif"), s, rowsperstrip=7)
     np.save(os.path.join(d, "striped.npy"), s)
     h = rng.integers(0, 255, (4, 2, 33, 29), dtype="u1")
-    tifffile.imwrite(os.path.join(d, "hyper.tif"), h, imagej=True, metadata={"axes": "ZCYX"},
-                     resolution=(1 / 0.5, 1 / 0.5))
+    tifffile.imwrite(os.path.join(d, "hyper.tif"), h, imagej=True,
+                     metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "um"}, resolution=(1 / 0.5, 1 / 0.5))
     np.save(os.path.join(d, "hyper.npy"), h)
     f = np.asfortranarray(rng.integers(-30000, 30000, (5, 12, 13), dtype="<i2").astype(">i2"))
     np.save(os.path.join(d, "fortran_be.npy"), f)
+    # NGFF 0.3: axes as plain names, no coordinateTransformations
+    g = zarr.open_group(os.path.join(d, "ome03"), mode="w")
+    g.create_dataset("0", data=a[0, 0], chunks=(3, 16, 16))
+    g.attrs["multiscales"] = [{"version": "0.3", "axes": ["z", "y", "x"], "datasets": [{"path": "0"}]}]
     with open(os.path.join(d, "cases.txt"), "w") as fh:
         fh.write("\n".join(names) + "\n")
 
