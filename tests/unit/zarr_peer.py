@@ -72,6 +72,12 @@ def write(d):
     t = rng.integers(0, 60000, (5, 70, 90), dtype="<u2")
     tifffile.imwrite(os.path.join(d, "tiled.tif"), t, bigtiff=True, tile=(32, 32), compression="zlib")
     np.save(os.path.join(d, "tiled.npy"), t)
+    # the same with its last page's last tile garbled: boxes elsewhere still read
+    raw = bytearray(open(os.path.join(d, "tiled.tif"), "rb").read())
+    with tifffile.TiffFile(os.path.join(d, "tiled.tif")) as tf:
+        off, n = tf.pages[-1].dataoffsets[-1], tf.pages[-1].databytecounts[-1]
+    raw[off:off + n] = bytes(n)
+    open(os.path.join(d, "tiled_bad.tif"), "wb").write(raw)
     s = rng.normal(0, 1, (6, 50, 41)).astype("<f4")
     tifffile.imwrite(os.path.join(d, "striped.tif"), s, rowsperstrip=7)
     np.save(os.path.join(d, "striped.npy"), s)
