@@ -1,0 +1,321 @@
+/* Spots to the cells of a label volume: each spot's label voxel from its z, y,
+ * x, the volume read region by region so neither the spots nor the volume
+ * need to fit in memory together with the other's full size. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cellpose/io.h"
+#include "cellpose/spots.h"
+#include "core/internal.h"
+#include "spots/spots_internal.h"
+
+#define DEFAULT_MAX_VOXELS ((int64_t)8 << 20)
+/* Regions grow past max_voxels rather than the block index outgrowing this. */
+#define MAX_BLOCKS ((int64_t)1 << 22)
+
+/* ---- the label volume, read by regions ---------------------------------- */
+
+typedef struct lvol {
+    const char *path;
+    cp_image *whole; /* interim reader until cp_vol_* lands: the whole volume */
+    int64_t ext[3];  /* depth, height, width */
+    cp_dtype dtype;
+} lvol;
+
+static void lvol_close(lvol *v)
+{
+    cp_image_free(v->whole);
+    v->whole = NULL;
+}
+
+static int lvol_open(lvol *v, const char *path)
+{
+    memset(v, 0, sizeof *v);
+    v->path = path;
+    int rc = cp_image_read_volume(path, CP_AXIS_AUTO, CP_AXIS_AUTO, &v->whole);
+    if (rc)
+        return rc;
+    const cp_image *im = v->whole;
+    v->ext[0] = im->planes;
+    v->ext[1] = im->height;
+    v->ext[2] = im->width;
+    v->dtype = im->dtype;
+    if (im->channels != 1)
+        rc = cp_error(CP_EINVAL, "%s: a label volume has one channel, not %d", path, im->channels);
+    else if (cp_dtype_is_float(im->dtype))
+        rc = cp_error(CP_EINVAL, "%s: labels must be integers, not %s", path, cp_dtype_name(im->dtype));
+    if (rc)
+        lvol_close(v);
+    return rc;
+}
+
+/* The box at o (z, y, x) of size n, as an image of n[0] planes. */
+static int lvol_read(lvol *v, const int64_t o[3], const int64_t n[3], cp_image **out)
+{
+    int rc = cp_image_create(out, (int)n[2], (int)n[1], 1, (int)n[0], v->dtype);
+    if (rc)
+        return rc;
+    size_t es = cp_dtype_size(v->dtype), row = (size_t)n[2] * es;
+    const cp_image *w = v->whole;
+    for (int64_t z = 0; z < n[0]; z++)
+        for (int64_t y = 0; y < n[1]; y++) {
+            size_t src = ((size_t)(o[0] + z) * (size_t)w->height + (size_t)(o[1] + y)) * (size_t)w->width + (size_t)o[2];
+            size_t dst = ((size_t)z * (size_t)n[1] + (size_t)y) * (size_t)n[2];
+            memcpy((char *)(*out)->data + dst * es, (const char *)w->data + src * es, row);
+        }
+    return CP_OK;
+}
+
+/* Label of sample i; -1 when negative or beyond int64. */
+static int64_t label_of(const cp_image *im, size_t i)
+{
+    const void *p = im->data;
+    int64_t v;
+    switch (im->dtype) {
+    case CP_U8: return ((const uint8_t *)p)[i];
+    case CP_U16: return ((const uint16_t *)p)[i];
+    case CP_U32: return ((const uint32_t *)p)[i];
+    case CP_U64: {
+        uint64_t u = ((const uint64_t *)p)[i];
+        return u > (uint64_t)INT64_MAX ? -1 : (int64_t)u;
+    }
+    case CP_I8: v = ((const int8_t *)p)[i]; break;
+    case CP_I16: v = ((const int16_t *)p)[i]; break;
+    case CP_I32: v = ((const int32_t *)p)[i]; break;
+    case CP_I64: v = ((const int64_t *)p)[i]; break;
+    default: return -1;
+    }
+    return v < 0 ? -1 : v;
+}
+
+/* ---- the block grid --------------------------------------------------------- */
+
+typedef struct grid {
+    int64_t ext[3], b[3], n[3];
+    size_t nblocks;
+} grid;
+
+/* Near-cubic blocks of at most max_voxels (the short axes taken whole first),
+ * since the volume's chunking is unknown: a TIFF reads by planes, a Zarr by
+ * cubes. */
+static void grid_init(grid *g, const int64_t ext[3], int64_t max_voxels)
+{
+    double vox = (double)ext[0] * (double)ext[1] * (double)ext[2], budget = (double)max_voxels;
+    if (vox / budget > (double)MAX_BLOCKS)
+        budget = ceil(vox / (double)MAX_BLOCKS);
+    int ord[3] = {0, 1, 2};
+    for (int i = 1; i < 3; i++)
+        for (int k = i; k > 0 && ext[ord[k]] < ext[ord[k - 1]]; k--) {
+            int t = ord[k];
+            ord[k] = ord[k - 1];
+            ord[k - 1] = t;
+        }
+    g->nblocks = 1;
+    for (int k = 0; k < 3; k++) {
+        int a = ord[k];
+        double side = floor(pow(budget, 1.0 / (3 - k)) + 1e-9);
+        g->ext[a] = ext[a];
+        g->b[a] = side < 1 ? 1 : side > (double)ext[a] ? ext[a] : (int64_t)side;
+        budget /= (double)g->b[a];
+        g->n[a] = (ext[a] + g->b[a] - 1) / g->b[a];
+        g->nblocks *= (size_t)g->n[a];
+    }
+}
+
+static size_t block_of(const grid *g, const int64_t v[3])
+{
+    return ((size_t)(v[0] / g->b[0]) * (size_t)g->n[1] + (size_t)(v[1] / g->b[1])) * (size_t)g->n[2] +
+           (size_t)(v[2] / g->b[2]);
+}
+
+/* Label voxel of a row's spot; 0 when outside the volume or a coordinate is
+ * null. */
+static int spot_voxel(const cp_scol *const c[3], size_t r, const double s[3], const int64_t ext[3], int64_t v[3])
+{
+    for (int a = 0; a < 3; a++) {
+        if (cp_scol_is_null(c[a], r))
+            return 0;
+        double p = floor(cp_scol_num(c[a], r) * s[a] + 0.5);
+        if (!(p >= 0 && p < (double)ext[a]))
+            return 0;
+        v[a] = (int64_t)p;
+    }
+    return 1;
+}
+
+static int64_t max_voxels_of(const cp_spot_label_opts *o)
+{
+    return o && o->max_voxels > 0 ? o->max_voxels : DEFAULT_MAX_VOXELS;
+}
+
+/* ---- spots to labels ----------------------------------------------------- */
+
+int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_opts *o, const char *name)
+{
+    double s[3];
+    const cp_scol *c[3];
+    static const char *axes[3] = {"z", "y", "x"};
+    for (int a = 0; a < 3; a++) {
+        s[a] = o && o->scale[a] > 0 ? o->scale[a] : 1.0;
+        int k = cp_stable_find(t, axes[a]);
+        if (k < 0 || t->cols[k].type == CP_SCOL_STR)
+            return cp_error(CP_EINVAL, "spots to cells need a numeric '%s' column", axes[a]);
+        c[a] = &t->cols[k];
+    }
+    if (cp_stable_find(t, name) >= 0)
+        return cp_error(CP_EINVAL, "the spot table already has a column '%s'", name);
+    lvol vol;
+    int rc = lvol_open(&vol, path);
+    if (rc)
+        return rc;
+    grid g;
+    grid_init(&g, vol.ext, max_voxels_of(o));
+    size_t n = t->nrows;
+    uint32_t *bid = cp_malloc_array(n + 1, sizeof *bid, "spot blocks");
+    uint32_t *order = cp_malloc_array(n + 1, sizeof *order, "spot blocks");
+    size_t *start = cp_calloc(g.nblocks + 2, sizeof *start, "spot blocks");
+    cp_image *reg = NULL;
+    rc = bid && order && start ? CP_OK : CP_ENOMEM;
+    /* bucket the spots inside the volume by block (a counting sort keeps
+     * each block's rows ascending) */
+    for (size_t r = 0; r < n && !rc; r++) {
+        int64_t v[3];
+        bid[r] = UINT32_MAX;
+        if (spot_voxel(c, r, s, g.ext, v)) {
+            bid[r] = (uint32_t)block_of(&g, v);
+            start[bid[r] + 1]++;
+        }
+    }
+    for (size_t b = 0; b < g.nblocks && !rc; b++)
+        start[b + 1] += start[b];
+    for (size_t r = 0; r < n && !rc; r++)
+        if (bid[r] != UINT32_MAX)
+            order[start[bid[r]]++] = (uint32_t)r;
+    for (size_t b = g.nblocks; b > 0 && !rc; b--)
+        start[b] = start[b - 1];
+    if (!rc)
+        start[0] = 0;
+    free(bid);
+    bid = NULL;
+    if (!rc) {
+        /* every row gets a value: no null bitmap */
+        size_t keep = t->nrows;
+        t->nrows = 0;
+        rc = cp_stable_add_col(t, name, CP_SCOL_I64);
+        t->nrows = keep;
+    }
+    int64_t *out = rc ? NULL : t->cols[t->ncols - 1].v;
+    for (size_t b = 0; b < g.nblocks && !rc; b++) {
+        if (start[b] == start[b + 1])
+            continue;
+        int64_t lo[3] = {INT64_MAX, INT64_MAX, INT64_MAX}, hi[3] = {-1, -1, -1}, v[3], cnt[3];
+        for (size_t i = start[b]; i < start[b + 1]; i++) {
+            spot_voxel(c, order[i], s, g.ext, v);
+            for (int a = 0; a < 3; a++) {
+                lo[a] = v[a] < lo[a] ? v[a] : lo[a];
+                hi[a] = v[a] > hi[a] ? v[a] : hi[a];
+            }
+        }
+        for (int a = 0; a < 3; a++)
+            cnt[a] = hi[a] - lo[a] + 1;
+        if ((rc = lvol_read(&vol, lo, cnt, &reg)))
+            break;
+        for (size_t i = start[b]; i < start[b + 1]; i++) {
+            spot_voxel(c, order[i], s, g.ext, v);
+            size_t at = ((size_t)(v[0] - lo[0]) * (size_t)cnt[1] + (size_t)(v[1] - lo[1])) * (size_t)cnt[2] +
+                        (size_t)(v[2] - lo[2]);
+            int64_t L = label_of(reg, at);
+            if (L < 0) {
+                rc = cp_error(CP_EFORMAT, "%s: the label at z=%lld y=%lld x=%lld is negative or too large", path,
+                              (long long)v[0], (long long)v[1], (long long)v[2]);
+                break;
+            }
+            out[order[i]] = L;
+        }
+        cp_image_free(reg);
+        reg = NULL;
+    }
+    free(order);
+    free(start);
+    lvol_close(&vol);
+    return rc;
+}
+
+/* ---- every label of a volume ---------------------------------------------- */
+
+/* Sort and deduplicate ids[0..*n). */
+static void sort_unique(int64_t *ids, size_t *n)
+{
+    qsort(ids, *n, sizeof *ids, cp_i64_cmp);
+    size_t m = 0;
+    for (size_t i = 0; i < *n; i++)
+        if (!m || ids[m - 1] != ids[i])
+            ids[m++] = ids[i];
+    *n = m;
+}
+
+int cp_label_volume_ids(const char *path, const cp_spot_label_opts *o, int64_t **idsp, size_t *np)
+{
+    *idsp = NULL;
+    *np = 0;
+    lvol vol;
+    int rc = lvol_open(&vol, path);
+    if (rc)
+        return rc;
+    grid g;
+    grid_init(&g, vol.ext, max_voxels_of(o));
+    int64_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    cp_image *reg = NULL;
+    for (int64_t bz = 0; bz < g.n[0] && !rc; bz++)
+        for (int64_t by = 0; by < g.n[1] && !rc; by++)
+            for (int64_t bx = 0; bx < g.n[2] && !rc; bx++) {
+                int64_t lo[3] = {bz * g.b[0], by * g.b[1], bx * g.b[2]}, cnt[3];
+                for (int a = 0; a < 3; a++)
+                    cnt[a] = lo[a] + g.b[a] > g.ext[a] ? g.ext[a] - lo[a] : g.b[a];
+                if ((rc = lvol_read(&vol, lo, cnt, &reg)))
+                    break;
+                size_t nv = (size_t)cnt[0] * (size_t)cnt[1] * (size_t)cnt[2];
+                int64_t prev = 0;
+                for (size_t i = 0; i < nv && !rc; i++) {
+                    int64_t L = label_of(reg, i);
+                    if (L < 0) {
+                        rc = cp_error(CP_EFORMAT, "%s: a label is negative or too large", path);
+                        break;
+                    }
+                    /* neighbours mostly share a label: only changes are kept */
+                    if (L == 0 || L == prev)
+                        continue;
+                    prev = L;
+                    if (n == cap) {
+                        /* deduplicate before growing: memory follows the
+                         * number of cells, not of voxels */
+                        sort_unique(ids, &n);
+                        if (n > cap / 2 || !cap) {
+                            size_t nc = cap ? cap * 2 : 4096;
+                            int64_t *ni = realloc(ids, nc * sizeof *ni);
+                            if (!ni) {
+                                rc = cp_error(CP_ENOMEM, "out of memory (labels of %s)", path);
+                                break;
+                            }
+                            ids = ni;
+                            cap = nc;
+                        }
+                    }
+                    ids[n++] = L;
+                }
+                cp_image_free(reg);
+                reg = NULL;
+            }
+    if (!rc)
+        sort_unique(ids, &n);
+    lvol_close(&vol);
+    if (rc) {
+        free(ids);
+        return rc;
+    }
+    *idsp = ids;
+    *np = n;
+    return CP_OK;
+}
