@@ -1,0 +1,169 @@
+# spotquery --labels: spots assigned to the cells of a label volume. The
+# expected cells and count matrices come from numpy/pandas over the generated
+# CSVs and the label arrays written by tifffile (an independent reading of the
+# same files: pandas joins the tables, numpy indexes the volume).
+. "$(dirname "$0")/lib.sh"
+SQ=$BIN/spotquery
+PY=/usr/bin/python3
+cd "$T" || exit 1
+
+# Under the sanitizers only the small hand-worked table, one matrix and the
+# bad inputs run (each start of a sanitized binary costs seconds).
+FULL=1; [ "${CP_SANITIZERS:-0}" = 1 ] && FULL=0
+
+$SQ gen-synthetic --spots 3000 --seed 11 ds > /dev/null 2>&1; check "generate" test $? -eq 0
+U=ds/image_spot_spectral_unmixing
+
+# --- hand-worked spots on a volume whose label is 1 + the voxel's index, so
+# the label names the voxel: rounding, edges and outside show directly.
+# scale 1,0.5,2: voxel = floor(z + 0.5), floor(y/2 + 0.5), floor(2x + 0.5);
+# the volume is 4 x 5 x 6.
+cat > hand.csv <<'CSV'
+spot_id,chan,chan_spot_id,z,y,x
+1,488,1,0,0,0
+2,488,2,-0.5,0,0
+3,488,3,-0.50001,0,0
+4,561,1,3.4999998,8.9,2.74
+5,561,2,3.5,0,0
+6,561,3,2,9.4,1
+7,488,4,1,3,2.75
+8,488,5,1,2.9999998,0.25
+9,561,4,,1,1
+10,638,1,1e30,1,1
+11,638,2,2.2,-0.9,1.2
+12,638,3,0.7,6.1,2.2
+CSV
+$PY - > py.log 2>&1 <<'PYEOF'
+import numpy as np, pandas as pd, tifffile
+def voxel(df, scale, shape):
+    """label voxel of each spot (float32 coordinates), -1 outside"""
+    v = []
+    for a, ax in enumerate("zyx"):
+        c = df[ax].astype(np.float32).astype(np.float64).to_numpy()
+        with np.errstate(invalid="ignore"):
+            p = np.floor(c * scale[a] + 0.5)
+            v.append(np.where((p >= 0) & (p < shape[a]), p, -1))
+    inside = (v[0] >= 0) & (v[1] >= 0) & (v[2] >= 0)
+    return [np.where(inside, x, 0).astype(np.int64) for x in v], inside
+def cells(df, lab, scale):
+    (z, y, x), inside = voxel(df, scale, lab.shape)
+    return np.where(inside, lab[z, y, x].astype(np.int64), 0)
+def write_cells(name, df, cell):
+    with open(name, "w") as f:
+        f.write("spot_id,cell\n" + "".join("%d,%d\n" % r for r in zip(df.spot_id, cell)))
+def write_counts(name, cell, chan, channels, extra=(0,), sep=","):
+    t = pd.crosstab(pd.Series(cell, name="cell"), pd.Categorical(chan, categories=channels), dropna=False)
+    t = t.reindex(sorted(set(t.index) | set(int(e) for e in extra)), fill_value=0)
+    with open(name, "w") as f:
+        f.write(sep.join(["cell"] + list(channels)) + "\n")
+        for k, row in t.iterrows():
+            f.write(sep.join(str(int(v)) for v in [k] + list(row)) + "\n")
+
+# hand-worked
+hand = pd.read_csv("hand.csv", dtype={"chan": str})
+hl = (1 + np.arange(4 * 5 * 6)).reshape(4, 5, 6).astype(np.uint8)
+tifffile.imwrite("hand_lab.tif", hl)
+hc = cells(hand, hl, (1, 0.5, 2))
+write_cells("hand_cells.want", hand, hc)
+write_counts("hand_counts.want", hc, hand.chan, ["488", "561", "638"])
+
+# the generated dataset: mixed <- unmixed as SeeSpot merges them
+m = pd.read_csv("ds/image_spot_spectral_unmixing/mixed_spots_R1.csv", dtype={"chan": str})
+u = pd.read_csv("ds/image_spot_spectral_unmixing/unmixed_spots_R1_minDist_3.csv",
+                dtype={"chan": str, "unmixed_chan": str})
+df = m.merge(u[["chan", "chan_spot_id", "unmixed_chan", "valid_spot"]], on=["chan", "chan_spot_id"], how="left")
+df["spot_id"] = np.arange(1, len(df) + 1)
+chans = ["488", "514", "561", "594", "638"]
+# labels: boxes of cells in a volume a bit smaller than the spots' extent
+# (z 0..199, y, x 0..1999 at scale 0.05 -> voxels up to 10, 100, 100), a
+# lone label no spot reaches and one past 2^16 in the 32-bit volume
+rng = np.random.default_rng(3)
+lab = np.zeros((11, 97, 101), np.uint16)
+for i in range(1, 31):
+    z, y, x = rng.integers(0, 11), rng.integers(0, 97), rng.integers(0, 101)
+    lab[max(0, z - 2):z + 3, max(0, y - 9):y + 9, max(0, x - 9):x + 9] = i * 7
+(vz, vy, vx), inside = voxel(df, (0.05,) * 3, lab.shape)
+hit = np.zeros(lab.shape, bool)
+hit[vz[inside], vy[inside], vx[inside]] = True
+free = np.argwhere(~hit)[len(np.argwhere(~hit)) // 2]
+lab[tuple(free)] = 999
+tifffile.imwrite("lab.tif", lab)
+cell = cells(df, lab, (0.05,) * 3)
+write_cells("ds_cells.want", df, cell)
+valid = (df.valid_spot == True) & df.unmixed_chan.isin(chans)
+write_counts("ds_counts.want", cell[valid], df.unmixed_chan[valid], chans)
+write_counts("ds_counts_all_labels.want", cell[valid], df.unmixed_chan[valid], chans, extra=np.unique(lab))
+write_counts("ds_counts_mixed.want", cell, df.chan, chans, sep="\t")
+sel = (cell > 0) & (df.chan == "561")
+write_cells("ds_where.want", df[sel], cell[sel])
+sel = np.isin(cell, [7, 14])
+write_cells("ds_cell_filter.want", df[sel], cell[sel])
+# anisotropic scale and labels beyond int32
+l32 = np.where(lab > 0, lab.astype(np.uint32) + 3000000000, 0).astype(np.uint32)
+tifffile.imwrite("lab32.tif", l32)
+c32 = cells(df, l32, (0.06, 0.05, 0.045))
+write_counts("ds_counts32.want", c32[valid], df.unmixed_chan[valid], chans)
+# bad volumes
+tifffile.imwrite("labf.tif", lab.astype(np.float32))
+tifffile.imwrite("labneg.tif", np.full((3, 4, 5), -1, np.int16))
+tifffile.imwrite("lab2d.tif", lab[0])
+print("ok")
+PYEOF
+check "numpy/pandas reference ($(tail -1 py.log))" test -s ds_counts32.want
+
+# --- hand-worked: the voxel of each spot, byte for byte
+$SQ spots --labels hand_lab.tif --label-scale 1,0.5,2 --columns spot_id,cell hand.csv > hand_cells.got
+check_same "hand cells = numpy" hand_cells.got hand_cells.want
+check_eq "hand cells by hand" "$(tail -n +2 hand_cells.got | cut -d, -f2 | tr '\n' ' ')" "1 1 0 120 0 0 0 38 0 0 63 53 "
+$SQ counts --all --by mixed --labels hand_lab.tif --label-scale 1,0.5,2 hand.csv > hand_counts.got
+check_same "hand counts = pandas" hand_counts.got hand_counts.want
+$SQ spots --labels hand_lab.tif --label-scale 1,0.5,2 --label-region 4096 --columns spot_id,cell hand.csv > hand_cells_r.got
+check_same "hand cells, small regions" hand_cells_r.got hand_cells.want
+
+# --- the generated dataset
+$SQ counts --labels lab.tif --label-scale 0.05 ds > ds_counts.got
+check_same "count matrix = pandas" ds_counts.got ds_counts.want
+if [ $FULL = 1 ]; then
+$SQ spots --labels lab.tif --label-scale 0.05,0.05,0.05 --columns spot_id,cell ds > ds_cells.got
+check_same "cell of every spot = numpy" ds_cells.got ds_cells.want
+$SQ spots --labels lab.tif --label-scale 0.05 --label-region 4096 --columns spot_id,cell ds > ds_cells_r.got
+check_same "small regions, same cells" ds_cells_r.got ds_cells.want
+$SQ counts --all-labels --labels lab.tif --label-scale 0.05 ds > ds_counts_all.got
+check_same "--all-labels = pandas" ds_counts_all.got ds_counts_all_labels.want
+check_eq "--all-labels has the lone label" "$(grep -c '^999,0,0,0,0,0$' ds_counts_all.got)" 1
+$SQ counts --all --by mixed --format tsv --labels lab.tif --label-scale 0.05 ds > ds_counts_mixed.got
+check_same "--all --by mixed --format tsv = pandas" ds_counts_mixed.got ds_counts_mixed.want
+$SQ spots --labels lab.tif --label-scale 0.05 --where 'cell > 0' --channel 561 --columns spot_id,cell ds > ds_where.got
+check_same "--where on cell" ds_where.got ds_where.want
+$SQ spots --labels lab.tif --label-scale 0.05 --cell 7,14 --columns spot_id,cell ds > ds_cell_filter.got
+check_same "--cell reads the label volume's cells" ds_cell_filter.got ds_cell_filter.want
+$SQ counts --labels lab32.tif --label-scale 0.06,0.05,0.045 ds > ds_counts32.got
+check_same "32-bit labels past 2^31, anisotropic scale" ds_counts32.got ds_counts32.want
+check_eq "--genes header" "$($SQ counts --genes --labels lab.tif --label-scale 0.05 ds | head -1)" "cell,Gene1,Gene2,Gene3,Gene4,Gene5"
+check_eq "default columns end with cell" "$($SQ spots --labels lab.tif --sample 1 ds | head -1 | awk -F, '{print $NF}')" cell
+fi # FULL
+
+# --- bad input: one line naming the problem; exit 2 for flags, 3 for files
+err1() { # name, expected message
+    check_eq "$1 message" "$(cat "$T/last.err")" "$2"
+}
+check_fails "missing label file" 3 $SQ counts --labels nope.tif ds
+check_eq "missing label file: one line naming it" "$(grep -c 'nope.tif' "$T/last.err")/$(wc -l < "$T/last.err")" 1/1
+check_fails "float labels" 3 $SQ counts --labels labf.tif ds
+err1 "float labels" "spotquery: labf.tif: labels must be integers, not f32"
+check_fails "negative label" 3 $SQ spots --labels labneg.tif --columns spot_id hand.csv
+err1 "negative label" "spotquery: labneg.tif: the label at z=0 y=0 x=0 is negative or too large"
+check_fails "2-D label image" 3 $SQ spots --labels lab2d.tif hand.csv
+check_eq "2-D label image: one line" "$(wc -l < "$T/last.err")" 1
+check_fails "--label-scale 0" 2 $SQ counts --labels lab.tif --label-scale 0 ds
+check_fails "--label-scale two values" 2 $SQ counts --labels lab.tif --label-scale 1,2 ds
+err1 "--label-scale two values" "spotquery: --label-scale: expected S or SZ,SY,SX, not '1,2' (see 'spotquery --help')"
+check_fails "--label-scale not a number" 2 $SQ counts --labels lab.tif --label-scale 1,x,1 ds
+check_fails "--label-scale without --labels" 2 $SQ counts --label-scale 2 ds
+check_fails "--labels on summary" 2 $SQ summary --labels lab.tif ds
+check_fails "--all-labels on spots" 2 $SQ spots --all-labels --labels lab.tif ds
+printf 'spot_id,chan,chan_spot_id,y,x\n1,488,1,2,3\n' > one.csv
+check_fails "no z column" 3 $SQ spots --labels hand_lab.tif one.csv
+err1 "no z column" "spotquery: spots to cells need a numeric 'z' column"
+check_eq "no temp left" "$(ls -A | grep -c '^\.')" 0
+finish
