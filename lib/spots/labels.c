@@ -206,6 +206,8 @@ int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_op
         t->nrows = keep;
     }
     int64_t *out = rc ? NULL : t->cols[t->ncols - 1].v;
+    for (int a = 0; a < 3 && !rc; a++) /* adding the column moved them */
+        c[a] = &t->cols[cp_stable_find(t, axes[a])];
     for (size_t b = 0; b < g.nblocks && !rc; b++) {
         if (start[b] == start[b + 1])
             continue;
