@@ -7,6 +7,7 @@
 
 #include "cellpose/io.h"
 #include "cellpose/spots.h"
+#include "cellpose/zarr.h"
 #include "core/internal.h"
 #include "spots/spots_internal.h"
 
@@ -18,33 +19,30 @@
 
 typedef struct lvol {
     const char *path;
-    cp_image *whole; /* interim reader until cp_vol_* lands: the whole volume */
-    int64_t ext[3];  /* depth, height, width */
-    cp_dtype dtype;
+    cp_vol_reader *r;
+    int64_t ext[3]; /* depth, height, width */
 } lvol;
 
 static void lvol_close(lvol *v)
 {
-    cp_image_free(v->whole);
-    v->whole = NULL;
+    cp_vol_close(v->r);
+    v->r = NULL;
 }
 
 static int lvol_open(lvol *v, const char *path)
 {
     memset(v, 0, sizeof *v);
     v->path = path;
-    int rc = cp_image_read_volume(path, CP_AXIS_AUTO, CP_AXIS_AUTO, &v->whole);
+    int rc = cp_vol_open(path, CP_AXIS_AUTO, CP_AXIS_AUTO, &v->r);
     if (rc)
         return rc;
-    const cp_image *im = v->whole;
-    v->ext[0] = im->planes;
-    v->ext[1] = im->height;
-    v->ext[2] = im->width;
-    v->dtype = im->dtype;
-    if (im->channels != 1)
-        rc = cp_error(CP_EINVAL, "%s: a label volume has one channel, not %d", path, im->channels);
-    else if (cp_dtype_is_float(im->dtype))
-        rc = cp_error(CP_EINVAL, "%s: labels must be integers, not %s", path, cp_dtype_name(im->dtype));
+    int ch;
+    cp_vol_shape(v->r, &v->ext[0], &v->ext[1], &v->ext[2], &ch);
+    cp_dtype dt = cp_vol_dtype(v->r);
+    if (ch != 1)
+        rc = cp_error(CP_EINVAL, "%s: a label volume has one channel, not %d", path, ch);
+    else if (cp_dtype_is_float(dt))
+        rc = cp_error(CP_EINVAL, "%s: labels must be integers, not %s", path, cp_dtype_name(dt));
     if (rc)
         lvol_close(v);
     return rc;
@@ -53,18 +51,7 @@ static int lvol_open(lvol *v, const char *path)
 /* The box at o (z, y, x) of size n, as an image of n[0] planes. */
 static int lvol_read(lvol *v, const int64_t o[3], const int64_t n[3], cp_image **out)
 {
-    int rc = cp_image_create(out, (int)n[2], (int)n[1], 1, (int)n[0], v->dtype);
-    if (rc)
-        return rc;
-    size_t es = cp_dtype_size(v->dtype), row = (size_t)n[2] * es;
-    const cp_image *w = v->whole;
-    for (int64_t z = 0; z < n[0]; z++)
-        for (int64_t y = 0; y < n[1]; y++) {
-            size_t src = ((size_t)(o[0] + z) * (size_t)w->height + (size_t)(o[1] + y)) * (size_t)w->width + (size_t)o[2];
-            size_t dst = ((size_t)z * (size_t)n[1] + (size_t)y) * (size_t)n[2];
-            memcpy((char *)(*out)->data + dst * es, (const char *)w->data + src * es, row);
-        }
-    return CP_OK;
+    return cp_vol_read(v->r, o[0], o[1], o[2], n[0], n[1], n[2], out);
 }
 
 /* Label of sample i; -1 when negative or beyond int64. */

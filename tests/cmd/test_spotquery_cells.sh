@@ -103,6 +103,16 @@ l32 = np.where(lab > 0, lab.astype(np.uint32) + 3000000000, 0).astype(np.uint32)
 tifffile.imwrite("lab32.tif", l32)
 c32 = cells(df, l32, (0.06, 0.05, 0.045))
 write_counts("ds_counts32.want", c32[valid], df.unmixed_chan[valid], chans)
+# the same labels as OME-Zarr (blosc, chunks across the spots' regions) and
+# as a plain Zarr array (zlib, '/' separator)
+import zarr, numcodecs
+g = zarr.open_group("lab.zarr", mode="w")
+g.create_dataset("0", data=lab, chunks=(4, 32, 40), compressor=numcodecs.Blosc("zstd", 3, numcodecs.Blosc.BITSHUFFLE))
+g.attrs["multiscales"] = [{"version": "0.4", "name": "labels",
+    "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 4.8, 4.8]}]}]}]
+zarr.open_array("lab_plain.zarr", mode="w", shape=lab.shape, chunks=(5, 50, 50), dtype=lab.dtype,
+                compressor=numcodecs.Zlib(1), dimension_separator="/")[:] = lab
 # bad volumes
 tifffile.imwrite("labf.tif", lab.astype(np.float32))
 tifffile.imwrite("labneg.tif", np.full((3, 4, 5), -1, np.int16))
@@ -139,8 +149,24 @@ $SQ spots --labels lab.tif --label-scale 0.05 --cell 7,14 --columns spot_id,cell
 check_same "--cell reads the label volume's cells" ds_cell_filter.got ds_cell_filter.want
 $SQ counts --labels lab32.tif --label-scale 0.06,0.05,0.045 ds > ds_counts32.got
 check_same "32-bit labels past 2^31, anisotropic scale" ds_counts32.got ds_counts32.want
+$SQ counts --labels lab.zarr --label-scale 0.05 ds > ds_counts_zarr.got
+check_same "OME-Zarr labels = pandas" ds_counts_zarr.got ds_counts.want
+$SQ counts --all-labels --labels lab_plain.zarr --label-scale 0.05 --label-region 5000 ds > ds_counts_plain.got
+check_same "plain Zarr array, --all-labels, small regions" ds_counts_plain.got ds_counts_all_labels.want
 check_eq "--genes header" "$($SQ counts --genes --labels lab.tif --label-scale 0.05 ds | head -1)" "cell,Gene1,Gene2,Gene3,Gene4,Gene5"
 check_eq "default columns end with cell" "$($SQ spots --labels lab.tif --sample 1 ds | head -1 | awk -F, '{print $NF}')" cell
+# memory: a 173 MB (uint32) Zarr volume, mostly missing chunks, read whole by
+# --all-labels in regions of 1M voxels, stays far below its size
+$PY -c '
+import zarr
+z = zarr.open_array("big.zarr", mode="w", shape=(120, 600, 600), chunks=(40, 200, 200), dtype="u4", fill_value=0)
+z[0:10, 0:10, 0:10] = 1
+z[110:120, 590:600, 590:600] = 2
+z[60:70, 300:310, 300:310] = 4000000000'
+printf 'spot_id,chan,chan_spot_id,z,y,x\n1,488,1,0,0,0\n2,488,2,119,599,599\n3,561,1,65,305,305\n4,561,2,65,305,315\n5,561,3,120,0,0\n' > big.csv
+/usr/bin/time -f %M -o big.rss $SQ counts --all --by mixed --all-labels --labels big.zarr --label-region 1000000 big.csv > big.got
+check_eq "big sparse volume" "$(tr '\n' ' ' < big.got)" "cell,488,561 0,0,2 1,1,0 2,1,0 4000000000,0,1 "
+check "peak RSS $(cat big.rss) KB < 80 MB for a 173 MB volume" test "$(cat big.rss)" -lt 80000
 fi # FULL
 
 # --- bad input: one line naming the problem; exit 2 for flags, 3 for files
