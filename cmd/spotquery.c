@@ -36,7 +36,7 @@ static void usage(FILE *fp)
             "summary: --recompute (from the spot tables instead of the summary CSVs)\n"
             "counts:  --by unmixed|mixed --genes --all (invalid spots too) --background\n"
             "Cells from a label volume (spots, counts, api, neuroglancer): --labels FILE (.tif|.zarr)\n"
-            "         --label-scale S|SZ,SY,SX --all-labels (counts) --label-region VOXELS\n"
+            "         --label-scale S|SZ,SY,SX|auto --all-labels (counts) --label-region VOXELS\n"
             "neuroglancer: --spot ID | filters, --max N (1000) --json --bucket --color --scale\n"
             "See spotquery(1).\n");
 }
@@ -86,7 +86,7 @@ typedef struct args {
     long spot, max;
     const char *labels;          /* label volume: the spots' cells */
     cp_spot_label_opts lopt;
-    int all_labels;
+    int all_labels, scale_auto;
     cp_spot_synth_opts gen;
 } args;
 
@@ -257,7 +257,12 @@ static void parse_args(int argc, char **argv, args *a)
         case O_COLOR: a->color = optarg; break;
         case O_SCALE: a->scale = cli_parse_double("--scale", optarg, 1e-9, 1e9); break;
         case O_LABELS: a->labels = optarg; break;
-        case O_LSCALE: parse_scale(optarg, a->lopt.scale); break;
+        case O_LSCALE:
+            if (!strcmp(optarg, "auto"))
+                a->scale_auto = 1;
+            else
+                parse_scale(optarg, a->lopt.scale);
+            break;
         case O_ALL_LABELS: a->all_labels = 1; break;
         case O_LREGION: a->lopt.max_voxels = cli_parse_long("--label-region", optarg, 4096, 1L << 40); break;
         case O_GSPOTS: a->gen.nspots = (size_t)cli_parse_long("--spots", optarg, 1, 1000000000L); break;
@@ -281,7 +286,7 @@ static void parse_args(int argc, char **argv, args *a)
     int takes = 0;
     for (int i = 0; with_labels[i]; i++)
         takes |= !strcmp(with_labels[i], a->cmd);
-    if (!a->labels && (a->lopt.scale[0] > 0 || a->all_labels || a->lopt.max_voxels))
+    if (!a->labels && (a->lopt.scale[0] > 0 || a->scale_auto || a->all_labels || a->lopt.max_voxels))
         cli_usage_error("--label-scale, --all-labels and --label-region go with --labels");
     if (a->labels && !takes)
         cli_usage_error("--labels: only for spots, counts, api and neuroglancer");
@@ -407,9 +412,12 @@ static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_s
         cli_info("loaded %zu spots in %.2f s", t->nrows, cp_seconds() - t0);
         rc = cp_spot_channels(d, t);
     }
+    cp_spot_label_opts lo2 = a->lopt;
+    if (!rc && a->labels && a->scale_auto && !(rc = cp_spot_label_scale(d, a->labels, lo2.scale)))
+        cli_info("label scale %.17g,%.17g,%.17g (from the voxel sizes)", lo2.scale[0], lo2.scale[1], lo2.scale[2]);
     if (!rc && a->labels) {
         t0 = cp_seconds();
-        rc = cp_spot_assign_labels(t, a->labels, &a->lopt, CELL_COL);
+        rc = cp_spot_assign_labels(t, a->labels, &lo2, CELL_COL);
         if (!rc)
             cli_info("assigned the spots to the cells of %s in %.2f s", a->labels, cp_seconds() - t0);
     }

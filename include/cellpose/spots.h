@@ -207,6 +207,17 @@ typedef struct cp_spot_label_opts {
  * plus 8 bytes a row plus one region. */
 int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_opts *o, const char *name);
 
+/* Voxel size (z, y, x, micrometres) of the spots' coordinates: the scale of
+ * the dataset's first fused channel (image_tile_fusing/fused/channel_<ch>.zarr
+ * .zattrs, its last three axes); 1 and *found = 0 when there is none. */
+int cp_spot_voxel_size(const cp_spot_dataset *d, double zyx[3], int *found);
+/* scale for cp_spot_label_opts from the voxel sizes: the spots' (above) over
+ * the label volume's (OME-NGFF scale and unit, or the ImageJ calibration),
+ * axis by axis. CP_EINVAL, naming what is missing, when either is unknown or
+ * the volume's unit is not a length (nanometre, micrometre or millimetre
+ * spellings; no unit = micrometres). */
+int cp_spot_label_scale(const cp_spot_dataset *d, const char *path, double scale[3]);
+
 /* Every label > 0 of the volume, ascending (*ids to free); reads the whole
  * volume once, region by region. */
 int cp_label_volume_ids(const char *path, const cp_spot_label_opts *o, int64_t **ids, size_t *n);

@@ -231,6 +231,53 @@ int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_op
     return rc;
 }
 
+/* ---- scale from voxel sizes ------------------------------------------------- */
+
+/* Micrometres per unit of a length unit's name; 0 when not a length. */
+static double unit_um(const char *u)
+{
+    static const struct {
+        const char *name;
+        double um;
+    } units[] = {{"", 1},          {"micrometer", 1}, {"micrometre", 1}, {"micron", 1}, {"microns", 1},
+                 {"um", 1},        {"\xc2\xb5m", 1},  {"\xce\xbcm", 1},  {"nanometer", 1e-3},
+                 {"nanometre", 1e-3}, {"nm", 1e-3},    {"millimeter", 1e3}, {"millimetre", 1e3}, {"mm", 1e3}};
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (!strcmp(u, units[i].name))
+            return units[i].um;
+    return 0;
+}
+
+int cp_spot_label_scale(const cp_spot_dataset *d, const char *path, double scale[3])
+{
+    double spot[3];
+    int found;
+    cp_spot_voxel_size(d, spot, &found);
+    if (!found)
+        return cp_error(CP_EINVAL, "%s: no voxel size for the spot coordinates (the fused channel's .zattrs)",
+                        d->root ? d->root : "the spot table");
+    lvol vol;
+    int rc = lvol_open(&vol, path);
+    if (rc)
+        return rc;
+    cp_voxel_size vs;
+    rc = cp_vol_voxel_size(vol.r, &vs, &found);
+    lvol_close(&vol);
+    if (rc)
+        return rc;
+    if (!found)
+        return cp_error(CP_EINVAL, "%s: no voxel size (OME-NGFF scale or ImageJ calibration)", path);
+    double um = unit_um(vs.unit), lab[3] = {vs.z, vs.y, vs.x};
+    if (um == 0)
+        return cp_error(CP_EINVAL, "%s: voxel size unit '%s' is not a length", path, vs.unit);
+    for (int a = 0; a < 3; a++) {
+        if (!(lab[a] > 0))
+            return cp_error(CP_EINVAL, "%s: voxel size %g is not positive", path, lab[a]);
+        scale[a] = spot[a] / (lab[a] * um);
+    }
+    return CP_OK;
+}
+
 /* ---- every label of a volume ---------------------------------------------- */
 
 /* Sort and deduplicate ids[0..*n). */

@@ -14,6 +14,10 @@ FULL=1; [ "${CP_SANITIZERS:-0}" = 1 ] && FULL=0
 $SQ gen-synthetic --spots 3000 --seed 11 ds > /dev/null 2>&1; check "generate" test $? -eq 0
 U=ds/image_spot_spectral_unmixing
 
+err1() { # name, expected message of the last check_fails
+    check_eq "$1 message" "$(cat "$T/last.err")" "$2"
+}
+
 # --- hand-worked spots on a volume whose label is 1 + the voxel's index, so
 # the label names the voxel: rounding, edges and outside show directly.
 # scale 1,0.5,2: voxel = floor(z + 0.5), floor(y/2 + 0.5), floor(2x + 0.5);
@@ -110,9 +114,15 @@ g = zarr.open_group("lab.zarr", mode="w")
 g.create_dataset("0", data=lab, chunks=(4, 32, 40), compressor=numcodecs.Blosc("zstd", 3, numcodecs.Blosc.BITSHUFFLE))
 g.attrs["multiscales"] = [{"version": "0.4", "name": "labels",
     "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
-    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 4.8, 4.8]}]}]}]
+    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [20.0, 4.8, 4.8]}]}]}]
 zarr.open_array("lab_plain.zarr", mode="w", shape=lab.shape, chunks=(5, 50, 50), dtype=lab.dtype,
                 compressor=numcodecs.Zlib(1), dimension_separator="/")[:] = lab
+# --label-scale auto: the spots' voxel size (generated .zattrs: 1, 0.24,
+# 0.24 um) over the labels' (lab.zarr above: 20, 4.8, 4.8 um; an ImageJ TIFF
+# of 20, 4, 4 um)
+tifffile.imwrite("lab_ij.tif", lab, imagej=True, resolution=(0.25, 0.25), metadata={"spacing": 20.0, "unit": "um"})
+cij = cells(df, lab, (1.0 / 20.0, 0.24 / 4.0, 0.24 / 4.0))
+write_counts("ds_counts_ij.want", cij[valid], df.unmixed_chan[valid], chans)
 # bad volumes
 tifffile.imwrite("labf.tif", lab.astype(np.float32))
 tifffile.imwrite("labneg.tif", np.full((3, 4, 5), -1, np.int16))
@@ -153,6 +163,13 @@ $SQ counts --labels lab.zarr --label-scale 0.05 ds > ds_counts_zarr.got
 check_same "OME-Zarr labels = pandas" ds_counts_zarr.got ds_counts.want
 $SQ counts --all-labels --labels lab_plain.zarr --label-scale 0.05 --label-region 5000 ds > ds_counts_plain.got
 check_same "plain Zarr array, --all-labels, small regions" ds_counts_plain.got ds_counts_all_labels.want
+$SQ counts --labels lab.zarr --label-scale auto ds > ds_counts_auto.got
+check_same "--label-scale auto from OME-Zarr = 0.05" ds_counts_auto.got ds_counts.want
+$SQ counts --labels lab_ij.tif --label-scale auto ds > ds_counts_ij.got
+check_same "--label-scale auto from an ImageJ TIFF = pandas" ds_counts_ij.got ds_counts_ij.want
+check_fails "--label-scale auto, uncalibrated TIFF" 3 $SQ counts --labels lab.tif --label-scale auto ds
+err1 "uncalibrated TIFF" "spotquery: lab.tif: no voxel size (OME-NGFF scale or ImageJ calibration)"
+check_fails "--label-scale auto, single table" 3 $SQ counts --all --by mixed --labels lab.zarr --label-scale auto hand.csv
 check_eq "--genes header" "$($SQ counts --genes --labels lab.tif --label-scale 0.05 ds | head -1)" "cell,Gene1,Gene2,Gene3,Gene4,Gene5"
 check_eq "default columns end with cell" "$($SQ spots --labels lab.tif --sample 1 ds | head -1 | awk -F, '{print $NF}')" cell
 # memory: a 173 MB (uint32) Zarr volume, mostly missing chunks, read whole by
@@ -170,9 +187,6 @@ check "peak RSS $(cat big.rss) KB < 80 MB for a 173 MB volume" test "$(cat big.r
 fi # FULL
 
 # --- bad input: one line naming the problem; exit 2 for flags, 3 for files
-err1() { # name, expected message
-    check_eq "$1 message" "$(cat "$T/last.err")" "$2"
-}
 check_fails "missing label file" 3 $SQ counts --labels nope.tif ds
 check_eq "missing label file: one line naming it" "$(grep -c 'nope.tif' "$T/last.err")/$(wc -l < "$T/last.err")" 1/1
 check_fails "float labels" 3 $SQ counts --labels labf.tif ds
