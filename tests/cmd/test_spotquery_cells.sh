@@ -143,6 +143,10 @@ check_same "hand cells, small regions" hand_cells_r.got hand_cells.want
 # --- the generated dataset
 $SQ counts --labels lab.tif --label-scale 0.05 ds > ds_counts.got
 check_same "count matrix = pandas" ds_counts.got ds_counts.want
+$SQ counts --labels lab.zarr --label-scale 0.05 ds > ds_counts_zarr.got
+check_same "OME-Zarr labels = pandas" ds_counts_zarr.got ds_counts.want
+$SQ counts --all-labels --labels lab_plain.zarr --label-scale 0.05 --label-region 5000 ds > ds_counts_plain.got
+check_same "plain Zarr array, --all-labels, small regions" ds_counts_plain.got ds_counts_all_labels.want
 if [ $FULL = 1 ]; then
 $SQ spots --labels lab.tif --label-scale 0.05,0.05,0.05 --columns spot_id,cell ds > ds_cells.got
 check_same "cell of every spot = numpy" ds_cells.got ds_cells.want
@@ -159,10 +163,6 @@ $SQ spots --labels lab.tif --label-scale 0.05 --cell 7,14 --columns spot_id,cell
 check_same "--cell reads the label volume's cells" ds_cell_filter.got ds_cell_filter.want
 $SQ counts --labels lab32.tif --label-scale 0.06,0.05,0.045 ds > ds_counts32.got
 check_same "32-bit labels past 2^31, anisotropic scale" ds_counts32.got ds_counts32.want
-$SQ counts --labels lab.zarr --label-scale 0.05 ds > ds_counts_zarr.got
-check_same "OME-Zarr labels = pandas" ds_counts_zarr.got ds_counts.want
-$SQ counts --all-labels --labels lab_plain.zarr --label-scale 0.05 --label-region 5000 ds > ds_counts_plain.got
-check_same "plain Zarr array, --all-labels, small regions" ds_counts_plain.got ds_counts_all_labels.want
 $SQ counts --labels lab.zarr --label-scale auto ds > ds_counts_auto.got
 check_same "--label-scale auto from OME-Zarr = 0.05" ds_counts_auto.got ds_counts.want
 $SQ counts --labels lab_ij.tif --label-scale auto ds > ds_counts_ij.got
