@@ -283,6 +283,8 @@ int cp_spot_label_scale(const cp_spot_dataset *d, const char *path, double scale
 /* Sort and deduplicate ids[0..*n). */
 static void sort_unique(int64_t *ids, size_t *n)
 {
+    if (*n < 2)
+        return;
     qsort(ids, *n, sizeof *ids, cp_i64_cmp);
     size_t m = 0;
     for (size_t i = 0; i < *n; i++)
