@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cellpose/io.h"
 #include "cellpose/spots.h"
@@ -83,28 +84,44 @@ typedef struct grid {
     size_t nblocks;
 } grid;
 
-/* Near-cubic blocks of at most max_voxels (the short axes taken whole first),
- * since the volume's chunking is unknown: a TIFF reads by planes, a Zarr by
- * cubes. */
-static void grid_init(grid *g, const int64_t ext[3], int64_t max_voxels)
+/* The volume's natural read unit (z, y, x): a Zarr chunk, else a row of one
+ * plane (TIFF strips and NPY rows are decoded whole). */
+static void read_unit(const char *path, const int64_t ext[3], int64_t unit[3])
+{
+    unit[0] = unit[1] = 1;
+    unit[2] = ext[2];
+    struct stat st;
+    cp_ome_info info;
+    cp_zarr *z;
+    if (stat(path, &st) || !S_ISDIR(st.st_mode) || cp_ome_open(path, 0, &info, &z))
+        return;
+    static const char *names[3] = {"z", "y", "x"};
+    const int64_t *ch = cp_zarr_chunks(z);
+    for (int i = 0; i < info.ndim; i++)
+        for (int a = 0; a < 3; a++)
+            if (!strcmp(info.axes[i], names[a]))
+                unit[a] = ch[i] < ext[a] ? ch[i] : ext[a];
+    cp_zarr_close(z);
+}
+
+/* Blocks of whole read units, grown along x, then y, then z while they stay
+ * within max_voxels (one unit when a unit alone is larger), so each unit is
+ * decoded about once. */
+static void grid_init(grid *g, const char *path, const int64_t ext[3], int64_t max_voxels)
 {
     double vox = (double)ext[0] * (double)ext[1] * (double)ext[2], budget = (double)max_voxels;
     if (vox / budget > (double)MAX_BLOCKS)
         budget = ceil(vox / (double)MAX_BLOCKS);
-    int ord[3] = {0, 1, 2};
-    for (int i = 1; i < 3; i++)
-        for (int k = i; k > 0 && ext[ord[k]] < ext[ord[k - 1]]; k--) {
-            int t = ord[k];
-            ord[k] = ord[k - 1];
-            ord[k - 1] = t;
-        }
+    read_unit(path, ext, g->b);
+    for (int a = 2; a >= 0; a--) {
+        double rest = (double)g->b[0] * (double)g->b[1] * (double)g->b[2] / (double)g->b[a];
+        int64_t k = (int64_t)(budget / (rest * (double)g->b[a]));
+        if (k > 1)
+            g->b[a] = k * g->b[a] < ext[a] ? k * g->b[a] : ext[a];
+    }
     g->nblocks = 1;
-    for (int k = 0; k < 3; k++) {
-        int a = ord[k];
-        double side = floor(pow(budget, 1.0 / (3 - k)) + 1e-9);
+    for (int a = 0; a < 3; a++) {
         g->ext[a] = ext[a];
-        g->b[a] = side < 1 ? 1 : side > (double)ext[a] ? ext[a] : (int64_t)side;
-        budget /= (double)g->b[a];
         g->n[a] = (ext[a] + g->b[a] - 1) / g->b[a];
         g->nblocks *= (size_t)g->n[a];
     }
@@ -157,7 +174,7 @@ int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_op
     if (rc)
         return rc;
     grid g;
-    grid_init(&g, vol.ext, max_voxels_of(o));
+    grid_init(&g, path, vol.ext, max_voxels_of(o));
     size_t n = t->nrows;
     uint32_t *bid = cp_malloc_array(n + 1, sizeof *bid, "spot blocks");
     uint32_t *order = cp_malloc_array(n + 1, sizeof *order, "spot blocks");
@@ -302,7 +319,7 @@ int cp_label_volume_ids(const char *path, const cp_spot_label_opts *o, int64_t *
     if (rc)
         return rc;
     grid g;
-    grid_init(&g, vol.ext, max_voxels_of(o));
+    grid_init(&g, path, vol.ext, max_voxels_of(o));
     int64_t *ids = NULL;
     size_t n = 0, cap = 0;
     cp_image *reg = NULL;
