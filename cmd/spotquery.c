@@ -364,8 +364,22 @@ static int write_text(const args *a, const char *text)
 
 static int fail(void)
 {
+    if (cli_interrupted)
+        return CLI_EXIT_INTR;
     cli_err("%s", cp_errmsg());
     return CLI_EXIT_FATAL;
+}
+
+/* Progress over the label volume's regions; stops on a signal. */
+static int label_progress(void *user, size_t done, size_t total)
+{
+    cli_progress *p = user;
+    if (done == 1)
+        cli_progress_start(p, total, "regions");
+    cli_progress_update(p, done, NULL);
+    if (done == total)
+        cli_progress_end(p);
+    return cli_interrupted != 0;
 }
 
 /* ---- loading --------------------------------------------------------------- */
@@ -413,6 +427,9 @@ static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_s
         rc = cp_spot_channels(d, t);
     }
     cp_spot_label_opts lo2 = a->lopt;
+    cli_progress prog;
+    lo2.progress = label_progress;
+    lo2.user = &prog;
     if (!rc && a->labels && a->scale_auto && !(rc = cp_spot_label_scale(d, a->labels, lo2.scale)))
         cli_info("label scale %.17g,%.17g,%.17g (from the voxel sizes)", lo2.scale[0], lo2.scale[1], lo2.scale[2]);
     if (!rc && a->labels) {
@@ -894,7 +911,11 @@ static int cmd_counts(args *a)
                         a->labels ? CELL_COL : NULL, a->labels ? &bg : NULL, a->labels ? 1 : 0};
     if (a->all_labels) {
         /* rows for every label of the volume, whatever the filters pass */
-        if (cp_label_volume_ids(a->labels, &a->lopt, &ids, &nids)) {
+        cli_progress prog;
+        cp_spot_label_opts lo = a->lopt;
+        lo.progress = label_progress;
+        lo.user = &prog;
+        if (cp_label_volume_ids(a->labels, &lo, &ids, &nids)) {
             query_free(&q);
             return fail();
         }

@@ -197,6 +197,10 @@ typedef struct cp_spot_label_opts {
      * voxel floor(c * scale + 0.5) on each axis. */
     double scale[3];
     int64_t max_voxels;   /* largest region read at once; 0 = 8 Mi */
+    /* Called after each region with regions done and their total; a non-zero
+     * return stops (CP_EINTR). May be NULL. */
+    int (*progress)(void *user, size_t done, size_t total);
+    void *user;
 } cp_spot_label_opts;
 
 /* Add the int64 column `name` (an error if the table has it): the label under each

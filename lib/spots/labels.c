@@ -153,6 +153,14 @@ static int64_t max_voxels_of(const cp_spot_label_opts *o)
     return o && o->max_voxels > 0 ? o->max_voxels : DEFAULT_MAX_VOXELS;
 }
 
+/* The caller's progress callback; CP_EINTR when it asks to stop. */
+static int report(const cp_spot_label_opts *o, size_t done, size_t total)
+{
+    if (o && o->progress && o->progress(o->user, done, total))
+        return cp_error(CP_EINTR, "interrupted");
+    return CP_OK;
+}
+
 /* ---- spots to labels ----------------------------------------------------- */
 
 int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_opts *o, const char *name)
@@ -212,6 +220,9 @@ int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_op
     int64_t *out = rc ? NULL : t->cols[t->ncols - 1].v;
     for (int a = 0; a < 3 && !rc; a++) /* adding the column moved them */
         c[a] = &t->cols[cp_stable_find(t, axes[a])];
+    size_t nread = 0, done = 0;
+    for (size_t b = 0; b < g.nblocks && !rc; b++)
+        nread += start[b] != start[b + 1];
     for (size_t b = 0; b < g.nblocks && !rc; b++) {
         if (start[b] == start[b + 1])
             continue;
@@ -241,6 +252,8 @@ int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_op
         }
         cp_image_free(reg);
         reg = NULL;
+        if (!rc)
+            rc = report(o, ++done, nread);
     }
     free(order);
     free(start);
@@ -362,6 +375,8 @@ int cp_label_volume_ids(const char *path, const cp_spot_label_opts *o, int64_t *
                 }
                 cp_image_free(reg);
                 reg = NULL;
+                if (!rc)
+                    rc = report(o, (size_t)((bz * g.n[1] + by) * g.n[2] + bx + 1), g.nblocks);
             }
     if (!rc)
         sort_unique(ids, &n);

@@ -184,6 +184,11 @@ printf 'spot_id,chan,chan_spot_id,z,y,x\n1,488,1,0,0,0\n2,488,2,119,599,599\n3,5
 /usr/bin/time -f %M -o big.rss $SQ counts --all --by mixed --all-labels --labels big.zarr --label-region 1000000 big.csv > big.got
 check_eq "big sparse volume" "$(tr '\n' ' ' < big.got)" "cell,488,561 0,0,2 1,1,0 2,1,0 4000000000,0,1 "
 check "peak RSS $(cat big.rss) KB < 80 MB for a 173 MB volume" test "$(cat big.rss)" -lt 80000
+# interrupted while reading the volume (small regions: ~1.5 s whole): 130, no output
+$SQ counts --all --by mixed --all-labels --labels big.zarr --label-region 100000 -o intr.csv big.csv &
+pid=$!; sleep 0.2; kill -INT $pid; wait $pid
+check_eq "interrupted: exit 130" $? 130
+check "interrupted: no output" test ! -e intr.csv
 fi # FULL
 
 # --- bad input: one line naming the problem; exit 2 for flags, 3 for files
