@@ -36,7 +36,8 @@ static void usage(FILE *fp)
             "summary: --recompute (from the spot tables instead of the summary CSVs)\n"
             "counts:  --by unmixed|mixed --genes --all (invalid spots too) --background\n"
             "Cells from a label volume (spots, counts, api, neuroglancer): --labels FILE (.tif|.zarr)\n"
-            "         --label-scale S|SZ,SY,SX|auto --all-labels (counts) --label-region VOXELS\n"
+            "         --label-scale S|SZ,SY,SX|auto --label-coords Z,Y,X (z,y,x) --all-labels (counts)\n"
+            "         --label-region VOXELS\n"
             "neuroglancer: --spot ID | filters, --max N (1000) --json --bucket --color --scale\n"
             "See spotquery(1).\n");
 }
@@ -45,7 +46,7 @@ enum {
     O_FORMAT = 256, O_THREADS, O_VALID, O_CHANNEL, O_UCHANNEL, O_CELL, O_ROUND, O_REASSIGNED, O_REMOVED,
     O_WHERE, O_Z, O_Y, O_X, O_COLUMNS, O_SAMPLE, O_SAMPLING, O_DISPLAY, O_SEED, O_BUCKET, O_RECOMPUTE, O_BY,
     O_GENES, O_ALL, O_BACKGROUND, O_SPOT, O_MAX, O_JSON, O_COLOR, O_SCALE, O_VERSION,
-    O_LABELS, O_LSCALE, O_ALL_LABELS, O_LREGION,
+    O_LABELS, O_LSCALE, O_ALL_LABELS, O_LREGION, O_LCOORDS,
     O_GSPOTS, O_GCHANNELS, O_GROUNDS, O_GTILES, O_GCELLS, O_GGZ, O_GNOOPT, O_GDERIVED
 };
 
@@ -62,6 +63,7 @@ static const struct option LONG[] = {
     {"scale", 1, 0, O_SCALE}, {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION},
     {"quiet", 0, 0, 'q'}, {"verbose", 0, 0, 'v'}, {"labels", 1, 0, O_LABELS},
     {"label-scale", 1, 0, O_LSCALE}, {"all-labels", 0, 0, O_ALL_LABELS}, {"label-region", 1, 0, O_LREGION},
+    {"label-coords", 1, 0, O_LCOORDS},
     /* hidden: synthetic datasets for tests and benchmarks */
     {"spots", 1, 0, O_GSPOTS}, {"channels", 1, 0, O_GCHANNELS}, {"rounds", 1, 0, O_GROUNDS},
     {"tiles", 1, 0, O_GTILES}, {"cells", 1, 0, O_GCELLS}, {"gzip", 0, 0, O_GGZ},
@@ -87,6 +89,7 @@ typedef struct args {
     const char *labels;          /* label volume: the spots' cells */
     cp_spot_label_opts lopt;
     int all_labels, scale_auto;
+    cp_strlist coords;           /* --label-coords */
     cp_spot_synth_opts gen;
 } args;
 
@@ -264,6 +267,14 @@ static void parse_args(int argc, char **argv, args *a)
                 parse_scale(optarg, a->lopt.scale);
             break;
         case O_ALL_LABELS: a->all_labels = 1; break;
+        case O_LCOORDS:
+            cp_strlist_free(&a->coords);
+            split_list("--label-coords", optarg, &a->coords);
+            if (a->coords.n != 3)
+                cli_usage_error("--label-coords: expected three columns Z,Y,X, not '%s'", optarg);
+            for (int k = 0; k < 3; k++)
+                a->lopt.coords[k] = a->coords.items[k];
+            break;
         case O_LREGION: a->lopt.max_voxels = cli_parse_long("--label-region", optarg, 4096, 1L << 40); break;
         case O_GSPOTS: a->gen.nspots = (size_t)cli_parse_long("--spots", optarg, 1, 1000000000L); break;
         case O_GCHANNELS: a->gen.nchannels = (int)cli_parse_long("--channels", optarg, 1, 5); break;
@@ -286,8 +297,8 @@ static void parse_args(int argc, char **argv, args *a)
     int takes = 0;
     for (int i = 0; with_labels[i]; i++)
         takes |= !strcmp(with_labels[i], a->cmd);
-    if (!a->labels && (a->lopt.scale[0] > 0 || a->scale_auto || a->all_labels || a->lopt.max_voxels))
-        cli_usage_error("--label-scale, --all-labels and --label-region go with --labels");
+    if (!a->labels && (a->lopt.scale[0] > 0 || a->scale_auto || a->all_labels || a->lopt.max_voxels || a->coords.n))
+        cli_usage_error("--label-scale, --label-coords, --all-labels and --label-region go with --labels");
     if (a->labels && !takes)
         cli_usage_error("--labels: only for spots, counts, api and neuroglancer");
     if (a->all_labels && strcmp(a->cmd, "counts"))
@@ -408,7 +419,7 @@ static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_s
     cp_spot_filter_columns(&a->f, &filt);
     static const char *zyx[] = {"z", "y", "x"};
     for (int i = 0; a->labels && i < 3; i++)
-        push_unique(&need, zyx[i]);
+        push_unique(&need, a->lopt.coords[i] ? a->lopt.coords[i] : zyx[i]);
     for (size_t i = 0; i < filt.n; i++)
         if (!a->labels || strcmp(filt.items[i], CELL_COL))
             push_unique(&need, filt.items[i]);
@@ -1034,6 +1045,7 @@ int main(int argc, char **argv)
     else rc = cmd_gen(&a);
     cp_spot_filter_free(&a.f);
     cp_strlist_free(&a.columns);
+    cp_strlist_free(&a.coords);
     free(a.rounds);
     return rc;
 }

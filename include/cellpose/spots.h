@@ -197,6 +197,7 @@ typedef struct cp_spot_label_opts {
      * voxel floor(c * scale + 0.5) on each axis. */
     double scale[3];
     int64_t max_voxels;   /* largest region read at once; 0 = 8 Mi */
+    const char *coords[3]; /* the z, y, x columns; NULL = "z", "y", "x" */
     /* Called after each region with regions done and their total; a non-zero
      * return stops (CP_EINTR). May be NULL. */
     int (*progress)(void *user, size_t done, size_t total);
@@ -204,7 +205,7 @@ typedef struct cp_spot_label_opts {
 } cp_spot_label_opts;
 
 /* Add the int64 column `name` (an error if the table has it): the label under each
- * row's z, y, x in the label volume at path (one channel of integer labels,
+ * row's z, y, x (o->coords) in the label volume at path (one channel of integer labels,
  * any file cp_vol_open reads); 0 = background, also for a spot outside the
  * volume or with a null coordinate. The volume is read region by region,
  * each region holding spots once, in z, y, x order: memory is the table

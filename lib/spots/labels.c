@@ -167,9 +167,11 @@ int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_op
 {
     double s[3];
     const cp_scol *c[3];
-    static const char *axes[3] = {"z", "y", "x"};
+    const char *axes[3] = {"z", "y", "x"};
     for (int a = 0; a < 3; a++) {
         s[a] = o && o->scale[a] > 0 ? o->scale[a] : 1.0;
+        if (o && o->coords[a])
+            axes[a] = o->coords[a];
         int k = cp_stable_find(t, axes[a]);
         if (k < 0 || t->cols[k].type == CP_SCOL_STR)
             return cp_error(CP_EINVAL, "spots to cells need a numeric '%s' column", axes[a]);

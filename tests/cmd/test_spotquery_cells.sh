@@ -102,6 +102,10 @@ sel = (cell > 0) & (df.chan == "561")
 write_cells("ds_where.want", df[sel], cell[sel])
 sel = np.isin(cell, [7, 14])
 write_cells("ds_cell_filter.want", df[sel], cell[sel])
+# the fitted centres instead of the detected voxels
+fit = df.rename(columns={"z": "zd", "y": "yd", "x": "xd", "z_center": "z", "y_center": "y", "x_center": "x"})
+cfit = cells(fit, lab, (0.05,) * 3)
+write_cells("ds_cells_fit.want", df, cfit)
 # anisotropic scale and labels beyond int32
 l32 = np.where(lab > 0, lab.astype(np.uint32) + 3000000000, 0).astype(np.uint32)
 tifffile.imwrite("lab32.tif", l32)
@@ -170,6 +174,9 @@ check_same "--label-scale auto from an ImageJ TIFF = pandas" ds_counts_ij.got ds
 check_fails "--label-scale auto, uncalibrated TIFF" 3 $SQ counts --labels lab.tif --label-scale auto ds
 err1 "uncalibrated TIFF" "spotquery: lab.tif: no voxel size (OME-NGFF scale or ImageJ calibration)"
 check_fails "--label-scale auto, single table" 3 $SQ counts --all --by mixed --labels lab.zarr --label-scale auto hand.csv
+$SQ spots --labels lab.tif --label-scale 0.05 --label-coords z_center,y_center,x_center --columns spot_id,cell ds > ds_cells_fit.got
+check_same "--label-coords z_center,y_center,x_center = numpy" ds_cells_fit.got ds_cells_fit.want
+check_eq "fitted centres change some cells" "$(cmp -s ds_cells_fit.got ds_cells.want; echo $?)" 1
 check_eq "--genes header" "$($SQ counts --genes --labels lab.tif --label-scale 0.05 ds | head -1)" "cell,Gene1,Gene2,Gene3,Gene4,Gene5"
 check_eq "default columns end with cell" "$($SQ spots --labels lab.tif --sample 1 ds | head -1 | awk -F, '{print $NF}')" cell
 # memory: a 173 MB (uint32) Zarr volume, mostly missing chunks, read whole by
@@ -205,6 +212,9 @@ check_fails "--label-scale two values" 2 $SQ counts --labels lab.tif --label-sca
 err1 "--label-scale two values" "spotquery: --label-scale: expected S or SZ,SY,SX, not '1,2' (see 'spotquery --help')"
 check_fails "--label-scale not a number" 2 $SQ counts --labels lab.tif --label-scale 1,x,1 ds
 check_fails "--label-scale without --labels" 2 $SQ counts --label-scale 2 ds
+check_fails "--label-coords two columns" 2 $SQ counts --labels lab.tif --label-coords z,y ds
+check_fails "--label-coords unknown column" 3 $SQ counts --labels lab.tif --label-coords z,y,nope ds
+check_eq "--label-coords unknown column: one line" "$(grep -c nope "$T/last.err")/$(wc -l < "$T/last.err")" 1/1
 check_fails "--labels on summary" 2 $SQ summary --labels lab.tif ds
 check_fails "--all-labels on spots" 2 $SQ spots --all-labels --labels lab.tif ds
 printf 'spot_id,chan,chan_spot_id,y,x\n1,488,1,2,3\n' > one.csv
