@@ -119,6 +119,12 @@ g.create_dataset("0", data=lab, chunks=(4, 32, 40), compressor=numcodecs.Blosc("
 g.attrs["multiscales"] = [{"version": "0.4", "name": "labels",
     "axes": [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
     "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [20.0, 4.8, 4.8]}]}]}]
+# ome-zarr-py's layout: t, c, z, y, x with t and c of size 1
+g5 = zarr.open_group("lab5d.zarr", mode="w")
+g5.create_dataset("0", data=lab[None, None], chunks=(1, 1, 4, 32, 40))
+g5.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}]
+    + [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"],
+    "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0, 20.0, 4.8, 4.8]}]}]}]
 zarr.open_array("lab_plain.zarr", mode="w", shape=lab.shape, chunks=(5, 50, 50), dtype=lab.dtype,
                 compressor=numcodecs.Zlib(1), dimension_separator="/")[:] = lab
 # --label-scale auto: the spots' voxel size (generated .zattrs: 1, 0.24,
@@ -169,6 +175,8 @@ $SQ counts --labels lab32.tif --label-scale 0.06,0.05,0.045 ds > ds_counts32.got
 check_same "32-bit labels past 2^31, anisotropic scale" ds_counts32.got ds_counts32.want
 $SQ counts --labels lab.zarr --label-scale auto ds > ds_counts_auto.got
 check_same "--label-scale auto from OME-Zarr = 0.05" ds_counts_auto.got ds_counts.want
+$SQ counts --labels lab5d.zarr --label-scale auto ds > ds_counts_5d.got
+check_same "OME-Zarr t,c,z,y,x, --label-scale auto" ds_counts_5d.got ds_counts.want
 $SQ counts --labels lab_ij.tif --label-scale auto ds > ds_counts_ij.got
 check_same "--label-scale auto from an ImageJ TIFF = pandas" ds_counts_ij.got ds_counts_ij.want
 check_fails "--label-scale auto, uncalibrated TIFF" 3 $SQ counts --labels lab.tif --label-scale auto ds
