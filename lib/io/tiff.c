@@ -587,7 +587,7 @@ static int check_data_size(const char *path, TIFF *t, const page_info *pages, in
 }
 
 /* Open a TIFF and arrange its pages: the part of reading shared by whole
- * and region reads. Checks the size against the limit and the file. */
+ * and region reads. */
 static int open_pages(const char *path, cp_pages mode, TIFF **tp, page_info **pagesp, int *np, layout *Lp)
 {
     tiff_quiet();
@@ -617,8 +617,6 @@ static int open_pages(const char *path, cp_pages mode, TIFF **tp, page_info **pa
     const page_info *p0 = &pages[0];
     if (p0->w > INT_MAX || p0->h > INT_MAX)
         rc = cp_error(CP_ELIMIT, "%s: TIFF of %u x %u pixels is too large", path, p0->h, p0->w);
-    else
-        rc = check_data_size(path, t, pages, n);
     if (rc) {
         free(pages);
         TIFFClose(t);
@@ -663,7 +661,7 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
     if (total > cp_get_max_pixels()) {
         rc = cp_error(CP_ELIMIT, "%s: TIFF of %u x %u x %d channels x %d planes exceeds the limit of %llu samples",
                       path, p0->h, p0->w, L.channels, L.planes, (unsigned long long)cp_get_max_pixels());
-    } else {
+    } else if ((rc = check_data_size(path, t, pages, n)) == CP_OK) {
         cp_image *img = NULL;
         rc = cp_image_create(&img, (int)p0->w, (int)p0->h, L.channels, L.planes, p0->dtype);
         if (rc)
@@ -695,6 +693,11 @@ int cp_tiff_region_open(const char *path, cp_tiff_region **out, cp_image *shape)
     if (!r)
         return CP_ENOMEM;
     int rc = (r->path = cp_strdup(path)) ? open_pages(path, CP_PAGES_AUTO, &r->t, &r->pages, &r->n, &r->L) : CP_ENOMEM;
+    /* strip and tile buffers follow the header: refuse one the file cannot back */
+    if (!rc && (rc = check_data_size(path, r->t, r->pages, r->n))) {
+        TIFFClose(r->t);
+        free(r->pages);
+    }
     if (rc) {
         free(r->path);
         free(r);

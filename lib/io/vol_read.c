@@ -351,6 +351,9 @@ int cp_vol_read(cp_vol_reader *r, int64_t z0, int64_t y0, int64_t x0, int64_t dz
         return cp_error(CP_EINVAL, "%s: box z %lld+%lld, y %lld+%lld, x %lld+%lld is outside the %lldx%lldx%lld volume",
                         r->path, (long long)z0, (long long)dz, (long long)y0, (long long)dy, (long long)x0,
                         (long long)dx, (long long)D, (long long)H, (long long)W);
+    if (dz == 0 || dy == 0 || dx == 0)
+        return cp_error(CP_EINVAL, "%s: empty box (%lld x %lld x %lld)", r->path, (long long)dz, (long long)dy,
+                        (long long)dx);
     if (dz > INT_MAX || dy > INT_MAX || dx > INT_MAX)
         return cp_error(CP_ELIMIT, "%s: box too large", r->path);
     cp_image *img;

@@ -55,7 +55,8 @@ static char *read_text(const char *file, size_t max, int *missing, int *rc)
     FILE *f = fopen(file, "rb");
     if (!f) {
         *missing = errno == ENOENT || errno == ENOTDIR;
-        *rc = cp_error(CP_EIO, "%s: cannot open: %s", file, strerror(errno));
+        /* a missing file is an answer, not an error, for the callers */
+        *rc = *missing ? CP_EIO : cp_error(CP_EIO, "%s: cannot open: %s", file, strerror(errno));
         return NULL;
     }
     char *buf = cp_malloc(max + 1, "metadata");
