@@ -1,7 +1,8 @@
 /* libcellpose spots: SeeSpot HCR spot tables (mixed/unmixed, merged), queried
  * without a server: the SeeSpot column schema, the dataset layout, the mixed
- * <- unmixed merge, filters, seeded sampling, count matrices, summaries and
- * Neuroglancer links. Tables, their file formats and their output are
+ * <- unmixed merge, filters, seeded sampling, count matrices (by the tables'
+ * cell_id or by the cells of a label volume), summaries and Neuroglancer
+ * links. Tables, their file formats and their output are
  * cellpose/table.h. */
 #ifndef CELLPOSE_SPOTS_H
 #define CELLPOSE_SPOTS_H
@@ -204,12 +205,13 @@ typedef struct cp_spot_label_opts {
     void *user;
 } cp_spot_label_opts;
 
-/* Add the int64 column `name` (an error if the table has it): the label under each
- * row's z, y, x (o->coords) in the label volume at path (one channel of integer labels,
- * any file cp_vol_open reads); 0 = background, also for a spot outside the
- * volume or with a null coordinate. The volume is read region by region,
- * each region holding spots once, in z, y, x order: memory is the table
- * plus 8 bytes a row plus one region. */
+/* Add the int64 column `name` (an error if the table has it): the label
+ * under each row's z, y, x (o->coords) in the label volume at path (one
+ * channel of integer labels, any file cp_vol_open reads); 0 = background,
+ * also for a spot outside the volume or with a null coordinate. The volume
+ * is read region by region, each region holding spots once, in z, y, x
+ * order: memory is the table and its new column, 8 bytes a row more, and
+ * one region. */
 int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_opts *o, const char *name);
 
 /* Voxel size (z, y, x, micrometres) of the spots' coordinates: the scale of
