@@ -35,6 +35,9 @@ static void usage(FILE *fp)
             "api:     --sample N (5000) --sampling --display-chan --seed --bucket NAME\n"
             "summary: --recompute (from the spot tables instead of the summary CSVs)\n"
             "counts:  --by unmixed|mixed --genes --all (invalid spots too) --background\n"
+            "Cells from a label volume (spots, counts, api, neuroglancer): --labels FILE (.tif|.zarr)\n"
+            "         --label-scale S|SZ,SY,SX|auto --label-coords Z,Y,X (z,y,x) --all-labels (counts)\n"
+            "         --label-region VOXELS\n"
             "neuroglancer: --spot ID | filters, --max N (1000) --json --bucket --color --scale\n"
             "See spotquery(1).\n");
 }
@@ -43,6 +46,7 @@ enum {
     O_FORMAT = 256, O_THREADS, O_VALID, O_CHANNEL, O_UCHANNEL, O_CELL, O_ROUND, O_REASSIGNED, O_REMOVED,
     O_WHERE, O_Z, O_Y, O_X, O_COLUMNS, O_SAMPLE, O_SAMPLING, O_DISPLAY, O_SEED, O_BUCKET, O_RECOMPUTE, O_BY,
     O_GENES, O_ALL, O_BACKGROUND, O_SPOT, O_MAX, O_JSON, O_COLOR, O_SCALE, O_VERSION,
+    O_LABELS, O_LSCALE, O_ALL_LABELS, O_LREGION, O_LCOORDS,
     O_GSPOTS, O_GCHANNELS, O_GROUNDS, O_GTILES, O_GCELLS, O_GGZ, O_GNOOPT, O_GDERIVED
 };
 
@@ -57,11 +61,16 @@ static const struct option LONG[] = {
     {"genes", 0, 0, O_GENES}, {"all", 0, 0, O_ALL}, {"background", 0, 0, O_BACKGROUND},
     {"spot", 1, 0, O_SPOT}, {"max", 1, 0, O_MAX}, {"json", 0, 0, O_JSON}, {"color", 1, 0, O_COLOR},
     {"scale", 1, 0, O_SCALE}, {"help", 0, 0, 'h'}, {"version", 0, 0, O_VERSION},
-    {"quiet", 0, 0, 'q'}, {"verbose", 0, 0, 'v'},
+    {"quiet", 0, 0, 'q'}, {"verbose", 0, 0, 'v'}, {"labels", 1, 0, O_LABELS},
+    {"label-scale", 1, 0, O_LSCALE}, {"all-labels", 0, 0, O_ALL_LABELS}, {"label-region", 1, 0, O_LREGION},
+    {"label-coords", 1, 0, O_LCOORDS},
     /* hidden: synthetic datasets for tests and benchmarks */
     {"spots", 1, 0, O_GSPOTS}, {"channels", 1, 0, O_GCHANNELS}, {"rounds", 1, 0, O_GROUNDS},
     {"tiles", 1, 0, O_GTILES}, {"cells", 1, 0, O_GCELLS}, {"gzip", 0, 0, O_GGZ},
     {"no-optional", 0, 0, O_GNOOPT}, {"derived", 0, 0, O_GDERIVED}, {0, 0, 0, 0}};
+
+/* The column the label volume gives. */
+#define CELL_COL "cell"
 
 typedef struct args {
     const char *cmd, *source, *out;
@@ -77,6 +86,10 @@ typedef struct args {
     double scale;
     int recompute, by_mixed, genes, all, background, json;
     long spot, max;
+    const char *labels;          /* label volume: the spots' cells */
+    cp_spot_label_opts lopt;
+    int all_labels, scale_auto;
+    cp_strlist coords;           /* --label-coords */
     cp_spot_synth_opts gen;
 } args;
 
@@ -123,6 +136,18 @@ static void parse_range(cp_spot_filter *f, const char *col, const char *s)
         add_where(f, col, CP_OP_LE, c + 1);
     }
     free(a);
+}
+
+/* --label-scale S or SZ,SY,SX: positive numbers. */
+static void parse_scale(const char *s, double out[3])
+{
+    cp_strlist l = {0};
+    split_list("--label-scale", s, &l);
+    if (l.n != 1 && l.n != 3)
+        cli_usage_error("--label-scale: expected S or SZ,SY,SX, not '%s'", s);
+    for (int a = 0; a < 3; a++)
+        out[a] = cli_parse_double("--label-scale", l.items[l.n == 1 ? 0 : a], 1e-9, 1e9);
+    cp_strlist_free(&l);
 }
 
 static int yes_no(const char *flag, const char *s)
@@ -234,6 +259,23 @@ static void parse_args(int argc, char **argv, args *a)
         case O_JSON: a->json = 1; break;
         case O_COLOR: a->color = optarg; break;
         case O_SCALE: a->scale = cli_parse_double("--scale", optarg, 1e-9, 1e9); break;
+        case O_LABELS: a->labels = optarg; break;
+        case O_LSCALE:
+            if (!strcmp(optarg, "auto"))
+                a->scale_auto = 1;
+            else
+                parse_scale(optarg, a->lopt.scale);
+            break;
+        case O_ALL_LABELS: a->all_labels = 1; break;
+        case O_LCOORDS:
+            cp_strlist_free(&a->coords);
+            split_list("--label-coords", optarg, &a->coords);
+            if (a->coords.n != 3)
+                cli_usage_error("--label-coords: expected three columns Z,Y,X, not '%s'", optarg);
+            for (int k = 0; k < 3; k++)
+                a->lopt.coords[k] = a->coords.items[k];
+            break;
+        case O_LREGION: a->lopt.max_voxels = cli_parse_long("--label-region", optarg, 4096, 1L << 40); break;
         case O_GSPOTS: a->gen.nspots = (size_t)cli_parse_long("--spots", optarg, 1, 1000000000L); break;
         case O_GCHANNELS: a->gen.nchannels = (int)cli_parse_long("--channels", optarg, 1, 5); break;
         case O_GROUNDS: a->gen.nrounds = (int)cli_parse_long("--rounds", optarg, 1, 20); break;
@@ -251,6 +293,18 @@ static void parse_args(int argc, char **argv, args *a)
     if (a->format == CP_FMT_PARQUET && (strcmp(a->cmd, "spots") || !a->out || !strcmp(a->out, "-")))
         cli_usage_error("--format parquet: only for 'spots', with -o FILE");
     a->source = argv[optind];
+    static const char *with_labels[] = {"spots", "counts", "api", "neuroglancer", NULL};
+    int takes = 0;
+    for (int i = 0; with_labels[i]; i++)
+        takes |= !strcmp(with_labels[i], a->cmd);
+    if (!a->labels && (a->lopt.scale[0] > 0 || a->scale_auto || a->all_labels || a->lopt.max_voxels || a->coords.n))
+        cli_usage_error("--label-scale, --label-coords, --all-labels and --label-region go with --labels");
+    if (a->labels && !takes)
+        cli_usage_error("--labels: only for spots, counts, api and neuroglancer");
+    if (a->all_labels && strcmp(a->cmd, "counts"))
+        cli_usage_error("--all-labels: only for counts");
+    if (a->labels)
+        a->f.cell_col = CELL_COL;
 }
 
 /* ---- output ---------------------------------------------------------------- */
@@ -321,8 +375,22 @@ static int write_text(const args *a, const char *text)
 
 static int fail(void)
 {
+    if (cli_interrupted)
+        return CLI_EXIT_INTR;
     cli_err("%s", cp_errmsg());
     return CLI_EXIT_FATAL;
+}
+
+/* Progress over the label volume's regions; stops on a signal. */
+static int label_progress(void *user, size_t done, size_t total)
+{
+    cli_progress *p = user;
+    if (done == 1)
+        cli_progress_start(p, total, "regions");
+    cli_progress_update(p, done, NULL);
+    if (done == total)
+        cli_progress_end(p);
+    return cli_interrupted != 0;
 }
 
 /* ---- loading --------------------------------------------------------------- */
@@ -347,10 +415,18 @@ static cp_spot_load_opts load_opts(const args *a)
 
 static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_stable *t)
 {
-    cp_strlist need = {0};
-    cp_spot_filter_columns(&a->f, &need);
+    cp_strlist need = {0}, filt = {0};
+    cp_spot_filter_columns(&a->f, &filt);
+    static const char *zyx[] = {"z", "y", "x"};
+    for (int i = 0; a->labels && i < 3; i++)
+        push_unique(&need, a->lopt.coords[i] ? a->lopt.coords[i] : zyx[i]);
+    for (size_t i = 0; i < filt.n; i++)
+        if (!a->labels || strcmp(filt.items[i], CELL_COL))
+            push_unique(&need, filt.items[i]);
     for (size_t i = 0; extra && i < extra->n; i++)
-        push_unique(&need, extra->items[i]);
+        if (!a->labels || strcmp(extra->items[i], CELL_COL))
+            push_unique(&need, extra->items[i]);
+    cp_strlist_free(&filt);
     cp_spot_load_opts lo = load_opts(a);
     lo.columns = (const char *const *)need.items;
     lo.ncolumns = (int)need.n;
@@ -360,6 +436,18 @@ static int load(const args *a, cp_spot_dataset *d, const cp_strlist *extra, cp_s
     if (!rc) {
         cli_info("loaded %zu spots in %.2f s", t->nrows, cp_seconds() - t0);
         rc = cp_spot_channels(d, t);
+    }
+    cp_spot_label_opts lo2 = a->lopt;
+    cli_progress prog;
+    lo2.progress = label_progress;
+    lo2.user = &prog;
+    if (!rc && a->labels && a->scale_auto && !(rc = cp_spot_label_scale(d, a->labels, lo2.scale)))
+        cli_info("label scale %.17g,%.17g,%.17g (from the voxel sizes)", lo2.scale[0], lo2.scale[1], lo2.scale[2]);
+    if (!rc && a->labels) {
+        t0 = cp_seconds();
+        rc = cp_spot_assign_labels(t, a->labels, &lo2, CELL_COL);
+        if (!rc)
+            cli_info("assigned the spots to the cells of %s in %.2f s", a->labels, cp_seconds() - t0);
     }
     return rc;
 }
@@ -473,7 +561,7 @@ static int cmd_spots(args *a)
     int rc = query_open(a, &q);
     if (rc)
         return rc;
-    if (cp_spot_columns(&q.d, &all)) {
+    if (cp_spot_columns(&q.d, &all) || (a->labels && push_unique(&all, CELL_COL))) {
         rc = fail();
         goto done;
     }
@@ -823,15 +911,39 @@ static int cmd_counts(args *a)
         return rc;
     if (!a->all)
         a->f.valid_only = 1;
-    push_unique(&q.extra, "cell_id");
+    if (!a->labels)
+        push_unique(&q.extra, "cell_id");
     push_unique(&q.extra, a->by_mixed ? "chan" : "unmixed_chan");
-    if (!(rc = query_rows(&q, -1))) {
-        if (cp_spot_counts(&q.d, &q.t, q.rows, q.n, a->by_mixed ? CP_COUNT_MIXED : CP_COUNT_UNMIXED, a->genes,
-                           a->background, &q.o))
-            rc = fail();
-        else
-            rc = write_table(a, &q.o);
+    /* from a label volume, background is always a row: spots outside any
+     * cell are counted, not dropped */
+    int64_t bg = 0, *ids = NULL;
+    size_t nids = 0;
+    cp_count_opts co = {a->by_mixed ? CP_COUNT_MIXED : CP_COUNT_UNMIXED, a->genes, a->background || a->labels,
+                        a->labels ? CELL_COL : NULL, a->labels ? &bg : NULL, a->labels ? 1 : 0};
+    if (a->all_labels) {
+        /* rows for every label of the volume, whatever the filters pass */
+        cli_progress prog;
+        cp_spot_label_opts lo = a->lopt;
+        lo.progress = label_progress;
+        lo.user = &prog;
+        if (cp_label_volume_ids(a->labels, &lo, &ids, &nids)) {
+            query_free(&q);
+            return fail();
+        }
+        int64_t *all = realloc(ids, (nids + 1) * sizeof *all);
+        if (!all) {
+            free(ids);
+            query_free(&q);
+            cli_err("out of memory");
+            return CLI_EXIT_FATAL;
+        }
+        all[nids] = 0;
+        co.cells = ids = all;
+        co.ncells = nids + 1;
     }
+    if (!(rc = query_rows(&q, -1)))
+        rc = cp_spot_counts_ex(&q.d, &q.t, q.rows, q.n, &co, &q.o) ? fail() : write_table(a, &q.o);
+    free(ids);
     query_free(&q);
     return rc;
 }
@@ -933,6 +1045,7 @@ int main(int argc, char **argv)
     else rc = cmd_gen(&a);
     cp_spot_filter_free(&a.f);
     cp_strlist_free(&a.columns);
+    cp_strlist_free(&a.coords);
     free(a.rounds);
     return rc;
 }

@@ -1,7 +1,8 @@
 /* libcellpose spots: SeeSpot HCR spot tables (mixed/unmixed, merged), queried
  * without a server: the SeeSpot column schema, the dataset layout, the mixed
- * <- unmixed merge, filters, seeded sampling, count matrices, summaries and
- * Neuroglancer links. Tables, their file formats and their output are
+ * <- unmixed merge, filters, seeded sampling, count matrices (by the tables'
+ * cell_id or by the cells of a label volume), summaries and Neuroglancer
+ * links. Tables, their file formats and their output are
  * cellpose/table.h. */
 #ifndef CELLPOSE_SPOTS_H
 #define CELLPOSE_SPOTS_H
@@ -102,6 +103,7 @@ typedef struct cp_spot_where {
 typedef struct cp_spot_filter {
     int valid_only;
     cp_strlist channels, unmixed_channels, cells; /* empty = any */
+    const char *cell_col;      /* column --cell reads; NULL = "cell_id" */
     int reassigned, removed;   /* -1 any, 0 no, 1 yes */
     cp_spot_where *where;      /* all must hold (add with cp_spot_filter_where) */
     int nwhere;
@@ -172,6 +174,60 @@ typedef enum { CP_COUNT_UNMIXED = 0, CP_COUNT_MIXED = 1 } cp_count_by;
  * sorted ascending; null cell ids never count, cell 0 only with background. */
 int cp_spot_counts(const cp_spot_dataset *d, const cp_stable *t, const uint32_t *rows, size_t n,
                    cp_count_by by, int genes, int background, cp_stable *out);
+
+typedef struct cp_count_opts {
+    cp_count_by by;
+    int genes;            /* columns named by the manifest gene_dict */
+    int background;       /* cell 0 counts */
+    const char *cell_col; /* integer column of the cells; NULL = "cell_id" */
+    const int64_t *cells; /* a row for each of these too, spots or not (any order) */
+    size_t ncells;
+} cp_count_opts;
+
+/* cp_spot_counts with the cells taken from any integer column (the first
+ * output column has its name and type) and rows for the given cells even
+ * without spots. */
+int cp_spot_counts_ex(const cp_spot_dataset *d, const cp_stable *t, const uint32_t *rows, size_t n,
+                      const cp_count_opts *o, cp_stable *out);
+
+/* ---- spots to the cells of a label volume -------------------------------- */
+
+typedef struct cp_spot_label_opts {
+    /* z, y, x: label voxels per unit of the spot coordinates (0 = 1). Integer
+     * coordinates are voxel centres in both, so a spot at c falls in label
+     * voxel floor(c * scale + 0.5) on each axis. */
+    double scale[3];
+    int64_t max_voxels;   /* largest region read at once; 0 = 8 Mi */
+    const char *coords[3]; /* the z, y, x columns; NULL = "z", "y", "x" */
+    /* Called after each region with regions done and their total; a non-zero
+     * return stops (CP_EINTR). May be NULL. */
+    int (*progress)(void *user, size_t done, size_t total);
+    void *user;
+} cp_spot_label_opts;
+
+/* Add the int64 column `name` (an error if the table has it): the label
+ * under each row's z, y, x (o->coords) in the label volume at path (one
+ * channel of integer labels, any file cp_vol_open reads); 0 = background,
+ * also for a spot outside the volume or with a null coordinate. The volume
+ * is read region by region, each region holding spots once, in z, y, x
+ * order: memory is the table and its new column, 8 bytes a row more, and
+ * one region. */
+int cp_spot_assign_labels(cp_stable *t, const char *path, const cp_spot_label_opts *o, const char *name);
+
+/* Voxel size (z, y, x, micrometres) of the spots' coordinates: the scale of
+ * the dataset's first fused channel (image_tile_fusing/fused/channel_<ch>.zarr
+ * .zattrs, its last three axes); 1 and *found = 0 when there is none. */
+int cp_spot_voxel_size(const cp_spot_dataset *d, double zyx[3], int *found);
+/* scale for cp_spot_label_opts from the voxel sizes: the spots' (above) over
+ * the label volume's (OME-NGFF scale and unit, or the ImageJ calibration),
+ * axis by axis. CP_EINVAL, naming what is missing, when either is unknown or
+ * the volume's unit is not a length (nanometre, micrometre or millimetre
+ * spellings; no unit = micrometres). */
+int cp_spot_label_scale(const cp_spot_dataset *d, const char *path, double scale[3]);
+
+/* Every label > 0 of the volume, ascending (*ids to free); reads the whole
+ * volume once, region by region. */
+int cp_label_volume_ids(const char *path, const cp_spot_label_opts *o, int64_t **ids, size_t *n);
 
 /* Folders under root: name, modified (UTC "YYYY-MM-DD HH:MM:SS"), has_data;
  * newest first. */

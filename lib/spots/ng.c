@@ -29,17 +29,17 @@ static cJSON *raw_num(double v)
     return cJSON_CreateRaw(b);
 }
 
-/* x, y, z voxel size in micrometres from channel_<ch>.zarr/.zattrs (1.0). */
-static void voxel_size(const cp_spot_dataset *d, double vs[3])
+int cp_spot_voxel_size(const cp_spot_dataset *d, double zyx[3], int *found)
 {
-    vs[0] = vs[1] = vs[2] = 1.0;
+    zyx[0] = zyx[1] = zyx[2] = 1.0;
+    *found = 0;
     if (!d->root || !d->channels.n)
-        return;
+        return CP_OK;
     char path[4096];
     snprintf(path, sizeof path, "%s/image_tile_fusing/fused/channel_%s.zarr/.zattrs", d->root, d->channels.items[0]);
     char *text = cp_spot_read_text(path, 1u << 20, NULL);
     if (!text)
-        return;
+        return CP_OK;
     cJSON *j = cJSON_Parse(text);
     free(text);
     const cJSON *ms = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "multiscales"), 0);
@@ -51,14 +51,26 @@ static void voxel_size(const cp_spot_dataset *d, double vs[3])
         int n = cJSON_GetArraySize(sc);
         if (cJSON_IsString(ty) && !strcmp(ty->valuestring, "scale") && n >= 3) {
             for (int k = 0; k < 3; k++) {
-                const cJSON *v = cJSON_GetArrayItem(sc, n - 1 - k); /* x, y, z from the end */
+                const cJSON *v = cJSON_GetArrayItem(sc, n - 3 + k); /* the last three: z, y, x */
                 if (cJSON_IsNumber(v) && v->valuedouble > 0)
-                    vs[k] = v->valuedouble;
+                    zyx[k] = v->valuedouble;
             }
+            *found = 1;
             break;
         }
     }
     cJSON_Delete(j);
+    return CP_OK;
+}
+
+/* x, y, z voxel size in micrometres (1.0 when unknown). */
+static void voxel_size(const cp_spot_dataset *d, double vs[3])
+{
+    double zyx[3];
+    int found;
+    cp_spot_voxel_size(d, zyx, &found);
+    for (int k = 0; k < 3; k++)
+        vs[k] = zyx[2 - k];
 }
 
 static const char *channel_color(const char *ch)

@@ -153,7 +153,7 @@ int cp_spot_filter_columns(const cp_spot_filter *f, cp_strlist *names)
     if (f->unmixed_channels.n || f->removed >= 0)
         NEED("unmixed_chan");
     if (f->cells.n)
-        NEED("cell_id");
+        NEED(f->cell_col ? f->cell_col : "cell_id");
     for (int i = 0; i < f->nwhere; i++)
         NEED(f->where[i].col);
 #undef NEED
@@ -359,7 +359,7 @@ int cp_spot_filter_rows(const cp_stable *t, const cp_spot_filter *f, uint32_t **
             goto done;
     }
     if (f->cells.n) {
-        COL(CE, "cell_id");
+        COL(CE, f->cell_col ? f->cell_col : "cell_id");
         cells = cp_malloc_array(ncells, sizeof *cells, "filter");
         if (!cells) {
             rc = CP_ENOMEM;
@@ -1014,22 +1014,30 @@ int cp_spot_sankey(const cp_stable *t, cp_sankey *s)
 
 /* ---- counts ----------------------------------------------------------------- */
 
-static int i32_cmp(const void *a, const void *b)
+/* Integer cell of a row (I32 or I64 column). */
+static int64_t cell_at(const cp_scol *c, size_t r)
 {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return x < y ? -1 : x > y;
+    return c->type == CP_SCOL_I64 ? ((const int64_t *)c->v)[r] : ((const int32_t *)c->v)[r];
 }
 
 int cp_spot_counts(const cp_spot_dataset *d, const cp_stable *t, const uint32_t *rows, size_t n, cp_count_by by,
                    int genes, int background, cp_stable *out)
 {
+    cp_count_opts o = {by, genes, background, NULL, NULL, 0};
+    return cp_spot_counts_ex(d, t, rows, n, &o, out);
+}
+
+int cp_spot_counts_ex(const cp_spot_dataset *d, const cp_stable *t, const uint32_t *rows, size_t n,
+                      const cp_count_opts *o, cp_stable *out)
+{
     memset(out, 0, sizeof *out);
-    const char *cname = by == CP_COUNT_MIXED ? "chan" : "unmixed_chan";
-    int ci = cp_stable_find(t, cname), ce = cp_stable_find(t, "cell_id");
+    const char *cname = o->by == CP_COUNT_MIXED ? "chan" : "unmixed_chan";
+    const char *cellname = o->cell_col ? o->cell_col : "cell_id";
+    int ci = cp_stable_find(t, cname), ce = cp_stable_find(t, cellname);
     if (ci < 0 || t->cols[ci].type != CP_SCOL_STR)
         return cp_error(CP_EINVAL, "counts need the %s column", cname);
-    if (ce < 0 || t->cols[ce].type != CP_SCOL_I32)
-        return cp_error(CP_EINVAL, "counts need an integer cell_id column");
+    if (ce < 0 || (t->cols[ce].type != CP_SCOL_I32 && t->cols[ce].type != CP_SCOL_I64))
+        return cp_error(CP_EINVAL, "counts need an integer %s column", cellname);
     const cp_scol *C = &t->cols[ci], *CE = &t->cols[ce];
     const cp_strlist *chans = &d->channels;
     int nch = (int)chans->n;
@@ -1043,19 +1051,21 @@ int cp_spot_counts(const cp_spot_dataset *d, const cp_stable *t, const uint32_t 
                 col_of[k] = q;
     }
     /* distinct cells, sorted */
-    const int32_t *cell = CE->v, *cv = C->v;
-    int32_t *ids = cp_malloc_array(n + 1, sizeof *ids, "counts");
+    const int32_t *cv = C->v;
+    int64_t *ids = cp_malloc_array(n + o->ncells + 1, sizeof *ids, "counts");
     size_t m = 0;
     int rc = ids ? CP_OK : CP_ENOMEM;
     for (size_t i = 0; i < n && !rc; i++) {
         uint32_t r = rows ? rows[i] : (uint32_t)i;
-        if (cp_scol_is_null(CE, r) || (!background && cell[r] == 0))
+        if (cp_scol_is_null(CE, r) || (!o->background && cell_at(CE, r) == 0))
             continue;
-        ids[m++] = cell[r];
+        ids[m++] = cell_at(CE, r);
     }
+    for (size_t i = 0; i < o->ncells && !rc; i++)
+        ids[m++] = o->cells[i];
     size_t nu = 0;
     if (!rc && m) {
-        qsort(ids, m, sizeof *ids, i32_cmp);
+        qsort(ids, m, sizeof *ids, cp_i64_cmp);
         for (size_t i = 0; i < m; i++)
             if (!nu || ids[nu - 1] != ids[i])
                 ids[nu++] = ids[i];
@@ -1065,21 +1075,27 @@ int cp_spot_counts(const cp_spot_dataset *d, const cp_stable *t, const uint32_t 
         rc = CP_ENOMEM;
     for (size_t i = 0; i < n && !rc; i++) {
         uint32_t r = rows ? rows[i] : (uint32_t)i;
-        if (cp_scol_is_null(CE, r) || (!background && cell[r] == 0) || cv[r] < 0 || col_of[cv[r]] < 0)
+        if (cp_scol_is_null(CE, r) || cv[r] < 0 || col_of[cv[r]] < 0)
             continue;
-        int32_t *hit = bsearch(&cell[r], ids, nu, sizeof *ids, i32_cmp);
+        int64_t cell = cell_at(CE, r);
+        if (!o->background && cell == 0)
+            continue;
+        int64_t *hit = bsearch(&cell, ids, nu, sizeof *ids, cp_i64_cmp);
         cnt[(size_t)(hit - ids) * (size_t)nch + (size_t)col_of[cv[r]]]++;
     }
     if (!rc)
-        rc = cp_stable_add_col(out, "cell_id", CP_SCOL_I32);
+        rc = cp_stable_add_col(out, cellname, CE->type);
     for (int q = 0; q < nch && !rc; q++) {
-        const char *g = genes ? gene_of(d, chans->items[q]) : NULL;
+        const char *g = o->genes ? gene_of(d, chans->items[q]) : NULL;
         rc = cp_stable_add_col(out, g ? g : chans->items[q], CP_SCOL_I64);
     }
     if (!rc)
         rc = cp_stable_reserve(out, nu);
     for (size_t i = 0; i < nu && !rc; i++) {
-        ((int32_t *)out->cols[0].v)[i] = ids[i];
+        if (CE->type == CP_SCOL_I64)
+            ((int64_t *)out->cols[0].v)[i] = ids[i];
+        else
+            ((int32_t *)out->cols[0].v)[i] = (int32_t)ids[i];
         for (int q = 0; q < nch; q++)
             ((int64_t *)out->cols[q + 1].v)[i] = cnt[i * (size_t)nch + (size_t)q];
     }

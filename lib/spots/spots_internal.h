@@ -26,6 +26,13 @@ static inline uint64_t cp_rng_below(uint64_t *s, uint64_t n)
     return r % n;
 }
 
+/* qsort order of int64_t. */
+static inline int cp_i64_cmp(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* 1 when a STR value means "removed" (null, "none", ""). */
 int cp_spot_removed_str(const char *s);
 
