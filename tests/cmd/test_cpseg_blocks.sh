@@ -132,6 +132,11 @@ if [ "${CP_SANITIZERS:-0}" != 1 ]; then
     check "grid 2x1x2 = whole volume" $PY "$T/agree.py" "$T/whole/vol_cp_masks.tif" "$T/B.tif"
     check "grid 2x1x2 = grid 1x2x2" $PY "$T/agree.py" "$T/A.tif" "$T/B.tif"
 
+    # a block's labels do not depend on the thread count
+    mkdir -p "$T/A2" && cp "$T/A/plan.json" "$T/A2/"
+    check "block 0 on 2 threads" $SEG -q --threads 2 --blocks "$T/A2" --block 0/4
+    check_same "block 0: 1 and 2 threads" "$T/A/blocks/0/labels.npy" "$T/A2/blocks/0/labels.npy"
+
     # OME-Zarr input (written by python zarr): the same plan values, the same block labels
     $PY -c "
 import sys, zarr, tifffile
