@@ -60,6 +60,20 @@ assert n[0]['lo'] == np.percentile(v, 1) and n[0]['hi'] == np.percentile(v, 99),
 assert n[1]['skip'] is True, n
 EOF
 
+# above 224^3 voxels the plan samples as norm3D does: every Z/50-th plane,
+# every L/224-th row and column
+$PY -c "
+import numpy as np, tifffile
+rng = np.random.default_rng(3)
+tifffile.imwrite('$T/big.tif', rng.gamma(2, 30, (120, 460, 460)).astype(np.uint8), imagej=True,
+                metadata={'axes': 'ZYX'})"
+check "plan of a 120x460x460 volume" $SEG -q --plan --blocks "$T/big" $MODE "$T/big.tif"
+check "its percentiles: numpy's on v[::2, ::2, ::2]" $PY -c "
+import json, numpy as np, tifffile
+v = tifffile.imread('$T/big.tif')[::2, ::2, ::2].astype(np.float32)
+n = json.load(open('$T/big/plan.json'))['normalization']
+assert [n[0]['lo'], n[0]['hi']] == list(np.percentile(v, [1, 99])), (n, np.percentile(v, [1, 99]))"
+
 # a rerun skips finished blocks (the labels are not rewritten)
 m0=$(stat -c %Y.%y "$T/A/blocks/0/labels.npy")
 $SEG -v --blocks "$T/A" --block 0/4 2> "$T/rerun.err"
