@@ -364,7 +364,9 @@ static int process_one(job *J, const char *input, image_log *L)
         L->t_read = cp_seconds() - t0;
         rc = cp_segment3d(J->model, img, &J->params, &res);
     } else {
-        rc = cp_image_read(input, &read_opts, &img);
+        rc = cp_is_zarr_dir(input) ? cp_error(CP_EINVAL, "%s: a Zarr volume: give --do-3d or --stitch-threshold T "
+                                              "to segment it", input)
+                                   : cp_image_read(input, &read_opts, &img);
         if (rc == CP_OK && img->planes > 1)
             rc = cp_error(CP_EINVAL, "%s: %d Z planes: give --do-3d or --stitch-threshold T to segment a volume",
                           input, img->planes);
