@@ -57,7 +57,9 @@ typedef struct cp_block_box {
  * every max(1, Z/50)-th plane is read, band by band) and kept in
  * params.norm_fixed, so every block is normalised as the whole volume is. A
  * channel counts as constant (skipped) from those samples. arch is the
- * model's (it decides the network's channels); model_path/sha256 identify it. */
+ * model's (it decides the network's channels); model_path/sha256 identify it.
+ * p->exclude_on_edges applies to the volume's faces: blocks keep every cell
+ * and the merge drops those with a voxel on a face of the volume. */
 int cp_blocks_plan_create(const char *input, int z_axis, int channel_axis, const int64_t block[3],
                           const int64_t overlap[3], const cp_seg_params *p, cp_arch arch, const char *model_path,
                           const char *model_sha256, cp_blocks_plan **out);

@@ -135,8 +135,6 @@ int cp_blocks_plan_create(const char *input, int z_axis, int channel_axis, const
     *out = NULL;
     if (!p->do_3d && !(p->stitch_threshold > 0))
         return cp_error(CP_EINVAL, "blocks: give a 3D mode (do_3D or a stitch threshold)");
-    if (p->exclude_on_edges)
-        return cp_error(CP_EUNSUPPORTED, "blocks: exclude_on_edges is not supported blockwise");
     cp_blocks_plan *pl = cp_calloc(1, sizeof *pl, "plan");
     if (!pl)
         return CP_ENOMEM;
@@ -205,7 +203,7 @@ static cJSON *int3(const int64_t v[3])
     X(min_size, min_size) X(max_size_fraction, max_size_fraction) X(dynamics, dynamics)                            \
     X(v3_label_bug, v3_label_bug) X(diam_mean, diam_mean) X(do_3d, do_3D) X(stitch_threshold, stitch_threshold)   \
     X(anisotropy, anisotropy) X(flow3d_smooth[0], flow3D_smooth_z) X(flow3d_smooth[1], flow3D_smooth_y)           \
-    X(flow3d_smooth[2], flow3D_smooth_x)
+    X(flow3d_smooth[2], flow3D_smooth_x) X(exclude_on_edges, exclude_on_edges)
 
 static char *plan_text(const cp_blocks_plan *pl)
 {
@@ -646,6 +644,7 @@ int cp_blocks_run(const cp_blocks_plan *pl, const char *workdir, int64_t k, cp_m
     info->t_read = cp_seconds() - t0;
     cp_seg_params p = pl->params;
     p.threads = threads;
+    p.exclude_on_edges = 0; /* a block's faces are not the volume's: the merge drops edge cells */
     cp_seg_result res = {0};
     t0 = cp_seconds();
     rc = cp_segment3d(m, img, &p, &res);

@@ -317,10 +317,22 @@ static int number_cells(merge *M, cell **cells_out)
             if (M->lab[g].first < key[r])
                 key[r] = M->lab[g].first;
         }
+    /* exclude_on_edges: a cell with a voxel on a face of the volume (Z too,
+     * as Cellpose's remove_edge_masks in 3D) is dropped whole */
+    for (int64_t g = 0; g < T && M->pl->params.exclude_on_edges; g++) {
+        const cell *c = &M->lab[g];
+        int edge = 0;
+        for (int a = 0; a < 3; a++)
+            edge |= c->voxels && (c->lo[a] == 0 || c->hi[a] == M->pl->shape[a]);
+        if (edge)
+            key[find(M->parent, (uint32_t)g)] = INT64_MIN;
+    }
     size_t nr = 0;
     for (int64_t g = 0; g < T; g++)
-        if (key[g] != INT64_MAX)
+        if (key[g] != INT64_MAX && key[g] != INT64_MIN)
             rk[nr++] = (root_key){key[g], (uint32_t)g};
+        else
+            key[g] = 0; /* no final label */
     qsort(rk, nr, sizeof *rk, by_first);
     /* key[root] becomes the root's final label */
     for (size_t i = 0; i < nr; i++)
@@ -337,6 +349,8 @@ static int number_cells(merge *M, cell **cells_out)
             continue;
         uint32_t f = (uint32_t)key[find(M->parent, (uint32_t)g)];
         M->final[g] = f;
+        if (!f)
+            continue;
         cell *o = &cells[f];
         if (!o->voxels) {
             *o = *c;

@@ -172,6 +172,38 @@ static void merge_and_check(const char *input, const int64_t bs[3], const int64_
     cp_blocks_plan_free(pl);
 }
 
+/* exclude_on_edges: blocks keep every cell, the merge drops those touching
+ * a face of the volume (only cell 1 of G is inside). */
+static void test_exclude_edges(const char *input)
+{
+    char work[512], out[600];
+    snprintf(work, sizeof work, "%s/blocks_edges", test_tmp_dir());
+    snprintf(out, sizeof out, "%s/out.tif", work);
+    cp_seg_params p;
+    cp_seg_params_default(&p);
+    p.stitch_threshold = 0.5;
+    p.normalize = 0;
+    p.exclude_on_edges = 1;
+    cp_blocks_plan *pl = NULL;
+    CHECK_OK(cp_blocks_plan_create(input, CP_AXIS_AUTO, CP_AXIS_AUTO, (int64_t[3]){4, 6, 6}, (int64_t[3]){2, 2, 2},
+                                   &p, CP_ARCH_CPNET, "builtin", "abc", &pl));
+    if (!pl)
+        return;
+    CHECK_OK(cp_blocks_plan_write(pl, work));
+    CHECK_OK(write_blocks(pl, work, -1, -1));
+    cp_blocks_merge_stats ms;
+    CHECK_OK(cp_blocks_merge(work, out, NULL, &ms));
+    CHECK(ms.cells == 1);
+    cp_image *img = NULL;
+    CHECK_OK(cp_image_read_volume(out, CP_AXIS_AUTO, CP_AXIS_AUTO, &img));
+    size_t bad = 0;
+    for (int i = 0; img && i < Z * Y * X; i++)
+        bad += ((uint32_t *)img->data)[i] != ((&G[0][0][0])[i] == 1);
+    CHECKF(img && bad == 0, "%zu voxels differ", bad);
+    cp_image_free(img);
+    cp_blocks_plan_free(pl);
+}
+
 static void test_plan_json(const char *input)
 {
     char work[512];
@@ -264,6 +296,7 @@ int main(void)
 
     merge_and_check(input, (int64_t[3]){4, 6, 6}, (int64_t[3]){2, 2, 2}, "g222");
     merge_and_check(input, (int64_t[3]){8, 5, 4}, (int64_t[3]){1, 3, 1}, "g133");
+    test_exclude_edges(input);
     test_plan_json(input);
     test_norm_fixed();
     return test_result();
