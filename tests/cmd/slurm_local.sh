@@ -13,6 +13,7 @@
 #       echo "SKIP slurm: $SLURM_LOCAL_WHY" >&2
 #   fi
 #   slurm_local_stop                          # also run on EXIT
+#   slurm_local_job_state JOBID               # e.g. COMPLETED 0:0 (state, exit code)
 #
 # slurm_local_start fails (1, reason in SLURM_LOCAL_WHY, nothing left running)
 # when the cluster cannot be had here: not root (slurmd must be, to run jobs
@@ -116,14 +117,18 @@ JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
+# a job whose dependency can no longer be met (afterok on a failed job) is
+# cancelled rather than left pending
+SchedulerParameters=kill_invalid_depend
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
 MailProg=/bin/true
 # the container's CPU layout need not match what is declared here
 SlurmdParameters=config_overrides
-# seconds, not minutes, between a job's end and its node being free again
-MinJobAge=2
+# finished jobs stay visible to scontrol (their state and exit code) for the
+# test's life
+MinJobAge=3600
 InactiveLimit=0
 KillWait=2
 SlurmdTimeout=30
@@ -141,6 +146,19 @@ EOF
     _slurm_local_wait 30 sh -c "sinfo -h -N -o %T | grep -qx idle" ||
         { _slurm_local_fail "the node did not become idle (sinfo: $(sinfo -h -N -o '%T %E' 2>&1 | head -1)): $(_slurm_local_log slurmd) $(tail -c 300 "$d/slurmd.out")"; return 1; }
     return 0
+}
+
+# slurm_local_job_state JOBID: its state and exit code, e.g. "COMPLETED 0:0"
+# (no accounting here: scontrol keeps finished jobs for MinJobAge). For an
+# array, one line per task.
+slurm_local_job_state() {
+    scontrol -o show job "$1" 2> /dev/null |
+        sed -n 's/.*JobState=\([^ ]*\).* ExitCode=\([^ ]*\).*/\1 \2/p'
+}
+
+# slurm_local_wait_job SECONDS JOBID: until the job (every task) has ended
+slurm_local_wait_job() {
+    _slurm_local_wait "$1" sh -c "! scontrol -o show job '$2' | grep -qE 'JobState=(PENDING|RUNNING|CONFIGURING|COMPLETING|SUSPENDED)'"
 }
 
 # Cancels the jobs left, stops the daemons (TERM, then KILL) it started.
