@@ -53,7 +53,7 @@ CFLAGS   += -std=c11 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS)
             -D_GNU_SOURCE -Iinclude -Ilib -Icmd
 CXXFLAGS += -std=c++17 $(OPT) $(WARN) -fopenmp -fPIC -ffp-contract=off $(SANFLAGS) \
             -Iinclude -Ilib $(TORCH_INC) -Wno-unused-parameter
-LDLIBS   := -ltiff -lpng -lz -lsnappy -lzstd -lcjson -lgomp -lm -lpthread -ldl
+LDLIBS   := -ltiff -lpng -lz -lsnappy -lzstd -lblosc -lcjson -lgomp -lm -lpthread -ldl
 # --as-needed: a command links only the libraries it uses.
 LDFLAGS  += -fopenmp -Wl,--as-needed $(SANFLAGS)
 

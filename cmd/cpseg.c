@@ -79,8 +79,14 @@ enum {
     OPT_OVERLAP, OPT_BATCH, OPT_AUGMENT, OPT_NONORM, OPT_NORMPCT, OPT_EDGES, OPT_DYNAMICS, OPT_V3COMPAT, OPT_FROMFLOWS,
     OPT_SAVEDIR, OPT_SAVE, OPT_NOMASKS, OPT_FORCE, OPT_MANIFEST, OPT_GLOB, OPT_SHARD, OPT_FAILFAST,
     OPT_DEVICE, OPT_PRECISION, OPT_THREADS, OPT_HELP, OPT_VERSION, OPT_DO3D, OPT_STITCH, OPT_ANISO, OPT_SMOOTH3D,
-    OPT_ZAXIS, OPT_CAXIS
+    OPT_ZAXIS, OPT_CAXIS, OPT_PLAN, OPT_BLOCKS, OPT_BLOCKSIZE, OPT_BLOCKOVERLAP, OPT_BLOCK, OPT_MERGE, OPT_TABLE
 };
+
+/* Flags that change the labels: a block run given any must match the plan. */
+static int is_seg_flag(int c)
+{
+    return (c >= OPT_DIAMETER && c <= OPT_V3COMPAT) || (c >= OPT_DO3D && c <= OPT_SMOOTH3D) || c == 'm';
+}
 
 static const struct option long_opts[] = {
     {"model", required_argument, 0, 'm'},
@@ -111,6 +117,14 @@ static const struct option long_opts[] = {
     {"flow3d-smooth", required_argument, 0, OPT_SMOOTH3D},
     {"z-axis", required_argument, 0, OPT_ZAXIS},
     {"channel-axis", required_argument, 0, OPT_CAXIS},
+    {"plan", no_argument, 0, OPT_PLAN},
+    {"blocks", required_argument, 0, OPT_BLOCKS},
+    {"block-size", required_argument, 0, OPT_BLOCKSIZE},
+    {"overlap", required_argument, 0, OPT_BLOCKOVERLAP},
+    {"block", required_argument, 0, OPT_BLOCK},
+    {"merge", required_argument, 0, OPT_MERGE},
+    {"output", required_argument, 0, 'o'},
+    {"table", required_argument, 0, OPT_TABLE},
     {"savedir", required_argument, 0, OPT_SAVEDIR},
     {"save", required_argument, 0, OPT_SAVE},
     {"no-masks", no_argument, 0, OPT_NOMASKS},
@@ -474,19 +488,218 @@ static void parse_smooth(const char *s, double sigma[3])
         sigma[i] = cli_parse_double("--flow3d-smooth", parts[n == 1 ? 0 : i], 0, 100);
 }
 
-static void parse_shard(const char *s, long *k, long *n)
+/* K/N with 0 <= K < N, for --shard and --block. */
+static void parse_k_of_n(const char *flag, const char *s, long nmax, long *k, long *n)
 {
     const char *slash = strchr(s, '/');
-    if (!slash)
-        cli_usage_error("--shard: '%s' is not K/N", s);
     char kbuf[32];
-    size_t len = (size_t)(slash - s);
+    size_t len = slash ? (size_t)(slash - s) : 0;
     if (len == 0 || len >= sizeof kbuf)
-        cli_usage_error("--shard: '%s' is not K/N", s);
+        cli_usage_error("%s: '%s' is not K/N", flag, s);
     memcpy(kbuf, s, len);
     kbuf[len] = 0;
-    *n = cli_parse_long("--shard N", slash + 1, 1, 1000000);
-    *k = cli_parse_long("--shard K", kbuf, 0, *n - 1);
+    char fn[40], fk[40];
+    snprintf(fn, sizeof fn, "%s N", flag);
+    snprintf(fk, sizeof fk, "%s K", flag);
+    *n = cli_parse_long(fn, slash + 1, 1, nmax);
+    *k = cli_parse_long(fk, kbuf, 0, *n - 1);
+}
+
+/* N or Z,Y,X (each in [lo, hi]). */
+static void parse_zyx(const char *flag, const char *s, long lo, long hi, int64_t v[3])
+{
+    char buf[128];
+    if (strlen(s) >= sizeof buf)
+        cli_usage_error("%s: '%s' is not N or Z,Y,X", flag, s);
+    strcpy(buf, s);
+    char *parts[4], *save = NULL;
+    int n = 0;
+    for (char *t = strtok_r(buf, ",", &save); t && n < 4; t = strtok_r(NULL, ",", &save))
+        parts[n++] = t;
+    if (n != 1 && n != 3)
+        cli_usage_error("%s: '%s' is not N or Z,Y,X", flag, s);
+    for (int i = 0; i < 3; i++)
+        v[i] = cli_parse_long(flag, parts[n == 1 ? 0 : i], lo, hi);
+}
+
+/* Resolve and load the model (info_only: its type and diameter, no network,
+ * so libtorch is not even loaded); messages on stderr. */
+static int load_model(job *J, const char *model_spec, const char *device, int info_only)
+{
+    int rc = cp_model_resolve(model_spec, &J->ref);
+    if (rc != CP_OK && !model_spec && !getenv("CELLPOSE_MODEL_PATH")) {
+        rc = cp_model_builtin(&J->ref);
+        if (rc == CP_OK)
+            cli_err("no model given: using the built-in model (%s)", J->ref.name);
+    }
+    if (rc != CP_OK) {
+        cli_err("%s", cp_errmsg());
+        return rc;
+    }
+    cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
+                        J->threads_per_job, J->precision};
+    rc = info_only ? cp_model_read_info(J->ref.path, &J->flows_info) : cp_model_load(J->ref.path, &mo, &J->model);
+    if (rc != CP_OK) {
+        cli_err("%s", cp_errmsg());
+        return rc;
+    }
+    J->info = info_only ? &J->flows_info : cp_model_get_info(J->model);
+    if (J->model && J->info->precision != J->info->precision_requested && cli_verbosity > 0)
+        cli_err("warning: %s; running in %s", J->info->precision_note, cp_precision_name(J->info->precision));
+    J->arch = J->info->arch;
+    J->diam_mean = J->ref.diam_mean > 0 ? J->ref.diam_mean : J->info->diam_mean;
+    J->params.diam_mean = J->diam_mean;
+    return CP_OK;
+}
+
+/* ---- blockwise volumes: --plan, --block K/N, --merge ---------------------- */
+
+typedef struct blocks_opts {
+    int plan;
+    const char *work, *block_size, *overlap, *block, *merge, *out, *table;
+    int seg_flags;              /* segmentation flags given on the command line */
+} blocks_opts;
+
+/* OUT.zarr / OUT.tif -> OUT_cells.csv */
+static char *default_table(const char *out)
+{
+    static const char *ext[] = {".ome.zarr", ".zarr", ".tiff", ".tif"};
+    size_t n = strlen(out);
+    while (n > 1 && out[n - 1] == '/')
+        n--;
+    for (size_t i = 0; i < sizeof ext / sizeof *ext; i++) {
+        size_t e = strlen(ext[i]);
+        if (n > e && strncmp(out + n - e, ext[i], e) == 0) {
+            n -= e;
+            break;
+        }
+    }
+    char *t = malloc(n + sizeof "_cells.csv");
+    if (t)
+        sprintf(t, "%.*s_cells.csv", (int)n, out);
+    return t;
+}
+
+static int blocks_plan(job *J, const blocks_opts *B, const char *model_spec, const char *device, const char *input)
+{
+    int64_t bs[3] = {0, 0, 0}, ov[3] = {-1, -1, -1};
+    if (B->block_size)
+        parse_zyx("--block-size", B->block_size, 1, 1L << 30, bs);
+    if (B->overlap)
+        parse_zyx("--overlap", B->overlap, 0, 1L << 30, ov);
+    if (!J->volume)
+        cli_usage_error("--plan: give the 3D mode (--do-3d or --stitch-threshold T)");
+    if (load_model(J, model_spec, device, 1) != CP_OK)
+        return CLI_EXIT_FATAL;
+    cp_blocks_plan *pl;
+    int rc = cp_blocks_plan_create(input, J->z_axis, J->channel_axis, bs, ov, &J->params, J->arch, J->ref.path,
+                                   J->info->sha256, &pl);
+    if (rc == CP_OK && (rc = cp_blocks_plan_write(pl, B->work)) != CP_OK)
+        cp_blocks_plan_free(pl);
+    if (rc != CP_OK) {
+        cli_err("%s", cp_errmsg());
+        return CLI_EXIT_FATAL;
+    }
+    cli_info("%s: %lld x %lld x %lld, blocks %lld x %lld x %lld of %lld x %lld x %lld, overlap %lld,%lld,%lld",
+             pl->input, (long long)pl->shape[0], (long long)pl->shape[1], (long long)pl->shape[2],
+             (long long)pl->grid[0], (long long)pl->grid[1], (long long)pl->grid[2], (long long)pl->block[0],
+             (long long)pl->block[1], (long long)pl->block[2], (long long)pl->overlap[0],
+             (long long)pl->overlap[1], (long long)pl->overlap[2]);
+    printf("%lld\n", (long long)pl->nblocks);
+    cp_blocks_plan_free(pl);
+    return CLI_EXIT_OK;
+}
+
+static int blocks_run(job *J, const blocks_opts *B, const char *model_spec, const char *device)
+{
+    long k, n;
+    parse_k_of_n("--block", B->block, 100000000, &k, &n);
+    cp_blocks_plan *pl;
+    if (cp_blocks_plan_read(B->work, &pl) != CP_OK) {
+        cli_err("%s", cp_errmsg());
+        return CLI_EXIT_FATAL;
+    }
+    int status = CLI_EXIT_OK;
+    if (n != pl->nblocks) {
+        cli_err("--block %s: the plan in %s has %lld blocks", B->block, B->work, (long long)pl->nblocks);
+        status = CLI_EXIT_USAGE;
+    } else if (load_model(J, model_spec ? model_spec : pl->model_path, device, 0) != CP_OK) {
+        status = CLI_EXIT_FATAL;
+    } else if (strcmp(J->info->sha256, pl->model_sha256) != 0) {
+        cli_err("%s: not the plan's model (sha256 %.12s, the plan's %.12s)", J->ref.path, J->info->sha256,
+                pl->model_sha256);
+        status = CLI_EXIT_USAGE;
+    } else if (B->seg_flags && cp_blocks_check_params(pl, &J->params) != CP_OK) {
+        cli_err("%s", cp_errmsg());
+        status = CLI_EXIT_USAGE;
+    }
+    if (status != CLI_EXIT_OK) {
+        cp_blocks_plan_free(pl);
+        return status;
+    }
+    cli_install_signal_handlers();
+    cp_block_run info;
+    if (cp_blocks_run(pl, B->work, k, J->model, J->threads_per_job, &info) != CP_OK) {
+        cli_err("block %ld/%ld: %s", k, n, cp_errmsg());
+        status = cli_interrupted ? CLI_EXIT_INTR : CLI_EXIT_PARTIAL;
+    } else if (info.skipped) {
+        cli_info("block %ld/%ld: done before, skipped", k, n);
+    } else {
+        cli_info("block %ld/%ld: box %lld x %lld x %lld, %u labels, read %.2f s, segment %.2f s, write %.2f s", k, n,
+                 (long long)info.box[0], (long long)info.box[1], (long long)info.box[2], info.labels, info.t_read,
+                 info.t_segment, info.t_write);
+    }
+    cp_blocks_plan_free(pl);
+    return status;
+}
+
+static int blocks_merge(const blocks_opts *B)
+{
+    if (!B->out)
+        cli_usage_error("--merge: give the output with -o OUT.zarr or -o OUT.tif");
+    char *table = B->table ? strdup(B->table) : default_table(B->out);
+    if (!table)
+        return CLI_EXIT_FATAL;
+    cli_install_signal_handlers();
+    cp_blocks_merge_stats st;
+    int rc = cp_blocks_merge(B->merge, B->out, table, &st), status = CLI_EXIT_OK;
+    if (rc == CP_EINVAL) {
+        cli_err("%s", cp_errmsg());
+        status = CLI_EXIT_PARTIAL;
+    } else if (rc != CP_OK) {
+        cli_err("%s", cp_errmsg());
+        status = cli_interrupted ? CLI_EXIT_INTR : CLI_EXIT_FATAL;
+    } else {
+        cli_info("%s: %lld cells from %lld block labels (%lld links), table %s, %.2f s", B->out,
+                 (long long)st.cells, (long long)st.labels, (long long)st.links, table, st.seconds);
+    }
+    free(table);
+    return status;
+}
+
+static int blocks_main(job *J, const blocks_opts *B, const char *model_spec, const char *device, int threads,
+                       int nin, char **in)
+{
+    int modes = B->plan + (B->block != NULL) + (B->merge != NULL);
+    if (modes != 1)
+        cli_usage_error("blocks: give one of --plan, --block K/N or --merge WORK");
+    if ((B->plan || B->block) && !B->work)
+        cli_usage_error("--plan and --block need the work folder: --blocks WORK");
+    if (B->merge && B->work)
+        cli_usage_error("--merge names the work folder itself: --merge WORK -o OUT");
+    if (B->plan ? nin != 1 : nin != 0)
+        cli_usage_error(B->plan ? "--plan takes one input volume" : "--block and --merge take no input: the plan names it");
+    if (!B->plan && (B->block_size || B->overlap))
+        cli_usage_error("--block-size and --overlap belong to --plan");
+    if (!B->merge && (B->out || B->table))
+        cli_usage_error("-o and --table belong to --merge");
+    int ncores = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    J->threads_per_job = threads > 0 ? threads : ncores > 0 ? ncores : 1;
+    if (B->plan)
+        return blocks_plan(J, B, model_spec, device, in[0]);
+    if (B->block)
+        return blocks_run(J, B, model_spec, device);
+    return blocks_merge(B);
 }
 
 int main(int argc, char **argv)
@@ -503,9 +716,11 @@ int main(int argc, char **argv)
     int recursive = 0, threads = 0, dynamics = 0;
     cp_strlist flows_inputs = {0};
     int status = CLI_EXIT_OK;
+    blocks_opts B = {0};
 
     int c;
-    while ((c = getopt_long(argc, argv, "m:j:rqv", long_opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "m:j:o:rqv", long_opts, NULL)) != -1) {
+        B.seg_flags += is_seg_flag(c);
         switch (c) {
         case 'm': model_spec = optarg; break;
         case 'j': J.jobs = (int)cli_parse_long("--jobs", optarg, 1, 256); break;
@@ -579,6 +794,14 @@ int main(int argc, char **argv)
         case OPT_GLOB: glob = optarg; break;
         case OPT_SHARD: shard = optarg; break;
         case OPT_FAILFAST: J.fail_fast = 1; break;
+        case OPT_PLAN: B.plan = 1; break;
+        case OPT_BLOCKS: B.work = optarg; break;
+        case OPT_BLOCKSIZE: B.block_size = optarg; break;
+        case OPT_BLOCKOVERLAP: B.overlap = optarg; break;
+        case OPT_BLOCK: B.block = optarg; break;
+        case OPT_MERGE: B.merge = optarg; break;
+        case 'o': B.out = optarg; break;
+        case OPT_TABLE: B.table = optarg; break;
         case OPT_HELP: usage(); return CLI_EXIT_OK;
         case OPT_VERSION: cli_print_version(); return CLI_EXIT_OK;
         default: fprintf(stderr, "Try 'cpseg --help'.\n"); return CLI_EXIT_USAGE;
@@ -599,6 +822,12 @@ int main(int argc, char **argv)
         cli_usage_error("--anisotropy and --flow3d-smooth apply to --do-3d only");
     if (J.outputs == 0)
         cli_usage_error("nothing to write (--no-masks without --save)");
+    if (B.plan || B.work || B.block || B.merge) {
+        status = blocks_main(&J, &B, model_spec, device, threads, argc - optind, argv + optind);
+        goto out;
+    }
+    if (B.block_size || B.overlap || B.out || B.table)
+        cli_usage_error("--block-size, --overlap, -o and --table are for blockwise runs (--plan, --merge)");
     if (device && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
         cli_usage_error("--device: '%s' is not cpu or cuda", device);
     if (precision && *precision && cp_precision_parse(precision, precision_src, &J.precision) != CP_OK)
@@ -626,7 +855,7 @@ int main(int argc, char **argv)
     }
     if (shard) {
         long k, n;
-        parse_shard(shard, &k, &n);
+        parse_k_of_n("--shard", shard, 1000000, &k, &n);
         size_t w = 0;
         for (size_t i = 0; i < J.inputs.n; i++) {
             if ((long)(i % (size_t)n) == k)
@@ -649,33 +878,9 @@ int main(int argc, char **argv)
         J.jobs = threads;
     J.threads_per_job = threads / J.jobs;
     J.arch = CP_ARCH_CPNET;
-    if (!J.from_flows || model_spec) {
-        int rc = cp_model_resolve(model_spec, &J.ref);
-        if (rc != CP_OK && !model_spec && !getenv("CELLPOSE_MODEL_PATH")) {
-            rc = cp_model_builtin(&J.ref);
-            if (rc == CP_OK)
-                cli_err("no model given: using the built-in model (%s)", J.ref.name);
-        }
-        if (rc != CP_OK) {
-            cli_err("%s", cp_errmsg());
-            { status = CLI_EXIT_FATAL; goto out; }
-        }
-        cp_model_opts mo = {device && strcmp(device, "cuda") == 0 ? CP_DEVICE_CUDA : CP_DEVICE_CPU,
-                            J.threads_per_job, J.precision};
-        /* from flows, only the model's type and diameter are used: no network,
-         * so libtorch is not even loaded */
-        rc = J.from_flows ? cp_model_read_info(J.ref.path, &J.flows_info)
-                          : cp_model_load(J.ref.path, &mo, &J.model);
-        if (rc != CP_OK) {
-            cli_err("%s", cp_errmsg());
-            { status = CLI_EXIT_FATAL; goto out; }
-        }
-        J.info = J.from_flows ? &J.flows_info : cp_model_get_info(J.model);
-        if (J.model && J.info->precision != J.info->precision_requested && cli_verbosity > 0)
-            cli_err("warning: %s; running in %s", J.info->precision_note, cp_precision_name(J.info->precision));
-        J.arch = J.info->arch;
-        J.diam_mean = J.ref.diam_mean > 0 ? J.ref.diam_mean : J.info->diam_mean;
-        J.params.diam_mean = J.diam_mean;
+    if ((!J.from_flows || model_spec) && load_model(&J, model_spec, device, J.from_flows) != CP_OK) {
+        status = CLI_EXIT_FATAL;
+        goto out;
     }
     if (J.from_flows && !model_spec)
         J.diam_mean = 30.0f;

@@ -21,5 +21,6 @@
 #include "cellpose/train.h"
 #include "cellpose/zip.h"
 #include "cellpose/zarr.h"
+#include "cellpose/blocks.h"
 
 #endif

@@ -68,6 +68,25 @@ void cp_volume_free(cp_volume *v);
  * max(1, Z/50)-th plane and every max(1, L/224)-th row and column). */
 int cp_normalize3d(cp_volume *v, cp_arch arch, double lower, double upper);
 
+/* Normalisation values fixed in advance, so that the blocks of a volume are
+ * normalised as the whole volume is (cp_blocks_plan). */
+#define CP_NORM_MAX_CHANNELS 4
+typedef struct cp_norm_fixed {
+    int channels;                      /* 0: none, each call normalises from its own image */
+    int skip[CP_NORM_MAX_CHANNELS];    /* constant or NaN channel: left (CPNET) or 0 (CPSAM) */
+    double lo[CP_NORM_MAX_CHANNELS], hi[CP_NORM_MAX_CHANNELS]; /* the percentile values */
+} cp_norm_fixed;
+
+/* norm3D's sampling strides of a depth x height x width volume: 1, or above
+ * 224^3 voxels every max(1, Z/50)-th plane and max(1, L/224)-th row/column. */
+void cp_norm_strides(int64_t depth, int64_t height, int64_t width, int64_t *sz, int64_t *sy, int64_t *sx);
+/* One channel's values from its norm3D samples (reordered): *skip as
+ * cp_normalize3d skips a channel (constant or NaN), else the percentiles. */
+int cp_norm_channel_values(float *samples, size_t n, double lower, double upper, int *skip, double *lo,
+                           double *hi);
+/* cp_normalize3d with given values: the same float32 arithmetic. */
+int cp_normalize3d_fixed(cp_volume *v, cp_arch arch, const cp_norm_fixed *nf);
+
 /* 4.3: resize factor. CPNET: diam_mean/diameter, or diam_mean/diam_labels when
  * diameter <= 0. CPSAM: 30/diameter, or 1 when diameter <= 0. */
 double cp_rescale(double diameter, double diam_mean, double diam_labels, cp_arch arch);
@@ -137,6 +156,8 @@ typedef struct cp_eval_params {
                              (Cellpose's resample=False); default 0 */
     double anisotropy;    /* 3D only: Z sampling relative to Y/X (Z is resized by
                              anisotropy*s); <= 0 means 1. Default 1 */
+    cp_norm_fixed norm_fixed; /* 3D only, with normalize: these values instead of the
+                                 volume's own percentiles (channels 0 = off, default) */
 } cp_eval_params;
 
 void cp_eval_params_init(cp_eval_params *p);

@@ -9,6 +9,7 @@
 #include "cellpose/image.h"
 #include "cellpose/models.h"
 #include "cellpose/net.h"
+#include "cellpose/preprocess.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -40,6 +41,8 @@ typedef struct cp_seg_params {
     double stitch_threshold;  /* > 0 without do_3d: 2D per plane, then stitch3D at this IoU */
     double anisotropy;        /* Z spacing over Y/X spacing (do_3d); default 1 */
     double flow3d_smooth[3];  /* do_3d: Gaussian sigma on dP along Z, Y, X; 0 = none */
+    cp_norm_fixed norm_fixed; /* volumes: normalise with these values (a block of a larger
+                                 volume, cp_blocks_plan); channels 0 = from the volume */
 } cp_seg_params;
 
 void cp_seg_params_default(cp_seg_params *p);

@@ -28,8 +28,9 @@ typedef enum cp_zarr_codec {
 } cp_zarr_codec;
 
 typedef struct cp_zarr_opts {
-    cp_zarr_codec codec;   /* default (0) raw; cptools' writers use ZLIB */
-    int level;             /* codec level; 0 = the codec's default */
+    cp_zarr_codec codec;   /* 0 = raw; opts NULL = ZLIB level 1 (cptools' default) */
+    int level;             /* codec level; 0 = the codec's default (zlib, gzip,
+                              zstd: 1 as numcodecs; blosc: 5) */
     const char *blosc_cname; /* BLOSC only; NULL = "lz4" */
     int blosc_shuffle;     /* BLOSC only: 0 none, 1 byte, 2 bit */
     char dimension_separator; /* '.' (default when 0) or '/' */
@@ -38,11 +39,14 @@ typedef struct cp_zarr_opts {
 /* Open the array whose .zarray is in folder `path`. Supported: dtypes
  * |u1 <u2 <u4 <u8 |i1 <i2 <i4 <i8 <f4 <f8 (and big-endian forms), order "C"
  * (and "F"), filters null, the codecs above, either dimension separator,
- * a numeric fill_value (or null = 0). A missing chunk reads as fill_value.
- * Header sizes are checked against limits before anything is allocated. */
+ * a numeric fill_value (or null = 0, "NaN", "Infinity"). A missing chunk
+ * reads as fill_value. Header sizes are checked before anything is
+ * allocated: a chunk beyond cp_get_max_pixels() elements or a shape beyond
+ * 2^53 elements is CP_ELIMIT; a chunk file must decode to exactly one chunk. */
 int cp_zarr_open(const char *path, cp_zarr **out);
 
-/* Create (or, with overwrite, replace) an array: writes .zarray atomically.
+/* Create (or, with overwrite, replace: old chunk files are removed) an array:
+ * writes .zarray atomically (C order, little-endian, fill_value 0).
  * Chunks are written as whole files through temp names and renames, so
  * several processes may write disjoint chunks of one array at once. */
 int cp_zarr_create(const char *path, int ndim, const int64_t *shape, const int64_t *chunks, cp_dtype dtype,

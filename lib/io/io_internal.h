@@ -29,6 +29,33 @@ int cp_npy_pickle_offset(const char *path, const unsigned char *p, size_t n, siz
  * of pickle), atomically. */
 int cp_npy_write_pickle(const char *path, const void *pickle, size_t n);
 
+/* An NPY file's header: where its data starts and how it is laid out
+ * (compressed: a .npy.gz, whose data cannot be read by seeking). */
+typedef struct cp_npy_info {
+    cp_dtype dtype;
+    int is_bool, fortran, swap, compressed, ndim;
+    size_t shape[CP_MAX_DIMS];
+    size_t data_offset;
+} cp_npy_info;
+int cp_npy_info_read(const char *path, cp_npy_info *out);
+
+/* The axes of a volume in a file's array (shape[ndim], 2-4 dimensions) as
+ * cp_image_read_volume picks them: z_axis/channel_axis as given (negative
+ * from the end) or the defaults (Z 0, channels channel_guess on 4-D);
+ * *c = -1 without a channel axis. Errors name path and the shape. */
+int cp_volume_axes(const char *path, int ndim, const size_t *shape, int channel_guess, int z_axis, int channel_axis,
+                   int *z, int *c, int *y, int *x);
+
+/* Region-by-region TIFF reading (tiff.c): pages arranged as cp_tiff_read
+ * does, only the strips/tiles a box touches decoded. */
+typedef struct cp_tiff_region cp_tiff_region;
+/* *shape receives planes, channels, height, width and dtype (no pixels). */
+int cp_tiff_region_open(const char *path, cp_tiff_region **out, cp_image *shape);
+/* Planes p0..p0+np, rows y0..y0+dy, columns x0..x0+dx, all channels, into
+ * dst (np planes x dy x dx, the file's channels and dtype). */
+int cp_tiff_region_read(cp_tiff_region *r, int p0, int np, int y0, int dy, int x0, int dx, cp_image *dst);
+void cp_tiff_region_close(cp_tiff_region *r);
+
 /* Lower-case extension test on a path ("tif" matches "x.TIF"). */
 int cp_io_has_ext(const char *path, const char *ext);
 

@@ -252,7 +252,8 @@ static int fortran_to_c(cp_array *a)
     return CP_OK;
 }
 
-static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **out)
+/* The preamble and header dict; *offset receives where the data starts. */
+static int read_npy_header(const char *path, gzFile g, npy_header *h, size_t *offset)
 {
     unsigned char pre[10];
     int got = gzread(g, pre, 8);
@@ -287,9 +288,17 @@ static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **
         free(text);
         return cp_error(CP_EFORMAT, "%s: bad NPY header", path);
     }
-    npy_header h;
-    int rc = parse_header(path, text, &h);
+    int rc = parse_header(path, text, h);
     free(text);
+    *offset = (major == 1 ? 10 : 12) + hlen;
+    return rc;
+}
+
+static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **out)
+{
+    npy_header h;
+    size_t offset;
+    int rc = read_npy_header(path, g, &h, &offset);
     if (rc)
         return rc;
     if (h.is_object)
@@ -376,6 +385,35 @@ int cp_npy_read(const char *path, cp_array **out)
                              : read_npy_stream(path, g, (double)st.st_size, out);
     gzclose(g);
     return rc;
+}
+
+int cp_npy_info_read(const char *path, cp_npy_info *out)
+{
+    memset(out, 0, sizeof *out);
+    gzFile g = gzopen(path, "rb");
+    if (!g)
+        return cp_error(CP_EIO, "%s: cannot open: %s", path, strerror(errno ? errno : ENOENT));
+    npy_header h;
+    size_t offset;
+    int rc = read_npy_header(path, g, &h, &offset);
+    out->compressed = !gzdirect(g);
+    gzclose(g);
+    if (rc)
+        return rc;
+    if (h.is_object)
+        return cp_error(CP_EUNSUPPORTED, "%s: numpy object arrays (pickles) are not supported", path);
+    out->dtype = h.dtype;
+    out->is_bool = h.is_bool;
+    out->fortran = h.fortran;
+    out->ndim = h.ndim;
+    memcpy(out->shape, h.shape, sizeof h.shape);
+    out->data_offset = offset;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    out->swap = h.big_endian && cp_dtype_size(h.dtype) > 1;
+#else
+    out->swap = !h.big_endian && cp_dtype_size(h.dtype) > 1;
+#endif
+    return CP_OK;
 }
 
 /* ---- writing ---------------------------------------------------------- */

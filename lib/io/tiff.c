@@ -173,48 +173,61 @@ static float half_to_float(uint16_t h)
     return f;
 }
 
-/* Where one page's decoded rows go. */
+/* Where one page's decoded rows go: the window wy0..wy0+wh, wx0..wx0+ww
+ * of the page (all of it for whole reads) lands at row 0, column 0 of the
+ * image's plane. */
 typedef struct sink {
     const page_info *p;
     cp_image *img;
     int plane, chan0;
+    uint32_t wy0, wx0, wh, ww;
 } sink;
 
-/* Copy n pixels of one decoded row (samples `nsamp` per pixel, for sample
- * plane s when planar) into the image at row y, column x0. */
+static int whole_page(const sink *k) { return k->wy0 == 0 && k->wx0 == 0 && k->wh == k->p->h && k->ww == k->p->w; }
+
+/* Copy the pixels x0..x0+n of one decoded page row y (samples `nsamp` per
+ * pixel, for sample plane s when planar) that fall in the window. */
 static void put_row(const sink *k, const unsigned char *src, uint32_t y, uint32_t x0, uint32_t n, int nsamp, int s)
 {
     const page_info *p = k->p;
     cp_image *img = k->img;
+    if (y < k->wy0 || y - k->wy0 >= k->wh)
+        return;
+    uint32_t ia = x0 < k->wx0 ? k->wx0 - x0 : 0;
+    uint32_t ib = x0 + n > k->wx0 + k->ww ? (k->wx0 + k->ww > x0 ? k->wx0 + k->ww - x0 : 0) : n;
+    if (ia >= ib)
+        return;
     size_t es = cp_dtype_size(img->dtype);
     size_t C = (size_t)img->channels;
     unsigned char *dst = (unsigned char *)img->data +
-                         ((((size_t)k->plane * img->height + y) * img->width + x0) * C + (size_t)k->chan0 + s) * es;
+                         ((((size_t)k->plane * img->height + (y - k->wy0)) * img->width + (x0 + ia - k->wx0)) * C +
+                          (size_t)k->chan0 + s) * es;
+    /* pixel i of the row (ia <= i < ib) goes to dst + (i - ia)*C*es */
     if (p->bps < 8) {
         unsigned mask = (1u << p->bps) - 1;
-        for (uint32_t i = 0; i < n; i++)
+        for (uint32_t i = ia; i < ib; i++)
             for (int c = 0; c < nsamp; c++) {
                 size_t bit = ((size_t)i * nsamp + c) * p->bps;
-                dst[i * C + c] = (unsigned char)((src[bit >> 3] >> (8 - p->bps - (bit & 7))) & mask);
+                dst[(i - ia) * C + c] = (unsigned char)((src[bit >> 3] >> (8 - p->bps - (bit & 7))) & mask);
             }
         return;
     }
     if (p->bps == 16 && p->fmt == SAMPLEFORMAT_IEEEFP) {
-        for (uint32_t i = 0; i < n; i++)
+        for (uint32_t i = ia; i < ib; i++)
             for (int c = 0; c < nsamp; c++) {
                 uint16_t h;
                 memcpy(&h, src + ((size_t)i * nsamp + c) * 2, 2);
                 float f = half_to_float(h);
-                memcpy(dst + ((size_t)i * C + c) * 4, &f, 4);
+                memcpy(dst + ((size_t)(i - ia) * C + c) * 4, &f, 4);
             }
         return;
     }
     if ((size_t)nsamp == C) {
-        memcpy(dst, src, (size_t)n * C * es);
+        memcpy(dst, src + (size_t)ia * C * es, (size_t)(ib - ia) * C * es);
         return;
     }
-    for (uint32_t i = 0; i < n; i++)
-        memcpy(dst + (size_t)i * C * es, src + (size_t)i * nsamp * es, (size_t)nsamp * es);
+    for (uint32_t i = ia; i < ib; i++)
+        memcpy(dst + (size_t)(i - ia) * C * es, src + (size_t)i * nsamp * es, (size_t)nsamp * es);
 }
 
 static int decode_strips(const char *path, TIFF *t, const sink *k, int nplanes, int nsamp)
@@ -234,7 +247,7 @@ static int decode_strips(const char *path, TIFF *t, const sink *k, int nplanes, 
         return tiff_fail(CP_EFORMAT, path, "bad TIFF strip size");
     /* Rows laid out exactly as the image's: decode straight into it. */
     size_t es = cp_dtype_size(k->img->dtype);
-    int direct = nplanes == 1 && nsamp == k->img->channels && p->bps == 8 * es &&
+    int direct = whole_page(k) && nplanes == 1 && nsamp == k->img->channels && p->bps == 8 * es &&
                  (size_t)row_bytes == (size_t)p->w * (size_t)nsamp * es;
     unsigned char *buf = direct ? NULL : cp_malloc((size_t)strip_size, "TIFF strip");
     if (!direct && !buf)
@@ -243,6 +256,8 @@ static int decode_strips(const char *path, TIFF *t, const sink *k, int nplanes, 
     for (int s = 0; s < nplanes && rc == CP_OK; s++)
         for (uint32_t i = 0; i < per_plane; i++) {
             uint32_t y0 = i * rps, rows = p->h - y0 < rps ? p->h - y0 : rps;
+            if (y0 + rows <= k->wy0 || y0 >= k->wy0 + k->wh)
+                continue; /* outside the window: not decoded */
             tmsize_t want = row_bytes * (tmsize_t)rows;
             unsigned char *dst = direct ? (unsigned char *)k->img->data +
                                               ((size_t)k->plane * p->h + y0) * (size_t)row_bytes
@@ -285,6 +300,8 @@ static int decode_tiles(const char *path, TIFF *t, const sink *k, int nplanes, i
     for (int s = 0; s < nplanes && rc == CP_OK; s++)
         for (uint32_t y = 0; y < p->h && rc == CP_OK; y += th)
             for (uint32_t x = 0; x < p->w; x += tw) {
+                if (y + th <= k->wy0 || y >= k->wy0 + k->wh || x + tw <= k->wx0 || x >= k->wx0 + k->ww)
+                    continue; /* outside the window: not decoded */
                 tmsize_t got = TIFFReadEncodedTile(t, TIFFComputeTile(t, x, y, 0, (uint16_t)s), buf, tile_size);
                 if (got < tile_size) {
                     rc = tiff_fail(CP_EFORMAT, path, "cannot decode TIFF tile (corrupt or truncated file)");
@@ -309,9 +326,9 @@ static int decode_rgba(const char *path, TIFF *t, const sink *k)
         return tiff_fail(CP_EFORMAT, path, "cannot decode TIFF image (corrupt or truncated file)");
     }
     cp_image *img = k->img;
-    for (uint32_t y = 0; y < p->h; y++)
-        for (uint32_t x = 0; x < p->w; x++) {
-            uint32_t v = raster[(size_t)y * p->w + x];
+    for (uint32_t y = 0; y < k->wh; y++)
+        for (uint32_t x = 0; x < k->ww; x++) {
+            uint32_t v = raster[(size_t)(y + k->wy0) * p->w + x + k->wx0];
             unsigned char px[4] = {TIFFGetR(v), TIFFGetG(v), TIFFGetB(v), TIFFGetA(v)};
             unsigned char *d = (unsigned char *)img->data +
                                (((size_t)k->plane * img->height + y) * img->width + x) * img->channels + k->chan0;
@@ -569,11 +586,11 @@ static int check_data_size(const char *path, TIFF *t, const page_info *pages, in
     return CP_OK;
 }
 
-int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
+/* Open a TIFF and arrange its pages: the part of reading shared by whole
+ * and region reads. */
+static int open_pages(const char *path, cp_pages mode, TIFF **tp, page_info **pagesp, int *np, layout *Lp)
 {
-    *out = NULL;
     tiff_quiet();
-    cp_pages mode = opts ? opts->pages : CP_PAGES_AUTO;
     errno = 0;
     TIFF *t = TIFFOpen(path, "rm"); /* "m": no mmap, so a file truncated under us cannot SIGBUS */
     if (!t)
@@ -598,8 +615,50 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
     }
     layout L = arrange(t, pages, n, mode);
     const page_info *p0 = &pages[0];
+    if (p0->w > INT_MAX || p0->h > INT_MAX)
+        rc = cp_error(CP_ELIMIT, "%s: TIFF of %u x %u pixels is too large", path, p0->h, p0->w);
+    if (rc) {
+        free(pages);
+        TIFFClose(t);
+        return rc;
+    }
+    *tp = t;
+    *pagesp = pages;
+    *np = n;
+    *Lp = L;
+    return CP_OK;
+}
+
+/* Decode the pages holding planes p0..p0+np of the window into img. */
+static int decode_window(const char *path, TIFF *t, const page_info *pages, int n, const layout *L, cp_image *img,
+                         int p0, int np, uint32_t y0, uint32_t x0)
+{
+    int rc = CP_OK;
+    for (int i = 0; rc == CP_OK && i < n; i++) {
+        sink k = {&pages[i], img, 0, 0, y0, x0, (uint32_t)img->height, (uint32_t)img->width};
+        page_place(L, i, pages[0].channels, &k.plane, &k.chan0);
+        if (k.plane < p0 || k.plane >= p0 + np)
+            continue;
+        k.plane -= p0;
+        rc = decode_page(path, t, &k);
+    }
+    return rc;
+}
+
+int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
+{
+    *out = NULL;
+    cp_pages mode = opts ? opts->pages : CP_PAGES_AUTO;
+    TIFF *t;
+    page_info *pages;
+    int n;
+    layout L;
+    int rc = open_pages(path, mode, &t, &pages, &n, &L);
+    if (rc)
+        return rc;
+    const page_info *p0 = &pages[0];
     uint64_t total = (uint64_t)p0->w * p0->h * (uint64_t)L.channels * (uint64_t)L.planes;
-    if (p0->w > INT_MAX || p0->h > INT_MAX || total > cp_get_max_pixels()) {
+    if (total > cp_get_max_pixels()) {
         rc = cp_error(CP_ELIMIT, "%s: TIFF of %u x %u x %d channels x %d planes exceeds the limit of %llu samples",
                       path, p0->h, p0->w, L.channels, L.planes, (unsigned long long)cp_get_max_pixels());
     } else if ((rc = check_data_size(path, t, pages, n)) == CP_OK) {
@@ -607,11 +666,8 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
         rc = cp_image_create(&img, (int)p0->w, (int)p0->h, L.channels, L.planes, p0->dtype);
         if (rc)
             rc = cp_error(rc, "%s: %s", path, cp_errmsg());
-        for (int i = 0; rc == CP_OK && i < n; i++) {
-            sink k = {&pages[i], img, 0, 0};
-            page_place(&L, i, p0->channels, &k.plane, &k.chan0);
-            rc = decode_page(path, t, &k);
-        }
+        if (rc == CP_OK)
+            rc = decode_window(path, t, pages, n, &L, img, 0, L.planes, 0, 0);
         if (rc == CP_OK)
             *out = img;
         else
@@ -620,6 +676,66 @@ int cp_tiff_read(const char *path, const cp_read_opts *opts, cp_image **out)
     free(pages);
     TIFFClose(t);
     return rc;
+}
+
+struct cp_tiff_region {
+    char *path;
+    TIFF *t;
+    page_info *pages;
+    int n;
+    layout L;
+};
+
+int cp_tiff_region_open(const char *path, cp_tiff_region **out, cp_image *shape)
+{
+    *out = NULL;
+    cp_tiff_region *r = cp_calloc(1, sizeof *r, "TIFF reader");
+    if (!r)
+        return CP_ENOMEM;
+    int rc = (r->path = cp_strdup(path)) ? open_pages(path, CP_PAGES_AUTO, &r->t, &r->pages, &r->n, &r->L) : CP_ENOMEM;
+    /* strip and tile buffers follow the header: refuse one the file cannot back */
+    if (!rc && (rc = check_data_size(path, r->t, r->pages, r->n))) {
+        TIFFClose(r->t);
+        free(r->pages);
+    }
+    if (rc) {
+        free(r->path);
+        free(r);
+        return rc;
+    }
+    memset(shape, 0, sizeof *shape);
+    shape->planes = r->L.planes;
+    shape->channels = r->L.channels;
+    shape->height = (int)r->pages[0].h;
+    shape->width = (int)r->pages[0].w;
+    shape->dtype = r->pages[0].dtype;
+    *out = r;
+    return CP_OK;
+}
+
+int cp_tiff_region_read(cp_tiff_region *r, int p0, int np, int y0, int dy, int x0, int dx, cp_image *dst)
+{
+    const page_info *q = &r->pages[0];
+    if (p0 < 0 || np < 0 || y0 < 0 || dy < 0 || x0 < 0 || dx < 0 || p0 > r->L.planes - np ||
+        (uint32_t)y0 + (uint32_t)dy > q->h || (uint32_t)x0 + (uint32_t)dx > q->w)
+        return cp_error(CP_EINVAL, "%s: box outside the TIFF", r->path);
+    if (dst->planes != np || dst->height != dy || dst->width != dx || dst->channels != r->L.channels ||
+        dst->dtype != q->dtype)
+        return cp_error(CP_EINVAL, "%s: region image of the wrong shape", r->path);
+    if (np == 0 || dy == 0 || dx == 0)
+        return CP_OK;
+    tiff_quiet();
+    return decode_window(r->path, r->t, r->pages, r->n, &r->L, dst, p0, np, (uint32_t)y0, (uint32_t)x0);
+}
+
+void cp_tiff_region_close(cp_tiff_region *r)
+{
+    if (!r)
+        return;
+    TIFFClose(r->t);
+    free(r->pages);
+    free(r->path);
+    free(r);
 }
 
 /* The text after "key=" at the start of a line of an ImageJ description, up

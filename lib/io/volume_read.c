@@ -67,15 +67,50 @@ static int array_view(const char *path, const cp_array *a, view *v)
     return CP_OK;
 }
 
-static int axis_index(const char *path, const view *v, const char *what, int axis, int *out)
+static void shape_text(int ndim, const size_t *shape, char *buf, size_t n)
 {
-    int a = axis < 0 ? axis + v->ndim : axis;
-    if (a < 0 || a >= v->ndim) {
-        char s[96];
-        shape_str(v, s, sizeof s);
-        return cp_error(CP_EINVAL, "%s: %s %d is out of range for its %d-D array %s", path, what, axis, v->ndim, s);
-    }
+    view v = {.ndim = ndim};
+    memcpy(v.shape, shape, sizeof(size_t) * (size_t)ndim);
+    shape_str(&v, buf, n);
+}
+
+static int axis_index(const char *path, int ndim, const char *s, const char *what, int axis, int *out)
+{
+    int a = axis < 0 ? axis + ndim : axis;
+    if (a < 0 || a >= ndim)
+        return cp_error(CP_EINVAL, "%s: %s %d is out of range for its %d-D array %s", path, what, axis, ndim, s);
     *out = a;
+    return CP_OK;
+}
+
+int cp_volume_axes(const char *path, int ndim, const size_t *shape, int channel_guess, int z_axis, int channel_axis,
+                   int *z, int *c, int *y, int *x)
+{
+    char s[96];
+    shape_text(ndim, shape, s, sizeof s);
+    if (ndim < 3)
+        return cp_error(CP_EINVAL, "%s: a 2-D image %s is not a volume", path, s);
+    if (ndim > 4)
+        return cp_error(CP_EUNSUPPORTED, "%s: a %d-D array %s is not a volume", path, ndim, s);
+    *c = -1;
+    int rc = axis_index(path, ndim, s, "Z axis", z_axis == CP_AXIS_AUTO ? 0 : z_axis, z);
+    if (rc)
+        return rc;
+    if (ndim == 3 && channel_axis != CP_AXIS_AUTO)
+        return cp_error(CP_EINVAL, "%s: its array %s has no channel axis beside Z", path, s);
+    if (ndim == 4) {
+        if ((rc = axis_index(path, ndim, s, "channel axis", channel_axis == CP_AXIS_AUTO ? channel_guess : channel_axis,
+                             c)))
+            return rc;
+        if (*c == *z)
+            return cp_error(CP_EINVAL, "%s: Z and channel axes are both %d in its array %s", path, *z, s);
+    }
+    int yx[2], k = 0;
+    for (int i = 0; i < ndim; i++)
+        if (i != *z && i != *c)
+            yx[k++] = i;
+    *y = yx[0];
+    *x = yx[1];
     return CP_OK;
 }
 
@@ -83,24 +118,10 @@ static int view_to_image(const char *path, const view *v, int z_axis, int channe
 {
     char s[96];
     shape_str(v, s, sizeof s);
-    if (v->ndim < 3)
-        return cp_error(CP_EINVAL, "%s: a 2-D image %s is not a volume", path, s);
-    int z, c = -1, rc = axis_index(path, v, "Z axis", z_axis == CP_AXIS_AUTO ? 0 : z_axis, &z);
+    int z, c, yx[2];
+    int rc = cp_volume_axes(path, v->ndim, v->shape, v->channel_guess, z_axis, channel_axis, &z, &c, &yx[0], &yx[1]);
     if (rc)
         return rc;
-    if (v->ndim == 3 && channel_axis != CP_AXIS_AUTO)
-        return cp_error(CP_EINVAL, "%s: its array %s has no channel axis beside Z", path, s);
-    if (v->ndim == 4) {
-        if ((rc = axis_index(path, v, "channel axis", channel_axis == CP_AXIS_AUTO ? v->channel_guess : channel_axis,
-                             &c)))
-            return rc;
-        if (c == z)
-            return cp_error(CP_EINVAL, "%s: Z and channel axes are both %d in its array %s", path, z, s);
-    }
-    int yx[2], k = 0;
-    for (int i = 0; i < v->ndim; i++)
-        if (i != z && i != c)
-            yx[k++] = i;
     size_t Z = v->shape[z], C = c >= 0 ? v->shape[c] : 1, H = v->shape[yx[0]], W = v->shape[yx[1]];
     if (Z > INT_MAX || C > INT_MAX || H > INT_MAX || W > INT_MAX)
         return cp_error(CP_ELIMIT, "%s: array %s too large", path, s);

@@ -172,6 +172,39 @@ static int channel_skipped(const float *x, size_t n)
     return !differs;
 }
 
+void cp_norm_strides(int64_t depth, int64_t height, int64_t width, int64_t *sz, int64_t *sy, int64_t *sx)
+{
+    *sz = *sy = *sx = 1;
+    if (depth * height * width > (int64_t)224 * 224 * 224) {
+        *sy = height / 224 > 1 ? height / 224 : 1;
+        *sx = width / 224 > 1 ? width / 224 : 1;
+        *sz = depth > 1 && depth / 50 > 1 ? depth / 50 : 1;
+    }
+}
+
+static int check_percentiles(double lower, double upper)
+{
+    if (!(lower >= 0 && lower <= 100 && upper >= 0 && upper <= 100))
+        return cp_error(CP_EINVAL, "normalisation percentiles %g, %g: need values in [0, 100]", lower, upper);
+    return CP_OK;
+}
+
+/* One channel's normalisation in place from its percentile values. */
+static void apply_channel(float *x, size_t n, cp_arch arch, int skip, double lo, double hi)
+{
+    if (skip) {
+        if (arch == CP_ARCH_CPSAM)
+            memset(x, 0, n * sizeof(float));
+    } else if (hi - lo > 1e-3) {
+        /* numpy 1.x: float32 array op float64 scalar rounds the scalar */
+        float flo = (float)lo, fd = (float)(hi - lo);
+        for (size_t i = 0; i < n; i++)
+            x[i] = (x[i] - flo) / fd;
+    } else {
+        memset(x, 0, n * sizeof(float));
+    }
+}
+
 /* Channel-major C x Z x H x W floats (Z = 1 for an image): per channel,
  * normalize99 as Cellpose calls it with downsample=True: above 224^3 samples
  * the percentiles use every max(1, L/224)-th row and column, and in 3D every
@@ -179,16 +212,13 @@ static int channel_skipped(const float *x, size_t n)
 static int normalize_channels(float *data, int C, int Z, int Hi, int Wi, cp_arch arch, double lower,
                               double upper)
 {
-    if (!(lower >= 0 && lower <= 100 && upper >= 0 && upper <= 100))
-        return cp_error(CP_EINVAL, "normalisation percentiles %g, %g: need values in [0, 100]",
-                        lower, upper);
+    int rc = check_percentiles(lower, upper);
+    if (rc)
+        return rc;
     size_t D = (size_t)Z, H = (size_t)Hi, W = (size_t)Wi, npix = D * H * W;
-    size_t sz = 1, sy = 1, sx = 1;
-    if (npix > (size_t)224 * 224 * 224) {
-        sy = H / 224 > 1 ? H / 224 : 1;
-        sx = W / 224 > 1 ? W / 224 : 1;
-        sz = Z > 1 && D / 50 > 1 ? D / 50 : 1;
-    }
+    int64_t s[3];
+    cp_norm_strides(Z, Hi, Wi, &s[0], &s[1], &s[2]);
+    size_t sz = (size_t)s[0], sy = (size_t)s[1], sx = (size_t)s[2];
     size_t ns = ((D + sz - 1) / sz) * ((H + sy - 1) / sy) * ((W + sx - 1) / sx);
     float *buf = cp_malloc_array(ns, sizeof(float), "percentile buffer");
     if (!buf)
@@ -196,8 +226,7 @@ static int normalize_channels(float *data, int C, int Z, int Hi, int Wi, cp_arch
     for (int c = 0; c < C; c++) {
         float *x = data + (size_t)c * npix;
         if (channel_skipped(x, npix)) {
-            if (arch == CP_ARCH_CPSAM)
-                memset(x, 0, npix * sizeof(float));
+            apply_channel(x, npix, arch, 1, 0, 0);
             continue;
         }
         size_t k = 0;
@@ -207,16 +236,34 @@ static int normalize_channels(float *data, int C, int Z, int Hi, int Wi, cp_arch
                     buf[k++] = x[(z * H + y) * W + xx];
         double lo = cp_percentile_f32(buf, k, lower);
         double hi = cp_percentile_f32(buf, k, upper);
-        if (hi - lo > 1e-3) {
-            /* numpy 1.x: float32 array op float64 scalar rounds the scalar */
-            float flo = (float)lo, fd = (float)(hi - lo);
-            for (size_t i = 0; i < npix; i++)
-                x[i] = (x[i] - flo) / fd;
-        } else {
-            memset(x, 0, npix * sizeof(float));
-        }
+        apply_channel(x, npix, arch, 0, lo, hi);
     }
     free(buf);
+    return CP_OK;
+}
+
+int cp_norm_channel_values(float *samples, size_t n, double lower, double upper, int *skip, double *lo, double *hi)
+{
+    int rc = check_percentiles(lower, upper);
+    if (rc)
+        return rc;
+    *lo = *hi = 0;
+    *skip = n == 0 || channel_skipped(samples, n);
+    if (*skip)
+        return CP_OK;
+    *lo = cp_percentile_f32(samples, n, lower);
+    *hi = cp_percentile_f32(samples, n, upper);
+    return CP_OK;
+}
+
+int cp_normalize3d_fixed(cp_volume *v, cp_arch arch, const cp_norm_fixed *nf)
+{
+    if (nf->channels != v->channels)
+        return cp_error(CP_EINVAL, "fixed normalisation for %d channels, the network input has %d", nf->channels,
+                        v->channels);
+    size_t npix = (size_t)v->depth * v->height * v->width;
+    for (int c = 0; c < v->channels; c++)
+        apply_channel(v->data + (size_t)c * npix, npix, arch, nf->skip[c], nf->lo[c], nf->hi[c]);
     return CP_OK;
 }
 

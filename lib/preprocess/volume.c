@@ -277,8 +277,11 @@ static int net_input(const cp_net_desc *net, const cp_image *img, const cp_eval_
         return cp_error(CP_EINVAL, "eval: bad rescale factor %g", s);
     *s_out = s;
     cp_volume *x;
-    int rc = cp_volume_net_input(img, net->arch, p->chan, p->chan2, p->normalize, p->norm_lower, p->norm_upper,
-                                 &x);
+    int fixed = p->normalize && p->norm_fixed.channels > 0;
+    int rc = cp_volume_net_input(img, net->arch, p->chan, p->chan2, p->normalize && !fixed, p->norm_lower,
+                                 p->norm_upper, &x);
+    if (rc == CP_OK && fixed && (rc = cp_normalize3d_fixed(x, net->arch, &p->norm_fixed)))
+        cp_volume_free(x);
     if (rc)
         return rc;
     if (dbg && dbg->keep_stages && (rc = clone_volume(x, &dbg->net_in))) {

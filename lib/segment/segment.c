@@ -100,6 +100,7 @@ void cp_seg_eval_params(const cp_seg_params *p, cp_arch arch, cp_eval_params *ep
     ep->augment = p->augment;
     ep->diam_mean = p->diam_mean;
     ep->anisotropy = p->anisotropy > 0 ? p->anisotropy : 1.0;
+    ep->norm_fixed = p->norm_fixed;
 }
 
 static int run_dynamics(const float *dP, const float *cellprob, int H, int W, cp_arch arch, double diam_mean,

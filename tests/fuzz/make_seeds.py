@@ -8,7 +8,8 @@ the pickle part of ../shared/golden/weights/cpnet_nucleilike_s2_legacy.pth
 with its storages cut short. flows: NAME_flows.npy arrays. size: a size
 model file of ../shared/golden/size. json: SeeSpot
 manifest, Neuroglancer state and OME-Zarr .zattrs of the shapes in
-../shared/spec/seespot.md."""
+../shared/spec/seespot.md. zarr: .zarray JSON + one chunk per codec,
+encoded by numcodecs (python3-numcodecs).""" 
 import collections, io, json, os, pickle, pickletools, struct, sys, types, zipfile
 import numpy as np
 
@@ -192,9 +193,38 @@ def jsons():
             {"type": "scale", "scale": [1, 1, 1.0, 0.748, 0.748]}]}]}]}).encode())
 
 
+def zarrs():
+    # fuzz_zarr's input: 2-byte length, JSON (.zarray and .zattrs), chunk 0
+    import numcodecs
+    B = numcodecs.Blosc
+
+    def seed(name, dtype, shape, chunks, comp, sep=".", order="C", fill=0, extra=None):
+        meta = {"zarr_format": 2, "shape": shape, "chunks": chunks, "dtype": dtype, "order": order,
+                "fill_value": fill, "filters": None, "dimension_separator": sep,
+                "compressor": comp.get_config() if comp else None}
+        meta.update(extra or {})
+        j = json.dumps(meta).encode()
+        raw = (np.arange(int(np.prod(chunks))) % 251).astype(dtype).reshape(chunks, order=order).tobytes(order=order)
+        out("zarr", name, struct.pack("<H", len(j)) + j + bytes(comp.encode(raw) if comp else raw))
+
+    seed("raw_u16", "<u2", [3, 10, 12], [2, 8, 8], None)
+    seed("zlib_i32", "<i4", [20, 20], [16, 16], numcodecs.Zlib(1))
+    seed("gzip_f32", "<f4", [4, 5, 6], [4, 5, 6], numcodecs.GZip(1), sep="/")
+    seed("zstd_u8", "|u1", [9, 9, 9], [4, 4, 4], numcodecs.Zstd(1), fill=3)
+    seed("blosc_lz4", "<u2", [2, 30, 30], [1, 16, 16], B("lz4", 5, B.SHUFFLE))
+    seed("blosc_zstd_bit", "<f8", [5, 7], [5, 7], B("zstd", 3, B.BITSHUFFLE), sep="/")
+    seed("be_F", ">i2", [6, 5, 4], [3, 5, 4], None, order="F", fill=-1)
+    seed("nan_fill", "<f4", [4, 4, 4], [2, 2, 2], numcodecs.Zlib(1), fill="NaN")
+    axes = [{"name": "c", "type": "channel"}] + [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"]
+    seed("ome", "<u2", [2, 3, 8, 8], [1, 3, 8, 8], numcodecs.Zlib(1), extra={"multiscales": [{
+        "version": "0.4", "axes": axes, "datasets": [{"path": ".", "coordinateTransformations": [
+            {"type": "scale", "scale": [1, 2, .5, .5]}]}]}]})
+
+
 weights()
 flows()
 images()
 tables()
 sizes()
 jsons()
+zarrs()
