@@ -117,9 +117,11 @@ JobCompType=jobcomp/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
+# start a task as soon as a CPU is free (by default batch jobs wait up to 3 s)
+SchedulerParameters=batch_sched_delay=0
 # a job whose dependency can no longer be met (afterok on a failed job) is
 # cancelled rather than left pending
-SchedulerParameters=kill_invalid_depend
+DependencyParameters=kill_invalid_depend
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
