@@ -73,7 +73,9 @@ slurm_local_start() {
     [ -z "$m" ] || { SLURM_LOCAL_WHY="missing:$m (Debian's slurm-wlm and munge; scripts/install-deps installs them)"; return 1; }
     mkdir -p "$d" && d=$(cd "$d" && pwd) || { SLURM_LOCAL_WHY="cannot make $d"; return 1; }
     SLURM_LOCAL_DIR=$d
+    # no daemon outlives the test, however it ends
     trap slurm_local_stop EXIT
+    trap 'slurm_local_stop; exit 130' INT TERM HUP
     # munged refuses a key or socket folder that others can write or read
     mkdir -p "$d/munge" "$d/state" "$d/spool" && chmod 700 "$d" "$d/munge"
     mungekey --create --keyfile="$d/munge/munge.key" 2> "$d/mungekey.log" ||
