@@ -63,6 +63,10 @@ if command -v snakemake > /dev/null; then
     check "second snakemake does nothing" grep -q "Nothing to be done" sm2.out
     snap smk/blocks > snap4
     check_same "second snakemake rewrote nothing" snap3 snap4
+    check_fails "snakemake without a volume" 1 snakemake -s "$P/Snakefile" -j1 --directory "$T/smk2" \
+        --config in="$T/none.tif"
+    grep -q "none.tif: set --config in=VOLUME" "$T/last.err" && ok ||
+        bad "snakemake's message names the volume: $(head -c 300 "$T/last.err")"
 else
     bad "snakemake is not installed (scripts/install-deps installs it)"
 fi
