@@ -57,6 +57,13 @@ static void usage(void)
            "      --z-axis N            axis of Z in the file's array (default 0)\n"
            "      --channel-axis N      axis of channels in a 4-D array (TIFF 1, NPY 3)\n"
            "\n"
+           "Blockwise volumes larger than memory (one job per block; man cpseg):\n"
+           "      --plan --blocks WORK [--block-size N|Z,Y,X] [--overlap N|Z,Y,X] VOLUME\n"
+           "                            plan the blocks (with the 3D mode and model flags);\n"
+           "                            prints their number N (block 256, overlap 2 diameters)\n"
+           "      --blocks WORK --block K/N  segment block K (0-based: $SLURM_ARRAY_TASK_ID/N)\n"
+           "      --merge WORK -o OUT.zarr|OUT.tif [--table FILE]  join the blocks' labels\n"
+           "\n"
            "Outputs (next to each image, or under --savedir):\n"
            "      --savedir DIR\n"
            "      --save LIST           comma list of: masks_npy flows overlay outlines rois png\n"
@@ -82,10 +89,11 @@ enum {
     OPT_ZAXIS, OPT_CAXIS, OPT_PLAN, OPT_BLOCKS, OPT_BLOCKSIZE, OPT_BLOCKOVERLAP, OPT_BLOCK, OPT_MERGE, OPT_TABLE
 };
 
-/* Flags that change the labels: a block run given any must match the plan. */
+/* Cellpose flags: a block run given any must match the plan in all (the
+ * model is checked by its sha256). */
 static int is_seg_flag(int c)
 {
-    return (c >= OPT_DIAMETER && c <= OPT_V3COMPAT) || (c >= OPT_DO3D && c <= OPT_SMOOTH3D) || c == 'm';
+    return (c >= OPT_DIAMETER && c <= OPT_V3COMPAT) || (c >= OPT_DO3D && c <= OPT_SMOOTH3D);
 }
 
 static const struct option long_opts[] = {
@@ -356,7 +364,9 @@ static int process_one(job *J, const char *input, image_log *L)
         L->t_read = cp_seconds() - t0;
         rc = cp_segment3d(J->model, img, &J->params, &res);
     } else {
-        rc = cp_image_read(input, &read_opts, &img);
+        rc = cp_is_zarr_dir(input) ? cp_error(CP_EINVAL, "%s: a Zarr volume: give --do-3d or --stitch-threshold T "
+                                              "to segment it", input)
+                                   : cp_image_read(input, &read_opts, &img);
         if (rc == CP_OK && img->planes > 1)
             rc = cp_error(CP_EINVAL, "%s: %d Z planes: give --do-3d or --stitch-threshold T to segment a volume",
                           input, img->planes);

@@ -25,8 +25,12 @@ int cp_is_image_name(const char *path);
  * matches the fnmatch pattern glob (NULL = all), sorted by path. */
 int cp_list_images(const char *dir, int recursive, const char *glob, cp_strlist *out);
 
-/* Expand inputs (files kept as given, folders listed as above) into out. A
- * missing path is an error naming it. */
+/* 1 if path is a Zarr array or group folder (holds .zarray or .zgroup). */
+int cp_is_zarr_dir(const char *path);
+
+/* Expand inputs (files kept as given, folders listed as above, a Zarr
+ * folder kept as one input, a volume) into out. A missing path is an error
+ * naming it. */
 int cp_expand_inputs(const char *const *paths, size_t n, int recursive, const char *glob, cp_strlist *out);
 
 /* Base name without folder and extension (".npy.gz" counts as one), newly

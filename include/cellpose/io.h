@@ -65,7 +65,8 @@ typedef struct cp_read_opts {
  * are allocated. */
 int cp_image_read(const char *path, const cp_read_opts *opts, cp_image **out);
 
-/* Physical size of a voxel as ImageJ records it in a TIFF: x and y from the
+/* Physical size of a voxel as ImageJ records it in a TIFF (or an OME-Zarr
+ * folder's scale and unit, as cp_vol_voxel_size): x and y from the
  * first page's XResolution/YResolution (pixels per unit; libtiff reads these
  * rationals as float), z from spacing= in the ImageJ description (1 when
  * absent, as ImageJ assumes), unit from unit= (e.g. "micron", truncated to 31
@@ -88,7 +89,9 @@ int cp_image_voxel_size(const char *path, cp_voxel_size *out, int *found);
  * and channel_axis (4-D arrays only; default 1 for TIFF/PNG, 3 for NPY)
  * index that array, negative from the end as in Python; the remaining two
  * axes are Y and X in order. A 2-D array, an axis out of range, or a channel
- * axis on a 3-D array is CP_EINVAL with the file and its shape named. */
+ * axis on a 3-D array is CP_EINVAL with the file and its shape named.
+ * A Zarr array or OME-Zarr folder (cellpose/zarr.h) is read whole, its axes
+ * named by its OME metadata (z, c, y, x; t of size 1) unless given. */
 int cp_image_read_volume(const char *path, int z_axis, int channel_axis, cp_image **out);
 
 typedef enum cp_compression {

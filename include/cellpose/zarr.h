@@ -59,10 +59,15 @@ const int64_t *cp_zarr_chunks(const cp_zarr *z);
 cp_dtype cp_zarr_dtype(const cp_zarr *z);
 
 /* Read the box start[i] .. start[i]+count[i] into buf (C order, the array's
- * dtype, native byte order), chunk by chunk: memory is buf plus one chunk. */
+ * dtype, native byte order), chunk by chunk: memory is buf plus one chunk.
+ * A box outside the shape is CP_EINVAL; a count of 0 reads nothing. Reads
+ * and writes keep no state in z: threads may share one cp_zarr (writers on
+ * disjoint chunks). A corrupt or truncated chunk is CP_EFORMAT naming its
+ * file. */
 int cp_zarr_read(cp_zarr *z, const int64_t *start, const int64_t *count, void *buf);
 /* Write a box. Chunks the box covers partly are read, updated and rewritten
- * (callers writing in parallel keep to whole chunks). */
+ * (callers writing in parallel keep to whole chunks); edge chunks are
+ * written full-size, fill_value beyond the shape, as zarr does. */
 int cp_zarr_write(cp_zarr *z, const int64_t *start, const int64_t *count, const void *buf);
 
 /* ---- OME-NGFF 0.4 ------------------------------------------------------ */
@@ -74,7 +79,7 @@ typedef struct cp_ome_info {
     int ndim;
     char axes[CP_ZARR_MAX_DIM][16];
     double scale[CP_ZARR_MAX_DIM];
-    char unit[32];
+    char unit[32];         /* as the file gives it, e.g. "micrometer" */
     char level_path[256];  /* the dataset's path inside the group, e.g. "0" */
 } cp_ome_info;
 
@@ -84,8 +89,11 @@ typedef struct cp_ome_info {
 int cp_ome_open(const char *path, int level, cp_ome_info *info, cp_zarr **out);
 
 /* Create an OME-Zarr group with one level "0" (.zgroup, .zattrs multiscales
- * version 0.4, axes z,y,x — or c,z,y,x when ndim is 4 — with `unit` on the
- * space axes unless NULL/empty, scale from vs or 1) and return that array. */
+ * version 0.4, axes y,x / z,y,x / c,z,y,x / t,c,z,y,x for ndim 2-5, with
+ * vs->unit on the space axes unless vs is NULL or its unit empty — ImageJ's
+ * "micron", "um", "nm" become NGFF's "micrometer", "nanometer" — and scale
+ * from vs (1 for other axes or without vs)) and return that array. With
+ * overwrite an existing group's numbered folders are removed first. */
 int cp_ome_create(const char *path, int ndim, const int64_t *shape, const int64_t *chunks, cp_dtype dtype,
                   const cp_voxel_size *vs, const cp_zarr_opts *opts, int overwrite, cp_zarr **out);
 
@@ -93,11 +101,13 @@ int cp_ome_create(const char *path, int ndim, const int64_t *shape, const int64_
 
 typedef struct cp_vol_reader cp_vol_reader;
 
-/* Open a volume without reading its voxels: an OME-Zarr group or Zarr array
- * folder, a TIFF (strips or tiles, classic or BigTIFF, planes as
- * cp_image_read_volume orders them) or an NPY file. z_axis and channel_axis
- * as for cp_image_read_volume (CP_AXIS_AUTO: OME axes names decide for
- * Zarr). */
+/* Open a volume without reading its voxels: an OME-Zarr group (level 0)
+ * or Zarr array folder, a TIFF (strips or tiles, classic or BigTIFF, planes
+ * as cp_image_read_volume orders them) or an NPY file (read by seeking; an
+ * .npy.gz is read whole, as gzip cannot seek). z_axis and channel_axis as
+ * for cp_image_read_volume (CP_AXIS_AUTO: OME axes names decide for Zarr:
+ * z, c, y, x, any other axis must have size 1; a plain array's axes are
+ * (t, c,) z, y, x from the right). */
 int cp_vol_open(const char *path, int z_axis, int channel_axis, cp_vol_reader **out);
 void cp_vol_close(cp_vol_reader *r);
 
@@ -109,9 +119,10 @@ cp_dtype cp_vol_dtype(const cp_vol_reader *r);
 int cp_vol_voxel_size(const cp_vol_reader *r, cp_voxel_size *out, int *found);
 
 /* Read the box z0..z0+dz, y0..y0+dy, x0..x0+dx (clipped to nothing: the box
- * must lie inside the volume) as an image of dz planes, dy x dx, all
- * channels, the stored dtype. Reads only the chunks/strips/tiles the box
- * touches. */
+ * must lie inside the volume and be non-empty, else CP_EINVAL) as an image
+ * of dz planes, dy x dx, all channels, the stored dtype. Reads only the
+ * chunks/strips/tiles the box touches; memory is the image, one or (TIFF)
+ * two copies of the box in the file's order, and one chunk/strip/tile. */
 int cp_vol_read(cp_vol_reader *r, int64_t z0, int64_t y0, int64_t x0, int64_t dz, int64_t dy, int64_t dx,
                 cp_image **out);
 

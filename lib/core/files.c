@@ -111,14 +111,42 @@ int cp_list_images(const char *dir, int recursive, const char *glob, cp_strlist 
     return rc;
 }
 
+int cp_is_zarr_dir(const char *path)
+{
+    static const char *marks[] = {".zarray", ".zgroup"};
+    for (size_t i = 0; i < 2; i++) {
+        char *p = cp_path_join(path, marks[i]);
+        int yes = p && cp_path_exists(p);
+        free(p);
+        if (yes)
+            return 1;
+    }
+    return 0;
+}
+
+/* A Zarr folder given as an input is one volume; without its trailing
+ * slashes so that its stem names the outputs. */
+static int push_zarr(const char *path, cp_strlist *out)
+{
+    char *p = cp_strdup(path);
+    if (!p)
+        return CP_ENOMEM;
+    for (size_t n = strlen(p); n > 1 && p[n - 1] == '/'; n--)
+        p[n - 1] = 0;
+    int rc = cp_strlist_push(out, p);
+    free(p);
+    return rc;
+}
+
 int cp_expand_inputs(const char *const *paths, size_t n, int recursive, const char *glob, cp_strlist *out)
 {
     for (size_t i = 0; i < n; i++) {
         struct stat st;
         if (stat(paths[i], &st) != 0)
             return cp_error(CP_EIO, "%s: %s", paths[i], strerror(errno));
-        int rc = S_ISDIR(st.st_mode) ? cp_list_images(paths[i], recursive, glob, out)
-                                     : cp_strlist_push(out, paths[i]);
+        int rc = !S_ISDIR(st.st_mode)      ? cp_strlist_push(out, paths[i])
+                 : cp_is_zarr_dir(paths[i]) ? push_zarr(paths[i], out)
+                                            : cp_list_images(paths[i], recursive, glob, out);
         if (rc != CP_OK)
             return rc;
     }

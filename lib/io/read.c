@@ -5,6 +5,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "cellpose/zarr.h"
 #include "io/io_internal.h"
 
 cp_format cp_io_sniff(const unsigned char *h, size_t n)
@@ -52,6 +53,15 @@ int cp_image_voxel_size(const char *path, cp_voxel_size *out, int *found)
 {
     memset(out, 0, sizeof *out);
     *found = 0;
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) { /* OME-Zarr: its scale and unit */
+        cp_vol_reader *r;
+        int rc = cp_vol_open(path, CP_AXIS_AUTO, CP_AXIS_AUTO, &r);
+        if (rc == CP_OK)
+            rc = cp_vol_voxel_size(r, out, found);
+        cp_vol_close(r);
+        return rc;
+    }
     FILE *f = fopen(path, "rb");
     if (!f)
         return cp_error(CP_EIO, "%s: cannot open: %s", path, strerror(errno));

@@ -4,10 +4,12 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cellpose/core.h"
 #include "cellpose/io.h"
 #include "core/internal.h"
+#include "cellpose/zarr.h"
 #include "io/io_internal.h"
 
 /* An array seen through element strides over a buffer. */
@@ -141,9 +143,27 @@ static int view_to_image(const char *path, const view *v, int z_axis, int channe
     return CP_OK;
 }
 
+/* A Zarr / OME-Zarr folder, whole, through the region reader. */
+static int read_zarr_volume(const char *path, int z_axis, int channel_axis, cp_image **out)
+{
+    cp_vol_reader *r;
+    int rc = cp_vol_open(path, z_axis, channel_axis, &r);
+    if (rc)
+        return rc;
+    int64_t d, h, w;
+    int c;
+    cp_vol_shape(r, &d, &h, &w, &c);
+    rc = cp_vol_read(r, 0, 0, 0, d, h, w, out);
+    cp_vol_close(r);
+    return rc;
+}
+
 int cp_image_read_volume(const char *path, int z_axis, int channel_axis, cp_image **out)
 {
     *out = NULL;
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+        return read_zarr_volume(path, z_axis, channel_axis, out);
     FILE *f = fopen(path, "rb");
     if (!f)
         return cp_error(CP_EIO, "%s: cannot open", path);

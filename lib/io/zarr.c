@@ -660,17 +660,18 @@ static int box_io(cp_zarr *z, const int64_t *start, const int64_t *count, unsign
             /* the box covers all of this chunk that lies inside the array */
             whole &= a[k] == o && b == (e < z->shape[k] ? e : z->shape[k]);
         }
+        unsigned char *in_chunk = chunk + (size_t)coff * z->es, *in_buf = buf + (size_t)boff * z->es;
         if (!write) {
             rc = load_chunk(z, idx, chunk);
             if (!rc)
-                cp_zarr_copy_box(nd, n, chunk + (size_t)coff * z->es, z->cstride, buf + (size_t)boff * z->es, bstr, z->es);
+                cp_zarr_copy_box(nd, n, in_chunk, z->cstride, in_buf, bstr, z->es);
         } else {
             if (whole)
                 fill_chunk(z, chunk); /* edge chunks: the part outside the array holds fill_value */
             else
                 rc = load_chunk(z, idx, chunk);
             if (!rc) {
-                cp_zarr_copy_box(nd, n, buf + (size_t)boff * z->es, bstr, chunk + (size_t)coff * z->es, z->cstride, z->es);
+                cp_zarr_copy_box(nd, n, in_buf, bstr, in_chunk, z->cstride, z->es);
                 rc = store_chunk(z, idx, chunk);
             }
         }

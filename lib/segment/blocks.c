@@ -21,8 +21,9 @@
 char *cp_spot_read_text(const char *path, size_t max, size_t *len);
 
 #define PLAN_FORMAT "cptools-blocks 1"
-/* samples per read while the plan scans the volume for its percentiles */
-#define SCAN_BAND_SAMPLES ((int64_t)1 << 24)
+/* the plan's scan for the percentiles: samples per read, planes per read */
+#define SCAN_BOX_SAMPLES ((int64_t)1 << 26)
+#define SCAN_SLAB 16
 
 /* ---- the grid -------------------------------------------------------------- */
 
@@ -59,13 +60,13 @@ static int make_grid(cp_blocks_plan *pl, const int64_t block[3], const int64_t o
 
 /* ---- whole-volume normalisation ------------------------------------------- */
 
-/* Append the norm3D samples of rows y0..y0+dy of one sampled plane (already
- * read as img) to each channel's buffer. */
-static int sample_band(const cp_image *img, int64_t y0, const int64_t st[3], const cp_seg_params *p, cp_arch arch,
-                       float **buf, size_t *k, int nch)
+/* Append the norm3D samples of plane `plane` of img (rows y0.. of the
+ * volume) to each channel's buffer. */
+static int sample_band(const cp_image *img, int plane, int64_t y0, const int64_t st[3], const cp_seg_params *p,
+                       cp_arch arch, float **buf, size_t *k, int nch)
 {
     cp_planes *pp;
-    int rc = cp_select_channels(img, 0, arch, p->chan, p->chan2, &pp);
+    int rc = cp_select_channels(img, plane, arch, p->chan, p->chan2, &pp);
     if (rc)
         return rc;
     for (int c = 0; c < nch; c++) {
@@ -97,18 +98,27 @@ static int whole_volume_norm(cp_blocks_plan *pl, cp_vol_reader *r)
     for (int c = 0; c < nch && rc == CP_OK; c++)
         if (!(buf[c] = cp_malloc_array(ns, sizeof(float), "percentile samples")))
             rc = CP_ENOMEM;
-    int64_t band = SCAN_BAND_SAMPLES / (pl->shape[2] * pl->channels);
+    /* Boxes of up to SCAN_SLAB planes when every plane is sampled, so that
+     * deep chunks (Zarr) are not decompressed once per plane; one plane
+     * otherwise. Rows: as many as SCAN_BOX_SAMPLES allows. */
+    int64_t slab = st[0] == 1 ? SCAN_SLAB : 1;
+    if (slab > pl->shape[0])
+        slab = pl->shape[0];
+    int64_t band = SCAN_BOX_SAMPLES / (slab * pl->shape[2] * pl->channels);
     if (band < 1)
         band = 1;
-    for (int64_t z = 0; z < pl->shape[0] && rc == CP_OK; z += st[0])
+    for (int64_t z = 0; z < pl->shape[0] && rc == CP_OK; z += slab == 1 ? st[0] : slab) {
+        int64_t dz = z + slab < pl->shape[0] ? slab : pl->shape[0] - z;
         for (int64_t y = 0; y < pl->shape[1] && rc == CP_OK; y += band) {
             int64_t dy = y + band < pl->shape[1] ? band : pl->shape[1] - y;
             cp_image *img;
-            if ((rc = cp_vol_read(r, z, y, 0, 1, dy, pl->shape[2], &img)))
+            if ((rc = cp_vol_read(r, z, y, 0, dz, dy, pl->shape[2], &img)))
                 break;
-            rc = sample_band(img, y, st, p, pl->arch, buf, k, nch);
+            for (int i = 0; i < dz && rc == CP_OK; i++)
+                rc = sample_band(img, i, y, st, p, pl->arch, buf, k, nch);
             cp_image_free(img);
         }
+    }
     p->norm_fixed.channels = nch;
     for (int c = 0; c < nch && rc == CP_OK; c++)
         rc = cp_norm_channel_values(buf[c], k[c], p->norm_lo, p->norm_hi, &p->norm_fixed.skip[c],

@@ -164,6 +164,49 @@ static void test_round_trips(void)
     CHECK(cp_zarr_create(tpath("rt_1d"), 1, s1, c1, CP_I32, NULL, 0, &z) == CP_EEXIST);
 }
 
+/* Threads writing disjoint chunks of one array at once, then overwrite
+ * leaving no stale chunk behind. */
+static void test_parallel_and_overwrite(void)
+{
+    const int64_t shape[3] = {8, 40, 40}, chunks[3] = {1, 20, 20};
+    size_t n = 8 * 40 * 40;
+    uint16_t *full = malloc(n * 2), *back = calloc(n, 2);
+    fill_pattern(full, CP_U16, n, 5);
+    cp_zarr *z = NULL;
+    CHECK_OK(cp_zarr_create(tpath("par"), 3, shape, chunks, CP_U16, NULL, 0, &z));
+    int fails = 0;
+    if (z) {
+#pragma omp parallel for schedule(static, 1) num_threads(4) reduction(+ : fails)
+        for (int i = 0; i < 8 * 4; i++) { /* one chunk each */
+            int64_t st[3] = {i / 4, (i % 4) / 2 * 20, i % 2 * 20}, ct[3] = {1, 20, 20};
+            uint16_t tile[400];
+            for (int y = 0; y < 20; y++)
+                memcpy(tile + y * 20, full + ((size_t)st[0] * 40 + (size_t)st[1] + (size_t)y) * 40 + (size_t)st[2], 40);
+            fails += cp_zarr_write(z, st, ct, tile) != CP_OK;
+        }
+        const int64_t st0[3] = {0, 0, 0};
+        CHECK_OK(cp_zarr_read(z, st0, shape, back));
+        CHECK(fails == 0 && memcmp(full, back, n * 2) == 0);
+        cp_zarr_close(z);
+    }
+    /* replaced by a smaller array: the old chunk files must not show through */
+    const int64_t s2[3] = {2, 30, 30};
+    CHECK_OK(cp_zarr_create(tpath("par"), 3, s2, chunks, CP_U16, NULL, 1, &z));
+    if (z) {
+        const int64_t st0[3] = {0, 0, 0};
+        CHECK_OK(cp_zarr_read(z, st0, s2, back));
+        size_t nz = 0;
+        for (size_t i = 0; i < 2 * 30 * 30; i++)
+            nz += back[i] != 0;
+        CHECK(nz == 0);
+        cp_zarr_close(z);
+    }
+    struct stat st;
+    CHECK(stat(tpath("par/0.0.0"), &st) != 0);
+    free(full);
+    free(back);
+}
+
 static void write_text(const char *path, const char *text)
 {
     CHECK(test_write_bytes(path, text, strlen(text)) == 0);
@@ -405,6 +448,36 @@ static void read_python_volumes(const char *dir)
     }
     cp_vol_close(r);
 
+    /* NGFF 0.3: axes as strings, scale 1 (so no voxel size) */
+    snprintf(p, sizeof p, "%s/ome03", dir);
+    CHECK_OK(cp_ome_open(p, 0, &info, &z));
+    CHECK(info.ndim == 3 && !strcmp(info.axes[0], "z") && !strcmp(info.axes[2], "x") && info.scale[0] == 1 &&
+          !info.unit[0] && z && cp_zarr_shape(z)[0] == 6);
+    cp_zarr_close(z);
+    if ((a = load(dir, "ome_group.npy"))) {
+        a->ndim = 3; /* its (t=0, c=0) volume */
+        memmove(a->shape, a->shape + 2, 3 * sizeof a->shape[0]);
+        check_vol(p, a, 0, -1, 1, 2, CP_AXIS_AUTO, CP_AXIS_AUTO);
+    }
+    cp_array_free(a);
+    r = NULL;
+    CHECK_OK(cp_vol_open(p, CP_AXIS_AUTO, CP_AXIS_AUTO, &r));
+    if (r) {
+        CHECK_OK(cp_vol_voxel_size(r, &vs, &found));
+        CHECK(!found);
+    }
+    cp_vol_close(r);
+    /* an ImageJ TIFF's calibration */
+    snprintf(p, sizeof p, "%s/hyper.tif", dir);
+    r = NULL;
+    CHECK_OK(cp_vol_open(p, CP_AXIS_AUTO, CP_AXIS_AUTO, &r));
+    if (r) {
+        CHECK_OK(cp_vol_voxel_size(r, &vs, &found));
+        CHECKF(found && vs.z == 2 && fabs(vs.x - 0.5) < 1e-6 && fabs(vs.y - 0.5) < 1e-6 && !strcmp(vs.unit, "um"),
+               "%d %g %g %g %s", found, vs.z, vs.y, vs.x, vs.unit);
+    }
+    cp_vol_close(r);
+
     /* plain arrays: (z, y, x) and (c, z, y, x) by default */
     snprintf(p, sizeof p, "%s/zlib_u16", dir);
     if ((a = load(dir, "zlib_u16.npy")))
@@ -427,6 +500,24 @@ static void read_python_volumes(const char *dir)
             check_vol(p, a, 0, a->ndim == 4 ? 1 : -1, a->ndim - 2, a->ndim - 1, CP_AXIS_AUTO, CP_AXIS_AUTO);
         cp_array_free(a);
     }
+    /* only the tiles a box touches are decoded: a garbled tile elsewhere
+       does not matter, one inside the box is an error naming the file */
+    snprintf(p, sizeof p, "%s/tiled_bad.tif", dir);
+    r = NULL;
+    CHECK_OK(cp_vol_open(p, CP_AXIS_AUTO, CP_AXIS_AUTO, &r));
+    if (r && (a = load(dir, "tiled.npy"))) {
+        cp_image *img = NULL;
+        CHECK_OK(cp_vol_read(r, 0, 0, 0, 5, 64, 64, &img));
+        const int64_t shp[3] = {5, 70, 90}, st[3] = {0, 0, 0}, ct[3] = {5, 64, 64};
+        CHECK(img && box_diff(3, shp, a->data, st, ct, img->data, 2) == 0);
+        cp_image_free(img);
+        img = NULL;
+        CHECK(cp_vol_read(r, 4, 60, 80, 1, 10, 10, &img) == CP_EFORMAT && !img);
+        CHECKF(strstr(cp_errmsg(), "tiled_bad.tif") != NULL, "%s", cp_errmsg());
+    }
+    cp_array_free(a);
+    cp_vol_close(r);
+
     /* NPY read by seeking: C order, and Fortran order big-endian */
     snprintf(p, sizeof p, "%s/tiled.npy", dir);
     if ((a = load(dir, "tiled.npy"))) {
@@ -513,6 +604,7 @@ int main(void)
     snprintf(tmp, sizeof tmp, "%s/zarr.%d", test_tmp_dir(), (int)getpid());
     mkdir(tmp, 0777);
     test_round_trips();
+    test_parallel_and_overwrite();
     test_missing_and_bad();
     char py[4096];
     snprintf(py, sizeof py, "%s/py", tmp);

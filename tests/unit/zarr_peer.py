@@ -72,15 +72,25 @@ def write(d):
     t = rng.integers(0, 60000, (5, 70, 90), dtype="<u2")
     tifffile.imwrite(os.path.join(d, "tiled.tif"), t, bigtiff=True, tile=(32, 32), compression="zlib")
     np.save(os.path.join(d, "tiled.npy"), t)
+    # the same with its last page's last tile garbled: boxes elsewhere still read
+    raw = bytearray(open(os.path.join(d, "tiled.tif"), "rb").read())
+    with tifffile.TiffFile(os.path.join(d, "tiled.tif")) as tf:
+        off, n = tf.pages[-1].dataoffsets[-1], tf.pages[-1].databytecounts[-1]
+    raw[off:off + n] = bytes(n)
+    open(os.path.join(d, "tiled_bad.tif"), "wb").write(raw)
     s = rng.normal(0, 1, (6, 50, 41)).astype("<f4")
     tifffile.imwrite(os.path.join(d, "striped.tif"), s, rowsperstrip=7)
     np.save(os.path.join(d, "striped.npy"), s)
     h = rng.integers(0, 255, (4, 2, 33, 29), dtype="u1")
-    tifffile.imwrite(os.path.join(d, "hyper.tif"), h, imagej=True, metadata={"axes": "ZCYX"},
-                     resolution=(1 / 0.5, 1 / 0.5))
+    tifffile.imwrite(os.path.join(d, "hyper.tif"), h, imagej=True,
+                     metadata={"axes": "ZCYX", "spacing": 2.0, "unit": "um"}, resolution=(1 / 0.5, 1 / 0.5))
     np.save(os.path.join(d, "hyper.npy"), h)
     f = np.asfortranarray(rng.integers(-30000, 30000, (5, 12, 13), dtype="<i2").astype(">i2"))
     np.save(os.path.join(d, "fortran_be.npy"), f)
+    # NGFF 0.3: axes as plain names, no coordinateTransformations
+    g = zarr.open_group(os.path.join(d, "ome03"), mode="w")
+    g.create_dataset("0", data=a[0, 0], chunks=(3, 16, 16))
+    g.attrs["multiscales"] = [{"version": "0.3", "axes": ["z", "y", "x"], "datasets": [{"path": "0"}]}]
     with open(os.path.join(d, "cases.txt"), "w") as fh:
         fh.write("\n".join(names) + "\n")
 
