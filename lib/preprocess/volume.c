@@ -262,7 +262,7 @@ int cp_run_3d(const cp_net_desc *net, const cp_volume *x, const cp_eval_params *
 /* The network input at the network's scale: norm3D, then the resize of
  * step 3 when s or the anisotropy is not 1 (depth trunc(Lz*aniso*s)). */
 static int net_input(const cp_net_desc *net, const cp_image *img, const cp_eval_params *p, double aniso,
-                     double *s_out, cp_volume **out, cp_eval3d_debug *dbg)
+                     int planes_only, double *s_out, cp_volume **out, cp_eval3d_debug *dbg)
 {
     *out = NULL;
     if (img->planes < 1)
@@ -289,8 +289,9 @@ static int net_input(const cp_net_desc *net, const cp_image *img, const cp_eval_
         return rc;
     }
     if (s != 1.0 || aniso != 1.0) {
-        /* Python: int(Lz * anisotropy * rescale), left to right in double */
-        double dz = (double)img->planes * aniso * s;
+        /* Python: int(Lz * anisotropy * rescale), left to right in double;
+         * stitch mode resizes each plane and keeps the planes */
+        double dz = planes_only ? img->planes : (double)img->planes * aniso * s;
         int Lz = dz < 2147483647.0 ? (int)dz : -1;
         int Ly = cp_rescaled_len(img->height, s), Lx = cp_rescaled_len(img->width, s);
         if (Lz < 1 || Ly < 1 || Lx < 1) {
@@ -331,7 +332,7 @@ int cp_eval_flows3d_net(const cp_net_desc *net, const cp_image *img, const cp_ev
         return cp_error(CP_EINVAL, "eval: no network");
     double s, aniso = p->anisotropy > 0 ? p->anisotropy : 1.0;
     cp_volume *x, *yf = NULL, *yb;
-    int rc = net_input(net, img, p, aniso, &s, &x, dbg);
+    int rc = net_input(net, img, p, aniso, 0, &s, &x, dbg);
     if (rc == CP_OK) {
         rc = cp_run_3d(net, x, p, &yf, dbg);
         cp_volume_free(x);
@@ -364,7 +365,7 @@ int cp_eval_flows_planes_net(const cp_net_desc *net, const cp_image *img, const 
         return cp_error(CP_EINVAL, "eval: no network");
     double s;
     cp_volume *x, *y = NULL, *yb;
-    int rc = net_input(net, img, p, 1.0, &s, &x, NULL);
+    int rc = net_input(net, img, p, 1.0, 1, &s, &x, NULL);
     if (rc)
         return rc;
     int Z = x->depth, H = x->height, W = x->width;

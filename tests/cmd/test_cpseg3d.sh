@@ -110,6 +110,17 @@ fi
 # stitching: v3_stitch_d17 (flow threshold 1: the random net leaves no mask at 0.4)
 check "--stitch-threshold" $SEG -q --stitch-threshold 0.5 --flow-threshold 1.0 --savedir "$T/s" "$T/in/vol.tif"
 check "stitched masks are Cellpose's" compare_masks "$T/s/vol_cp_masks.tif" v3_stitch_d17
+# stitching at another scale: each plane is resized, the planes are kept
+# (Cellpose's masks, testdata/README.md)
+check "--stitch-threshold at diameter 25" $SEG -q --stitch-threshold 0.5 --flow-threshold 1.0 --diameter 25 \
+    --savedir "$T/s25" "$T/in/vol.tif"
+check "stitched masks at diameter 25 are Cellpose's" $PY -c "
+import numpy as np, tifffile
+m = tifffile.imread('$T/s25/vol_cp_masks.tif')
+want = tifffile.imread('$TESTDATA/seg/synth3d_s5_v3_stitch_d25_masks.tif')
+assert m.shape == want.shape == (32, 80, 80), (m.shape, want.shape)
+d = int((m != want).sum())
+assert d == 0, '%d voxels differ from Cellpose' % d"
 
 # 8 planes of the volume as a plain TIFF stack, as NPY with Z last
 # (--z-axis 2), and as an ImageJ hyperstack of 2 channels (image, zeros: the
