@@ -9,10 +9,14 @@ static _Thread_local char errbuf[1024];
 
 int cp_error(int code, const char *fmt, ...)
 {
+    /* formatted aside first: callers may wrap the last message (cp_errmsg())
+     * in the new one, and vsnprintf must not read the buffer it writes */
+    char msg[sizeof errbuf];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(errbuf, sizeof errbuf, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(errbuf, msg, sizeof msg);
     return code;
 }
 

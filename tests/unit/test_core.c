@@ -100,9 +100,21 @@ static void test_paths(void)
     cp_strlist_free(&l);
 }
 
+/* A message may wrap the previous one (cp_error(..., cp_errmsg())). */
+static void test_error_wrap(void)
+{
+    cp_error(CP_EIO, "plan.json: cannot open: No such file or directory");
+    int rc = cp_error(CP_EIO, "work: no plan here (%s): run cpseg --plan first", cp_errmsg());
+    CHECK(rc == CP_EIO);
+    CHECKF(strcmp(cp_errmsg(), "work: no plan here (plan.json: cannot open: No such file or directory): "
+                               "run cpseg --plan first") == 0,
+           "%s", cp_errmsg());
+}
+
 int main(void)
 {
     test_image();
+    test_error_wrap();
     test_atomic();
     test_paths();
     return test_result();
