@@ -633,6 +633,11 @@ static int blocks_run(job *J, const blocks_opts *B, const char *model_spec, cons
     if (n != pl->nblocks) {
         cli_err("--block %s: the plan in %s has %lld blocks", B->block, B->work, (long long)pl->nblocks);
         status = CLI_EXIT_USAGE;
+    } else if (!model_spec && !B->seg_flags && cp_blocks_done(pl, B->work, k) == 1) {
+        /* a resubmitted array costs no model load per finished block */
+        cli_info("block %ld/%ld: done before, skipped", k, n);
+        cp_blocks_plan_free(pl);
+        return CLI_EXIT_OK;
     } else if (load_model(J, model_spec ? model_spec : pl->model_path, device, 0) != CP_OK) {
         status = CLI_EXIT_FATAL;
     } else if (strcmp(J->info->sha256, pl->model_sha256) != 0) {

@@ -79,6 +79,8 @@ m0=$(stat -c %Y.%y "$T/A/blocks/0/labels.npy")
 $SEG -v --blocks "$T/A" --block 0/4 2> "$T/rerun.err"
 check "rerun says skipped" grep -q "block 0/4: done before, skipped" "$T/rerun.err"
 check_eq "rerun left block 0 alone" "$(stat -c %Y.%y "$T/A/blocks/0/labels.npy")" "$m0"
+LD_DEBUG=files $SEG -q --blocks "$T/A" --block 0/4 > /dev/null 2> "$T/ld.log"
+grep -q 'file=libtorch_cpu\.so' "$T/ld.log" && bad "a finished block loaded libtorch" || ok
 check_fails "--block K/N with another N" 2 $SEG --blocks "$T/A" --block 0/5
 grep -q "has 4 blocks" "$T/last.err" && ok || bad "N mismatch message: $(cat "$T/last.err")"
 check_fails "--block with other settings" 2 $SEG --blocks "$T/A" --block 0/4 --flow-threshold 0.3
