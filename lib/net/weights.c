@@ -710,7 +710,27 @@ static int unpickle(unpickler *u, obj **top)
 typedef struct mapped {
     const uint8_t *p;
     size_t n;
+    int drop;  /* a private mapping of the file: pages may be dropped once read */
 } mapped;
+
+/* Pages of a mapped file that have been read (hashed, CRC-checked, copied)
+ * leave the process: otherwise the file's 1.2 GB (Cellpose-SAM) count in
+ * its peak RSS on top of the tensors copied out of it. A page needed again
+ * is read back from the page cache, so this never changes what is read. */
+static void drop_pages(const mapped *f, const void *p, size_t n)
+{
+    if (!f->drop || !n)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p & ~(pg - 1), b = ((uintptr_t)p + n + pg - 1) & ~(pg - 1);
+    uintptr_t lo = (uintptr_t)f->p & ~(pg - 1), hi = ((uintptr_t)f->p + f->n + pg - 1) & ~(pg - 1);
+    if (a < lo)
+        a = lo;
+    if (b > hi)
+        b = hi;
+    if (a < b)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
 
 static int map_file(const char *path, const char *what, mapped *m)
 {
@@ -916,8 +936,9 @@ static void convert(stype t, const uint8_t *src, void *dst, size_t di)
 }
 
 static int gather(const char *path, const char *key, const obj *t, const sdata *sd, cp_wtensor *out,
-                  size_t file_size)
+                  const mapped *f)
 {
+    size_t file_size = f->n;
     int es = stype_size(sd->t);
     size_t numel = 1;
     for (int d = 0; d < t->ndim; d++)
@@ -951,6 +972,7 @@ static int gather(const char *path, const char *key, const obj *t, const sdata *
         return CP_ENOMEM;
     if (numel == 0)
         return CP_OK;
+    const uint8_t *first = sd->data + (size_t)base * (size_t)es;
     int nd = t->ndim;
     int64_t idx[CP_WMAX_DIMS] = {0};
     int64_t inner = nd ? t->size[nd - 1] : 1, istride = nd ? t->stride[nd - 1] : 0;
@@ -971,6 +993,7 @@ static int gather(const char *path, const char *key, const obj *t, const sdata *
             idx[d] = 0;
         }
     }
+    drop_pages(f, first, (size_t)(last - base + 1) * (size_t)es);
     return CP_OK;
 }
 
@@ -1035,7 +1058,7 @@ static int collect_storages(const char *path, const obj *dict, sdata **out, size
     return CP_OK;
 }
 
-static int build_weights(const char *path, const obj *dict, sdata *sd, size_t nsd, size_t fsize,
+static int build_weights(const char *path, const obj *dict, sdata *sd, size_t nsd, const mapped *f,
                          cp_weights *w)
 {
     size_t nt = dict->n / 2;
@@ -1071,7 +1094,7 @@ static int build_weights(const char *path, const obj *dict, sdata *sd, size_t ns
             return cp_error(CP_EFORMAT, "%s: tensor '%s': storage view outside its storage", path, name);
         sdata view = *s;
         view.numel = v->storage->view_offset + v->storage->numel;
-        int rc = gather(path, name, v, &view, t, fsize);
+        int rc = gather(path, name, v, &view, t, f);
         if (rc)
             return rc;
     }
@@ -1127,10 +1150,11 @@ static int load_zip(const char *path, const mapped *f, unpickler *u, cp_weights 
         }
         if ((rc = zip_check_crc(path, e)))
             goto done;
+        drop_pages(f, e->data, e->size);
         sd[k].data = e->data;
         sd[k].numel = (int64_t)(e->size / (uint64_t)stype_size(sd[k].t));
     }
-    rc = build_weights(path, top, sd, nsd, f->n, w);
+    rc = build_weights(path, top, sd, nsd, f, w);
 done:
     free(z.e);
     free(sd);
@@ -1205,23 +1229,30 @@ static int load_legacy(const char *path, const mapped *f, unpickler *u, cp_weigh
                           (int)(sd[k].klen > 100 ? 100 : sd[k].klen), (const char *)sd[k].key);
             goto done;
         }
-    rc = build_weights(path, top, sd, nsd, f->n, w);
+    rc = build_weights(path, top, sd, nsd, f, w);
     w->legacy = 1;
 done:
     free(sd);
     return rc;
 }
 
-int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out)
+static int load_mapped(const mapped *fp, const char *name, cp_weights **out)
 {
+    const mapped f = *fp;
     *out = NULL;
-    if (!n)
+    if (!f.n)
         return cp_error(CP_EFORMAT, "%s: empty file, not a torch.save file", name);
-    mapped f = {data, n};
     cp_weights *w = cp_calloc(1, sizeof *w, "weights");
     if (!w)
         return CP_ENOMEM;
-    cp_sha256_buf(f.p, f.n, w->sha256);
+    cp_sha256 h;
+    cp_sha256_init(&h);
+    for (size_t k = 0, step = (size_t)64 << 20; k < f.n; k += step) {
+        size_t m = f.n - k < step ? f.n - k : step;
+        cp_sha256_update(&h, f.p + k, m);
+        drop_pages(&f, f.p + k, m);
+    }
+    cp_sha256_hex(&h, w->sha256);
     unpickler u = {.path = name, .budget = 64 * (size_t)f.n + (1u << 20)};
     int rc;
     if (f.n >= 4 && rd32(f.p) == 0x04034b50)
@@ -1242,6 +1273,12 @@ int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights
     return CP_OK;
 }
 
+int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out)
+{
+    mapped f = {data, n, 0};
+    return load_mapped(&f, name, out);
+}
+
 int cp_weights_load(const char *path, cp_weights **out)
 {
     *out = NULL;
@@ -1253,7 +1290,8 @@ int cp_weights_load(const char *path, cp_weights **out)
     int rc = map_file(path, "a torch.save file", &f);
     if (rc)
         return rc;
-    rc = cp_weights_load_mem(f.p, f.n, path, out);
+    f.drop = 1;
+    rc = load_mapped(&f, path, out);
     munmap((void *)f.p, f.n);
     return rc;
 }
