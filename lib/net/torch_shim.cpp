@@ -166,16 +166,18 @@ struct Loader {
     const cp_weights *w;
     at::Device dev;
     at::ScalarType dtype;
-    // In the network's precision.
-    at::Tensor operator()(const std::string &name) const { return f32(name).to(dtype); }
-    // As stored (float32), for what stays float32 whatever the precision.
-    at::Tensor f32(const std::string &name) const
+    // In the network's precision (bf16 weights loaded as such are used in place).
+    at::Tensor operator()(const std::string &name) const { return stored(name).to(dtype); }
+    // In float32, for what stays float32 whatever the precision.
+    at::Tensor f32(const std::string &name) const { return stored(name).to(at::kFloat); }
+    at::Tensor stored(const std::string &name) const
     {
         const cp_wtensor *t = host->weights_get(w, name.c_str());
         if (!t)
             throw std::runtime_error("missing key " + name);
         std::vector<int64_t> shape(t->shape, t->shape + t->ndim);
-        at::Tensor x = at::from_blob(t->data, shape, at::TensorOptions().dtype(at::kFloat));
+        at::ScalarType st = t->dtype == CP_W_BF16 ? at::kBFloat16 : at::kFloat;
+        at::Tensor x = at::from_blob(t->data, shape, at::TensorOptions().dtype(st));
         return dev.is_cpu() ? x : x.to(dev);
     }
 };
@@ -309,19 +311,19 @@ void build_cpsam(cp_shim *s, const Loader &L)
 {
     s->pe_w = L("encoder.patch_embed.proj.weight");
     s->pe_b = L("encoder.patch_embed.proj.bias");
-    s->pos = L("encoder.pos_embed");
+    s->pos = L.f32("encoder.pos_embed");
     int64_t grid = s->pos.size(1);
     for (int i = 0; i < s->info.depth; i++) {
         std::string p = "encoder.blocks." + std::to_string(i);
         Block b;
-        b.n1w = L(p + ".norm1.weight");
-        b.n1b = L(p + ".norm1.bias");
+        b.n1w = L.f32(p + ".norm1.weight");
+        b.n1b = L.f32(p + ".norm1.bias");
         b.qkvw = L(p + ".attn.qkv.weight");
         b.qkvb = L(p + ".attn.qkv.bias");
         b.projw = L(p + ".attn.proj.weight");
         b.projb = L(p + ".attn.proj.bias");
-        b.n2w = L(p + ".norm2.weight");
-        b.n2b = L(p + ".norm2.bias");
+        b.n2w = L.f32(p + ".norm2.weight");
+        b.n2b = L.f32(p + ".norm2.bias");
         b.l1w = L(p + ".mlp.lin1.weight");
         b.l1b = L(p + ".mlp.lin1.bias");
         b.l2w = L(p + ".mlp.lin2.weight");
@@ -332,11 +334,11 @@ void build_cpsam(cp_shim *s, const Loader &L)
         s->blocks.push_back(b);
     }
     s->neck0 = L("encoder.neck.0.weight");
-    s->n1w = L("encoder.neck.1.weight");
-    s->n1b = L("encoder.neck.1.bias");
+    s->n1w = L.f32("encoder.neck.1.weight");
+    s->n1b = L.f32("encoder.neck.1.bias");
     s->neck2 = L("encoder.neck.2.weight");
-    s->n3w = L("encoder.neck.3.weight");
-    s->n3b = L("encoder.neck.3.bias");
+    s->n3w = L.f32("encoder.neck.3.weight");
+    s->n3b = L.f32("encoder.neck.3.bias");
     s->out_w = L("out.weight");
     s->out_b = L("out.bias");
     // libtorch 1.13's bf16 conv_transpose2d checks the weight's channels
@@ -344,14 +346,16 @@ void build_cpsam(cp_shim *s, const Loader &L)
     s->W2 = L.f32("W2");
 }
 
-// SAM's LayerNorm2d: per pixel over channels, biased variance.
-at::Tensor layernorm2d(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b)
+// SAM's LayerNorm2d: per pixel over channels, biased variance; in float32
+// (w, b), returned in x's type.
+at::Tensor layernorm2d(const at::Tensor &xin, const at::Tensor &w, const at::Tensor &b)
 {
+    at::Tensor x = xin.to(w.scalar_type());
     at::Tensor u = x.mean({1}, true);
     at::Tensor c = x - u;
     at::Tensor v = (c * c).mean({1}, true);
     at::Tensor y = c / at::sqrt(v + 1e-6);
-    return w.unsqueeze(-1).unsqueeze(-1) * y + b.unsqueeze(-1).unsqueeze(-1);
+    return (w.unsqueeze(-1).unsqueeze(-1) * y + b.unsqueeze(-1).unsqueeze(-1)).to(xin.scalar_type());
 }
 
 // CP_NET_PROFILE=1: CPU time of the calling thread per stage of the
@@ -437,7 +441,10 @@ at::Tensor attention(const Block &b, const at::Tensor &x, int heads)
                 at::Tensor sv = s.view({m, H, W});
                 at::add_out(sv, rh.narrow(0, r0, m).unsqueeze(-1), rw.narrow(0, r0, m).unsqueeze(-2));
                 prof.mark("relpos_add");
-                s.addmm_(q.narrow(0, r0, m), k.t(), 1, scale);
+                if (s.scalar_type() == at::kFloat)
+                    s.addmm_(q.narrow(0, r0, m), k.t(), 1, scale);
+                else  // bf16 GEMMs with an accumulator take ATen's slow path
+                    s.add_(at::mm(q.narrow(0, r0, m), k.t()), scale);
                 prof.mark("q@k");
                 at::_softmax_out(s, s, -1, false);
                 prof.mark("softmax");
@@ -458,16 +465,20 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
     prof.start();
     // tokens contiguous (B, H, W, E): a permuted view would hand its strides
     // to every residual sum and make each LayerNorm and Linear copy its input
-    at::Tensor t = conv(x, s->pe_w, s->pe_b, s->info.patch, 0).permute({0, 2, 3, 1}).contiguous();
+    // The residual stream and the LayerNorms stay float32 in bf16 runs
+    // (libtorch 1.13's bf16 LayerNorm is 10x slower than its float32 one);
+    // the matrix products, softmax and GELU run in the network's type.
+    at::ScalarType dt = s->dtype;
+    at::Tensor t = conv(x, s->pe_w, s->pe_b, s->info.patch, 0).permute({0, 2, 3, 1}).to(at::kFloat).contiguous();
     t += s->pos;
     prof.mark("patch_embed");
     for (const Block &b : s->blocks) {
-        at::Tensor h = at::layer_norm(t, {E}, b.n1w, b.n1b, 1e-6);
+        at::Tensor h = at::layer_norm(t, {E}, b.n1w, b.n1b, 1e-6).to(dt);
         prof.mark("layernorm");
         h = attention(b, h, s->info.heads);
         t = t + h;
         prof.mark("residual");
-        h = at::layer_norm(t, {E}, b.n2w, b.n2b, 1e-6);
+        h = at::layer_norm(t, {E}, b.n2w, b.n2b, 1e-6).to(dt);
         prof.mark("layernorm");
         h = at::linear(h, b.l1w, b.l1b);
         prof.mark("mlp1");
@@ -478,7 +489,7 @@ at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
         t = t + h;
         prof.mark("residual");
     }
-    at::Tensor n = conv(t.permute({0, 3, 1, 2}), s->neck0, {}, 1, 0);
+    at::Tensor n = conv(t.permute({0, 3, 1, 2}).to(dt), s->neck0, {}, 1, 0);
     n = layernorm2d(n, s->n1w, s->n1b);
     n = conv(n, s->neck2, {}, 1, 1);
     n = layernorm2d(n, s->n3w, s->n3b);
@@ -709,6 +720,53 @@ static double shim_time_conv(int n, int cin, int cout, int h, int w, int k, int 
             at::conv2d(x, wt, b, 1, k / 2);
         auto t1 = std::chrono::steady_clock::now();
         return std::chrono::duration<double>(t1 - t0).count() / reps;
+    } catch (...) {
+        return -1;
+    }
+}
+
+static double shim_time_matmul(int m, int k, int n, int reps, int bf16, int threads)
+{
+    try {
+        install_allocator();
+        OmpRestore keep;
+        set_blas_threads(1);
+        int team = threads > 0 ? threads : nproc();
+        at::ScalarType dt = bf16 ? at::kBFloat16 : at::kFloat;
+        double best = 1e30;
+        bool failed = false;
+#pragma omp parallel num_threads(team)
+        {
+            one_thread_here();
+            c10::InferenceMode guard;
+            at::Tensor x, w, b;
+            bool ok = true;
+            try {
+                x = at::randn({m, k}).to(dt), w = at::randn({n, k}).to(dt), b = at::randn({n}).to(dt);
+                at::linear(x, w, b);  // warm-up
+            } catch (...) {
+                ok = false;
+            }
+            for (int r = 0; r < reps; r++) {
+#pragma omp barrier
+                auto t0 = std::chrono::steady_clock::now();
+                try {
+                    if (ok)
+                        at::linear(x, w, b);
+                } catch (...) {
+                    ok = false;
+                }
+#pragma omp barrier
+                double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+#pragma omp critical
+                best = std::min(best, t);
+            }
+            if (!ok) {
+#pragma omp critical
+                failed = true;
+            }
+        }
+        return failed ? -1 : best;
     } catch (...) {
         return -1;
     }
@@ -1066,7 +1124,7 @@ static int trainer_import_optim(cp_trainer *T, const cp_weights *w, const char *
 static const cp_torch_backend backend = {
     CP_TORCH_ABI,       CP_VERSION_STRING, shim_create,    shim_forward,         shim_free,
     shim_time_conv,     trainer_create,    trainer_step,   trainer_eval,         trainer_export,
-    trainer_import_optim, trainer_free,
+    trainer_import_optim, trainer_free,       shim_time_matmul,
 };
 
 // The only exported symbol. The host is kept only when it is the libcellpose

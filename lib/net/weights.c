@@ -711,6 +711,7 @@ typedef struct mapped {
     const uint8_t *p;
     size_t n;
     int drop;  /* a private mapping of the file: pages may be dropped once read */
+    size_t bf16_min;  /* float tensors of this many elements or more load as bf16 (0: none) */
 } mapped;
 
 /* Pages of a mapped file that have been read (hashed, CRC-checked, copied)
@@ -935,6 +936,25 @@ static void convert(stype t, const uint8_t *src, void *dst, size_t di)
     ((int64_t *)dst)[di] = v;
 }
 
+/* Round to nearest even as c10::BFloat16 does (NaN -> quiet NaN), so a
+ * weight loaded as bf16 equals libtorch's float32 -> bfloat16 conversion. */
+static int to_bf16(cp_wtensor *t)
+{
+    uint16_t *b = cp_malloc_array(t->numel, 2, "tensor");
+    if (!b)
+        return CP_ENOMEM;
+    const float *x = t->data;
+    for (size_t i = 0; i < t->numel; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        b[i] = x[i] != x[i] ? 0x7FC0 : (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+    }
+    free(t->data);
+    t->data = b;
+    t->dtype = CP_W_BF16;
+    return CP_OK;
+}
+
 static int gather(const char *path, const char *key, const obj *t, const sdata *sd, cp_wtensor *out,
                   const mapped *f)
 {
@@ -994,6 +1014,8 @@ static int gather(const char *path, const char *key, const obj *t, const sdata *
         }
     }
     drop_pages(f, first, (size_t)(last - base + 1) * (size_t)es);
+    if (f->bf16_min && out->dtype == CP_W_F32 && numel >= f->bf16_min)
+        return to_bf16(out);
     return CP_OK;
 }
 
@@ -1275,26 +1297,31 @@ static int load_mapped(const mapped *fp, const char *name, cp_weights **out)
 
 int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out)
 {
-    mapped f = {data, n, 0};
+    mapped f = {data, n, 0, 0};
     return load_mapped(&f, name, out);
 }
 
-int cp_weights_load(const char *path, cp_weights **out)
+int cp_weights_load_bf16(const char *path, size_t bf16_min, cp_weights **out)
 {
     *out = NULL;
     size_t nb;
     const void *bytes = cp_builtin_model_bytes(path, &nb);
-    if (bytes)  /* a model compiled into the library */
-        return cp_weights_load_mem(bytes, nb, path, out);
+    if (bytes) { /* a model compiled into the library */
+        mapped f = {bytes, nb, 0, bf16_min};
+        return load_mapped(&f, path, out);
+    }
     mapped f = {0};
     int rc = map_file(path, "a torch.save file", &f);
     if (rc)
         return rc;
     f.drop = 1;
+    f.bf16_min = bf16_min;
     rc = load_mapped(&f, path, out);
     munmap((void *)f.p, f.n);
     return rc;
 }
+
+int cp_weights_load(const char *path, cp_weights **out) { return cp_weights_load_bf16(path, 0, out); }
 
 /* ---- Cellpose 3 size files -------------------------------------------- */
 
@@ -1637,6 +1664,10 @@ static void zentry_put(zout *z, const char *name, const void *data, size_t n)
 
 int cp_weights_save(const cp_weights *w, const char *path)
 {
+    for (size_t k = 0; k < w->n; k++)
+        if (w->t[k].dtype != CP_W_F32 && w->t[k].dtype != CP_W_I64)
+            return cp_error(CP_EINVAL, "%s: tensor '%s' was loaded as bf16 for inference and cannot be "
+                            "saved", path, w->t[k].name);
     buf pk = {0};
     int rc = write_pickle(w, &pk);
     if (rc) {

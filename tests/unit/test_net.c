@@ -415,6 +415,7 @@ static void test_bad_models(void)
 }
 
 static int bench(void);
+static int bench_vit(void);
 
 static double now_s(void)
 {
@@ -672,6 +673,8 @@ int main(void)
 {
     if (getenv("CP_BENCH") && *getenv("CP_BENCH") == '1')
         return bench();
+    if (getenv("CP_BENCH") && !strcmp(getenv("CP_BENCH"), "vit"))
+        return bench_vit();
     /* CP_NET_KERNELS_ONLY=1 (tests/run's rerun under other BLAS kernels):
        only what the GEMM kernels can change */
     int kernels_only = getenv("CP_NET_KERNELS_ONLY") && *getenv("CP_NET_KERNELS_ONLY") == '1';
@@ -741,6 +744,95 @@ static int cpnet_convs(const cp_model_info *i, int b, convshape *v)
     }
     v[n++] = (convshape){nb[1], i->nout, 1, b, 1};
     return n;
+}
+
+/* Multiply-accumulates of a Cellpose-SAM tile: per block the qkv, proj and
+ * MLP (width 4E) products and the two N x N attention products, then the
+ * neck (1x1 and 3x3 convolutions to 256) and the output 1x1 convolution. */
+static double vit_macs(const cp_model_info *i)
+{
+    double E = i->embed, N = (double)(i->bsize / i->patch) * (i->bsize / i->patch);
+    return i->depth * N * (12 * E * E + 2 * N * E) + N * (256 * E + 256 * 256 * 9 + 192 * 256);
+}
+
+static long peak_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6))
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* CP_BENCH=vit CP_BENCH_WEIGHTS=cpsam.pth [CP_BENCH_PRECISION=bf16]: one
+ * tile per thread (as cpseg runs them), best of CP_BENCH_REPS rounds
+ * alternating with the fp32 matrix-multiply peak probe (each thread its own
+ * one-thread Linear of the MLP's shape at the same time), so load from
+ * other processes biases neither; peak RSS of this process (weights, one
+ * tile's activations per thread, the probe's 20 MB). */
+static int bench_vit(void)
+{
+    const char *th = getenv("CP_THREADS"), *wp = getenv("CP_BENCH_WEIGHTS"), *pr = getenv("CP_BENCH_PRECISION");
+    int threads = th && atoi(th) > 0 ? atoi(th) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int reps = getenv("CP_BENCH_REPS") ? atoi(getenv("CP_BENCH_REPS")) : 2;
+    cp_model_opts o = {CP_DEVICE_CPU, threads, pr && !strcmp(pr, "bf16") ? CP_PRECISION_BF16 : CP_PRECISION_FP32};
+    cp_model *m = NULL;
+    double t0 = now_s();
+    if (!wp || cp_model_load(wp, &o, &m)) {
+        fprintf(stderr, "bench: %s\n", wp ? cp_errmsg() : "CP_BENCH_WEIGHTS not set");
+        return 1;
+    }
+    double load = now_s() - t0;
+    const cp_model_info *info = cp_model_get_info(m);
+    int b = info->bsize, n = threads;
+    size_t nin = (size_t)n * info->nchan * b * b, nout = (size_t)n * info->nout * b * b;
+    float *in = malloc(nin * 4), *out = malloc(nout * 4);
+    uint32_t r = 12345;
+    for (size_t k = 0; k < nin; k++) {
+        r = r * 1664525u + 1013904223u;
+        in[k] = (float)(r >> 8) / 16777216.0f * 4 - 1;
+    }
+    int E = info->embed, N = (b / info->patch) * (b / info->patch);
+    double tv = 1e30, tp = 1e30, tb = 1e30;
+    for (int rep = 0; rep < reps; rep++) {
+        t0 = now_s();
+        if (cp_model_forward(m, in, n, b, b, out, NULL)) {
+            fprintf(stderr, "bench: %s\n", cp_errmsg());
+            return 1;
+        }
+        tv = fmin(tv, now_s() - t0);
+        double t = cp_shim_time_matmul(N, E, 4 * E, 3, 0, threads);
+        if (t > 0)
+            tp = fmin(tp, t);
+        if (info->precision == CP_PRECISION_BF16 && (t = cp_shim_time_matmul(N, E, 4 * E, 3, 1, threads)) > 0)
+            tb = fmin(tb, t);
+    }
+    double g = 2 * vit_macs(info) * n / 1e9 / tv, peak = 2.0 * N * E * 4 * E * threads / 1e9 / tp;
+    double load_avg = -1;
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fscanf(la, "%lf", &load_avg) != 1)
+            load_avg = -1;
+        fclose(la);
+    }
+    printf("net: Cellpose-SAM (E %d, depth %d, %d heads), %s, %d threads, one %dx%d tile per thread: "
+           "%.2f s/tile (%.2f s per round of %d), %.1f GFLOP/s (%.2f TFLOP/tile); fp32 matmul peak "
+           "%.1f GFLOP/s (%d one-thread %dx%dx%d Linear at once); ratio %.2f (goal >= 0.7 for fp32); "
+           "load %.1f s, peak RSS %.0f MB; best of %d, load average %.1f\n",
+           E, info->depth, info->heads, cp_precision_name(info->precision), threads, b, b, tv / n, tv, n, g,
+           2 * vit_macs(info) / 1e12, peak, threads, N, E, 4 * E, g / peak, load, peak_rss_kb() / 1024.0,
+           reps, load_avg);
+    if (tb < 1e30)
+        printf("net: bf16 matmul peak (same probe) %.1f GFLOP/s = %.2fx the fp32 one\n",
+               2.0 * N * E * 4 * E * threads / 1e9 / tb, tp / tb);
+    free(in);
+    free(out);
+    cp_model_free(m);
+    return 0;
 }
 
 static int bench(void)
