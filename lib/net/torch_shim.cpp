@@ -408,7 +408,7 @@ struct StageProf {
 thread_local StageProf prof;
 
 // SAM's attention with decomposed relative positions (Cellpose-SAM's
-// blocks all use it), one head and a block of query rows at a time: the
+// blocks all use it), one head and 512 query rows at a time: the
 // block's scores (rows x N) stay in cache from the relative-position terms
 // through the q.k product, the softmax and the product with v, where the
 // (heads, N, N) scores of a whole tile (64 MB for ViT-L) went through
@@ -423,7 +423,7 @@ at::Tensor attention(const Block &b, const at::Tensor &x, int heads)
     prof.mark("qkv");
     at::Tensor o = at::empty({B, N, E}, x.options());
     double scale = 1.0 / std::sqrt((double)d);
-    int64_t rows = W * std::max<int64_t>(1, 256 / W);
+    int64_t rows = W * std::max<int64_t>(1, 512 / W);
     at::Tensor S = at::empty({std::min(rows, N), N}, x.options());
     for (int64_t i = 0; i < B; i++) {
         at::Tensor t = qkv[i], oi = o[i];  // (N, 3E): token, (q|k|v, head, d)

@@ -837,8 +837,9 @@ static int bench_vit(void)
 
 static int bench(void)
 {
-    const char *th = getenv("CP_THREADS");
-    cp_model_opts o = {CP_DEVICE_CPU, th ? atoi(th) : 0, CP_PRECISION_FP32};
+    const char *th = getenv("CP_THREADS"), *pr = getenv("CP_BENCH_PRECISION");
+    cp_model_opts o = {CP_DEVICE_CPU, th ? atoi(th) : 0,
+                       pr && !strcmp(pr, "bf16") ? CP_PRECISION_BF16 : CP_PRECISION_FP32};
     cp_model *m = NULL;
     if (cp_model_load(shared_path("golden/weights/cpnet_cyto3like_s1.pth"), &o, &m)) {
         fprintf(stderr, "bench: %s\n", cp_errmsg());
@@ -906,8 +907,10 @@ static int bench(void)
     int tiles = 36;
     double mpx = 1024.0 * 1024.0 / 1e6;
     double achieved = gflop / per_batch;
-    printf("net: cyto3-shaped CPnet, batch %d tiles of %d, %ld threads: %.3f s/batch, %.1f ms/tile\n", n,
-           b, th && atoi(th) > 0 ? atol(th) : sysconf(_SC_NPROCESSORS_ONLN), per_batch, 1e3 * per_batch / n);
+    printf("net: cyto3-shaped CPnet, %s, batch %d tiles of %d, %ld threads: %.3f s/batch, %.1f ms/tile; "
+           "peak RSS %.0f MB\n", cp_precision_name(info->precision), n, b,
+           th && atoi(th) > 0 ? atol(th) : sysconf(_SC_NPROCESSORS_ONLN), per_batch, 1e3 * per_batch / n,
+           peak_rss_kb() / 1024.0);
     printf("net: network time per megapixel (1024x1024 image, diameter 30, %d tiles): %.2f s/Mpx\n",
            tiles, per_batch / n * tiles / mpx);
     printf("net: conv FLOPs per batch %.2f GFLOP; achieved %.1f GFLOP/s; peak conv %.1f GFLOP/s; "
@@ -938,8 +941,7 @@ static int bench(void)
         if (now_s() - t0 < tv)
             tv = now_s() - t0;
     }
-    double E = info->embed, N = (double)(b / info->patch) * (b / info->patch);
-    double vmacs = info->depth * N * (12 * E * E + 2 * N * E) + N * (256 * E + 256 * 256 * 9 + 192 * 256);
+    double vmacs = vit_macs(info);
     printf("net: tiny Cellpose-SAM (E %d, depth %d), batch %d tiles of %d: %.3f s/batch, %.1f ms/tile, "
            "%.1f GFLOP/s (matmul + conv FLOPs)\n", info->embed, info->depth, n, b, tv, 1e3 * tv / n,
            2 * vmacs * n / 1e9 / tv);
