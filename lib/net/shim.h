@@ -38,8 +38,10 @@ double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps
 /* Benchmark helper: the matrix-multiply peak as the network's tiles meet it.
  * Each of `threads` threads (0 = all cores) runs its own one-thread Linear
  * layer (m x k input, n x k weight: ATen's GEMM, float32 or with bf16 set
- * bfloat16) at the same time; seconds per round (best of reps), < 0 on error. */
-double cp_shim_time_matmul(int m, int k, int n, int reps, int bf16, int threads);
+ * bfloat16) at the same time; seconds per round (best of reps), < 0 on error.
+ * *cpu: the least thread CPU time one such Linear took (robust to other
+ * processes' load where wall time is not). */
+double cp_shim_time_matmul(int m, int k, int n, int reps, int bf16, int threads, double *cpu);
 
 /* ---- Training (cptrain) --------------------------------------------------
  * A CPnet with its own tensors: from `init` (fine-tune; keys and shapes must
@@ -102,7 +104,7 @@ typedef struct cp_torch_backend {
     int (*trainer_export)(const cp_trainer *, float, float, int, cp_weights *);
     int (*trainer_import_optim)(cp_trainer *, const cp_weights *, const char *);
     void (*trainer_free)(cp_trainer *);
-    double (*shim_time_matmul)(int, int, int, int, int, int);
+    double (*shim_time_matmul)(int, int, int, int, int, int, double *);
 } cp_torch_backend;
 
 #define CP_TORCH_BACKEND_FILE "libcellpose_torch.so"
