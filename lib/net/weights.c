@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -1258,6 +1259,23 @@ done:
     return rc;
 }
 
+typedef struct hash_job {
+    const mapped *f;
+    cp_sha256 h;
+} hash_job;
+
+static void *hash_file(void *arg)
+{
+    hash_job *j = arg;
+    cp_sha256_init(&j->h);
+    for (size_t k = 0, step = (size_t)16 << 20; k < j->f->n; k += step) {
+        size_t m = j->f->n - k < step ? j->f->n - k : step;
+        cp_sha256_update(&j->h, j->f->p + k, m);
+        drop_pages(j->f, j->f->p + k, m);
+    }
+    return NULL;
+}
+
 static int load_mapped(const mapped *fp, const char *name, cp_weights **out)
 {
     const mapped f = *fp;
@@ -1267,14 +1285,15 @@ static int load_mapped(const mapped *fp, const char *name, cp_weights **out)
     cp_weights *w = cp_calloc(1, sizeof *w, "weights");
     if (!w)
         return CP_ENOMEM;
-    cp_sha256 h;
-    cp_sha256_init(&h);
-    for (size_t k = 0, step = (size_t)64 << 20; k < f.n; k += step) {
-        size_t m = f.n - k < step ? f.n - k : step;
-        cp_sha256_update(&h, f.p + k, m);
-        drop_pages(&f, f.p + k, m);
-    }
-    cp_sha256_hex(&h, w->sha256);
+    /* The checksum of a large file (sequential, 1 GB/s) is computed on a
+     * second thread while the file is parsed and copied (ViT-L: 1.2 s of a
+     * 3.3 s load). Both sides drop the pages they are done with, so only
+     * pages in use by either stay mapped. */
+    hash_job job = {&f, {{0}, 0, {0}, 0}};
+    pthread_t th;
+    int threaded = f.n >= ((size_t)16 << 20) && pthread_create(&th, NULL, hash_file, &job) == 0;
+    if (!threaded)
+        hash_file(&job);
     unpickler u = {.path = name, .budget = 64 * (size_t)f.n + (1u << 20)};
     int rc;
     if (f.n >= 4 && rd32(f.p) == 0x04034b50)
@@ -1287,6 +1306,9 @@ static int load_mapped(const mapped *fp, const char *name, cp_weights **out)
     free(u.stack);
     free(u.marks);
     free(u.memo);
+    if (threaded)
+        pthread_join(th, NULL);
+    cp_sha256_hex(&job.h, w->sha256);
     if (rc) {
         cp_weights_free(w);
         return rc;

@@ -49,10 +49,11 @@ for p in fp32 bf16; do
     /usr/bin/python3 -c 'import json,sys; s=json.loads(open(sys.argv[1]).readline())["seconds"]; print(s["network"])' \
         "$T/m.jsonl" > "$T/net.$p"
 done
-pwall=0 prss=0 peval=0
+pwall=0 prss=0 peval=0 pcpu=0
 if [ $peer4_ok = 1 ] && /usr/bin/time -f '%M %e %U %S' -o "$T/ptime" /usr/bin/python3 \
     "$SHARED/ref/peer/cellpose4_eval.py" "$img" "$W" fp32 > "$T/peer.out" 2> "$T/peer.err"; then
-    read -r prss pwall _ < "$T/ptime"
+    read -r prss pwall pu ps < "$T/ptime"
+    pcpu=$(awk -v u="$pu" -v s="$ps" 'BEGIN {print u + s}')
     peval=$(sed -n 's/.* eval \([0-9.]*\)s.*/\1/p' "$T/peer.out")
 fi
 pbf16="not run (reference sources not set up)"
@@ -69,10 +70,10 @@ for p in fp32 bf16; do
     read -r rss wall user sys < "$T/time.$p"
     net=$(cat "$T/net.$p")
     awk -v p="$p" -v d="$dsb" -v r="$rss" -v w="$wall" -v u="$user" -v s="$sys" -v n="$net" \
-        -v pw="$pwall" -v pr="$prss" -v pe="${peval:-0}" 'BEGIN {
+        -v pw="$pwall" -v pr="$prss" -v pe="${peval:-0}" -v pc="$pcpu" 'BEGIN {
         printf "cpsam end to end, DSB 256x256 (%s, 4 tiles), cpseg --precision %s: %.2f s wall (network %.2f s, CPU %.1f s), peak RSS %.0f MB", d, p, w, n, u + s, r / 1024
         if (pw > 0)
-            printf "; Python Cellpose 4 fp32 in this run %.2f s (eval %.2f s), peak RSS %.0f MB -> %.2fx faster (goal %s), RSS %.2fx lower\n", pw, pe, pr / 1024, pw / w, p == "fp32" ? ">= 2x" : ">= 4x", pr / r
+            printf "; Python Cellpose 4 fp32 in this run %.2f s (eval %.2f s, CPU %.1f s), peak RSS %.0f MB -> %.2fx faster (goal %s; %.2fx in CPU time), RSS %.2fx lower\n", pw, pe, pc, pr / 1024, pw / w, p == "fp32" ? ">= 2x" : ">= 4x", pc / (u + s), pr / r
         else
             printf "; peer not available (reference sources or python3-torch missing: ../shared/ref/README.md)\n"
     }'
