@@ -39,7 +39,7 @@ double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps
  * Each of `threads` threads (0 = all cores) runs its own one-thread Linear
  * layer (m x k input, n x k weight: ATen's GEMM, float32 or with bf16 set
  * bfloat16) at the same time; seconds per round (best of reps), < 0 on error.
- * *cpu: the least thread CPU time one such Linear took (robust to other
+ * *cpu: the threads' mean CPU time per Linear in the best round (robust to other
  * processes' load where wall time is not). */
 double cp_shim_time_matmul(int m, int k, int n, int reps, int bf16, int threads, double *cpu);
 
