@@ -67,7 +67,9 @@ typedef struct cp_model cp_model;
 
 #define CP_WMAX_DIMS 8
 
-typedef enum cp_wdtype { CP_W_F32 = 0, CP_W_I64 = 1 } cp_wdtype;
+/* BF16 (uint16 bfloat16 bits) only in the weights a model loads for bf16
+ * inference: its large float tensors, rounded once at load. */
+typedef enum cp_wdtype { CP_W_F32 = 0, CP_W_I64 = 1, CP_W_BF16 = 2 } cp_wdtype;
 
 typedef struct cp_wtensor {
     char *name;                     /* key, a leading "module." removed */
@@ -75,7 +77,7 @@ typedef struct cp_wtensor {
     int64_t shape[CP_WMAX_DIMS];
     cp_wdtype dtype;                /* float storages load as F32, integer ones as I64 */
     size_t numel;
-    void *data;                     /* contiguous C order: float or int64_t */
+    void *data;                     /* contiguous C order: float, int64_t (or bf16 bits) */
     /* as stored in the file (views of larger storages keep their layout): */
     int64_t storage_offset;
     int64_t stride[CP_WMAX_DIMS];

@@ -1,4 +1,5 @@
 /* SHA-256 (FIPS 180-4). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/sha256.h"
@@ -37,6 +38,72 @@ static void block(uint32_t h[8], const uint8_t *p)
     h[4] += e; h[5] += f; h[6] += g; h[7] += hh;
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+/* The same compression with the SHA extensions (x86 SHA-NI): 64-byte blocks
+ * at about 8x the speed of block() above (the sha256 of a 1.2 GB Cellpose-SAM
+ * file took 10 s of a 23 s load). State kept as ABEF/CDGH, four rounds per
+ * step: sha256rnds2 does two, the message words' high half the next two. */
+__attribute__((target("sha,sse4.1"))) static void blocks_shani(uint32_t h[8], const uint8_t *p, size_t nblk)
+{
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i t = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1); /* CDAB */
+    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B); /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(t, s1, 8);                                      /* ABEF */
+    s1 = _mm_blend_epi16(s1, t, 0xF0);                                           /* CDGH */
+    for (; nblk; nblk--, p += 64) {
+        __m128i a0 = s0, c0 = s1, m[4];
+#pragma GCC unroll 16
+        for (int g = 0; g < 16; g++) {
+            __m128i w;
+            if (g < 4) {
+                w = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * g)), bswap);
+            } else {
+                /* W[t] = W[t-16] + s0(W[t-15]) + W[t-7] + s1(W[t-2]) for 4 words */
+                w = _mm_sha256msg1_epu32(m[g & 3], m[(g + 1) & 3]);
+                w = _mm_add_epi32(w, _mm_alignr_epi8(m[(g + 3) & 3], m[(g + 2) & 3], 4));
+                w = _mm_sha256msg2_epu32(w, m[(g + 3) & 3]);
+            }
+            m[g & 3] = w;
+            __m128i k = _mm_add_epi32(w, _mm_loadu_si128((const __m128i *)&K[4 * g]));
+            s1 = _mm_sha256rnds2_epu32(s1, s0, k);
+            s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(k, 0x0E));
+        }
+        s0 = _mm_add_epi32(s0, a0);
+        s1 = _mm_add_epi32(s1, c0);
+    }
+    t = _mm_shuffle_epi32(s0, 0x1B);        /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);       /* DCHG */
+    s0 = _mm_blend_epi16(t, s1, 0xF0);      /* DCBA */
+    s1 = _mm_alignr_epi8(s1, t, 8);         /* HGFE */
+    _mm_storeu_si128((__m128i *)&h[0], s0);
+    _mm_storeu_si128((__m128i *)&h[4], s1);
+}
+
+static int have_shani(void)
+{
+    static int have = -1;
+    if (have < 0) {
+        __builtin_cpu_init();
+        have = __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+    }
+    return have;
+}
+#endif
+
+static void blocks(uint32_t h[8], const uint8_t *p, size_t nblk)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (have_shani() && !getenv("CP_SHA256_PORTABLE")) {
+        blocks_shani(h, p, nblk);
+        return;
+    }
+#endif
+    for (; nblk; nblk--, p += 64)
+        block(h, p);
+}
+
 void cp_sha256_init(cp_sha256 *s)
 {
     static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
@@ -56,11 +123,12 @@ void cp_sha256_update(cp_sha256 *s, const void *data, size_t n)
         s->nbuf += k; p += k; n -= k;
         if (s->nbuf < 64)
             return;
-        block(s->h, s->buf);
+        blocks(s->h, s->buf, 1);
         s->nbuf = 0;
     }
-    for (; n >= 64; p += 64, n -= 64)
-        block(s->h, p);
+    blocks(s->h, p, n / 64);
+    p += n / 64 * 64;
+    n %= 64;
     memcpy(s->buf, p, n);
     s->nbuf = n;
 }

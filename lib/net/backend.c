@@ -159,6 +159,12 @@ double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps
     return b ? b->shim_time_conv(n, cin, cout, h, w, k, reps, channels_last, threads) : -1;
 }
 
+double cp_shim_time_matmul(int m, int k, int n, int reps, int bf16, int threads, double *cpu)
+{
+    const cp_torch_backend *b = backend();
+    return b ? b->shim_time_matmul(m, k, n, reps, bf16, threads, cpu) : -1;
+}
+
 int cp_trainer_create(const cp_weights *init, const int *nbase, int nlevels, int nout, uint64_t seed,
                       int threads, int sgd, double weight_decay, cp_trainer **out)
 {

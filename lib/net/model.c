@@ -118,7 +118,7 @@ static const cp_wtensor *need(const char *path, const cp_weights *w, const char 
         *rc = cp_error(CP_EMODEL, "%s: %s state dict lacks key '%s'", path, arch, name);
         return NULL;
     }
-    if (t->ndim != ndim || t->dtype != CP_W_F32) {
+    if (t->ndim != ndim || t->dtype == CP_W_I64) {
         char hs[96];
         fmt_shape(hs, sizeof hs, t->ndim, t->shape);
         *rc = cp_error(CP_EMODEL, "%s: key '%s' has shape %s, expected a %d-d float tensor", path,
@@ -336,7 +336,8 @@ static int load(const char *path, const cp_model_opts *opts, int build, cp_model
     if (!m)
         return CP_ENOMEM;
     wantlist l = {0};
-    if ((rc = cp_weights_load(path, &m->w)))
+    int bf16 = build && o.precision == CP_PRECISION_BF16;
+    if ((rc = cp_weights_load_bf16(path, bf16 ? CP_WBF16_MIN : 0, &m->w)))
         goto fail;
     if (!(m->path = cp_strdup(path))) {
         rc = CP_ENOMEM;
@@ -367,6 +368,14 @@ static int load(const char *path, const cp_model_opts *opts, int build, cp_model
     info->precision_requested = build ? o.precision : CP_PRECISION_FP32;
     if (build && (rc = cp_shim_create(m->w, info, &o, path, &m->shim)))
         goto fail;
+    if (bf16 && info->precision != CP_PRECISION_BF16) {
+        /* the CPU cannot run bf16: float32 after all, from float32 weights */
+        cp_shim_free(m->shim);
+        m->shim = NULL;
+        cp_weights_free(m->w);
+        if ((rc = cp_weights_load(path, &m->w)) || (rc = cp_shim_create(m->w, info, &o, path, &m->shim)))
+            goto fail;
+    }
     free(l.v);
     *out = m;
     return CP_OK;

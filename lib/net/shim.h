@@ -22,6 +22,12 @@ typedef struct cp_shim cp_shim;
  * info->precision (and precision_note when it is not opts->precision). */
 int cp_shim_create(const cp_weights *w, cp_model_info *info, const cp_model_opts *opts,
                    const char *path, cp_shim **out);
+/* The weights for a bf16 model: float tensors of CP_WBF16_MIN elements or
+ * more (the matrices) load as CP_W_BF16, rounded as libtorch rounds, and
+ * never exist as float32 in memory (ViT-L: 0.6 GB instead of 1.2 + 0.6);
+ * the small ones (norms, biases, position tables) stay float32. */
+#define CP_WBF16_MIN 65536
+int cp_weights_load_bf16(const char *path, size_t bf16_min, cp_weights **out);
 int cp_shim_forward(cp_shim *s, const float *in, int n, int ty, int tx, float *out, float *style);
 void cp_shim_free(cp_shim *s);
 
@@ -29,6 +35,13 @@ void cp_shim_free(cp_shim *s);
  * (NCHW or channels-last) on `threads` threads (0 = all cores); < 0 on error. */
 double cp_shim_time_conv(int n, int cin, int cout, int h, int w, int k, int reps, int channels_last,
                          int threads);
+/* Benchmark helper: the matrix-multiply peak as the network's tiles meet it.
+ * Each of `threads` threads (0 = all cores) runs its own one-thread Linear
+ * layer (m x k input, n x k weight: ATen's GEMM, float32 or with bf16 set
+ * bfloat16) at the same time; seconds per round (best of reps), < 0 on error.
+ * *cpu: the threads' mean CPU time per Linear in the best round (robust to other
+ * processes' load where wall time is not). */
+double cp_shim_time_matmul(int m, int k, int n, int reps, int bf16, int threads, double *cpu);
 
 /* ---- Training (cptrain) --------------------------------------------------
  * A CPnet with its own tensors: from `init` (fine-tune; keys and shapes must
@@ -61,7 +74,7 @@ void cp_trainer_free(cp_trainer *t);
  * error state) and returns the functions above. Both sides check abi and
  * version before anything else: bump CP_TORCH_ABI when a structure of
  * net.h or these tables change. */
-#define CP_TORCH_ABI 3
+#define CP_TORCH_ABI 4
 
 typedef struct cp_torch_host {
     int abi;              /* CP_TORCH_ABI */
@@ -91,6 +104,7 @@ typedef struct cp_torch_backend {
     int (*trainer_export)(const cp_trainer *, float, float, int, cp_weights *);
     int (*trainer_import_optim)(cp_trainer *, const cp_weights *, const char *);
     void (*trainer_free)(cp_trainer *);
+    double (*shim_time_matmul)(int, int, int, int, int, int, double *);
 } cp_torch_backend;
 
 #define CP_TORCH_BACKEND_FILE "libcellpose_torch.so"

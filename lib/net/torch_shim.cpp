@@ -166,16 +166,18 @@ struct Loader {
     const cp_weights *w;
     at::Device dev;
     at::ScalarType dtype;
-    // In the network's precision.
-    at::Tensor operator()(const std::string &name) const { return f32(name).to(dtype); }
-    // As stored (float32), for what stays float32 whatever the precision.
-    at::Tensor f32(const std::string &name) const
+    // In the network's precision (bf16 weights loaded as such are used in place).
+    at::Tensor operator()(const std::string &name) const { return stored(name).to(dtype); }
+    // In float32, for what stays float32 whatever the precision.
+    at::Tensor f32(const std::string &name) const { return stored(name).to(at::kFloat); }
+    at::Tensor stored(const std::string &name) const
     {
         const cp_wtensor *t = host->weights_get(w, name.c_str());
         if (!t)
             throw std::runtime_error("missing key " + name);
         std::vector<int64_t> shape(t->shape, t->shape + t->ndim);
-        at::Tensor x = at::from_blob(t->data, shape, at::TensorOptions().dtype(at::kFloat));
+        at::ScalarType st = t->dtype == CP_W_BF16 ? at::kBFloat16 : at::kFloat;
+        at::Tensor x = at::from_blob(t->data, shape, at::TensorOptions().dtype(st));
         return dev.is_cpu() ? x : x.to(dev);
     }
 };
@@ -309,19 +311,19 @@ void build_cpsam(cp_shim *s, const Loader &L)
 {
     s->pe_w = L("encoder.patch_embed.proj.weight");
     s->pe_b = L("encoder.patch_embed.proj.bias");
-    s->pos = L("encoder.pos_embed");
+    s->pos = L.f32("encoder.pos_embed");
     int64_t grid = s->pos.size(1);
     for (int i = 0; i < s->info.depth; i++) {
         std::string p = "encoder.blocks." + std::to_string(i);
         Block b;
-        b.n1w = L(p + ".norm1.weight");
-        b.n1b = L(p + ".norm1.bias");
+        b.n1w = L.f32(p + ".norm1.weight");
+        b.n1b = L.f32(p + ".norm1.bias");
         b.qkvw = L(p + ".attn.qkv.weight");
         b.qkvb = L(p + ".attn.qkv.bias");
         b.projw = L(p + ".attn.proj.weight");
         b.projb = L(p + ".attn.proj.bias");
-        b.n2w = L(p + ".norm2.weight");
-        b.n2b = L(p + ".norm2.bias");
+        b.n2w = L.f32(p + ".norm2.weight");
+        b.n2b = L.f32(p + ".norm2.bias");
         b.l1w = L(p + ".mlp.lin1.weight");
         b.l1b = L(p + ".mlp.lin1.bias");
         b.l2w = L(p + ".mlp.lin2.weight");
@@ -332,11 +334,11 @@ void build_cpsam(cp_shim *s, const Loader &L)
         s->blocks.push_back(b);
     }
     s->neck0 = L("encoder.neck.0.weight");
-    s->n1w = L("encoder.neck.1.weight");
-    s->n1b = L("encoder.neck.1.bias");
+    s->n1w = L.f32("encoder.neck.1.weight");
+    s->n1b = L.f32("encoder.neck.1.bias");
     s->neck2 = L("encoder.neck.2.weight");
-    s->n3w = L("encoder.neck.3.weight");
-    s->n3b = L("encoder.neck.3.bias");
+    s->n3w = L.f32("encoder.neck.3.weight");
+    s->n3b = L.f32("encoder.neck.3.bias");
     s->out_w = L("out.weight");
     s->out_b = L("out.bias");
     // libtorch 1.13's bf16 conv_transpose2d checks the weight's channels
@@ -344,55 +346,159 @@ void build_cpsam(cp_shim *s, const Loader &L)
     s->W2 = L.f32("W2");
 }
 
-// SAM's LayerNorm2d: per pixel over channels, biased variance.
-at::Tensor layernorm2d(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b)
+// SAM's LayerNorm2d: per pixel over channels, biased variance; in float32
+// (w, b), returned in x's type.
+at::Tensor layernorm2d(const at::Tensor &xin, const at::Tensor &w, const at::Tensor &b)
 {
+    at::Tensor x = xin.to(w.scalar_type());
     at::Tensor u = x.mean({1}, true);
     at::Tensor c = x - u;
     at::Tensor v = (c * c).mean({1}, true);
     at::Tensor y = c / at::sqrt(v + 1e-6);
-    return w.unsqueeze(-1).unsqueeze(-1) * y + b.unsqueeze(-1).unsqueeze(-1);
+    return (w.unsqueeze(-1).unsqueeze(-1) * y + b.unsqueeze(-1).unsqueeze(-1)).to(xin.scalar_type());
 }
 
-// One tile at a time: the N×N score matrices of a whole batch of ViT-L
-// tiles would take 512 MB (and twice that with temporaries).
+// CP_NET_PROFILE=1: CPU time of the calling thread per stage of the
+// Cellpose-SAM forward, printed to stderr after each tile (a developer's
+// tool for finding where a tile's time goes; thread CPU time, so other
+// processes on the machine do not inflate it).
+struct StageProf {
+    bool on = false;
+    std::vector<std::pair<const char *, double>> t;
+    double last = 0;
+    static double now()
+    {
+        timespec ts;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+        return ts.tv_sec + 1e-9 * ts.tv_nsec;
+    }
+    void start()
+    {
+        const char *e = std::getenv("CP_NET_PROFILE");
+        on = e && *e == '1';
+        t.clear();
+        last = on ? now() : 0;
+    }
+    void mark(const char *name)
+    {
+        if (!on)
+            return;
+        double n = now();
+        for (auto &p : t)
+            if (!std::strcmp(p.first, name)) {
+                p.second += n - last;
+                last = n;
+                return;
+            }
+        t.emplace_back(name, n - last);
+        last = n;
+    }
+    void report() const
+    {
+        if (!on)
+            return;
+        double tot = 0;
+        for (const auto &p : t)
+            tot += p.second;
+        for (const auto &p : t)
+            std::fprintf(stderr, "cp_net_profile %-14s %8.3f s %5.1f%%\n", p.first, p.second, 100 * p.second / tot);
+        std::fprintf(stderr, "cp_net_profile %-14s %8.3f s\n", "total", tot);
+    }
+};
+thread_local StageProf prof;
+
+// SAM's attention with decomposed relative positions (Cellpose-SAM's
+// blocks all use it), one head and 512 query rows at a time: the
+// block's scores (rows x N) stay in cache from the relative-position terms
+// through the q.k product, the softmax and the product with v, where the
+// (heads, N, N) scores of a whole tile (64 MB for ViT-L) went through
+// memory four times. q, k and v are read in place from the qkv output and
+// each head's result lands in its columns of the merged output: no
+// permutes, no copies. The scale (a power of two for every SAM config) goes
+// into the GEMM's alpha, the position terms into its accumulator.
 at::Tensor attention(const Block &b, const at::Tensor &x, int heads)
 {
     int64_t B = x.size(0), H = x.size(1), W = x.size(2), E = x.size(3), d = E / heads, N = H * W;
-    at::Tensor qkv = at::linear(x, b.qkvw, b.qkvb).reshape({B, N, 3, heads, d}).permute({2, 0, 3, 1, 4});
-    at::Tensor o = at::empty({B, heads, N, d}, x.options());
+    at::Tensor qkv = at::linear(x, b.qkvw, b.qkvb).view({B, N, 3 * E});
+    prof.mark("qkv");
+    at::Tensor o = at::empty({B, N, E}, x.options());
     double scale = 1.0 / std::sqrt((double)d);
+    int64_t rows = W * std::max<int64_t>(1, 512 / W);
+    at::Tensor S = at::empty({std::min(rows, N), N}, x.options());
     for (int64_t i = 0; i < B; i++) {
-        at::Tensor q = qkv[0][i], k = qkv[1][i], v = qkv[2][i];  // heads × N × d
-        at::Tensor attn = at::matmul(q * scale, k.transpose(-2, -1));
-        // decomposed relative positions, from the unscaled q
-        at::Tensor rq = q.reshape({heads, H, W, d});
-        at::Tensor rel_h = at::einsum("bhwc,hkc->bhwk", {rq, b.rh});
-        at::Tensor rel_w = at::einsum("bhwc,wkc->bhwk", {rq, b.rw});
-        attn.view({heads, H, W, H, W}).add_(rel_h.unsqueeze(-1)).add_(rel_w.unsqueeze(-2));
-        o.select(0, i).copy_(at::matmul(at::softmax(attn, -1), v));
+        at::Tensor t = qkv[i], oi = o[i];  // (N, 3E): token, (q|k|v, head, d)
+        // from the unscaled q, as SAM does
+        at::Tensor q4 = t.narrow(1, 0, E).view({H, W, heads, d});
+        at::Tensor rel_h = at::einsum("hwnc,hkc->nhwk", {q4, b.rh}).contiguous();
+        at::Tensor rel_w = at::einsum("hwnc,wkc->nhwk", {q4, b.rw}).contiguous();
+        prof.mark("relpos");
+        for (int64_t n = 0; n < heads; n++) {
+            at::Tensor q = t.narrow(1, n * d, d), k = t.narrow(1, E + n * d, d), v = t.narrow(1, 2 * E + n * d, d);
+            at::Tensor rh = rel_h[n].view({N, H}), rw = rel_w[n].view({N, W});
+            for (int64_t r0 = 0; r0 < N; r0 += rows) {
+                int64_t m = std::min(rows, N - r0);
+                at::Tensor s = S.narrow(0, 0, m);
+                at::Tensor sv = s.view({m, H, W});
+                at::add_out(sv, rh.narrow(0, r0, m).unsqueeze(-1), rw.narrow(0, r0, m).unsqueeze(-2));
+                prof.mark("relpos_add");
+                if (s.scalar_type() == at::kFloat)
+                    s.addmm_(q.narrow(0, r0, m), k.t(), 1, scale);
+                else  // bf16 GEMMs with an accumulator take ATen's slow path
+                    s.add_(at::mm(q.narrow(0, r0, m), k.t()), scale);
+                prof.mark("q@k");
+                at::_softmax_out(s, s, -1, false);
+                prof.mark("softmax");
+                at::Tensor on = oi.narrow(0, r0, m).narrow(1, n * d, d);
+                at::mm_out(on, s, v);
+                prof.mark("p@v");
+            }
+        }
     }
-    o = o.view({B, heads, H, W, d}).permute({0, 2, 3, 1, 4}).reshape({B, H, W, E});
-    return at::linear(o, b.projw, b.projb);
+    at::Tensor y = at::linear(o.view({B, H, W, E}), b.projw, b.projb);
+    prof.mark("proj");
+    return y;
 }
 
 at::Tensor forward_cpsam(const cp_shim *s, const at::Tensor &x)
 {
     int64_t E = s->info.embed;
-    at::Tensor t = conv(x, s->pe_w, s->pe_b, s->info.patch, 0).permute({0, 2, 3, 1});
-    t = t + s->pos;
+    prof.start();
+    // tokens contiguous (B, H, W, E): a permuted view would hand its strides
+    // to every residual sum and make each LayerNorm and Linear copy its input
+    // The residual stream and the LayerNorms stay float32 in bf16 runs
+    // (libtorch 1.13's bf16 LayerNorm is 10x slower than its float32 one);
+    // the matrix products, softmax and GELU run in the network's type.
+    at::ScalarType dt = s->dtype;
+    at::Tensor t = conv(x, s->pe_w, s->pe_b, s->info.patch, 0).permute({0, 2, 3, 1}).to(at::kFloat).contiguous();
+    t += s->pos;
+    prof.mark("patch_embed");
     for (const Block &b : s->blocks) {
-        at::Tensor h = at::layer_norm(t, {E}, b.n1w, b.n1b, 1e-6);
-        t = t + attention(b, h, s->info.heads);
-        h = at::layer_norm(t, {E}, b.n2w, b.n2b, 1e-6);
-        t = t + at::linear(at::gelu(at::linear(h, b.l1w, b.l1b)), b.l2w, b.l2b);
+        at::Tensor h = at::layer_norm(t, {E}, b.n1w, b.n1b, 1e-6).to(dt);
+        prof.mark("layernorm");
+        h = attention(b, h, s->info.heads);
+        t = t + h;
+        prof.mark("residual");
+        h = at::layer_norm(t, {E}, b.n2w, b.n2b, 1e-6).to(dt);
+        prof.mark("layernorm");
+        h = at::linear(h, b.l1w, b.l1b);
+        prof.mark("mlp1");
+        h = at::gelu(h);
+        prof.mark("gelu");
+        h = at::linear(h, b.l2w, b.l2b);
+        prof.mark("mlp2");
+        t = t + h;
+        prof.mark("residual");
     }
-    at::Tensor n = conv(t.permute({0, 3, 1, 2}), s->neck0, {}, 1, 0);
+    at::Tensor n = conv(t.permute({0, 3, 1, 2}).to(dt), s->neck0, {}, 1, 0);
     n = layernorm2d(n, s->n1w, s->n1b);
     n = conv(n, s->neck2, {}, 1, 1);
     n = layernorm2d(n, s->n3w, s->n3b);
     at::Tensor x1 = conv(n, s->out_w, s->out_b, 1, 0).to(s->W2.scalar_type());
-    return at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
+    prof.mark("neck");
+    at::Tensor y = at::conv_transpose2d(x1, s->W2, {}, s->info.patch);
+    prof.mark("upsample");
+    prof.report();
+    return y;
 }
 
 // The BLAS behind libtorch's Linear layers keeps its own thread pool (Debian
@@ -614,6 +720,68 @@ static double shim_time_conv(int n, int cin, int cout, int h, int w, int k, int 
             at::conv2d(x, wt, b, 1, k / 2);
         auto t1 = std::chrono::steady_clock::now();
         return std::chrono::duration<double>(t1 - t0).count() / reps;
+    } catch (...) {
+        return -1;
+    }
+}
+
+// Each round, every thread runs kInner Linear layers back to back (0.5 s of
+// sustained work, as a tile's products are, rather than one 0.07 s burst
+// that a quiet moment or a turbo step can flatter); the round's time and the
+// threads' mean CPU time per Linear count, the best round wins.
+static double shim_time_matmul(int m, int k, int n, int reps, int bf16, int threads, double *cpu)
+{
+    const int kInner = 8;
+    *cpu = 1e30;
+    try {
+        install_allocator();
+        OmpRestore keep;
+        set_blas_threads(1);
+        int team = threads > 0 ? threads : nproc();
+        at::ScalarType dt = bf16 ? at::kBFloat16 : at::kFloat;
+        double best = 1e30, round_cpu = 0;
+        bool failed = false;
+#pragma omp parallel num_threads(team)
+        {
+            one_thread_here();
+            c10::InferenceMode guard;
+            at::Tensor x, w, b;
+            bool ok = true;
+            try {
+                x = at::randn({m, k}).to(dt), w = at::randn({n, k}).to(dt), b = at::randn({n}).to(dt);
+                at::linear(x, w, b);  // warm-up
+            } catch (...) {
+                ok = false;
+            }
+            for (int r = 0; r < reps; r++) {
+#pragma omp barrier
+#pragma omp single
+                round_cpu = 0;
+                auto t0 = std::chrono::steady_clock::now();
+                double c0 = StageProf::now();
+                try {
+                    for (int i = 0; ok && i < kInner; i++)
+                        at::linear(x, w, b);
+                } catch (...) {
+                    ok = false;
+                }
+                double c = StageProf::now() - c0;
+#pragma omp atomic
+                round_cpu += c;
+#pragma omp barrier
+                double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+#pragma omp critical
+                {
+                    best = std::min(best, t / kInner);
+                    *cpu = std::min(*cpu, round_cpu / team / kInner);
+                }
+            }
+            if (!ok) {
+#pragma omp critical
+                failed = true;
+            }
+        }
+        return failed ? -1 : best;
     } catch (...) {
         return -1;
     }
@@ -971,7 +1139,7 @@ static int trainer_import_optim(cp_trainer *T, const cp_weights *w, const char *
 static const cp_torch_backend backend = {
     CP_TORCH_ABI,       CP_VERSION_STRING, shim_create,    shim_forward,         shim_free,
     shim_time_conv,     trainer_create,    trainer_step,   trainer_eval,         trainer_export,
-    trainer_import_optim, trainer_free,
+    trainer_import_optim, trainer_free,       shim_time_matmul,
 };
 
 // The only exported symbol. The host is kept only when it is the libcellpose

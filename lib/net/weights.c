@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -710,7 +711,28 @@ static int unpickle(unpickler *u, obj **top)
 typedef struct mapped {
     const uint8_t *p;
     size_t n;
+    int drop;  /* a private mapping of the file: pages may be dropped once read */
+    size_t bf16_min;  /* float tensors of this many elements or more load as bf16 (0: none) */
 } mapped;
+
+/* Pages of a mapped file that have been read (hashed, CRC-checked, copied)
+ * leave the process: otherwise the file's 1.2 GB (Cellpose-SAM) count in
+ * its peak RSS on top of the tensors copied out of it. A page needed again
+ * is read back from the page cache, so this never changes what is read. */
+static void drop_pages(const mapped *f, const void *p, size_t n)
+{
+    if (!f->drop || !n)
+        return;
+    uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p & ~(pg - 1), b = ((uintptr_t)p + n + pg - 1) & ~(pg - 1);
+    uintptr_t lo = (uintptr_t)f->p & ~(pg - 1), hi = ((uintptr_t)f->p + f->n + pg - 1) & ~(pg - 1);
+    if (a < lo)
+        a = lo;
+    if (b > hi)
+        b = hi;
+    if (a < b)
+        madvise((void *)a, b - a, MADV_DONTNEED);
+}
 
 static int map_file(const char *path, const char *what, mapped *m)
 {
@@ -915,9 +937,29 @@ static void convert(stype t, const uint8_t *src, void *dst, size_t di)
     ((int64_t *)dst)[di] = v;
 }
 
-static int gather(const char *path, const char *key, const obj *t, const sdata *sd, cp_wtensor *out,
-                  size_t file_size)
+/* Round to nearest even as c10::BFloat16 does (NaN -> quiet NaN), so a
+ * weight loaded as bf16 equals libtorch's float32 -> bfloat16 conversion. */
+static int to_bf16(cp_wtensor *t)
 {
+    uint16_t *b = cp_malloc_array(t->numel, 2, "tensor");
+    if (!b)
+        return CP_ENOMEM;
+    const float *x = t->data;
+    for (size_t i = 0; i < t->numel; i++) {
+        uint32_t u;
+        memcpy(&u, &x[i], 4);
+        b[i] = x[i] != x[i] ? 0x7FC0 : (uint16_t)((u + 0x7FFF + ((u >> 16) & 1)) >> 16);
+    }
+    free(t->data);
+    t->data = b;
+    t->dtype = CP_W_BF16;
+    return CP_OK;
+}
+
+static int gather(const char *path, const char *key, const obj *t, const sdata *sd, cp_wtensor *out,
+                  const mapped *f)
+{
+    size_t file_size = f->n;
     int es = stype_size(sd->t);
     size_t numel = 1;
     for (int d = 0; d < t->ndim; d++)
@@ -951,6 +993,7 @@ static int gather(const char *path, const char *key, const obj *t, const sdata *
         return CP_ENOMEM;
     if (numel == 0)
         return CP_OK;
+    const uint8_t *first = sd->data + (size_t)base * (size_t)es;
     int nd = t->ndim;
     int64_t idx[CP_WMAX_DIMS] = {0};
     int64_t inner = nd ? t->size[nd - 1] : 1, istride = nd ? t->stride[nd - 1] : 0;
@@ -971,6 +1014,9 @@ static int gather(const char *path, const char *key, const obj *t, const sdata *
             idx[d] = 0;
         }
     }
+    drop_pages(f, first, (size_t)(last - base + 1) * (size_t)es);
+    if (f->bf16_min && out->dtype == CP_W_F32 && numel >= f->bf16_min)
+        return to_bf16(out);
     return CP_OK;
 }
 
@@ -1035,7 +1081,7 @@ static int collect_storages(const char *path, const obj *dict, sdata **out, size
     return CP_OK;
 }
 
-static int build_weights(const char *path, const obj *dict, sdata *sd, size_t nsd, size_t fsize,
+static int build_weights(const char *path, const obj *dict, sdata *sd, size_t nsd, const mapped *f,
                          cp_weights *w)
 {
     size_t nt = dict->n / 2;
@@ -1071,7 +1117,7 @@ static int build_weights(const char *path, const obj *dict, sdata *sd, size_t ns
             return cp_error(CP_EFORMAT, "%s: tensor '%s': storage view outside its storage", path, name);
         sdata view = *s;
         view.numel = v->storage->view_offset + v->storage->numel;
-        int rc = gather(path, name, v, &view, t, fsize);
+        int rc = gather(path, name, v, &view, t, f);
         if (rc)
             return rc;
     }
@@ -1127,10 +1173,11 @@ static int load_zip(const char *path, const mapped *f, unpickler *u, cp_weights 
         }
         if ((rc = zip_check_crc(path, e)))
             goto done;
+        drop_pages(f, e->data, e->size);
         sd[k].data = e->data;
         sd[k].numel = (int64_t)(e->size / (uint64_t)stype_size(sd[k].t));
     }
-    rc = build_weights(path, top, sd, nsd, f->n, w);
+    rc = build_weights(path, top, sd, nsd, f, w);
 done:
     free(z.e);
     free(sd);
@@ -1205,23 +1252,48 @@ static int load_legacy(const char *path, const mapped *f, unpickler *u, cp_weigh
                           (int)(sd[k].klen > 100 ? 100 : sd[k].klen), (const char *)sd[k].key);
             goto done;
         }
-    rc = build_weights(path, top, sd, nsd, f->n, w);
+    rc = build_weights(path, top, sd, nsd, f, w);
     w->legacy = 1;
 done:
     free(sd);
     return rc;
 }
 
-int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out)
+typedef struct hash_job {
+    const mapped *f;
+    cp_sha256 h;
+} hash_job;
+
+static void *hash_file(void *arg)
 {
+    hash_job *j = arg;
+    cp_sha256_init(&j->h);
+    for (size_t k = 0, step = (size_t)16 << 20; k < j->f->n; k += step) {
+        size_t m = j->f->n - k < step ? j->f->n - k : step;
+        cp_sha256_update(&j->h, j->f->p + k, m);
+        drop_pages(j->f, j->f->p + k, m);
+    }
+    return NULL;
+}
+
+static int load_mapped(const mapped *fp, const char *name, cp_weights **out)
+{
+    const mapped f = *fp;
     *out = NULL;
-    if (!n)
+    if (!f.n)
         return cp_error(CP_EFORMAT, "%s: empty file, not a torch.save file", name);
-    mapped f = {data, n};
     cp_weights *w = cp_calloc(1, sizeof *w, "weights");
     if (!w)
         return CP_ENOMEM;
-    cp_sha256_buf(f.p, f.n, w->sha256);
+    /* The checksum of a large file (sequential, 1 GB/s) is computed on a
+     * second thread while the file is parsed and copied (ViT-L: 1.2 s of a
+     * 3.3 s load). Both sides drop the pages they are done with, so only
+     * pages in use by either stay mapped. */
+    hash_job job = {&f, {{0}, 0, {0}, 0}};
+    pthread_t th;
+    int threaded = f.n >= ((size_t)16 << 20) && pthread_create(&th, NULL, hash_file, &job) == 0;
+    if (!threaded)
+        hash_file(&job);
     unpickler u = {.path = name, .budget = 64 * (size_t)f.n + (1u << 20)};
     int rc;
     if (f.n >= 4 && rd32(f.p) == 0x04034b50)
@@ -1234,6 +1306,9 @@ int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights
     free(u.stack);
     free(u.marks);
     free(u.memo);
+    if (threaded)
+        pthread_join(th, NULL);
+    cp_sha256_hex(&job.h, w->sha256);
     if (rc) {
         cp_weights_free(w);
         return rc;
@@ -1242,21 +1317,33 @@ int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights
     return CP_OK;
 }
 
-int cp_weights_load(const char *path, cp_weights **out)
+int cp_weights_load_mem(const void *data, size_t n, const char *name, cp_weights **out)
+{
+    mapped f = {data, n, 0, 0};
+    return load_mapped(&f, name, out);
+}
+
+int cp_weights_load_bf16(const char *path, size_t bf16_min, cp_weights **out)
 {
     *out = NULL;
     size_t nb;
     const void *bytes = cp_builtin_model_bytes(path, &nb);
-    if (bytes)  /* a model compiled into the library */
-        return cp_weights_load_mem(bytes, nb, path, out);
+    if (bytes) { /* a model compiled into the library */
+        mapped f = {bytes, nb, 0, bf16_min};
+        return load_mapped(&f, path, out);
+    }
     mapped f = {0};
     int rc = map_file(path, "a torch.save file", &f);
     if (rc)
         return rc;
-    rc = cp_weights_load_mem(f.p, f.n, path, out);
+    f.drop = 1;
+    f.bf16_min = bf16_min;
+    rc = load_mapped(&f, path, out);
     munmap((void *)f.p, f.n);
     return rc;
 }
+
+int cp_weights_load(const char *path, cp_weights **out) { return cp_weights_load_bf16(path, 0, out); }
 
 /* ---- Cellpose 3 size files -------------------------------------------- */
 
@@ -1599,6 +1686,10 @@ static void zentry_put(zout *z, const char *name, const void *data, size_t n)
 
 int cp_weights_save(const cp_weights *w, const char *path)
 {
+    for (size_t k = 0; k < w->n; k++)
+        if (w->t[k].dtype != CP_W_F32 && w->t[k].dtype != CP_W_I64)
+            return cp_error(CP_EINVAL, "%s: tensor '%s' was loaded as bf16 for inference and cannot be "
+                            "saved", path, w->t[k].name);
     buf pk = {0};
     int rc = write_pickle(w, &pk);
     if (rc) {

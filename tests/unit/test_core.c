@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include "cellpose/cellpose.h"
+#include "core/sha256.h"
 #include "test.h"
 
 static void test_image(void)
@@ -111,8 +112,41 @@ static void test_error_wrap(void)
            "%s", cp_errmsg());
 }
 
+/* FIPS 180-4 examples through both compressions (SHA extensions where the
+ * CPU has them, the portable one forced by CP_SHA256_PORTABLE), the
+ * million-'a' message in uneven pieces so that the buffered path joins both. */
+static void test_sha256(void)
+{
+    static const char *want[] = {"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                                 "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1",
+                                 "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"};
+    char *a = malloc(1000000);
+    CHECK(a != NULL);
+    if (!a)
+        return;
+    memset(a, 'a', 1000000);
+    for (int portable = 0; portable < 2; portable++) {
+        if (portable)
+            setenv("CP_SHA256_PORTABLE", "1", 1);
+        char hex[65];
+        cp_sha256_buf("abc", 3, hex);
+        CHECKF(!strcmp(hex, want[0]), "abc (portable %d): %s", portable, hex);
+        cp_sha256_buf("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", 56, hex);
+        CHECKF(!strcmp(hex, want[1]), "448 bits (portable %d): %s", portable, hex);
+        cp_sha256 s;
+        cp_sha256_init(&s);
+        for (size_t k = 0, step = 1; k < 1000000; k += step, step = step * 7 % 1013 + 1)
+            cp_sha256_update(&s, a + k, step < 1000000 - k ? step : 1000000 - k);
+        cp_sha256_hex(&s, hex);
+        CHECKF(!strcmp(hex, want[2]), "million a (portable %d): %s", portable, hex);
+    }
+    unsetenv("CP_SHA256_PORTABLE");
+    free(a);
+}
+
 int main(void)
 {
+    test_sha256();
     test_image();
     test_error_wrap();
     test_atomic();

@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <omp.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -415,6 +416,7 @@ static void test_bad_models(void)
 }
 
 static int bench(void);
+static int bench_vit(void);
 
 static double now_s(void)
 {
@@ -639,7 +641,9 @@ static void test_info(void)
         CHECK(i->nlevels == 5 && i->nbase[1] == 32 && i->nbase[4] == 256 && i->nstyle == 256);
         CHECK_NEAR(i->diam_mean, 17, 0);
         CHECK(i->nparams == 6610430);
-        CHECK(strlen(i->sha256) == 64);
+        /* sha256sum of the file; above 16 MB it is hashed on a second
+           thread while the file is parsed */
+        CHECK(!strcmp(i->sha256, "3d8e77fdb121d10c28ed731e0b16fb6b4703b7f8cd472bfeeff48efd8a149205"));
         cp_model_free(m);
     }
     CHECK_OK(cp_model_load(shared_path("golden/weights/cpsam_tiny_s3.pth"), NULL, &m));
@@ -672,6 +676,8 @@ int main(void)
 {
     if (getenv("CP_BENCH") && *getenv("CP_BENCH") == '1')
         return bench();
+    if (getenv("CP_BENCH") && !strcmp(getenv("CP_BENCH"), "vit"))
+        return bench_vit();
     /* CP_NET_KERNELS_ONLY=1 (tests/run's rerun under other BLAS kernels):
        only what the GEMM kernels can change */
     int kernels_only = getenv("CP_NET_KERNELS_ONLY") && *getenv("CP_NET_KERNELS_ONLY") == '1';
@@ -743,10 +749,120 @@ static int cpnet_convs(const cp_model_info *i, int b, convshape *v)
     return n;
 }
 
+/* Multiply-accumulates of a Cellpose-SAM tile: per block the qkv, proj and
+ * MLP (width 4E) products and the two N x N attention products, then the
+ * neck (1x1 and 3x3 convolutions to 256) and the output 1x1 convolution. */
+static double vit_macs(const cp_model_info *i)
+{
+    double E = i->embed, N = (double)(i->bsize / i->patch) * (i->bsize / i->patch);
+    return i->depth * N * (12 * E * E + 2 * N * E) + N * (256 * E + 256 * 256 * 9 + 192 * 256);
+}
+
+/* CPU time of the whole process (all threads), seconds. */
+static double cpu_s(void)
+{
+    struct rusage r;
+    getrusage(RUSAGE_SELF, &r);
+    return (double)r.ru_utime.tv_sec + 1e-6 * r.ru_utime.tv_usec + (double)r.ru_stime.tv_sec +
+           1e-6 * r.ru_stime.tv_usec;
+}
+
+static long peak_rss_kb(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6))
+            kb = atol(line + 6);
+    if (f)
+        fclose(f);
+    return kb;
+}
+
+/* CP_BENCH=vit CP_BENCH_WEIGHTS=cpsam.pth [CP_BENCH_PRECISION=bf16]: one
+ * tile per thread (as cpseg runs them), best of CP_BENCH_REPS rounds
+ * alternating with the fp32 matrix-multiply peak probe (each thread its own
+ * one-thread Linear of the MLP's shape at the same time), so load from
+ * other processes biases neither; peak RSS of this process (weights, one
+ * tile's activations per thread, the probe's 20 MB). */
+static int bench_vit(void)
+{
+    const char *th = getenv("CP_THREADS"), *wp = getenv("CP_BENCH_WEIGHTS"), *pr = getenv("CP_BENCH_PRECISION");
+    int threads = th && atoi(th) > 0 ? atoi(th) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    int reps = getenv("CP_BENCH_REPS") ? atoi(getenv("CP_BENCH_REPS")) : 2;
+    cp_model_opts o = {CP_DEVICE_CPU, threads, pr && !strcmp(pr, "bf16") ? CP_PRECISION_BF16 : CP_PRECISION_FP32};
+    cp_model *m = NULL;
+    double t0 = now_s();
+    if (!wp || cp_model_load(wp, &o, &m)) {
+        fprintf(stderr, "bench: %s\n", wp ? cp_errmsg() : "CP_BENCH_WEIGHTS not set");
+        return 1;
+    }
+    double load = now_s() - t0;
+    const cp_model_info *info = cp_model_get_info(m);
+    int b = info->bsize, n = threads;
+    size_t nin = (size_t)n * info->nchan * b * b, nout = (size_t)n * info->nout * b * b;
+    float *in = malloc(nin * 4), *out = malloc(nout * 4);
+    uint32_t r = 12345;
+    for (size_t k = 0; k < nin; k++) {
+        r = r * 1664525u + 1013904223u;
+        in[k] = (float)(r >> 8) / 16777216.0f * 4 - 1;
+    }
+    int E = info->embed, N = (b / info->patch) * (b / info->patch);
+    double tv = 1e30, tp = 1e30, tb = 1e30, cv = 1e30, cp = 1e30, cb = 1e30, c;
+    for (int rep = 0; rep < reps; rep++) {
+        t0 = now_s();
+        double u0 = cpu_s();
+        if (cp_model_forward(m, in, n, b, b, out, NULL)) {
+            fprintf(stderr, "bench: %s\n", cp_errmsg());
+            return 1;
+        }
+        tv = fmin(tv, now_s() - t0);
+        cv = fmin(cv, (cpu_s() - u0) / n);
+        double t = cp_shim_time_matmul(N, E, 4 * E, 3, 0, threads, &c);
+        if (t > 0) {
+            tp = fmin(tp, t);
+            cp = fmin(cp, c);
+        }
+        if (info->precision == CP_PRECISION_BF16 && (t = cp_shim_time_matmul(N, E, 4 * E, 3, 1, threads, &c)) > 0) {
+            tb = fmin(tb, t);
+            cb = fmin(cb, c);
+        }
+    }
+    double g = 2 * vit_macs(info) * n / 1e9 / tv, peak = 2.0 * N * E * 4 * E * threads / 1e9 / tp;
+    double gc = 2 * vit_macs(info) / 1e9 / cv, peakc = 2.0 * N * E * 4 * E / 1e9 / cp;
+    double load_avg = -1;
+    FILE *la = fopen("/proc/loadavg", "r");
+    if (la) {
+        if (fscanf(la, "%lf", &load_avg) != 1)
+            load_avg = -1;
+        fclose(la);
+    }
+    printf("net: Cellpose-SAM (E %d, depth %d, %d heads), %s, %d threads, one %dx%d tile per thread: "
+           "%.2f s/tile (%.2f s per round of %d), %.1f GFLOP/s (%.2f TFLOP/tile); fp32 matmul peak "
+           "%.1f GFLOP/s (%d one-thread %dx%dx%d Linear at once); ratio %.2f (goal >= 0.7 for fp32); "
+           "load %.1f s, peak RSS %.0f MB; best of %d, load average %.1f\n",
+           E, info->depth, info->heads, cp_precision_name(info->precision), threads, b, b, tv / n, tv, n, g,
+           2 * vit_macs(info) / 1e12, peak, threads, N, E, 4 * E, g / peak, load, peak_rss_kb() / 1024.0,
+           reps, load_avg);
+    printf("net: the same in CPU time (what other processes' load inflates least): %.2f CPU s/tile, "
+           "%.1f GFLOP per CPU second; fp32 matmul peak %.1f per CPU second; ratio %.2f\n", cv, gc, peakc,
+           gc / peakc);
+    if (tb < 1e30)
+        printf("net: bf16 matmul peak (same probe) %.1f GFLOP/s = %.2fx the fp32 one (CPU time: %.1f per CPU "
+               "second, %.2fx)\n", 2.0 * N * E * 4 * E * threads / 1e9 / tb, tp / tb, 2.0 * N * E * 4 * E / 1e9 / cb,
+               cp / cb);
+    free(in);
+    free(out);
+    cp_model_free(m);
+    return 0;
+}
+
 static int bench(void)
 {
-    const char *th = getenv("CP_THREADS");
-    cp_model_opts o = {CP_DEVICE_CPU, th ? atoi(th) : 0, CP_PRECISION_FP32};
+    const char *th = getenv("CP_THREADS"), *pr = getenv("CP_BENCH_PRECISION");
+    cp_model_opts o = {CP_DEVICE_CPU, th ? atoi(th) : 0,
+                       pr && !strcmp(pr, "bf16") ? CP_PRECISION_BF16 : CP_PRECISION_FP32};
     cp_model *m = NULL;
     if (cp_model_load(shared_path("golden/weights/cpnet_cyto3like_s1.pth"), &o, &m)) {
         fprintf(stderr, "bench: %s\n", cp_errmsg());
@@ -814,8 +930,10 @@ static int bench(void)
     int tiles = 36;
     double mpx = 1024.0 * 1024.0 / 1e6;
     double achieved = gflop / per_batch;
-    printf("net: cyto3-shaped CPnet, batch %d tiles of %d, %ld threads: %.3f s/batch, %.1f ms/tile\n", n,
-           b, th && atoi(th) > 0 ? atol(th) : sysconf(_SC_NPROCESSORS_ONLN), per_batch, 1e3 * per_batch / n);
+    printf("net: cyto3-shaped CPnet, %s, batch %d tiles of %d, %ld threads: %.3f s/batch, %.1f ms/tile; "
+           "peak RSS %.0f MB\n", cp_precision_name(info->precision), n, b,
+           th && atoi(th) > 0 ? atol(th) : sysconf(_SC_NPROCESSORS_ONLN), per_batch, 1e3 * per_batch / n,
+           peak_rss_kb() / 1024.0);
     printf("net: network time per megapixel (1024x1024 image, diameter 30, %d tiles): %.2f s/Mpx\n",
            tiles, per_batch / n * tiles / mpx);
     printf("net: conv FLOPs per batch %.2f GFLOP; achieved %.1f GFLOP/s; peak conv %.1f GFLOP/s; "
@@ -846,8 +964,7 @@ static int bench(void)
         if (now_s() - t0 < tv)
             tv = now_s() - t0;
     }
-    double E = info->embed, N = (double)(b / info->patch) * (b / info->patch);
-    double vmacs = info->depth * N * (12 * E * E + 2 * N * E) + N * (256 * E + 256 * 256 * 9 + 192 * 256);
+    double vmacs = vit_macs(info);
     printf("net: tiny Cellpose-SAM (E %d, depth %d), batch %d tiles of %d: %.3f s/batch, %.1f ms/tile, "
            "%.1f GFLOP/s (matmul + conv FLOPs)\n", info->embed, info->depth, n, b, tv, 1e3 * tv / n,
            2 * vmacs * n / 1e9 / tv);
