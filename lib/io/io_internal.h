@@ -58,6 +58,8 @@ void cp_tiff_region_close(cp_tiff_region *r);
 
 /* Lower-case extension test on a path ("tif" matches "x.TIF"). */
 int cp_io_has_ext(const char *path, const char *ext);
+/* Reverse the bytes of each of count samples of size bytes, in place. */
+void cp_byteswap(void *data, size_t count, size_t size);
 
 /* TIFF encoding shared by the file and memory writers (tiff.c); t is a
  * libtiff handle (TIFF *). */

@@ -210,7 +210,7 @@ static int gz_read_all(gzFile g, void *buf, size_t n)
     return 0;
 }
 
-static void byteswap(void *data, size_t count, size_t size)
+void cp_byteswap(void *data, size_t count, size_t size)
 {
     unsigned char *p = data;
     for (size_t i = 0; i < count; i++, p += size)
@@ -332,7 +332,7 @@ static int read_npy_stream(const char *path, gzFile g, double fsize, cp_array **
     int swap = !h.big_endian && es > 1;
 #endif
     if (swap)
-        byteswap(a->data, n, es);
+        cp_byteswap(a->data, n, es);
     if (h.fortran && (rc = fortran_to_c(a)) != CP_OK) {
         cp_array_free(a);
         return rc;
@@ -483,7 +483,7 @@ int cp_npy_write(const char *path, const cp_array *a)
         if (!swapped)
             return CP_ENOMEM;
         memcpy(swapped, data, n * es);
-        byteswap(swapped, n, es);
+        cp_byteswap(swapped, n, es);
         data = swapped;
     }
 #endif

@@ -269,16 +269,6 @@ static int pread_all(int fd, void *buf, size_t n, uint64_t off)
     return 0;
 }
 
-static void byteswap(unsigned char *p, size_t count, size_t es)
-{
-    for (size_t i = 0; i < count; i++, p += es)
-        for (size_t a = 0, b = es - 1; a < b; a++, b--) {
-            unsigned char t = p[a];
-            p[a] = p[b];
-            p[b] = t;
-        }
-}
-
 /* Rows of the box, each one pread; a Fortran-order file is the C-order
  * array of the reversed shape, transposed back afterwards. */
 static int read_npy_box(cp_vol_reader *r, const int64_t *start, const int64_t *count, unsigned char *buf)
@@ -313,7 +303,7 @@ static int read_npy_box(cp_vol_reader *r, const int64_t *start, const int64_t *c
             break;
     }
     if (r->npy.swap)
-        byteswap(dst, total, es);
+        cp_byteswap(dst, total, es);
     if (r->npy.is_bool)
         for (size_t e = 0; e < total; e++)
             dst[e] = dst[e] != 0;

@@ -13,6 +13,7 @@
 
 #include "cellpose/files.h"
 #include "core/internal.h"
+#include "io/io_internal.h"
 #include "io/zarr_internal.h"
 
 /* Beyond 2^53 elements int64 offsets are still exact but no machine holds
@@ -510,16 +511,6 @@ static void fill_chunk(const cp_zarr *z, unsigned char *buf)
         memcpy(buf + i * z->es, z->fill, z->es);
 }
 
-static void byteswap(unsigned char *p, size_t count, size_t es)
-{
-    for (size_t i = 0; i < count; i++, p += es)
-        for (size_t a = 0, b = es - 1; a < b; a++, b--) {
-            unsigned char t = p[a];
-            p[a] = p[b];
-            p[b] = t;
-        }
-}
-
 /* Chunk idx decoded into buf (chunk_bytes, native order); fill_value when
  * its file does not exist. */
 static int load_chunk(const cp_zarr *z, const int64_t *idx, unsigned char *buf)
@@ -553,7 +544,7 @@ static int load_chunk(const cp_zarr *z, const int64_t *idx, unsigned char *buf)
     if (!rc)
         rc = cp_zcodec_decode(&z->codec, file, raw, (size_t)st.st_size, buf, z->chunk_bytes);
     if (!rc && z->swap)
-        byteswap(buf, z->chunk_elems, z->es);
+        cp_byteswap(buf, z->chunk_elems, z->es);
     free(raw);
     free(file);
     return rc;
@@ -571,7 +562,7 @@ static int store_chunk(const cp_zarr *z, const int64_t *idx, unsigned char *buf)
         free(dir);
     }
     if (z->swap)
-        byteswap(buf, z->chunk_elems, z->es);
+        cp_byteswap(buf, z->chunk_elems, z->es);
     void *enc = NULL;
     size_t n = 0;
     if (!rc)
