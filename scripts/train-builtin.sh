@@ -29,18 +29,20 @@ while read -r id split; do
     ln -sf "$DSB/${id}_img.png" "$OUT/$split/"
     ln -sf "$DSB/${id}_masks.tif" "$OUT/$split/"
 done
-# 100 epochs of 112 tiles (Cellpose's schedule: warm-up over 10 epochs,
-# halvings every 5 over the last 50)
+# Cellpose's schedule: warm-up over 10 epochs, halvings every 5 over the
+# last 50 of 100
 if [ "${RECIPE:-base}" = scale ]; then
     # fine-tune the shipped model with scales 0.5..2 (log-symmetric), so
     # that nuclei half and twice DSB's size are found at the fixed scale
     START="--pretrained $(dirname "$0")/../lib/net/models/cptools_nuclei.pth"
     RECIPE_OPTS="--scale-max 2 --epochs 100 --nimg-per-epoch 24 --val-every 50 --lr 0.003 --seed 3"
-else
+else  # the shipped model: 100 epochs of 112 tiles from scratch
     START="--nbase 2,16,32,64,128 --diam-mean 30"
     RECIPE_OPTS="--epochs 100 --nimg-per-epoch 112 --val-every 10 --lr 0.005 --seed 1"
 fi
-[ -f "$OUT/cptools_nuclei.pth.ckpt" ] && START="--resume $OUT/cptools_nuclei.pth.ckpt"
+if [ -f "$OUT/cptools_nuclei.pth.ckpt" ]; then
+    START="--resume $OUT/cptools_nuclei.pth.ckpt"
+fi
 if [ "$STEP" != size ]; then
     # shellcheck disable=SC2086
     "$BUILD/bin/cptrain" -v \
