@@ -33,6 +33,8 @@ static void usage(void)
            "                            pretrained model's, else 30)\n"
            "      --no-rescale          keep each image's scale (no resize to --diam-mean)\n"
            "      --scale-range R       random scale 1 +- R/2 (default 0.5, 1 with --no-rescale)\n"
+           "      --scale-max M         random scale in 1/M..M instead: shrink or enlarge by\n"
+           "                            a factor uniform in 1..M, equal odds\n"
            "Training:\n"
            "      --epochs N            passes over the training set (default 100)\n"
            "      --nimg-per-epoch N    samples per epoch, drawn with replacement (default: each\n"
@@ -68,7 +70,7 @@ static void usage(void)
 
 enum {
     OPT_TRAIN = 256, OPT_VAL, OPT_CHAN, OPT_CHAN2, OPT_MASKF, OPT_IMGF, OPT_MINM, OPT_PRE, OPT_NBASE,
-    OPT_DIAM, OPT_NORESCALE, OPT_SRANGE, OPT_EPOCHS, OPT_BATCH, OPT_BSIZE, OPT_LR, OPT_WD, OPT_SGD,
+    OPT_DIAM, OPT_NORESCALE, OPT_SRANGE, OPT_SMAX, OPT_EPOCHS, OPT_BATCH, OPT_BSIZE, OPT_LR, OPT_WD, OPT_SGD,
     OPT_SEED, OPT_THREADS, OPT_CKPT, OPT_CKEVERY, OPT_RESUME, OPT_LOG, OPT_VALEVERY, OPT_NIMG, OPT_TSIZE, OPT_SOUT, OPT_SEPOCHS, OPT_SBSIZE, OPT_HELP, OPT_VERSION
 };
 
@@ -79,6 +81,7 @@ static const struct option long_opts[] = {
     {"min-masks", required_argument, 0, OPT_MINM},   {"pretrained", required_argument, 0, OPT_PRE},
     {"nbase", required_argument, 0, OPT_NBASE},      {"diam-mean", required_argument, 0, OPT_DIAM},
     {"no-rescale", no_argument, 0, OPT_NORESCALE},   {"scale-range", required_argument, 0, OPT_SRANGE},
+    {"scale-max", required_argument, 0, OPT_SMAX},
     {"epochs", required_argument, 0, OPT_EPOCHS},    {"batch-size", required_argument, 0, OPT_BATCH},
     {"bsize", required_argument, 0, OPT_BSIZE},      {"lr", required_argument, 0, OPT_LR},
     {"weight-decay", required_argument, 0, OPT_WD},  {"sgd", no_argument, 0, OPT_SGD},
@@ -215,6 +218,7 @@ int main(int argc, char **argv)
         case OPT_DIAM: o.diam_mean = cli_parse_double("--diam-mean", optarg, 1, 1e4); break;
         case OPT_NORESCALE: o.rescale = 0; break;
         case OPT_SRANGE: o.scale_range = cli_parse_double("--scale-range", optarg, 0, 1.9); break;
+        case OPT_SMAX: o.scale_max = cli_parse_double("--scale-max", optarg, 1, 10); break;
         case OPT_EPOCHS: o.epochs = (int)cli_parse_long("--epochs", optarg, 1, 1000000); break;
         case OPT_BATCH: o.batch_size = (int)cli_parse_long("--batch-size", optarg, 1, 4096); break;
         case OPT_BSIZE: o.bsize = (int)cli_parse_long("--bsize", optarg, 16, 4096); break;

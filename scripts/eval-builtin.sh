@@ -4,6 +4,8 @@
 #
 #   scripts/eval-builtin.sh [BUILD [OUTDIR [cpseg options...]]]
 #
+# SPLIT=train evaluates on the train split instead (for tuning options
+# without looking at val), EVERY=N on every N-th image only.
 # SCALE=F in the environment evaluates on the images resized by F (linear,
 # anti-aliased when shrinking) and their labels resized likewise (nearest),
 # written as TIFFs into OUTDIR: how a model copes with objects of another size.
@@ -19,7 +21,8 @@ SHARED=${CP_SHARED:-$(cd "$(dirname "$0")/../.." && pwd)/shared}
 DSB=$SHARED/data/dsb2018
 mkdir -p "$OUT/img" "$OUT/gt"
 SCALE=${SCALE:-1}
-awk -F'\t' 'NR > 1 && $2 == "fluorescence" && $6 == "val" { print $1 }' "$DSB/index.tsv" > "$OUT/ids.txt"
+awk -F'\t' -v want="${SPLIT:-val}" -v every="${EVERY:-1}" \
+    'NR > 1 && $2 == "fluorescence" && $6 == want && n++ % every == 0 { print $1 }' "$DSB/index.tsv" > "$OUT/ids.txt"
 if [ "$SCALE" = 1 ]; then
     while read -r id; do
         ln -sf "$DSB/${id}_img.png" "$OUT/img/"

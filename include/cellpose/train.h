@@ -81,7 +81,9 @@ typedef struct cp_augment {
 
 /* Draw the transform for an h x w sample into a bsize tile, as Cellpose:
  * flip with p 0.5, theta uniform in [0, 2 pi), scale uniform in
- * 1 +- scale_range/2 divided by rescale, random crop offset. */
+ * 1 +- scale_range/2 divided by rescale, random crop offset. A negative
+ * scale_range -m (m >= 1) instead draws the scale from 1/m..m symmetrically in
+ * log: shrinking or enlarging by a factor uniform in [1, m], equal odds. */
 void cp_augment_draw(cp_xoshiro *r, int h, int w, int bsize, double scale_range, double rescale,
                      cp_augment *a);
 /* Apply it: x (nchan x h x w, bilinear, zeros outside) and lbl (3 x h x w:
@@ -113,6 +115,8 @@ typedef struct cp_train_opts {
     double diam_mean;        /* <= 0: the pretrained model's, else 30 */
     int rescale;             /* scale each sample by diam_mean / its diameter (default 1) */
     double scale_range;      /* < 0: 0.5 with rescale, 1.0 without (Cellpose) */
+    double scale_max;        /* > 1: scale in 1/scale_max..scale_max instead (see
+                              * cp_augment_draw's negative scale_range) */
     int val_every;           /* validation loss every N epochs (default 1) */
     const char *out;         /* model file written at checkpoints and at the end */
     const char *checkpoint;  /* NULL: out + ".ckpt" */

@@ -40,7 +40,15 @@ void cp_augment_draw(cp_xoshiro *r, int h, int w, int bsize, double scale_range,
 {
     a->flip = cp_xoshiro_uniform(r) > 0.5;
     a->theta = cp_xoshiro_uniform(r) * 2.0 * M_PI;
-    a->scale = (1.0 - scale_range / 2.0) + scale_range * cp_xoshiro_uniform(r);
+    double u = cp_xoshiro_uniform(r);
+    if (scale_range >= 0) {
+        a->scale = (1.0 - scale_range / 2.0) + scale_range * u;
+    } else {
+        /* symmetric in log scale: shrink or enlarge by 1..m with equal odds
+         * (no libm, whose last bit may differ between CPUs) */
+        double s = 1.0 + (-scale_range - 1.0) * fabs(2.0 * u - 1.0);
+        a->scale = u < 0.5 ? 1.0 / s : s;
+    }
     if (rescale > 0)
         a->scale /= rescale;
     double ex = w * a->scale - bsize, ey = h * a->scale - bsize;

@@ -47,7 +47,7 @@ typedef struct hist {
 /* Hyperparameters that must not change across a resume, stored bit for bit. */
 enum { HP_LR, HP_WD, HP_SGD, HP_SEED, HP_BATCH, HP_BSIZE, HP_DIAM, HP_RESCALE, HP_SRANGE, HP_EPOCHS, HP_NIMG, HP_N };
 static const char *const hp_names[HP_N] = {"--lr", "--weight-decay", "--sgd", "--seed", "--batch-size",
-                                           "--bsize", "--diam-mean", "--no-rescale", "--scale-range",
+                                           "--bsize", "--diam-mean", "--no-rescale", "--scale-range/--scale-max",
                                            "--epochs", "--nimg-per-epoch"};
 
 static int64_t dbits(double d)
@@ -259,7 +259,7 @@ int cp_train(const cp_train_opts *o, const cp_dataset *train, const cp_dataset *
     }
     if (c.diam_mean <= 0)
         c.diam_mean = 30.0;
-    c.scale_range = o->scale_range >= 0 ? o->scale_range : o->rescale ? 0.5 : 1.0;
+    c.scale_range = o->scale_max > 1 ? -o->scale_max : o->scale_range >= 0 ? o->scale_range : o->rescale ? 0.5 : 1.0;
     c.shape[0] = nlevels;
     c.shape[1] = nout;
     for (int i = 0; i < nlevels; i++)

@@ -114,6 +114,31 @@ static void test_schedule(void)
     CHECK(cp_train_lr(0.01, 399, 400) == 0.01 / 1024);
 }
 
+/* --scale-max M: scales in [1/M, M], as many below 1 as above, and the same
+ * draws as the linear range otherwise (one uniform per sample) */
+static void test_scale_max(void)
+{
+    cp_xoshiro r, q;
+    cp_xoshiro_seed(&r, 5);
+    cp_xoshiro_seed(&q, 5);
+    int below = 0, n = 4000;
+    double lo = 1e9, hi = 0;
+    for (int i = 0; i < n; i++) {
+        cp_augment a, b;
+        cp_augment_draw(&r, 100, 100, 64, -2.0, 1.0, &a);
+        cp_augment_draw(&q, 100, 100, 64, 1.0, 1.0, &b);
+        CHECK(a.flip == b.flip && a.theta == b.theta);
+        /* the linear draw 0.5 + u maps to the log-symmetric one */
+        double u = b.scale - 0.5, s = 1.0 + fabs(2.0 * u - 1.0);
+        CHECK_NEAR(a.scale, u < 0.5 ? 1.0 / s : s, 1e-12);
+        below += a.scale < 1;
+        lo = a.scale < lo ? a.scale : lo;
+        hi = a.scale > hi ? a.scale : hi;
+    }
+    CHECKF(lo >= 0.5 && lo < 0.51 && hi <= 2 && hi > 1.99, "%g..%g", lo, hi);
+    CHECKF(abs(2 * below - n) < 200, "%d of %d below 1", below, n);
+}
+
 static void test_diameter(void)
 {
     /* areas 4, 9, 16 -> median sqrt 3 -> 3 / (sqrt(pi)/2) */
@@ -311,6 +336,7 @@ int main(void)
 {
     test_rotation();
     test_schedule();
+    test_scale_max();
     test_diameter();
     test_bad_input();
     test_training();
