@@ -94,6 +94,8 @@ typedef struct cp_size_estimate {
     uint32_t nmasks;          /* masks of the size pass */
     int fallback;             /* 1: no masks, diam is the size model's diam_mean */
     uint32_t *masks;          /* the size pass's labels at the image's size */
+    float *style;             /* pass 1's style (nstyle values), which the regression reads */
+    int nstyle;
     double t_network, t_dynamics; /* seconds */
 } cp_size_estimate;
 

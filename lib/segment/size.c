@@ -111,10 +111,15 @@ int cp_estimate_diameter(cp_model *m, const cp_size_model *sm, const cp_image *i
     if (rc)
         return rc;
     out->diam_style = cp_size_model_predict(sm, f->style);
+    out->style = f->style;
+    out->nstyle = f->nstyle;
+    f->style = NULL;
     cp_flows_free(f);
     f = NULL;
-    if (isinf(out->diam_style))
+    if (isinf(out->diam_style)) {
+        cp_size_estimate_free(out);
         return cp_error(CP_EINVAL, "size model: the style gives an infinite diameter");
+    }
     /* pass 2: segment at rescale sm.diam_mean / diam_style, masks at that resolution */
     size_eval_params(p, &ep);
     ep.diameter = out->diam_style;
@@ -154,4 +159,6 @@ void cp_size_estimate_free(cp_size_estimate *e)
 {
     free(e->masks);
     e->masks = NULL;
+    free(e->style);
+    e->style = NULL;
 }
