@@ -26,7 +26,8 @@
 #define CP_TORCH_BACKEND_DIR "/usr/local/lib/cellpose"
 #endif
 
-static const cp_torch_host host = {CP_TORCH_ABI, CP_VERSION_STRING, cp_error, cp_weights_get, cp_weights_add};
+static const cp_torch_host host = {CP_TORCH_ABI, CP_VERSION_STRING, cp_error, cp_weights_get, cp_weights_add,
+                                    cp_attn_softmax};
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static const cp_torch_backend *B;

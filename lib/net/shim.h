@@ -74,7 +74,20 @@ void cp_trainer_free(cp_trainer *t);
  * error state) and returns the functions above. Both sides check abi and
  * version before anything else: bump CP_TORCH_ABI when a structure of
  * net.h or these tables change. */
-#define CP_TORCH_ABI 4
+#define CP_TORCH_ABI 5
+
+/* The row pass of SAM's attention (lib/net/attention.c): for m rows of
+ * scores s (m x h*w, rows contiguous), s * scale + rh[row][j / w] +
+ * rw[row][j % w] (rh m x h, rw m x w), then each row's softmax into out:
+ * float (may be s) or, with out_bf16, bfloat16 rounded to nearest even.
+ * The same bits on every x86-64 CPU: cp_attn_softmax_isa runs the AVX-512,
+ * AVX2 or baseline build (-1 when this CPU lacks it), cp_attn_softmax the
+ * best there is. */
+enum { CP_ISA_BASE, CP_ISA_AVX2, CP_ISA_AVX512 };
+void cp_attn_softmax(float *s, int64_t m, int64_t h, int64_t w, const float *rh, const float *rw, float scale,
+                     void *out, int out_bf16);
+int cp_attn_softmax_isa(int isa, float *s, int64_t m, int64_t h, int64_t w, const float *rh, const float *rw,
+                        float scale, void *out, int out_bf16);
 
 typedef struct cp_torch_host {
     int abi;              /* CP_TORCH_ABI */
@@ -87,6 +100,8 @@ typedef struct cp_torch_host {
     const cp_wtensor *(*weights_get)(const cp_weights *w, const char *name);
     int (*weights_add)(cp_weights *w, const char *name, int ndim, const int64_t *shape, cp_wdtype dtype,
                        const void *data);
+    void (*attn_softmax)(float *s, int64_t m, int64_t h, int64_t w, const float *rh, const float *rw,
+                         float scale, void *out, int out_bf16);
 } cp_torch_host;
 
 typedef struct cp_torch_backend {

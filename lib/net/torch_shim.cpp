@@ -328,9 +328,9 @@ void build_cpsam(cp_shim *s, const Loader &L)
         b.l1b = L(p + ".mlp.lin1.bias");
         b.l2w = L(p + ".mlp.lin2.weight");
         b.l2b = L(p + ".mlp.lin2.bias");
-        // resampled in float32, rounded once
-        b.rh = rel_table(L.f32(p + ".attn.rel_pos_h"), grid).to(L.dtype);
-        b.rw = rel_table(L.f32(p + ".attn.rel_pos_w"), grid).to(L.dtype);
+        // float32 in every precision: the position terms join float32 scores
+        b.rh = rel_table(L.f32(p + ".attn.rel_pos_h"), grid);
+        b.rw = rel_table(L.f32(p + ".attn.rel_pos_w"), grid);
         s->blocks.push_back(b);
     }
     s->neck0 = L("encoder.neck.0.weight");
@@ -407,49 +407,62 @@ struct StageProf {
 };
 thread_local StageProf prof;
 
+// Scores s (m x N) + SAM's position terms rh (m x H), rw (m x W), softmax
+// into p: lib/net/attention.c on the CPU, ATen elsewhere.
+void attn_rows(const at::Tensor &s, const at::Tensor &rh, const at::Tensor &rw, float scale, const at::Tensor &p)
+{
+    int64_t m = s.size(0), H = rh.size(1), W = rw.size(1);
+    if (s.is_cpu()) {
+        host->attn_softmax(s.data_ptr<float>(), m, H, W, rh.data_ptr<float>(), rw.data_ptr<float>(), scale,
+                           p.data_ptr(), p.scalar_type() != at::kFloat);
+        return;
+    }
+    at::Tensor a = (s * scale).view({m, H, W}) + rh.unsqueeze(-1) + rw.unsqueeze(-2);
+    p.copy_(at::softmax(a.view({m, H * W}), -1));
+}
+
 // SAM's attention with decomposed relative positions (Cellpose-SAM's
-// blocks all use it), one head and 512 query rows at a time: the
-// block's scores (rows x N) stay in cache from the relative-position terms
-// through the q.k product, the softmax and the product with v, where the
-// (heads, N, N) scores of a whole tile (64 MB for ViT-L) went through
-// memory four times. q, k and v are read in place from the qkv output and
-// each head's result lands in its columns of the merged output: no
-// permutes, no copies. The scale (a power of two for every SAM config) goes
-// into the GEMM's alpha, the position terms into its accumulator.
+// blocks all use it), one head and 512 query rows at a time: the block's
+// scores (rows x N) stay in cache from the q.k product through the
+// position terms and the softmax (one pass, lib/net/attention.c) to the
+// product with v, where the (heads, N, N) scores of a whole tile (64 MB
+// for ViT-L) went through memory four times. q, k and v are read in place
+// from the qkv output and each head's result lands in its columns of the
+// merged output: no permutes. The scores and the softmax are float32 in
+// bf16 runs too (q and k widened once per tile: a bf16 GEMM with K = 64 was
+// the slowest step, and bf16 scores lose the softmax's resolution); the
+// probabilities are rounded to bf16 for the product with v.
 at::Tensor attention(const Block &b, const at::Tensor &x, int heads)
 {
     int64_t B = x.size(0), H = x.size(1), W = x.size(2), E = x.size(3), d = E / heads, N = H * W;
     at::Tensor qkv = at::linear(x, b.qkvw, b.qkvb).view({B, N, 3 * E});
     prof.mark("qkv");
     at::Tensor o = at::empty({B, N, E}, x.options());
-    double scale = 1.0 / std::sqrt((double)d);
+    float scale = (float)(1.0 / std::sqrt((double)d));
     int64_t rows = W * std::max<int64_t>(1, 512 / W);
-    at::Tensor S = at::empty({std::min(rows, N), N}, x.options());
+    bool wide = x.scalar_type() != at::kFloat;
+    at::Tensor S = at::empty({std::min(rows, N), N}, x.options().dtype(at::kFloat));
+    at::Tensor P = wide ? at::empty({std::min(rows, N), N}, x.options()) : S;
     for (int64_t i = 0; i < B; i++) {
         at::Tensor t = qkv[i], oi = o[i];  // (N, 3E): token, (q|k|v, head, d)
+        at::Tensor qk = wide ? t.narrow(1, 0, 2 * E).to(at::kFloat) : t;
         // from the unscaled q, as SAM does
-        at::Tensor q4 = t.narrow(1, 0, E).view({H, W, heads, d});
+        at::Tensor q4 = qk.narrow(1, 0, E).view({H, W, heads, d});
         at::Tensor rel_h = at::einsum("hwnc,hkc->nhwk", {q4, b.rh}).contiguous();
         at::Tensor rel_w = at::einsum("hwnc,wkc->nhwk", {q4, b.rw}).contiguous();
         prof.mark("relpos");
         for (int64_t n = 0; n < heads; n++) {
-            at::Tensor q = t.narrow(1, n * d, d), k = t.narrow(1, E + n * d, d), v = t.narrow(1, 2 * E + n * d, d);
+            at::Tensor q = qk.narrow(1, n * d, d), k = qk.narrow(1, E + n * d, d), v = t.narrow(1, 2 * E + n * d, d);
             at::Tensor rh = rel_h[n].view({N, H}), rw = rel_w[n].view({N, W});
             for (int64_t r0 = 0; r0 < N; r0 += rows) {
                 int64_t m = std::min(rows, N - r0);
-                at::Tensor s = S.narrow(0, 0, m);
-                at::Tensor sv = s.view({m, H, W});
-                at::add_out(sv, rh.narrow(0, r0, m).unsqueeze(-1), rw.narrow(0, r0, m).unsqueeze(-2));
-                prof.mark("relpos_add");
-                if (s.scalar_type() == at::kFloat)
-                    s.addmm_(q.narrow(0, r0, m), k.t(), 1, scale);
-                else  // bf16 GEMMs with an accumulator take ATen's slow path
-                    s.add_(at::mm(q.narrow(0, r0, m), k.t()), scale);
+                at::Tensor s = S.narrow(0, 0, m), p = P.narrow(0, 0, m);
+                at::mm_out(s, q.narrow(0, r0, m), k.t());
                 prof.mark("q@k");
-                at::_softmax_out(s, s, -1, false);
+                attn_rows(s, rh.narrow(0, r0, m), rw.narrow(0, r0, m), scale, p);
                 prof.mark("softmax");
                 at::Tensor on = oi.narrow(0, r0, m).narrow(1, n * d, d);
-                at::mm_out(on, s, v);
+                at::mm_out(on, p, v);
                 prof.mark("p@v");
             }
         }
