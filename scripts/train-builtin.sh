@@ -11,7 +11,8 @@
 # OUTDIR/cptools_nuclei.pth: copy lib/net/models/cptools_nuclei.pth there to
 # remake the shipped size model). RECIPE=scale in the environment: the
 # scale-augmented fine-tune of the shipped model (issue 22, see
-# lib/net/models/README.md) instead of the training from scratch. A run
+# lib/net/models/README.md) instead of the training from scratch;
+# RECIPE=scale-long the same with 112 tiles per epoch (1,400 steps). A run
 # that was interrupted continues from OUTDIR/cptools_nuclei.pth.ckpt
 # (the same command again). Data:
 # $CP_SHARED/data/dsb2018 (default ../shared). Deterministic for this seed
@@ -31,11 +32,12 @@ while read -r id split; do
 done
 # Cellpose's schedule: warm-up over 10 epochs, halvings every 5 over the
 # last 50 of 100
-if [ "${RECIPE:-base}" = scale ]; then
+if [ "${RECIPE:-base}" = scale ] || [ "${RECIPE:-base}" = scale-long ]; then
     # fine-tune the shipped model with scales 0.5..2 (log-symmetric), so
     # that nuclei half and twice DSB's size are found at the fixed scale
     START="--pretrained $(dirname "$0")/../lib/net/models/cptools_nuclei.pth"
     RECIPE_OPTS="--scale-max 2 --epochs 100 --nimg-per-epoch 24 --val-every 50 --lr 0.003 --seed 3"
+    [ "$RECIPE" = scale-long ] && RECIPE_OPTS="--scale-max 2 --epochs 100 --nimg-per-epoch 112 --val-every 25 --lr 0.003 --seed 3"
 else  # the shipped model: 100 epochs of 112 tiles from scratch
     START="--nbase 2,16,32,64,128 --diam-mean 30"
     RECIPE_OPTS="--epochs 100 --nimg-per-epoch 112 --val-every 10 --lr 0.005 --seed 1"

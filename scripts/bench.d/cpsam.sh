@@ -34,7 +34,7 @@ if [ ! -s "$W" ]; then
 fi
 
 for p in fp32 bf16; do
-    CP_BENCH=vit CP_BENCH_WEIGHTS=$W CP_BENCH_PRECISION=$p "$ROOT/$BUILD/tests/test_net"
+    CP_BENCH_REPS=${CP_BENCH_REPS:-3} CP_BENCH=vit CP_BENCH_WEIGHTS=$W CP_BENCH_PRECISION=$p "$ROOT/$BUILD/tests/test_net"
 done
 
 dsb=$(awk -F'\t' '$2=="fluorescence" && $3==256 && $4==256 {print $1; exit}' "$SHARED/data/dsb2018/index.tsv")
