@@ -107,6 +107,16 @@ for be in /nonexistent/libcellpose_torch.so "$T/broken.so" $(ls /lib/*/libz.so.1
         $BIN/cpseg -q --force --model $W --savedir "$T/nb" --from-flows "$T/ff/c_flows.npy"
     check_same "from flows without the backend $be: masks" "$T/nb/c_cp_masks.tif" "$T/t1/c_cp_masks.tif"
 done
+# a backend of another cptools build (an older interface, as after an
+# upgrade that left the old backend installed): refused before any call
+printf 'struct b { int abi; const char *version; };\nstatic const struct b B = {3, "0.0.1"};\n%s\n' \
+    'const void *cp_torch_backend_init(const void *h) { (void)h; return &B; }' > "$T/oldbe.c"
+if cc -shared -fPIC -o "$T/oldbe.so" "$T/oldbe.c" 2> /dev/null; then
+    CELLPOSE_TORCH_BACKEND=$T/oldbe.so check_fails "old backend" 3 $SEG --force --savedir "$T/nb" "$T/in/a.png"
+    check_eq "old backend: one line" "$(wc -l < "$T/last.err")" 1
+    grep -q "oldbe.so: libtorch backend of cptools 0.0.1 (interface 3), but this libcellpose is" "$T/last.err" &&
+        ok || bad "old backend: $(cat "$T/last.err")"
+fi
 # a program with no lib/cellpose/ beside its bin/: the folders looked in, one
 # line (unless a backend is installed under the default PREFIX, looked in last)
 mkdir -p "$T/alone/bin" && cp $BIN/cpseg "$T/alone/bin/"
