@@ -49,11 +49,12 @@ static int grow(pk_vm *m, void **a, size_t *cap, size_t need, size_t elem)
 
 void *pk_alloc(pk_vm *m, size_t n)
 {
-    if (charge(m, n + 16) || grow(m, (void **)&m->owned, &m->capowned, m->nowned + 1, sizeof *m->owned))
+    if ((m->err = charge(m, n + 16)) ||
+        (m->err = grow(m, (void **)&m->owned, &m->capowned, m->nowned + 1, sizeof *m->owned)))
         return NULL;
     void *p = calloc(1, n ? n : 1);
     if (!p) {
-        pk_fail(m, CP_ENOMEM, "out of memory reading the pickle");
+        m->err = pk_fail(m, CP_ENOMEM, "out of memory reading the pickle");
         return NULL;
     }
     m->owned[m->nowned++] = p;
@@ -81,7 +82,7 @@ int pk_add(pk_vm *m, pk_val *c, pk_val *item)
         /* the old array stays owned: growth by doubling at most doubles the cost */
         pk_val **it = pk_alloc(m, nc * sizeof *it);
         if (!it)
-            return CP_ENOMEM;
+            return m->err;
         if (c->ni)
             memcpy(it, c->items, c->ni * sizeof *it);
         c->items = it;
@@ -221,7 +222,7 @@ static int np_dtype(pk_vm *m, const pk_val *args, pk_val **out)
     }
     pk_val *d = pk_new(m, PK_DTYPE);
     if (!d)
-        return CP_ENOMEM;
+        return m->err;
     d->dkind = (uint8_t)kind;
     d->dsize = (uint8_t)size;
     *out = d;
@@ -238,7 +239,7 @@ static int np_set_shape(pk_vm *m, pk_val *a, const pk_val *shape)
         return pk_fail(m, CP_EUNSUPPORTED, "numpy array with %d dimensions in pickle (at most %d)", nd,
                        PK_MAXDIM);
     if (nd && !(a->shape = pk_alloc(m, (size_t)nd * sizeof *a->shape)))
-        return CP_ENOMEM;
+        return m->err;
     /* no dimension beyond what the file could describe, so products stay small */
     int64_t most = ((int64_t)(m->end - m->base) + 16) * 8;
     size_t numel = 1;
@@ -321,7 +322,7 @@ static int encode_latin1(pk_vm *m, const pk_val *args, pk_val *o)
         return pk_fail(m, CP_EFORMAT, "bad _codecs.encode in pickle");
     uint8_t *b = pk_alloc(m, s->n);
     if (!b)
-        return CP_ENOMEM;
+        return m->err;
     size_t n = 0;
     for (size_t i = 0; i < s->n; i++) {
         uint8_t c = s->s[i];
@@ -344,7 +345,7 @@ static int np_reduce(pk_vm *m, int id, const pk_val *args, pk_val **out)
         return np_dtype(m, args, out);
     pk_val *o = pk_new(m, PK_ARRAY);
     if (!o)
-        return CP_ENOMEM;
+        return m->err;
     *out = o;
     switch (id) {
     case PK_G_NP_RECONSTRUCT: /* _reconstruct(ndarray, (0,), b'b'): an array that BUILD fills */
@@ -400,7 +401,7 @@ static int need(pk_vm *m, size_t n)
 static int push(pk_vm *m, pk_val *v)
 {
     if (!v)
-        return CP_ENOMEM;
+        return m->err;
     int rc = grow(m, (void **)&m->st, &m->capst, m->nst + 1, sizeof *m->st);
     if (!rc)
         m->st[m->nst++] = v;
@@ -461,7 +462,7 @@ static int op_data(pk_vm *m, int lenbytes, int kind)
                        (unsigned long long)n);
     pk_val *v = pk_new(m, kind);
     if (!v)
-        return CP_ENOMEM;
+        return m->err;
     v->s = m->p;
     v->n = (size_t)n;
     m->p += n;
@@ -480,7 +481,7 @@ static int op_long(pk_vm *m, int lenbytes)
         return rc;
     pk_val *v = pk_new(m, n > 8 ? PK_BIGINT : PK_INT);
     if (!v)
-        return CP_ENOMEM;
+        return m->err;
     if (n > 8) {
         v->s = m->p;
         v->n = (size_t)n;
@@ -604,7 +605,7 @@ static int step(pk_vm *m, uint8_t op)
     case 'M': { /* BININT, BININT1, BININT2 */
         int nb = op == 'J' ? 4 : op == 'K' ? 1 : 2;
         if ((rc = need(m, (size_t)nb)) || !(v = pk_new(m, PK_INT)))
-            return rc ? rc : CP_ENOMEM;
+            return rc ? rc : m->err;
         uint64_t u = le(m->p, nb);
         v->i = op == 'J' ? (int64_t)(int32_t)(uint32_t)u : (int64_t)u;
         m->p += nb;
@@ -614,7 +615,7 @@ static int step(pk_vm *m, uint8_t op)
     case 0x8b: return op_long(m, 4);
     case 'G': { /* BINFLOAT, big-endian */
         if ((rc = need(m, 8)) || !(v = pk_new(m, PK_FLOAT)))
-            return rc ? rc : CP_ENOMEM;
+            return rc ? rc : m->err;
         uint64_t u = load(m->p, 8, 1);
         memcpy(&v->f, &u, 8);
         m->p += 8;
@@ -637,7 +638,7 @@ static int step(pk_vm *m, uint8_t op)
     case 'd':
     case 0x91: /* FROZENSET: a list */
         if (!(v = pk_new(m, op == 't' ? PK_TUPLE : op == 'd' ? PK_DICT : PK_LIST)))
-            return CP_ENOMEM;
+            return m->err;
         return (rc = mark_into(m, v)) ? rc : push(m, v);
     case 0x85:
     case 0x86:
@@ -647,7 +648,7 @@ static int step(pk_vm *m, uint8_t op)
             if ((rc = pop(m, &it[j])))
                 return rc;
         if (!(v = pk_new(m, PK_TUPLE)))
-            return CP_ENOMEM;
+            return m->err;
         for (int j = 0; j <= op - 0x85; j++)
             if ((rc = pk_add(m, v, it[j])))
                 return rc;

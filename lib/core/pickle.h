@@ -86,6 +86,7 @@ struct pk_vm {
     void *ctx;                  /* the caller's, for its hooks */
     const uint8_t *p, *end, *base;
     size_t budget;              /* bytes the VM may still allocate */
+    int err;                    /* why the last pk_new or pk_alloc gave NULL */
     pk_val **st;                /* private from here */
     size_t nst, capst;
     size_t *marks, nmarks, capmarks;
@@ -106,9 +107,9 @@ void pk_init(pk_vm *m, const char *path, const pk_caller *c, void *ctx, const ui
 int pk_run(pk_vm *m, pk_val **top);
 void pk_free(pk_vm *m);
 
-/* For hooks: a new value, NULL with the error set. */
+/* For hooks: a new value, NULL with the error set and its code in m->err. */
 pk_val *pk_new(pk_vm *m, int kind);
-/* Charged memory freed by pk_free; NULL with the error set. */
+/* Zeroed, charged memory freed by pk_free; NULL as pk_new. */
 void *pk_alloc(pk_vm *m, size_t n);
 int pk_add(pk_vm *m, pk_val *c, pk_val *item);
 /* cp_error(code, "<path>: <fmt>", ...). */

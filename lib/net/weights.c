@@ -100,7 +100,7 @@ static int persistent_load(pk_vm *m, const pk_val *pid, pk_val **out)
         return bad(m, "storage size is not a non-negative integer");
     storage *s = new_rec(m, K_STORAGE, sizeof *s, out);
     if (!s)
-        return CP_ENOMEM;
+        return m->err;
     s->t = (stype)(ty->i - G_STORAGE);
     s->key = key->s;
     s->klen = key->n;
@@ -139,7 +139,7 @@ static int torch_reduce(pk_vm *m, const pk_val *fn, const pk_val *args, int newo
     if (fn->i == G_ODICT) {
         if (args->ni != 0)
             return bad(m, "OrderedDict built with arguments");
-        return (*out = pk_new(m, PK_DICT)) ? CP_OK : CP_ENOMEM;
+        return (*out = pk_new(m, PK_DICT)) ? CP_OK : m->err;
     }
     if (args->ni < 6 || args->ni > 7)
         return bad(m, "_rebuild_tensor_v2 with a wrong number of arguments");
@@ -150,7 +150,7 @@ static int torch_reduce(pk_vm *m, const pk_val *fn, const pk_val *args, int newo
         return bad(m, "tensor storage offset is not a non-negative integer");
     tensor *t = new_rec(m, K_TENSOR, sizeof *t, out);
     if (!t)
-        return CP_ENOMEM;
+        return m->err;
     int ns, nt, rc;
     if ((rc = int_tuple(m, args->items[2], t->size, &ns)) || (rc = int_tuple(m, args->items[3], t->stride, &nt)))
         return rc;

@@ -39,18 +39,15 @@ typedef struct pslice {
     int64_t start, stop, step;
 } pslice;
 
-typedef struct pblock {
-    const pk_val *values, *locs;
-} pblock;
+/* BLOCK: (values, placement); BM: (blocks, axes) */
+typedef struct ppair {
+    const pk_val *a, *b;
+} ppair;
 
 typedef struct pindex {
     int64_t len;
     const pk_val *data; /* NULL: a RangeIndex */
 } pindex;
-
-typedef struct pmgr {
-    const pk_val *blocks, *axes;
-} pmgr;
 
 typedef struct pframe {
     const pk_val *mgr;
@@ -69,6 +66,16 @@ static void *model(pk_vm *m, pk_val *v, int k, size_t size)
         v->x = r;
     }
     return r;
+}
+
+static int pair(pk_vm *m, pk_val *v, int k, const pk_val *a, const pk_val *b)
+{
+    ppair *r = model(m, v, k, sizeof *r);
+    if (!r)
+        return m->err;
+    r->a = a;
+    r->b = b;
+    return CP_OK;
 }
 
 static int slice_of(pk_vm *m, const pk_val *args, pslice *s)
@@ -129,50 +136,38 @@ static int frame_reduce(pk_vm *m, const pk_val *fn, const pk_val *args, int newo
 {
     pk_val *o = *out = pk_new(m, PK_NONE);
     if (!o)
-        return CP_ENOMEM;
+        return m->err;
     int64_t g = fn->i;
     if (newobj) {
         if (g != G_DF && g != G_BM)
             FAIL("pickle creates an object of a class it may not");
-        return model(m, o, g == G_DF ? K_DF : K_BM, g == G_DF ? sizeof(pframe) : sizeof(pmgr)) ? CP_OK
-                                                                                              : CP_ENOMEM;
+        return model(m, o, g == G_DF ? K_DF : K_BM, g == G_DF ? sizeof(pframe) : sizeof(ppair)) ? CP_OK
+                                                                                              : m->err;
     }
     switch (g) {
     case G_SLICE: {
         pslice *s = model(m, o, K_SLICE, sizeof *s);
-        return s ? slice_of(m, args, s) : CP_ENOMEM;
+        return s ? slice_of(m, args, s) : m->err;
     }
     case G_NEW_INDEX: {
         pindex *x = model(m, o, K_INDEX, sizeof *x);
-        return x ? index_of(m, args, x) : CP_ENOMEM;
+        return x ? index_of(m, args, x) : m->err;
     }
-    case G_BLOCK: {
+    case G_BLOCK:
         if (args->ni < 2)
             FAIL("bad pandas block in pickle");
-        pblock *b = model(m, o, K_BLOCK, sizeof *b);
-        if (!b)
-            return CP_ENOMEM;
-        b->values = args->items[0];
-        b->locs = args->items[1];
-        return CP_OK;
-    }
-    case G_BM: {
+        return pair(m, o, K_BLOCK, args->items[0], args->items[1]);
+    case G_BM:
         if (args->ni < 2 || !is_tuple(args->items[0]) || !is_tuple(args->items[1]))
             FAIL("bad pandas BlockManager in pickle");
-        pmgr *b = model(m, o, K_BM, sizeof *b);
-        if (!b)
-            return CP_ENOMEM;
-        b->blocks = args->items[0];
-        b->axes = args->items[1];
-        return CP_OK;
-    }
+        return pair(m, o, K_BM, args->items[0], args->items[1]);
     default:
         FAIL("pickle calls a class it may not");
     }
 }
 
 /* BlockManager state of older pandas: (axes, values, items, {"0.14.1": {"axes", "blocks"}}). */
-static int bm_state(pk_vm *m, pmgr *bm, const pk_val *st)
+static int bm_state(pk_vm *m, ppair *bm, const pk_val *st)
 {
     const pk_val *d = is_tuple(st) && st->ni >= 4 ? pk_get(st->items[3], "0.14.1") : NULL;
     const pk_val *axes = d ? pk_get(d, "axes") : NULL, *blocks = d ? pk_get(d, "blocks") : NULL;
@@ -185,14 +180,12 @@ static int bm_state(pk_vm *m, pmgr *bm, const pk_val *st)
         const pk_val *locs = bd->kind == PK_DICT ? pk_get(bd, "mgr_locs") : NULL;
         if (!vals || !locs)
             FAIL("bad pandas block state in pickle");
-        pblock *x = model(m, bd, K_BLOCK, sizeof *x);
-        if (!x)
-            return CP_ENOMEM;
-        x->values = vals;
-        x->locs = locs;
+        int rc = pair(m, bd, K_BLOCK, vals, locs);
+        if (rc)
+            return rc;
     }
-    bm->blocks = blocks;
-    bm->axes = axes;
+    bm->a = blocks;
+    bm->b = axes;
     return CP_OK;
 }
 
@@ -286,8 +279,7 @@ static int get_frame(pk_vm *m, const pk_val *top, frame *f)
     const pk_val *bm = top->kind == K_DF ? ((const pframe *)top->x)->mgr : NULL;
     if (!bm)
         FAIL("the pickle does not hold a pandas DataFrame");
-    const pmgr *mg = bm->x;
-    const pk_val *blocks = mg->blocks, *axes = mg->axes;
+    const pk_val *blocks = ((const ppair *)bm->x)->a, *axes = ((const ppair *)bm->x)->b;
     if (!blocks || !is_tuple(blocks) || !is_tuple(axes) || axes->ni != 2 || axes->items[0]->kind != K_INDEX ||
         axes->items[1]->kind != K_INDEX)
         FAIL("unsupported DataFrame layout in pickle");
@@ -309,7 +301,7 @@ static int get_frame(pk_vm *m, const pk_val *top, frame *f)
         const pk_val *blk = blocks->items[b];
         if (blk->kind != K_BLOCK)
             FAIL("unsupported pandas block in pickle");
-        const pk_val *arr = ((const pblock *)blk->x)->values, *loc = ((const pblock *)blk->x)->locs;
+        const pk_val *arr = ((const ppair *)blk->x)->a, *loc = ((const ppair *)blk->x)->b;
         if (!block_array(arr))
             FAIL("pandas block without a numpy array of 1 or 2 dimensions in pickle (extension dtypes are "
                  "not supported)");
