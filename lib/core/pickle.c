@@ -92,13 +92,11 @@ int pk_add(pk_vm *m, pk_val *c, pk_val *item)
     return CP_OK;
 }
 
-void pk_init(pk_vm *m, const char *path, const pk_caller *c, void *ctx, const uint8_t *p, size_t n,
-             size_t budget)
+void pk_init(pk_vm *m, const char *path, const pk_caller *c, const uint8_t *p, size_t n, size_t budget)
 {
     memset(m, 0, sizeof *m);
     m->path = path;
     m->c = c;
-    m->ctx = ctx;
     m->base = m->p = p;
     m->end = p + n;
     m->budget = budget;

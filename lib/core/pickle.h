@@ -83,7 +83,6 @@ typedef struct pk_caller {
 struct pk_vm {
     const char *path;
     const pk_caller *c;
-    void *ctx;                  /* the caller's, for its hooks */
     const uint8_t *p, *end, *base;
     size_t budget;              /* bytes the VM may still allocate */
     int err;                    /* why the last pk_new or pk_alloc gave NULL */
@@ -99,9 +98,11 @@ struct pk_vm {
     pk_val *none, *yes, *no, *empty;
 };
 
+/* The memory a reader lets the VM hold for an input of n bytes. */
+#define PK_BUDGET(n) (64 * (size_t)(n) + ((size_t)1 << 20))
+
 /* Reads n bytes at p; budget bounds the memory the VM may hold. */
-void pk_init(pk_vm *m, const char *path, const pk_caller *c, void *ctx, const uint8_t *p, size_t n,
-             size_t budget);
+void pk_init(pk_vm *m, const char *path, const pk_caller *c, const uint8_t *p, size_t n, size_t budget);
 /* One pickle from m->p: *top is what STOP leaves and m->p points past it.
  * Values stay valid until pk_free, across runs. */
 int pk_run(pk_vm *m, pk_val **top);

@@ -629,7 +629,7 @@ static int load_zip(const char *path, const mapped *f, pk_vm *m, cp_weights *w)
     }
     if ((rc = zip_check_crc(path, pk)))
         goto done;
-    pk_init(m, path, &torch_caller, NULL, pk->data, pk->size, 64 * f->n + (1u << 20));
+    pk_init(m, path, &torch_caller, pk->data, pk->size, PK_BUDGET(f->n));
     pk_val *top;
     if ((rc = pk_run(m, &top)))
         goto done;
@@ -664,7 +664,7 @@ static int load_legacy(const char *path, const mapped *f, pk_vm *m, cp_weights *
     static const uint8_t magic[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
     sdata *sd = NULL;
     size_t nsd = 0;
-    pk_init(m, path, &torch_caller, NULL, f->p, f->n, 64 * f->n + (1u << 20));
+    pk_init(m, path, &torch_caller, f->p, f->n, PK_BUDGET(f->n));
     pk_val *o, *top, *keys;
     int rc = pk_run(m, &o);
     if (rc)
@@ -888,7 +888,7 @@ static int size_model_load_mem(const char *path, const uint8_t *p, size_t n, cp_
     pk_val *top;
     int rc = cp_npy_pickle_offset(path, p, n, &off);
     if (!rc) {
-        pk_init(&m, path, &size_caller, NULL, p + off, n - off, 64 * n + (1u << 20));
+        pk_init(&m, path, &size_caller, p + off, n - off, PK_BUDGET(n));
         rc = pk_run(&m, &top);
     }
     if (!rc) {

@@ -328,7 +328,7 @@ static int get_frame(pk_vm *m, const pk_val *top, frame *f)
 static int vm_load(pk_vm *m, const char *path, const cp_fmap *fm, frame *f)
 {
     memset(f, 0, sizeof *f);
-    pk_init(m, path, &frame_caller, NULL, fm->p, fm->n, 64 * fm->n + (1u << 20));
+    pk_init(m, path, &frame_caller, fm->p, fm->n, PK_BUDGET(fm->n));
     pk_val *top;
     int rc = pk_run(m, &top);
     if (!rc)

@@ -77,7 +77,7 @@ static const pk_caller CALLER = {GLOBALS, sizeof GLOBALS / sizeof *GLOBALS, "num
 
 static int run(const pk_caller *c, const char *b, size_t n, size_t budget, pk_vm *m, pk_val **top)
 {
-    pk_init(m, "t.pkl", c, NULL, (const uint8_t *)b, n, budget);
+    pk_init(m, "t.pkl", c, (const uint8_t *)b, n, budget);
     return pk_run(m, top);
 }
 
