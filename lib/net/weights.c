@@ -1,13 +1,12 @@
-/* torch.save state dicts: zip and legacy containers, read through a
- * restricted pickle interpreter that only knows how to rebuild tensors; and
- * Cellpose 3 size files (np.save of a dict of numpy arrays), read through the
- * same interpreter with numpy's array, dtype and scalar rebuilders modelled.
+/* torch.save state dicts: zip and legacy containers, read through the
+ * restricted pickle VM (core/pickle.h) with only tensors modelled (the
+ * rebuild function, OrderedDict and the torch storage types); and Cellpose 3
+ * size files (np.save of a dict of numpy arrays), read through the same VM
+ * with only numpy's rebuilders allowed. Any other global is refused and
+ * nothing is ever called.
  *
  * Nothing in the file is trusted: every length is checked against the bytes
- * that remain, every allocation is bounded by the file size, and any pickle
- * global other than the tensor rebuild function, OrderedDict and the torch
- * storage types (plus, for size files only, the four numpy rebuilders) is
- * refused. Nothing is ever called. */
+ * that remain and every allocation is bounded by the file size. */
 #include <errno.h>
 #include <math.h>
 #include <fcntl.h>
@@ -22,6 +21,7 @@
 #include "cellpose/models.h"
 #include "cellpose/net.h"
 #include "core/internal.h"
+#include "core/pickle.h"
 #include "io/io_internal.h"
 #include "core/sha256.h"
 #include "net/builtin.h"
@@ -43,669 +43,144 @@ static uint64_t rd64(const uint8_t *p) { return rd32(p) | (uint64_t)rd32(p + 4) 
 
 typedef enum { ST_F32, ST_F64, ST_F16, ST_BF16, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8 } stype;
 
-static const struct {
-    const char *name;
-    stype t;
-    int size;
-} storage_types[] = {
-    {"FloatStorage", ST_F32, 4}, {"DoubleStorage", ST_F64, 8}, {"HalfStorage", ST_F16, 2},
-    {"BFloat16Storage", ST_BF16, 2}, {"LongStorage", ST_I64, 8}, {"IntStorage", ST_I32, 4},
-    {"ShortStorage", ST_I16, 2}, {"CharStorage", ST_I8, 1}, {"ByteStorage", ST_U8, 1},
-};
-
-static int stype_size(stype t)
-{
-    for (size_t i = 0; i < sizeof storage_types / sizeof *storage_types; i++)
-        if (storage_types[i].t == t)
-            return storage_types[i].size;
-    return 0;
-}
+static int stype_size(stype t) { return (const int[]){4, 8, 2, 2, 8, 4, 2, 1, 1}[t]; }
 
 static int stype_is_float(stype t) { return t == ST_F32 || t == ST_F64 || t == ST_F16 || t == ST_BF16; }
 
-/* ---- pickle objects ---------------------------------------------------- */
+/* ---- the pickle's torch objects, modelled --------------------------------- */
 
-enum { O_NONE, O_BOOL, O_INT, O_BIGINT, O_FLOAT, O_STR, O_BYTES, O_TUPLE, O_LIST, O_DICT,
-       O_GLOBAL, O_STORAGE, O_TENSOR, O_NDARRAY, O_DTYPE };
-enum { G_REBUILD, G_ODICT, G_STORAGE, G_NP_RECONSTRUCT, G_NP_NDARRAY, G_NP_DTYPE, G_NP_SCALAR };
+enum { K_STORAGE = PK_USER, K_TENSOR };
+enum { G_REBUILD = PK_G_USER, G_ODICT, G_STORAGE /* + stype */ };
 
-typedef struct obj obj;
-struct obj {
-    int type;
-    int64_t i;                  /* INT, BOOL; GLOBAL kind; STORAGE type */
-    double f;
-    const uint8_t *s;           /* STR / BIGINT / BYTES bytes, NDARRAY data (inside the file) */
-    size_t slen;
-    obj **items;                /* TUPLE, LIST; DICT as key,value pairs */
-    size_t n, cap;
-    /* STORAGE */
+static const pk_global torch_globals[] = {
+    {"torch._utils", "_rebuild_tensor_v2", G_REBUILD}, {"collections", "OrderedDict", G_ODICT},
+    {"torch", "FloatStorage", G_STORAGE + ST_F32}, {"torch", "DoubleStorage", G_STORAGE + ST_F64},
+    {"torch", "HalfStorage", G_STORAGE + ST_F16}, {"torch", "BFloat16Storage", G_STORAGE + ST_BF16},
+    {"torch", "LongStorage", G_STORAGE + ST_I64}, {"torch", "IntStorage", G_STORAGE + ST_I32},
+    {"torch", "ShortStorage", G_STORAGE + ST_I16}, {"torch", "CharStorage", G_STORAGE + ST_I8},
+    {"torch", "ByteStorage", G_STORAGE + ST_U8},
+};
+
+typedef struct storage {
+    stype t;
+    const uint8_t *key;         /* inside the file */
+    size_t klen;
     int64_t numel, view_offset;
-    /* TENSOR */
-    obj *storage;
+} storage;
+
+typedef struct tensor {
+    const storage *st;
     int64_t offset;
     int ndim;
     int64_t size[CP_WMAX_DIMS], stride[CP_WMAX_DIMS];
-    /* DTYPE: i = kind ('f', 'i', 'u', 'b', 'O'), numel = item size, offset = 1 if big-endian.
-     * NDARRAY: ndim/size = shape (ndim -1 until BUILD gives its state), dtype,
-     * s/slen its bytes, or objs (a LIST) for an object array. */
-    obj *dtype, *objs;
-    obj *next;                  /* every object, for freeing */
-};
+} tensor;
 
-typedef struct unpickler {
-    const char *path;
-    const uint8_t *p, *end;
-    obj *all;                   /* allocation list */
-    size_t budget;              /* bytes we may still allocate */
-    obj **stack;
-    size_t sn, scap;
-    size_t *marks;
-    size_t mn, mcap;
-    obj **memo;
-    size_t memon;
-    int numpy;                  /* allow numpy's rebuilders (size files) */
-} unpickler;
+static int bad(pk_vm *m, const char *what) { return pk_fail(m, CP_EFORMAT, "corrupt pickle: %s", what); }
 
-static int bad(unpickler *u, const char *what)
+/* A caller record behind a new value of kind k. */
+static void *new_rec(pk_vm *m, int k, size_t size, pk_val **out)
 {
-    return cp_error(CP_EFORMAT, "%s: corrupt pickle: %s", u->path, what);
-}
-
-static int charge(unpickler *u, size_t bytes)
-{
-    if (bytes > u->budget)
-        return cp_error(CP_ELIMIT, "%s: pickle needs more memory than its size justifies", u->path);
-    u->budget -= bytes;
-    return CP_OK;
-}
-
-static obj *newobj(unpickler *u, int type)
-{
-    if (charge(u, sizeof(obj)))
-        return NULL;
-    obj *o = cp_calloc(1, sizeof *o, "pickle object");
-    if (!o)
-        return NULL;
-    o->type = type;
-    o->next = u->all;
-    u->all = o;
-    return o;
-}
-
-static int grow(unpickler *u, void **arr, size_t *cap, size_t need, size_t elem)
-{
-    if (need <= *cap)
-        return CP_OK;
-    size_t nc = *cap ? *cap : 8;
-    while (nc < need)
-        nc *= 2;
-    if (charge(u, (nc - *cap) * elem))
-        return CP_ELIMIT;
-    void *q = realloc(*arr, nc * elem);
-    if (!q)
-        return cp_error(CP_ENOMEM, "%s: out of memory reading the pickle", u->path);
-    *arr = q;
-    *cap = nc;
-    return CP_OK;
-}
-
-static int push(unpickler *u, obj *o)
-{
-    if (!o)
-        return CP_ENOMEM;
-    if (grow(u, (void **)&u->stack, &u->scap, u->sn + 1, sizeof *u->stack))
-        return CP_ELIMIT;
-    u->stack[u->sn++] = o;
-    return CP_OK;
-}
-
-static obj *pop(unpickler *u)
-{
-    size_t floor = u->mn ? u->marks[u->mn - 1] : 0;
-    if (u->sn <= floor) {
-        bad(u, "stack underflow");
-        return NULL;
-    }
-    return u->stack[--u->sn];
-}
-
-static int add_item(unpickler *u, obj *c, obj *x)
-{
-    if (grow(u, (void **)&c->items, &c->cap, c->n + 1, sizeof *c->items))
-        return CP_ELIMIT;
-    c->items[c->n++] = x;
-    return CP_OK;
-}
-
-/* Items above the topmost mark, removed from the stack into container c. */
-static int pop_mark_into(unpickler *u, obj *c)
-{
-    if (!u->mn)
-        return bad(u, "no mark");
-    size_t m = u->marks[--u->mn];
-    for (size_t k = m; k < u->sn; k++)
-        if (add_item(u, c, u->stack[k]))
-            return CP_ELIMIT;
-    u->sn = m;
-    return CP_OK;
-}
-
-static void free_objs(obj *o)
-{
-    while (o) {
-        obj *n = o->next;
-        free(o->items);
-        free(o);
-        o = n;
-    }
-}
-
-static int str_eq(const obj *o, const char *s)
-{
-    return o->type == O_STR && o->slen == strlen(s) && memcmp(o->s, s, o->slen) == 0;
-}
-
-static int resolve_global(unpickler *u, const uint8_t *mod, size_t ml, const uint8_t *name,
-                          size_t nl, obj **out)
-{
-#define IS(p, l, lit) ((l) == sizeof(lit) - 1 && memcmp(p, lit, l) == 0)
-    obj *g = newobj(u, O_GLOBAL);
-    if (!g)
-        return CP_ENOMEM;
-    if (IS(mod, ml, "torch._utils") && IS(name, nl, "_rebuild_tensor_v2")) {
-        g->i = G_REBUILD;
-    } else if (IS(mod, ml, "collections") && IS(name, nl, "OrderedDict")) {
-        g->i = G_ODICT;
-    } else if (u->numpy && (IS(mod, ml, "numpy.core.multiarray") || IS(mod, ml, "numpy._core.multiarray")) &&
-               (IS(name, nl, "_reconstruct") || IS(name, nl, "scalar"))) {
-        g->i = IS(name, nl, "scalar") ? G_NP_SCALAR : G_NP_RECONSTRUCT; /* numpy 2 renamed core */
-    } else if (u->numpy && IS(mod, ml, "numpy") && (IS(name, nl, "ndarray") || IS(name, nl, "dtype"))) {
-        g->i = IS(name, nl, "dtype") ? G_NP_DTYPE : G_NP_NDARRAY;
-    } else {
-        int found = 0;
-        if (IS(mod, ml, "torch"))
-            for (size_t k = 0; k < sizeof storage_types / sizeof *storage_types; k++)
-                if (strlen(storage_types[k].name) == nl && !memcmp(name, storage_types[k].name, nl)) {
-                    g->i = G_STORAGE;
-                    g->numel = storage_types[k].t; /* the storage type, for BINPERSID */
-                    found = 1;
-                }
-        if (!found) {
-            int a = ml > 60 ? 60 : (int)ml, b = nl > 60 ? 60 : (int)nl;
-            if (u->numpy)
-                return cp_error(CP_EFORMAT, "%s: pickle asks for global '%.*s.%.*s'; only numpy "
-                                "arrays, dtypes and scalars are allowed", u->path, a,
-                                (const char *)mod, b, (const char *)name);
-            return cp_error(CP_EFORMAT, "%s: pickle asks for global '%.*s.%.*s'; only tensors "
-                            "(torch._utils._rebuild_tensor_v2, OrderedDict, torch storages) "
-                            "are allowed", u->path, a, (const char *)mod, b, (const char *)name);
-        }
-    }
-    *out = g;
-    return CP_OK;
-#undef IS
+    void *r = pk_alloc(m, size);
+    if (r && (*out = pk_new(m, k)))
+        (*out)->x = r;
+    return r && *out ? r : NULL;
 }
 
 /* ('storage', <StorageType>, key, location, numel[, view_metadata]) */
-static int persistent_load(unpickler *u, obj *pid, obj **out)
+static int persistent_load(pk_vm *m, const pk_val *pid, pk_val **out)
 {
-    if (pid->type != O_TUPLE || pid->n < 5 || pid->n > 6 || !str_eq(pid->items[0], "storage"))
-        return bad(u, "persistent id is not a storage record");
-    obj *ty = pid->items[1], *key = pid->items[2], *num = pid->items[4];
-    if (ty->type != O_GLOBAL || ty->i != G_STORAGE)
-        return bad(u, "persistent id without a storage type");
-    obj *s = newobj(u, O_STORAGE);
+    if (pid->kind != PK_TUPLE || pid->ni < 5 || pid->ni > 6 || !pk_str_is(pid->items[0], "storage"))
+        return bad(m, "persistent id is not a storage record");
+    const pk_val *ty = pid->items[1], *key = pid->items[2], *num = pid->items[4];
+    if (ty->kind != PK_GLOBAL || ty->i < G_STORAGE)
+        return bad(m, "persistent id without a storage type");
+    if (key->kind != PK_STR)
+        return bad(m, "storage key is not a string");
+    if (num->kind != PK_INT || num->i < 0)
+        return bad(m, "storage size is not a non-negative integer");
+    storage *s = new_rec(m, K_STORAGE, sizeof *s, out);
     if (!s)
-        return CP_ENOMEM;
-    s->i = ty->numel;
-    if (key->type == O_STR) {
-        s->s = key->s;
-        s->slen = key->slen;
-    } else {
-        return bad(u, "storage key is not a string");
-    }
-    if (num->type != O_INT || num->i < 0)
-        return bad(u, "storage size is not a non-negative integer");
+        return m->err;
+    s->t = (stype)(ty->i - G_STORAGE);
+    s->key = key->s;
+    s->klen = key->n;
     s->numel = num->i;
-    s->view_offset = 0;
-    if (pid->n == 6 && pid->items[5]->type != O_NONE) {
-        obj *v = pid->items[5];
-        if (v->type != O_TUPLE || v->n != 3 || v->items[1]->type != O_INT ||
-            v->items[2]->type != O_INT || v->items[1]->i < 0 || v->items[2]->i < 0)
-            return bad(u, "bad storage view record");
+    if (pid->ni == 6 && pid->items[5]->kind != PK_NONE) {
+        const pk_val *v = pid->items[5];
+        if (v->kind != PK_TUPLE || v->ni != 3 || v->items[1]->kind != PK_INT || v->items[2]->kind != PK_INT ||
+            v->items[1]->i < 0 || v->items[2]->i < 0)
+            return bad(m, "bad storage view record");
         s->view_offset = v->items[1]->i;
         s->numel = v->items[2]->i; /* the view's length; checked against the root later */
     }
-    *out = s;
     return CP_OK;
 }
 
-static int int_tuple(unpickler *u, obj *t, int64_t *dst, int *n)
+static int int_tuple(pk_vm *m, const pk_val *t, int64_t *dst, int *n)
 {
-    if (t->type != O_TUPLE)
-        return bad(u, "tensor size/stride is not a tuple");
-    if (t->n > CP_WMAX_DIMS)
-        return cp_error(CP_EUNSUPPORTED, "%s: tensor with %zu dimensions (at most %d)", u->path,
-                        t->n, CP_WMAX_DIMS);
-    for (size_t k = 0; k < t->n; k++) {
-        if (t->items[k]->type != O_INT || t->items[k]->i < 0)
-            return bad(u, "tensor size/stride entry is not a non-negative integer");
+    if (t->kind != PK_TUPLE)
+        return bad(m, "tensor size/stride is not a tuple");
+    if (t->ni > CP_WMAX_DIMS)
+        return pk_fail(m, CP_EUNSUPPORTED, "tensor with %u dimensions (at most %d)", t->ni, CP_WMAX_DIMS);
+    for (uint32_t k = 0; k < t->ni; k++) {
+        if (t->items[k]->kind != PK_INT || t->items[k]->i < 0)
+            return bad(m, "tensor size/stride entry is not a non-negative integer");
         dst[k] = t->items[k]->i;
     }
-    *n = (int)t->n;
+    *n = (int)t->ni;
     return CP_OK;
 }
 
-/* numpy.dtype('f8', False, True): kind and item size; the byte order comes
- * with BUILD. Only plain numbers and objects. */
-static int np_dtype(unpickler *u, obj *args, obj **out)
+/* OrderedDict() and _rebuild_tensor_v2(storage, offset, size, stride, ...) */
+static int torch_reduce(pk_vm *m, const pk_val *fn, const pk_val *args, int newobj, pk_val **out)
 {
-    if (args->n < 1 || args->items[0]->type != O_STR)
-        return bad(u, "numpy dtype without a type string");
-    const obj *t = args->items[0];
-    int size = 0;
-    for (size_t k = 1; k < t->slen && k < 4; k++) {
-        if (t->s[k] < '0' || t->s[k] > '9')
-            size = -1;
-        else if (size >= 0)
-            size = size * 10 + (t->s[k] - '0');
-    }
-    char kind = t->slen >= 2 && t->slen <= 3 ? (char)t->s[0] : 0;
-    int ok = (kind == 'f' && (size == 4 || size == 8)) || (kind == 'O' && size == 8) ||
-             ((kind == 'i' || kind == 'u') && (size == 1 || size == 2 || size == 4 || size == 8)) ||
-             (kind == 'b' && size == 1);
-    if (!ok) {
-        int n = t->slen > 20 ? 20 : (int)t->slen;
-        return cp_error(CP_EUNSUPPORTED, "%s: numpy dtype '%.*s' is not supported (numbers and "
-                        "objects only)", u->path, n, (const char *)t->s);
-    }
-    obj *d = newobj(u, O_DTYPE);
-    if (!d)
-        return CP_ENOMEM;
-    d->i = kind;
-    d->numel = size;
-    *out = d;
-    return CP_OK;
-}
-
-/* numpy's rebuilders, modelled: _reconstruct(ndarray, (0,), b'b') makes an
- * empty array that BUILD fills; scalar(dtype, bytes) a 0-d array. */
-static int np_reduce(unpickler *u, obj *fn, obj *args, obj **out)
-{
-    if (fn->i == G_NP_DTYPE)
-        return np_dtype(u, args, out);
-    if (fn->i == G_NP_RECONSTRUCT) {
-        if (args->n != 3 || args->items[0]->type != O_GLOBAL || args->items[0]->i != G_NP_NDARRAY)
-            return bad(u, "numpy _reconstruct of something other than ndarray");
-        obj *a = newobj(u, O_NDARRAY);
-        if (!a)
-            return CP_ENOMEM;
-        a->ndim = -1;
-        *out = a;
-        return CP_OK;
-    }
-    if (fn->i == G_NP_SCALAR) {
-        if (args->n != 2 || args->items[0]->type != O_DTYPE || args->items[1]->type != O_BYTES)
-            return bad(u, "numpy scalar without a dtype and its bytes");
-        obj *dt = args->items[0], *b = args->items[1];
-        if (dt->i == 'O' || b->slen != (size_t)dt->numel)
-            return bad(u, "numpy scalar whose bytes do not match its dtype");
-        obj *a = newobj(u, O_NDARRAY);
-        if (!a)
-            return CP_ENOMEM;
-        a->ndim = 0;
-        a->dtype = dt;
-        a->s = b->s;
-        a->slen = b->slen;
-        *out = a;
-        return CP_OK;
-    }
-    return bad(u, "numpy.ndarray called as a function");
-}
-
-/* BUILD on a numpy dtype: (version, byteorder, ...); on an array:
- * (version, shape, dtype, fortran_order, bytes or list of objects). */
-static int np_build(unpickler *u, obj *o, obj *st)
-{
-    if (st->type != O_TUPLE)
-        return bad(u, "numpy state is not a tuple");
-    if (o->type == O_DTYPE) {
-        if (st->n < 2 || st->items[1]->type != O_STR || st->items[1]->slen != 1)
-            return bad(u, "numpy dtype state without a byte order");
-        if (st->items[1]->s[0] == '>' && o->numel > 1)
-            return cp_error(CP_EUNSUPPORTED, "%s: big-endian numpy arrays are not supported", u->path);
-        return CP_OK;
-    }
-    if (o->ndim != -1)
-        return bad(u, "numpy array state given twice");
-    if (st->n != 5 || st->items[2]->type != O_DTYPE)
-        return bad(u, "numpy array state is not (version, shape, dtype, fortran, data)");
-    obj *dt = st->items[2], *data = st->items[4];
-    int nd;
-    if (int_tuple(u, st->items[1], o->size, &nd))
-        return CP_EFORMAT;
-    size_t numel = 1;
-    for (int k = 0; k < nd; k++)
-        if (cp_mul_overflow(numel, (size_t)o->size[k], &numel))
-            return bad(u, "numpy array shape overflows");
-    if (nd > 1 && st->items[3]->type == O_BOOL && st->items[3]->i)
-        return cp_error(CP_EUNSUPPORTED, "%s: Fortran-ordered numpy arrays are not supported", u->path);
-    if (dt->i == 'O') {
-        if (data->type != O_LIST || data->n != numel)
-            return bad(u, "numpy object array whose item list does not match its shape");
-        o->objs = data;
-    } else {
-        size_t bytes;
-        if (data->type != O_BYTES || cp_mul_overflow(numel, (size_t)dt->numel, &bytes) || bytes != data->slen)
-            return bad(u, "numpy array whose bytes do not match its shape and dtype");
-        o->s = data->s;
-        o->slen = data->slen;
-    }
-    o->ndim = nd;
-    o->dtype = dt;
-    return CP_OK;
-}
-
-static int reduce(unpickler *u, obj *fn, obj *args, obj **out)
-{
-    if (fn->type != O_GLOBAL || args->type != O_TUPLE)
-        return bad(u, "REDUCE of something that is not an allowed global");
-    if (fn->i >= G_NP_RECONSTRUCT)
-        return np_reduce(u, fn, args, out);
+    if (newobj || fn->i >= G_STORAGE)
+        return bad(m, "a storage type or class called as a function");
     if (fn->i == G_ODICT) {
-        if (args->n != 0)
-            return bad(u, "OrderedDict built with arguments");
-        *out = newobj(u, O_DICT);
-        return *out ? CP_OK : CP_ENOMEM;
+        if (args->ni != 0)
+            return bad(m, "OrderedDict built with arguments");
+        return (*out = pk_new(m, PK_DICT)) ? CP_OK : m->err;
     }
-    if (fn->i != G_REBUILD)
-        return bad(u, "a storage type called as a function");
-    if (args->n < 6 || args->n > 7)
-        return bad(u, "_rebuild_tensor_v2 with a wrong number of arguments");
-    obj *st = args->items[0], *off = args->items[1];
-    if (st->type != O_STORAGE)
-        return bad(u, "tensor without a storage");
-    if (off->type != O_INT || off->i < 0)
-        return bad(u, "tensor storage offset is not a non-negative integer");
-    obj *t = newobj(u, O_TENSOR);
+    if (args->ni < 6 || args->ni > 7)
+        return bad(m, "_rebuild_tensor_v2 with a wrong number of arguments");
+    const pk_val *st = args->items[0], *off = args->items[1];
+    if (st->kind != K_STORAGE)
+        return bad(m, "tensor without a storage");
+    if (off->kind != PK_INT || off->i < 0)
+        return bad(m, "tensor storage offset is not a non-negative integer");
+    tensor *t = new_rec(m, K_TENSOR, sizeof *t, out);
     if (!t)
-        return CP_ENOMEM;
-    int ns, nt;
-    if (int_tuple(u, args->items[2], t->size, &ns) || int_tuple(u, args->items[3], t->stride, &nt))
-        return CP_EFORMAT;
+        return m->err;
+    int ns, nt, rc;
+    if ((rc = int_tuple(m, args->items[2], t->size, &ns)) || (rc = int_tuple(m, args->items[3], t->stride, &nt)))
+        return rc;
     if (ns != nt)
-        return bad(u, "tensor size and stride differ in length");
+        return bad(m, "tensor size and stride differ in length");
     t->ndim = ns;
-    t->storage = st;
+    t->st = st->x;
     t->offset = off->i;
-    *out = t;
     return CP_OK;
 }
 
-/* Run one pickle from u->p; on success *top is the object left by STOP and
- * u->p points past the STOP opcode. */
-static int unpickle(unpickler *u, obj **top)
+/* A state dict's BUILD (OrderedDict _metadata) is not needed. */
+static int torch_build(pk_vm *m, pk_val *o, const pk_val *st)
 {
-    u->sn = u->mn = 0;
-    u->memon = 0;
-    int rc;
-#define NEED(k) do { if ((size_t)(u->end - u->p) < (size_t)(k)) return bad(u, "truncated"); } while (0)
-#define PUSH(o) do { if ((rc = push(u, (o)))) return rc; } while (0)
-#define POP(v) do { if (!((v) = pop(u))) return CP_EFORMAT; } while (0)
-    for (;;) {
-        NEED(1);
-        uint8_t op = *u->p++;
-        obj *o = NULL, *a = NULL, *b = NULL;
-        switch (op) {
-        case 0x80: /* PROTO */
-            NEED(1);
-            if (*u->p > 5)
-                return bad(u, "unknown protocol");
-            u->p++;
-            break;
-        case 0x95: /* FRAME */
-            NEED(8);
-            u->p += 8;
-            break;
-        case '.': /* STOP */
-            POP(o);
-            *top = o;
-            return CP_OK;
-        case '(': /* MARK */
-            if ((rc = grow(u, (void **)&u->marks, &u->mcap, u->mn + 1, sizeof *u->marks)))
-                return rc;
-            u->marks[u->mn++] = u->sn;
-            break;
-        case ')': PUSH(newobj(u, O_TUPLE)); break;
-        case ']': PUSH(newobj(u, O_LIST)); break;
-        case '}': PUSH(newobj(u, O_DICT)); break;
-        case 'N': PUSH(newobj(u, O_NONE)); break;
-        case 0x88: case 0x89: /* NEWTRUE, NEWFALSE */
-            if (!(o = newobj(u, O_BOOL)))
-                return CP_ENOMEM;
-            o->i = op == 0x88;
-            PUSH(o);
-            break;
-        case 't': case 'l': case 'd': /* TUPLE, LIST, DICT from the mark */
-            if (!(o = newobj(u, op == 't' ? O_TUPLE : op == 'l' ? O_LIST : O_DICT)))
-                return CP_ENOMEM;
-            if ((rc = pop_mark_into(u, o)))
-                return rc;
-            if (op == 'd' && o->n % 2)
-                return bad(u, "odd number of dict items");
-            PUSH(o);
-            break;
-        case 0x85: case 0x86: case 0x87: { /* TUPLE1..3 */
-            int k = op - 0x84;
-            obj *it[3];
-            for (int j = k - 1; j >= 0; j--)
-                POP(it[j]);
-            if (!(o = newobj(u, O_TUPLE)))
-                return CP_ENOMEM;
-            for (int j = 0; j < k; j++)
-                if ((rc = add_item(u, o, it[j])))
-                    return rc;
-            PUSH(o);
-            break;
-        }
-        case 'a': /* APPEND */
-            POP(b);
-            POP(a);
-            if (a->type != O_LIST)
-                return bad(u, "APPEND to a non-list");
-            if ((rc = add_item(u, a, b)))
-                return rc;
-            PUSH(a);
-            break;
-        case 'e': case 'u': { /* APPENDS, SETITEMS */
-            if (!u->mn)
-                return bad(u, "no mark");
-            size_t m = u->marks[u->mn - 1];
-            if (m == 0)
-                return bad(u, "stack underflow");
-            obj *c = u->stack[m - 1];
-            if (c->type != (op == 'e' ? O_LIST : O_DICT))
-                return bad(u, op == 'e' ? "APPENDS to a non-list" : "SETITEMS on a non-dict");
-            if (op == 'u' && (u->sn - m) % 2)
-                return bad(u, "odd number of dict items");
-            if ((rc = pop_mark_into(u, c)))
-                return rc;
-            break;
-        }
-        case 's': /* SETITEM */
-            POP(b);
-            POP(a);
-            POP(o);
-            if (o->type != O_DICT)
-                return bad(u, "SETITEM on a non-dict");
-            if ((rc = add_item(u, o, a)) || (rc = add_item(u, o, b)))
-                return rc;
-            PUSH(o);
-            break;
-        case 'J': case 'K': case 'M': { /* BININT, BININT1, BININT2 */
-            int k = op == 'J' ? 4 : op == 'K' ? 1 : 2;
-            NEED(k);
-            if (!(o = newobj(u, O_INT)))
-                return CP_ENOMEM;
-            o->i = k == 4 ? (int32_t)rd32(u->p) : k == 2 ? rd16(u->p) : u->p[0];
-            u->p += k;
-            PUSH(o);
-            break;
-        }
-        case 0x8a: { /* LONG1 */
-            NEED(1);
-            size_t k = *u->p++;
-            NEED(k);
-            if (k <= 8) {
-                if (!(o = newobj(u, O_INT)))
-                    return CP_ENOMEM;
-                uint64_t v = 0;
-                for (size_t j = 0; j < k; j++)
-                    v |= (uint64_t)u->p[j] << (8 * j);
-                if (k && k < 8 && (u->p[k - 1] & 0x80))
-                    v |= ~(uint64_t)0 << (8 * k); /* sign-extend */
-                o->i = (int64_t)v;
-            } else {
-                if (!(o = newobj(u, O_BIGINT)))
-                    return CP_ENOMEM;
-                o->s = u->p;
-                o->slen = k;
-            }
-            u->p += k;
-            PUSH(o);
-            break;
-        }
-        case 'G': { /* BINFLOAT, big-endian */
-            NEED(8);
-            uint64_t v = 0;
-            for (int j = 0; j < 8; j++)
-                v = v << 8 | u->p[j];
-            if (!(o = newobj(u, O_FLOAT)))
-                return CP_ENOMEM;
-            memcpy(&o->f, &v, 8);
-            u->p += 8;
-            PUSH(o);
-            break;
-        }
-        case 'X': case 0x8c: case 'U': case 'B': case 'C': {
-            /* BINUNICODE, SHORT_BINUNICODE, SHORT_BINSTRING; BINBYTES, SHORT_BINBYTES */
-            size_t k;
-            if (op == 'X' || op == 'B') {
-                NEED(4);
-                k = rd32(u->p);
-                u->p += 4;
-            } else {
-                NEED(1);
-                k = *u->p++;
-            }
-            NEED(k);
-            if (!(o = newobj(u, op == 'B' || op == 'C' ? O_BYTES : O_STR)))
-                return CP_ENOMEM;
-            o->s = u->p;
-            o->slen = k;
-            u->p += k;
-            PUSH(o);
-            break;
-        }
-        case 'c': { /* GLOBAL "module\nname\n" */
-            const uint8_t *m = u->p, *nl1 = memchr(m, '\n', (size_t)(u->end - m));
-            if (!nl1)
-                return bad(u, "truncated");
-            const uint8_t *n = nl1 + 1, *nl2 = memchr(n, '\n', (size_t)(u->end - n));
-            if (!nl2)
-                return bad(u, "truncated");
-            u->p = nl2 + 1;
-            if ((rc = resolve_global(u, m, (size_t)(nl1 - m), n, (size_t)(nl2 - n), &o)))
-                return rc;
-            PUSH(o);
-            break;
-        }
-        case 0x93: /* STACK_GLOBAL */
-            POP(b);
-            POP(a);
-            if (a->type != O_STR || b->type != O_STR)
-                return bad(u, "STACK_GLOBAL without strings");
-            if ((rc = resolve_global(u, a->s, a->slen, b->s, b->slen, &o)))
-                return rc;
-            PUSH(o);
-            break;
-        case 'Q': /* BINPERSID */
-            POP(a);
-            if ((rc = persistent_load(u, a, &o)))
-                return rc;
-            PUSH(o);
-            break;
-        case 'R': /* REDUCE */
-            POP(b);
-            POP(a);
-            if ((rc = reduce(u, a, b, &o)))
-                return rc;
-            PUSH(o);
-            break;
-        case 'b': /* BUILD: numpy objects take their state; torch's (OrderedDict _metadata) is not needed */
-            POP(b);
-            if (u->sn == 0)
-                return bad(u, "stack underflow");
-            a = u->stack[u->sn - 1];
-            if ((a->type == O_NDARRAY || a->type == O_DTYPE) && (rc = np_build(u, a, b)))
-                return rc;
-            break;
-        case '0': /* POP */
-            POP(a);
-            break;
-        case 'q': case 'r': case 0x94: { /* BINPUT, LONG_BINPUT, MEMOIZE */
-            size_t idx;
-            if (op == 0x94) {
-                idx = u->memon;
-            } else {
-                int k = op == 'q' ? 1 : 4;
-                NEED(k);
-                idx = k == 1 ? u->p[0] : rd32(u->p);
-                u->p += k;
-            }
-            if (u->sn == 0)
-                return bad(u, "memo of an empty stack");
-            /* indices are dense in real pickles; a far index is corruption */
-            if (idx > u->memon + 1024)
-                return bad(u, "memo index out of range");
-            if (idx >= u->memon) {
-                size_t cap = u->memon;
-                obj **m = u->memo;
-                if (charge(u, (idx + 1 - u->memon) * sizeof *m))
-                    return CP_ELIMIT;
-                m = realloc(m, (idx + 1) * sizeof *m);
-                if (!m)
-                    return cp_error(CP_ENOMEM, "%s: out of memory", u->path);
-                for (size_t j = cap; j <= idx; j++)
-                    m[j] = NULL;
-                u->memo = m;
-                u->memon = idx + 1;
-            }
-            u->memo[idx] = u->stack[u->sn - 1];
-            break;
-        }
-        case 'h': case 'j': { /* BINGET, LONG_BINGET */
-            int k = op == 'h' ? 1 : 4;
-            NEED(k);
-            size_t idx = k == 1 ? u->p[0] : rd32(u->p);
-            u->p += k;
-            if (idx >= u->memon || !u->memo[idx])
-                return bad(u, "memo lookup of an unset index");
-            PUSH(u->memo[idx]);
-            break;
-        }
-        default: {
-            char m[64];
-            snprintf(m, sizeof m, "opcode 0x%02x not allowed", op);
-            return bad(u, m);
-        }
-        }
-    }
-#undef NEED
-#undef PUSH
-#undef POP
+    (void)m, (void)o, (void)st;
+    return CP_OK;
 }
 
+static const pk_caller torch_caller = {
+    torch_globals, sizeof torch_globals / sizeof *torch_globals,
+    "only tensors: torch._utils._rebuild_tensor_v2, OrderedDict, torch storages", "a torch state dict", 1,
+    torch_reduce, torch_build, persistent_load,
+};
+
+/* Cellpose 3 size files: a dict of numpy arrays and numbers. */
+static const pk_global size_globals[] = {PK_NUMPY_GLOBALS};
+static const pk_caller size_caller = {
+    size_globals, sizeof size_globals / sizeof *size_globals, "only numpy arrays, dtypes and scalars",
+    "a Cellpose size model", 1, NULL, NULL, NULL,
+};
 /* ---- file mapping ------------------------------------------------------ */
 
 typedef struct mapped {
@@ -956,7 +431,7 @@ static int to_bf16(cp_wtensor *t)
     return CP_OK;
 }
 
-static int gather(const char *path, const char *key, const obj *t, const sdata *sd, cp_wtensor *out,
+static int gather(const char *path, const char *key, const tensor *t, const sdata *sd, cp_wtensor *out,
                   const mapped *f)
 {
     size_t file_size = f->n;
@@ -965,7 +440,7 @@ static int gather(const char *path, const char *key, const obj *t, const sdata *
     for (int d = 0; d < t->ndim; d++)
         if (cp_mul_overflow(numel, (size_t)t->size[d], &numel) || numel > file_size)
             return cp_error(CP_EFORMAT, "%s: tensor '%s' is larger than the file", path, key);
-    int64_t base = t->storage->view_offset + t->offset, last = base;
+    int64_t base = t->st->view_offset + t->offset, last = base;
     if (numel > 0) {
         for (int d = 0; d < t->ndim; d++) {
             if (t->stride[d] > 0 && (uint64_t)(t->size[d] - 1) > (uint64_t)(INT64_MAX / 2) / (uint64_t)t->stride[d])
@@ -984,7 +459,7 @@ static int gather(const char *path, const char *key, const obj *t, const sdata *
         out->stride[d] = t->stride[d];
     }
     out->storage_offset = t->offset;
-    out->storage_numel = t->storage->numel;
+    out->storage_numel = t->st->numel;
     out->numel = numel;
     out->dtype = stype_is_float(sd->t) ? CP_W_F32 : CP_W_I64;
     size_t osz = out->dtype == CP_W_F32 ? 4 : 8;
@@ -1050,28 +525,28 @@ static sdata *sdata_find(sdata *sd, size_t n, const uint8_t *key, size_t kl)
 }
 
 /* Walk the state dict: collect the storages its tensors use. */
-static int collect_storages(const char *path, const obj *dict, sdata **out, size_t *nout)
+static int collect_storages(const char *path, const pk_val *dict, sdata **out, size_t *nout)
 {
-    size_t nt = dict->n / 2;
+    size_t nt = dict->ni / 2;
     sdata *sd = cp_calloc(nt ? nt : 1, sizeof *sd, "storage table");
     if (!sd)
         return CP_ENOMEM;
     size_t n = 0;
     for (size_t k = 0; k < nt; k++) {
-        const obj *key = dict->items[2 * k], *v = dict->items[2 * k + 1];
-        if (key->type != O_STR || v->type != O_TENSOR) {
+        const pk_val *key = dict->items[2 * k], *v = dict->items[2 * k + 1];
+        if (key->kind != PK_STR || v->kind != K_TENSOR) {
             free(sd);
             return cp_error(CP_EFORMAT, "%s: not a state dict (entry %zu is not a named tensor)", path, k);
         }
-        const obj *s = v->storage;
-        sdata *e = sdata_find(sd, n, s->s, s->slen);
+        const storage *s = ((const tensor *)v->x)->st;
+        sdata *e = sdata_find(sd, n, s->key, s->klen);
         if (!e) {
             e = &sd[n++];
-            e->key = s->s;
-            e->klen = s->slen;
-            e->t = (stype)s->i;
+            e->key = s->key;
+            e->klen = s->klen;
+            e->t = s->t;
             e->numel = -1;
-        } else if (e->t != (stype)s->i) {
+        } else if (e->t != s->t) {
             free(sd);
             return cp_error(CP_EFORMAT, "%s: storage used with two element types", path);
         }
@@ -1081,16 +556,17 @@ static int collect_storages(const char *path, const obj *dict, sdata **out, size
     return CP_OK;
 }
 
-static int build_weights(const char *path, const obj *dict, sdata *sd, size_t nsd, const mapped *f,
+static int build_weights(const char *path, const pk_val *dict, sdata *sd, size_t nsd, const mapped *f,
                          cp_weights *w)
 {
-    size_t nt = dict->n / 2;
+    size_t nt = dict->ni / 2;
     w->t = cp_calloc(nt ? nt : 1, sizeof *w->t, "tensor list");
     if (!w->t)
         return CP_ENOMEM;
     for (size_t k = 0; k < nt; k++) {
-        const obj *key = dict->items[2 * k], *v = dict->items[2 * k + 1];
-        size_t kl = key->slen;
+        const pk_val *key = dict->items[2 * k];
+        const tensor *v = dict->items[2 * k + 1]->x;
+        size_t kl = key->n;
         const uint8_t *ks = key->s;
         if (kl > 7 && !memcmp(ks, "module.", 7)) {
             ks += 7;
@@ -1112,11 +588,11 @@ static int build_weights(const char *path, const obj *dict, sdata *sd, size_t ns
         }
         cp_wtensor *t = &w->t[w->n++];
         t->name = name;
-        const sdata *s = sdata_find(sd, nsd, v->storage->s, v->storage->slen);
-        if (v->storage->view_offset > s->numel || v->storage->numel > s->numel - v->storage->view_offset)
+        const sdata *s = sdata_find(sd, nsd, v->st->key, v->st->klen);
+        if (v->st->view_offset > s->numel || v->st->numel > s->numel - v->st->view_offset)
             return cp_error(CP_EFORMAT, "%s: tensor '%s': storage view outside its storage", path, name);
         sdata view = *s;
-        view.numel = v->storage->view_offset + v->storage->numel;
+        view.numel = v->st->view_offset + v->st->numel;
         int rc = gather(path, name, v, &view, t, f);
         if (rc)
             return rc;
@@ -1124,7 +600,7 @@ static int build_weights(const char *path, const obj *dict, sdata *sd, size_t ns
     return CP_OK;
 }
 
-static int load_zip(const char *path, const mapped *f, unpickler *u, cp_weights *w)
+static int load_zip(const char *path, const mapped *f, pk_vm *m, cp_weights *w)
 {
     zip z = {0};
     sdata *sd = NULL;
@@ -1153,12 +629,11 @@ static int load_zip(const char *path, const mapped *f, unpickler *u, cp_weights 
     }
     if ((rc = zip_check_crc(path, pk)))
         goto done;
-    u->p = pk->data;
-    u->end = pk->data + pk->size;
-    obj *top;
-    if ((rc = unpickle(u, &top)))
+    pk_init(m, path, &torch_caller, pk->data, pk->size, PK_BUDGET(f->n));
+    pk_val *top;
+    if ((rc = pk_run(m, &top)))
         goto done;
-    if (top->type != O_DICT) {
+    if (top->kind != PK_DICT) {
         rc = cp_error(CP_EFORMAT, "%s: not a state dict (the pickle holds no dict)", path);
         goto done;
     }
@@ -1184,50 +659,49 @@ done:
     return rc;
 }
 
-static int load_legacy(const char *path, const mapped *f, unpickler *u, cp_weights *w)
+static int load_legacy(const char *path, const mapped *f, pk_vm *m, cp_weights *w)
 {
     static const uint8_t magic[10] = {0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19};
     sdata *sd = NULL;
     size_t nsd = 0;
-    u->p = f->p;
-    u->end = f->p + f->n;
-    obj *o, *top, *keys;
-    int rc = unpickle(u, &o);
+    pk_init(m, path, &torch_caller, f->p, f->n, PK_BUDGET(f->n));
+    pk_val *o, *top, *keys;
+    int rc = pk_run(m, &o);
     if (rc)
         return rc;
-    if (o->type != O_BIGINT || o->slen != 10 || memcmp(o->s, magic, 10))
+    if (o->kind != PK_BIGINT || o->n != 10 || memcmp(o->s, magic, 10))
         return cp_error(CP_EFORMAT, "%s: not a torch.save file (neither zip nor the legacy "
                         "magic number)", path);
-    if ((rc = unpickle(u, &o)))
+    if ((rc = pk_run(m, &o)))
         return rc;
-    if (o->type != O_INT || o->i != 1001)
+    if (o->kind != PK_INT || o->i != 1001)
         return cp_error(CP_EUNSUPPORTED, "%s: legacy torch.save protocol %lld (expected 1001)",
-                        path, o->type == O_INT ? (long long)o->i : -1LL);
-    if ((rc = unpickle(u, &o))) /* sys info */
+                        path, o->kind == PK_INT ? (long long)o->i : -1LL);
+    if ((rc = pk_run(m, &o))) /* sys info */
         return rc;
-    for (size_t k = 0; o->type == O_DICT && k + 1 < o->n; k += 2)
-        if (str_eq(o->items[k], "little_endian") && o->items[k + 1]->type == O_BOOL && !o->items[k + 1]->i)
+    const pk_val *le = pk_get(o, "little_endian");
+    if (le && le->kind == PK_BOOL && !le->i)
             return cp_error(CP_EUNSUPPORTED, "%s: big-endian tensors are not supported", path);
-    if ((rc = unpickle(u, &top)))
+    if ((rc = pk_run(m, &top)))
         return rc;
-    if (top->type != O_DICT)
+    if (top->kind != PK_DICT)
         return cp_error(CP_EFORMAT, "%s: not a state dict (the pickle holds no dict)", path);
-    if ((rc = unpickle(u, &keys)))
+    if ((rc = pk_run(m, &keys)))
         return rc;
-    if (keys->type != O_LIST)
+    if (keys->kind != PK_LIST)
         return cp_error(CP_EFORMAT, "%s: legacy storage key list missing", path);
     if ((rc = collect_storages(path, top, &sd, &nsd)))
         return rc;
-    const uint8_t *p = u->p, *end = f->p + f->n;
-    for (size_t k = 0; k < keys->n; k++) {
-        const obj *key = keys->items[k];
-        if (key->type != O_STR) {
-            rc = bad(u, "storage key is not a string");
+    const uint8_t *p = m->p, *end = f->p + f->n;
+    for (size_t k = 0; k < keys->ni; k++) {
+        const pk_val *key = keys->items[k];
+        if (key->kind != PK_STR) {
+            rc = bad(m, "storage key is not a string");
             goto done;
         }
-        sdata *s = sdata_find(sd, nsd, key->s, key->slen);
+        sdata *s = sdata_find(sd, nsd, key->s, key->n);
         if (end - p < 8) {
-            rc = cp_error(CP_EFORMAT, "%s: truncated (storage %zu of %zu missing)", path, k + 1, keys->n);
+            rc = cp_error(CP_EFORMAT, "%s: truncated (storage %zu of %zu missing)", path, k + 1, (size_t)keys->ni);
             goto done;
         }
         uint64_t cnt = rd64(p);
@@ -1239,7 +713,7 @@ static int load_legacy(const char *path, const mapped *f, unpickler *u, cp_weigh
         }
         if (cnt > (uint64_t)(end - p) / (uint64_t)es) {
             rc = cp_error(CP_EFORMAT, "%s: truncated (storage %zu of %zu extends past the end)",
-                          path, k + 1, keys->n);
+                          path, k + 1, (size_t)keys->ni);
             goto done;
         }
         s->data = p;
@@ -1294,18 +768,15 @@ static int load_mapped(const mapped *fp, const char *name, cp_weights **out)
     int threaded = f.n >= ((size_t)16 << 20) && pthread_create(&th, NULL, hash_file, &job) == 0;
     if (!threaded)
         hash_file(&job);
-    unpickler u = {.path = name, .budget = 64 * (size_t)f.n + (1u << 20)};
+    pk_vm m = {0};
     int rc;
     if (f.n >= 4 && rd32(f.p) == 0x04034b50)
-        rc = load_zip(name, &f, &u, w);
+        rc = load_zip(name, &f, &m, w);
     else if (f.p[0] == 0x80)
-        rc = load_legacy(name, &f, &u, w);
+        rc = load_legacy(name, &f, &m, w);
     else
         rc = cp_error(CP_EFORMAT, "%s: not a torch.save file (neither zip nor pickle)", name);
-    free_objs(u.all);
-    free(u.stack);
-    free(u.marks);
-    free(u.memo);
+    pk_free(&m);
     if (threaded)
         pthread_join(th, NULL);
     cp_sha256_hex(&job.h, w->sha256);
@@ -1347,24 +818,16 @@ int cp_weights_load(const char *path, cp_weights **out) { return cp_weights_load
 
 /* ---- Cellpose 3 size files -------------------------------------------- */
 
-static const obj *dict_get(const obj *d, const char *key)
-{
-    for (size_t k = 0; k + 1 < d->n; k += 2)
-        if (str_eq(d->items[k], key))
-            return d->items[k + 1];
-    return NULL;
-}
-
 /* A Python float or int, or a 0-d float numpy array (a numpy scalar). */
-static int number_of(const obj *o, double *v)
+static int number_of(const pk_val *o, double *v)
 {
-    if (o->type == O_FLOAT || o->type == O_INT) {
-        *v = o->type == O_FLOAT ? o->f : (double)o->i;
+    if (o->kind == PK_FLOAT || o->kind == PK_INT) {
+        *v = o->kind == PK_FLOAT ? o->f : (double)o->i;
         return 1;
     }
-    if (o->type != O_NDARRAY || o->ndim != 0 || o->dtype->i != 'f')
+    if (o->kind != PK_ARRAY || o->ndim != 0 || o->dkind != 'f')
         return 0;
-    if (o->dtype->numel == 4) {
+    if (o->dsize == 4) {
         float f;
         memcpy(&f, o->s, 4);
         *v = f;
@@ -1374,21 +837,21 @@ static int number_of(const obj *o, double *v)
     return 1;
 }
 
-static int size_dict(const char *path, const obj *d, cp_size_model *sm)
+static int size_dict(const char *path, const pk_val *d, cp_size_model *sm)
 {
-    const obj *A = dict_get(d, "A"), *sme = dict_get(d, "smean"), *dm = dict_get(d, "diam_mean"),
-              *ym = dict_get(d, "ymean");
+    const pk_val *A = pk_get(d, "A"), *sme = pk_get(d, "smean"), *dm = pk_get(d, "diam_mean"),
+                 *ym = pk_get(d, "ymean");
     const char *missing = !A ? "A" : !sme ? "smean" : !dm ? "diam_mean" : !ym ? "ymean" : NULL;
     if (missing)
         return cp_error(CP_EFORMAT, "%s: not a Cellpose size model: no '%s' in the dict", path, missing);
-    if (A->type != O_NDARRAY || A->ndim != 1 || A->dtype->i != 'f')
+    if (A->kind != PK_ARRAY || A->ndim != 1 || A->dkind != 'f')
         return cp_error(CP_EFORMAT, "%s: size model 'A' is not a 1-d float array", path);
-    if (sme->type != O_NDARRAY || sme->ndim != 1 || sme->dtype->i != 'f' || sme->dtype->numel != 4)
+    if (sme->kind != PK_ARRAY || sme->ndim != 1 || sme->dkind != 'f' || sme->dsize != 4)
         return cp_error(CP_EFORMAT, "%s: size model 'smean' is not a 1-d float32 array", path);
     /* styles are 256 long; anything far beyond is not a size model */
-    if (A->size[0] != sme->size[0] || A->size[0] < 1 || A->size[0] > 65536)
+    if (A->shape[0] != sme->shape[0] || A->shape[0] < 1 || A->shape[0] > 65536)
         return cp_error(CP_EFORMAT, "%s: size model 'A' (%lld) and 'smean' (%lld) differ in length or are empty",
-                        path, (long long)A->size[0], (long long)sme->size[0]);
+                        path, (long long)A->shape[0], (long long)sme->shape[0]);
     double ymean;
     if (!number_of(dm, &sm->diam_mean) || !number_of(ym, &ymean))
         return cp_error(CP_EFORMAT, "%s: size model 'diam_mean' or 'ymean' is not a number", path);
@@ -1396,14 +859,14 @@ static int size_dict(const char *path, const obj *d, cp_size_model *sm)
         return cp_error(CP_EFORMAT, "%s: size model with diam_mean %g and ymean %g: not a size model", path,
                         sm->diam_mean, ymean);
     sm->ymean = (float)ymean; /* exact: float32 in Cellpose's files */
-    size_t n = (size_t)A->size[0];
+    size_t n = (size_t)A->shape[0];
     sm->nstyle = (int)n;
     sm->A = cp_malloc_array(n, sizeof *sm->A, "size model");
     sm->smean = cp_malloc_array(n, sizeof *sm->smean, "size model");
     if (!sm->A || !sm->smean)
         return CP_ENOMEM;
     memcpy(sm->smean, sme->s, n * sizeof *sm->smean);
-    if (A->dtype->numel == 8) {
+    if (A->dsize == 8) {
         memcpy(sm->A, A->s, n * sizeof *sm->A);
     } else {
         for (size_t k = 0; k < n; k++) {
@@ -1421,25 +884,22 @@ static int size_dict(const char *path, const obj *d, cp_size_model *sm)
 static int size_model_load_mem(const char *path, const uint8_t *p, size_t n, cp_size_model *sm)
 {
     size_t off;
-    unpickler u = {.path = path, .budget = 64 * n + (1u << 20), .numpy = 1};
-    obj *top;
+    pk_vm m = {0};
+    pk_val *top;
     int rc = cp_npy_pickle_offset(path, p, n, &off);
     if (!rc) {
-        u.p = p + off;
-        u.end = p + n;
-        rc = unpickle(&u, &top);
+        pk_init(&m, path, &size_caller, p + off, n - off, PK_BUDGET(n));
+        rc = pk_run(&m, &top);
     }
     if (!rc) {
-        if (top->type != O_NDARRAY || top->ndim != 0 || top->dtype->i != 'O' || top->objs->n != 1 ||
-            top->objs->items[0]->type != O_DICT)
+        const pk_val *objs = top->x;
+        if (top->kind != PK_ARRAY || top->ndim != 0 || top->dkind != 'O' || objs->ni != 1 ||
+            objs->items[0]->kind != PK_DICT)
             rc = cp_error(CP_EFORMAT, "%s: not a Cellpose size model (the pickle holds no dict)", path);
         else
-            rc = size_dict(path, top->objs->items[0], sm);
+            rc = size_dict(path, objs->items[0], sm);
     }
-    free_objs(u.all);
-    free(u.stack);
-    free(u.marks);
-    free(u.memo);
+    pk_free(&m);
     return rc;
 }
 
@@ -1559,7 +1019,7 @@ static void put_str(buf *b, const char *s) { put(b, s, strlen(s)); }
 static void put16(buf *b, unsigned v) { uint8_t x[2] = {(uint8_t)v, (uint8_t)(v >> 8)}; put(b, x, 2); }
 static void put32(buf *b, uint32_t v) { put16(b, v & 0xffff); put16(b, v >> 16); }
 
-static void pk_int(buf *b, int64_t v)
+static void pw_int(buf *b, int64_t v)
 {
     if (v >= INT32_MIN && v <= INT32_MAX) {
         put1(b, 'J');
@@ -1572,7 +1032,7 @@ static void pk_int(buf *b, int64_t v)
     }
 }
 
-static void pk_str(buf *b, const char *s)
+static void pw_str(buf *b, const char *s)
 {
     put1(b, 'X');
     put32(b, (uint32_t)strlen(s));
@@ -1588,19 +1048,19 @@ static int write_pickle(const cp_weights *w, buf *b)
         const cp_wtensor *t = &w->t[k];
         char key[32];
         snprintf(key, sizeof key, "%zu", k);
-        pk_str(b, t->name);
+        pw_str(b, t->name);
         put_str(b, "ctorch._utils\n_rebuild_tensor_v2\n(");
         put1(b, '(');
-        pk_str(b, "storage");
+        pw_str(b, "storage");
         put_str(b, t->dtype == CP_W_F32 ? "ctorch\nFloatStorage\n" : "ctorch\nLongStorage\n");
-        pk_str(b, key);
-        pk_str(b, "cpu");
-        pk_int(b, (int64_t)t->numel);
+        pw_str(b, key);
+        pw_str(b, "cpu");
+        pw_int(b, (int64_t)t->numel);
         put_str(b, "tQ");
-        pk_int(b, 0);
+        pw_int(b, 0);
         put1(b, '(');
         for (int d = 0; d < t->ndim; d++)
-            pk_int(b, t->shape[d]);
+            pw_int(b, t->shape[d]);
         put1(b, 't');
         put1(b, '(');
         int64_t st = 1, sts[CP_WMAX_DIMS];
@@ -1609,7 +1069,7 @@ static int write_pickle(const cp_weights *w, buf *b)
             st *= t->shape[d] ? t->shape[d] : 1;
         }
         for (int d = 0; d < t->ndim; d++)
-            pk_int(b, sts[d]);
+            pw_int(b, sts[d]);
         put1(b, 't');
         put1(b, 0x89);
         put_str(b, "ccollections\nOrderedDict\n)R");
@@ -1747,7 +1207,7 @@ int cp_weights_save(const cp_weights *w, const char *path)
 #define PUTL(b, lit) put(b, lit, sizeof(lit) - 1)
 
 /* The pickler's memo: objects numpy 1.24 pickles once and then refers to. */
-static void pk_put(buf *b, int *memo)
+static void pw_put(buf *b, int *memo)
 {
     int k = (*memo)++;
     if (k < 256) {
@@ -1758,8 +1218,8 @@ static void pk_put(buf *b, int *memo)
         put32(b, (uint32_t)k);
     }
 }
-static void pk_get(buf *b, int k) { put1(b, 'h'); put1(b, (uint8_t)k); } /* memo < 256 here */
-static void pk_uint(buf *b, uint32_t v) /* pickle's save_long for 0 <= v < 2^31 */
+static void pw_get(buf *b, int k) { put1(b, 'h'); put1(b, (uint8_t)k); } /* memo < 256 here */
+static void pw_uint(buf *b, uint32_t v) /* pickle's save_long for 0 <= v < 2^31 */
 {
     if (v < 256) {
         put1(b, 'K');
@@ -1772,7 +1232,7 @@ static void pk_uint(buf *b, uint32_t v) /* pickle's save_long for 0 <= v < 2^31 
         put32(b, v);
     }
 }
-static void pk_bytes(buf *b, const void *d, size_t n)
+static void pw_bytes(buf *b, const void *d, size_t n)
 {
     if (n < 256) {
         put1(b, 'C');
@@ -1783,60 +1243,60 @@ static void pk_bytes(buf *b, const void *d, size_t n)
     }
     put(b, d, n);
 }
-static void pk_unicode(buf *b, const char *s, int *memo)
+static void pw_unicode(buf *b, const char *s, int *memo)
 {
-    pk_str(b, s);
-    pk_put(b, memo);
+    pw_str(b, s);
+    pw_put(b, memo);
 }
 
 /* ndarray.__reduce__ of a 1-d little-endian float array:
  * _reconstruct(ndarray, (0,), b'b') then BUILD (1, shape, dtype, False, raw).
  * *dtype_memo: memo slot of this dtype (and *lt of the '<' string), or -1
  * the first time, when they are pickled and memoised. */
-static void pk_array(buf *b, int *memo, const char *descr, const void *data, size_t n, size_t isz, int *dtype_memo,
+static void pw_array(buf *b, int *memo, const char *descr, const void *data, size_t n, size_t isz, int *dtype_memo,
                      int *lt)
 {
-    pk_get(b, 0);
-    pk_get(b, 1);
+    pw_get(b, 0);
+    pw_get(b, 1);
     PUTL(b, "K\x00\x85");
-    pk_put(b, memo);
-    pk_get(b, 3);
+    pw_put(b, memo);
+    pw_get(b, 3);
     put1(b, 0x87);
-    pk_put(b, memo);
+    pw_put(b, memo);
     put1(b, 'R');
-    pk_put(b, memo);
+    pw_put(b, memo);
     put1(b, '(');
-    pk_uint(b, 1);
-    pk_uint(b, (uint32_t)n);
+    pw_uint(b, 1);
+    pw_uint(b, (uint32_t)n);
     put1(b, 0x85);
-    pk_put(b, memo);
+    pw_put(b, memo);
     if (*dtype_memo >= 0) {
-        pk_get(b, *dtype_memo);
+        pw_get(b, *dtype_memo);
     } else {
-        pk_get(b, 6);
-        pk_unicode(b, descr, memo);
+        pw_get(b, 6);
+        pw_unicode(b, descr, memo);
         PUTL(b, "\x89\x88\x87");
-        pk_put(b, memo);
+        pw_put(b, memo);
         put1(b, 'R');
         *dtype_memo = *memo;
-        pk_put(b, memo);
+        pw_put(b, memo);
         put1(b, '(');
-        pk_uint(b, 3);
+        pw_uint(b, 3);
         if (*lt >= 0) {
-            pk_get(b, *lt);
+            pw_get(b, *lt);
         } else {
             *lt = *memo;
-            pk_unicode(b, "<", memo);
+            pw_unicode(b, "<", memo);
         }
         PUTL(b, "NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00t");
-        pk_put(b, memo);
+        pw_put(b, memo);
         put1(b, 'b');
     }
     put1(b, 0x89);
-    pk_bytes(b, data, n * isz);
-    pk_put(b, memo);
+    pw_bytes(b, data, n * isz);
+    pw_put(b, memo);
     put1(b, 't');
-    pk_put(b, memo);
+    pw_put(b, memo);
     put1(b, 'b');
 }
 
@@ -1845,55 +1305,55 @@ static void size_pickle(const cp_size_model *sm, buf *b)
 {
     int memo = 0, f8 = -1, f4 = -1, lt = -1;
     PUTL(b, "\x80\x03" "cnumpy.core.multiarray\n_reconstruct\n");
-    pk_put(b, &memo); /* 0 */
+    pw_put(b, &memo); /* 0 */
     PUTL(b, "cnumpy\nndarray\n");
-    pk_put(b, &memo); /* 1 */
+    pw_put(b, &memo); /* 1 */
     PUTL(b, "K\x00\x85");
-    pk_put(b, &memo); /* 2: (0,) */
-    pk_bytes(b, "b", 1);
-    pk_put(b, &memo); /* 3: b'b' */
+    pw_put(b, &memo); /* 2: (0,) */
+    pw_bytes(b, "b", 1);
+    pw_put(b, &memo); /* 3: b'b' */
     put1(b, 0x87);
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     put1(b, 'R');
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     PUTL(b, "(K\x01)cnumpy\ndtype\n");
-    pk_put(b, &memo); /* 6: numpy.dtype */
-    pk_unicode(b, "O8", &memo);
+    pw_put(b, &memo); /* 6: numpy.dtype */
+    pw_unicode(b, "O8", &memo);
     PUTL(b, "\x89\x88\x87");
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     put1(b, 'R');
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     PUTL(b, "(K\x03");
-    pk_unicode(b, "|", &memo);
+    pw_unicode(b, "|", &memo);
     PUTL(b, "NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x3ft");
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     PUTL(b, "b\x89]");
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     put1(b, '}');
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     put1(b, '(');
-    pk_unicode(b, "A", &memo);
-    pk_array(b, &memo, "f8", sm->A, (size_t)sm->nstyle, 8, &f8, &lt);
-    pk_unicode(b, "smean", &memo);
-    pk_array(b, &memo, "f4", sm->smean, (size_t)sm->nstyle, 4, &f4, &lt);
-    pk_unicode(b, "diam_mean", &memo);
+    pw_unicode(b, "A", &memo);
+    pw_array(b, &memo, "f8", sm->A, (size_t)sm->nstyle, 8, &f8, &lt);
+    pw_unicode(b, "smean", &memo);
+    pw_array(b, &memo, "f4", sm->smean, (size_t)sm->nstyle, 4, &f4, &lt);
+    pw_unicode(b, "diam_mean", &memo);
     uint64_t dm;
     memcpy(&dm, &sm->diam_mean, 8);
     put1(b, 'G'); /* BINFLOAT: big-endian double */
     for (int k = 7; k >= 0; k--)
         put1(b, (uint8_t)(dm >> (8 * k)));
-    pk_unicode(b, "ymean", &memo);
+    pw_unicode(b, "ymean", &memo);
     PUTL(b, "cnumpy.core.multiarray\nscalar\n");
-    pk_put(b, &memo);
-    pk_get(b, f4); /* the float32 dtype of smean */
-    pk_bytes(b, &sm->ymean, 4);
-    pk_put(b, &memo);
+    pw_put(b, &memo);
+    pw_get(b, f4); /* the float32 dtype of smean */
+    pw_bytes(b, &sm->ymean, 4);
+    pw_put(b, &memo);
     put1(b, 0x86);
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     put1(b, 'R');
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     PUTL(b, "uat");
-    pk_put(b, &memo);
+    pw_put(b, &memo);
     PUTL(b, "b.");
 }
 
