@@ -43,19 +43,6 @@ struct cp_zip {
     int failed;
 };
 
-uint32_t cp_crc32(uint32_t crc, const void *data, size_t size)
-{
-    const unsigned char *p = data;
-    uLong c = crc;
-    while (size > 0) {
-        uInt chunk = size > (size_t)UINT_MAX ? UINT_MAX : (uInt)size;
-        c = crc32(c, p, chunk);
-        p += chunk;
-        size -= chunk;
-    }
-    return (uint32_t)c;
-}
-
 static void put16(unsigned char *p, unsigned v)
 {
     p[0] = (unsigned char)v;

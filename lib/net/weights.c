@@ -16,10 +16,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #include "cellpose/models.h"
 #include "cellpose/net.h"
+#include "cellpose/zip.h"
 #include "core/internal.h"
 #include "core/pickle.h"
 #include "io/io_internal.h"
@@ -334,13 +334,7 @@ static int zip_open(const char *path, const mapped *f, zip *z)
 /* Damaged tensor bytes would otherwise go unnoticed. */
 static int zip_check_crc(const char *path, const zentry *e)
 {
-    uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
-    for (uint64_t done = 0; done < e->size;) {
-        uInt k = e->size - done > (1u << 30) ? (1u << 30) : (uInt)(e->size - done);
-        crc = (uint32_t)crc32(crc, e->data + done, k);
-        done += k;
-    }
-    if (crc != e->crc)
+    if (cp_crc32(0, e->data, e->size) != e->crc)
         return cp_error(CP_EFORMAT, "%s: zip entry '%.*s' is damaged (CRC mismatch)", path,
                         (int)(e->nlen > 200 ? 200 : e->nlen), (const char *)e->name);
     return CP_OK;
@@ -1098,12 +1092,7 @@ static void zwrite(zout *z, const void *d, size_t n)
 static void zentry_put(zout *z, const char *name, const void *data, size_t n)
 {
     size_t nl = strlen(name);
-    uint32_t crc = (uint32_t)crc32(0L, Z_NULL, 0);
-    for (size_t done = 0; done < n;) {
-        uInt k = n - done > (1u << 30) ? (1u << 30) : (uInt)(n - done);
-        crc = (uint32_t)crc32(crc, (const Bytef *)data + done, k);
-        done += k;
-    }
+    uint32_t crc = cp_crc32(0, data, n);
     int z64 = n >= 0xffffffffu || z->off >= 0xffffffffu;
     size_t hdr = 30 + nl + (z64 ? 20 : 0);
     size_t pad = (64 - (z->off + hdr + 4) % 64) % 64;

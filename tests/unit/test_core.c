@@ -1,8 +1,10 @@
 /* Core: error convention, image type, label validation, atomic files, paths. */
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "cellpose/cellpose.h"
+#include "cellpose/zip.h"
 #include "core/sha256.h"
 #include "test.h"
 
@@ -144,8 +146,38 @@ static void test_sha256(void)
     free(a);
 }
 
+/* cp_crc32 (carry-less multiplication where the CPU has it) against zlib's
+ * crc32: every length around the fold's block sizes, unaligned starts,
+ * continued CRCs, and the check value of the standard. */
+static void test_crc32(void)
+{
+    size_t n = (1 << 20) + 77;
+    unsigned char *a = malloc(n);
+    CHECK(a != NULL);
+    if (!a)
+        return;
+    uint32_t r = 2463534242u;
+    for (size_t i = 0; i < n; i++) {
+        r ^= r << 13, r ^= r >> 17, r ^= r << 5;
+        a[i] = (unsigned char)r;
+    }
+    CHECK(cp_crc32(0, "123456789", 9) == 0xCBF43926u);
+    int bad = 0;
+    for (size_t len = 0; len < 1200; len++)
+        for (size_t off = 0; off < 3; off++)
+            bad += cp_crc32(0, a + off, len) != (uint32_t)crc32(0, a + off, (uInt)len);
+    CHECKF(bad == 0, "%d lengths differ from zlib", bad);
+    CHECK(cp_crc32(0, a + 1, n - 1) == (uint32_t)crc32(0, a + 1, (uInt)(n - 1)));
+    uint32_t c = 0;
+    for (size_t k = 0, step = 1; k < n; k += step, step = step * 31 % 4099 + 1)
+        c = cp_crc32(c, a + k, step < n - k ? step : n - k);
+    CHECK(c == (uint32_t)crc32(0, a, (uInt)n));
+    free(a);
+}
+
 int main(void)
 {
+    test_crc32();
     test_sha256();
     test_image();
     test_error_wrap();
