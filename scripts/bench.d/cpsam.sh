@@ -47,39 +47,28 @@ img=$T/dsb.tif
 # fastest round: the host's speed drifts over minutes, and alternating lets
 # the drift touch both sides alike.
 REPS=${CP_BENCH_E2E_REPS:-2}
-best() { # FILES...: "rss wall user sys" of the run with the least wall time
-    for f in "$@"; do [ -s "$f" ] && cat "$f"; done | sort -k2,2g | head -1
+# Each run leaves one record "rss wall user sys inner", inner being the
+# network seconds (cpseg's manifest) or the eval seconds (Python's output).
+best() { # FILES...: the record with the least wall time
+    cat "$@" 2> /dev/null | sort -k2,2g | head -1
 }
 for rep in $(seq "$REPS"); do
     for p in fp32 bf16; do
         rm -rf "$T/out" "$T/m.jsonl"
-        /usr/bin/time -f '%M %e %U %S' -o "$T/time.$p.$rep" "$BIN/cpseg" -q --model "$W" --precision $p \
+        /usr/bin/time -f '%M %e %U %S' -o "$T/time" "$BIN/cpseg" -q --model "$W" --precision $p \
             --savedir "$T/out" --manifest "$T/m.jsonl" "$img"
-        /usr/bin/python3 -c 'import json,sys; s=json.loads(open(sys.argv[1]).readline())["seconds"]; print(s["network"])' \
-            "$T/m.jsonl" > "$T/net.$p.$rep"
+        echo "$(cat "$T/time") $(/usr/bin/python3 -c 'import json,sys
+print(json.loads(open(sys.argv[1]).readline())["seconds"]["network"])' "$T/m.jsonl")" > "$T/run.$p.$rep"
     done
-    if [ $peer4_ok = 1 ] && /usr/bin/time -f '%M %e %U %S' -o "$T/ptime.$rep" /usr/bin/python3 \
-        "$SHARED/ref/peer/cellpose4_eval.py" "$img" "$W" fp32 > "$T/peer.out.$rep" 2> "$T/peer.err"; then
-        :
-    else
-        rm -f "$T/ptime.$rep"
+    if [ $peer4_ok = 1 ] && /usr/bin/time -f '%M %e %U %S' -o "$T/time" /usr/bin/python3 \
+        "$SHARED/ref/peer/cellpose4_eval.py" "$img" "$W" fp32 > "$T/peer.out" 2> "$T/peer.err"; then
+        echo "$(cat "$T/time") $(sed -n 's/.* eval \([0-9.]*\)s.*/\1/p' "$T/peer.out")" > "$T/run.peer.$rep"
     fi
 done
-for p in fp32 bf16; do
-    best "$T"/time.$p.* > "$T/time.$p"
-    # the network time of that same run
-    for rep in $(seq "$REPS"); do
-        cmp -s "$T/time.$p.$rep" "$T/time.$p" && cp "$T/net.$p.$rep" "$T/net.$p"
-    done
-done
 pwall=0 prss=0 peval=0 pcpu=0
-if [ -n "$(best "$T"/ptime.* 2> /dev/null)" ]; then
-    best "$T"/ptime.* > "$T/ptime"
-    read -r prss pwall pu ps < "$T/ptime"
+if [ -n "$(best "$T"/run.peer.*)" ]; then
+    read -r prss pwall pu ps peval <<< "$(best "$T"/run.peer.*)"
     pcpu=$(awk -v u="$pu" -v s="$ps" 'BEGIN {print u + s}')
-    for rep in $(seq "$REPS"); do
-        cmp -s "$T/ptime.$rep" "$T/ptime" && peval=$(sed -n 's/.* eval \([0-9.]*\)s.*/\1/p' "$T/peer.out.$rep")
-    done
 fi
 pbf16="not run (reference sources not set up)"
 if [ $peer4_ok = 1 ]; then
@@ -92,8 +81,7 @@ if [ $peer4_ok = 1 ]; then
     fi
 fi
 for p in fp32 bf16; do
-    read -r rss wall user sys < "$T/time.$p"
-    net=$(cat "$T/net.$p")
+    read -r rss wall user sys net <<< "$(best "$T"/run.$p.*)"
     awk -v p="$p" -v d="$dsb" -v r="$rss" -v w="$wall" -v u="$user" -v s="$sys" -v n="$net" \
         -v reps="$REPS" -v pw="$pwall" -v pr="$prss" -v pe="${peval:-0}" -v pc="$pcpu" 'BEGIN {
         printf "cpsam end to end, DSB 256x256 (%s, 4 tiles), best of %d alternating rounds, cpseg --precision %s: %.2f s wall (network %.2f s, CPU %.1f s), peak RSS %.0f MB", d, reps, p, w, n, u + s, r / 1024
